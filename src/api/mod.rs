@@ -1,0 +1,241 @@
+//! The HTTP API (axum): health, HA status, metrics; other modules add their routes (leases,
+//! DNS, failover, the peer-link upgrade) through `extra`. JSON is compact on purpose: the
+//! reference keepalived check script greps for `"status":"ok"` and `"state":"ACTIVE"`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ha::HaStatus;
+use crate::health::Health;
+use crate::vip::VipBoard;
+
+/// What the built-in endpoints read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: String,
+    pub health: Health,
+    pub ha: watch::Receiver<HaStatus>,
+    pub vips: VipBoard,
+    pub registry: Arc<Registry>,
+}
+
+/// The full router: built-in endpoints merged with the modules' own routes.
+pub fn router(state: ApiState, extra: Router) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/ha/status", get(ha_status))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .merge(extra)
+}
+
+/// Serves until `shutdown` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The health body and its HTTP status (separate from the handler so it is testable).
+pub fn health_body(state: &ApiState) -> (StatusCode, String) {
+    let problems = state.health.problems();
+    let ha = state.ha.borrow().clone();
+    let body = if problems.is_empty() {
+        json!({"status": "ok", "node": state.node, "version": env!("CARGO_PKG_VERSION"), "ha_state": ha.state})
+    } else {
+        json!({"status": "degraded", "node": state.node, "version": env!("CARGO_PKG_VERSION"), "ha_state": ha.state, "reasons": problems})
+    };
+    let code = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body.to_string())
+}
+
+/// The HA status body with the live VIP list.
+pub fn ha_status_body(state: &ApiState) -> String {
+    let mut st = state.ha.borrow().clone();
+    st.vips = state.vips.read().unwrap_or_else(|e| e.into_inner()).clone();
+    serde_json::to_string(&st).unwrap_or_else(|_| "{}".into())
+}
+
+fn json_response(code: StatusCode, body: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn health(State(state): State<ApiState>) -> Response {
+    let (code, body) = health_body(&state);
+    json_response(code, body)
+}
+
+async fn ha_status(State(state): State<ApiState>) -> Response {
+    json_response(StatusCode::OK, ha_status_body(&state))
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &state.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+/// Checks `Authorization: Bearer <token>` for mutating endpoints. With no token configured
+/// they are refused outright: an open write API on the network is not a safe default.
+#[allow(clippy::result_large_err)]
+pub fn authorize(headers: &HeaderMap, token: Option<&str>) -> Result<(), Response> {
+    let Some(token) = token else {
+        return Err(json_response(
+            StatusCode::FORBIDDEN,
+            json!({"error": "mutating endpoints are disabled: set [api] auth_token"}).to_string(),
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "missing or wrong bearer token"}).to_string(),
+        ))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ha::HaState;
+    use crate::vip::VipStatus;
+
+    fn state(ha: HaStatus, health: Health) -> ApiState {
+        let (_tx, rx) = watch::channel(ha);
+        let vips: VipBoard = Default::default();
+        vips.write().unwrap().push(VipStatus {
+            name: "dns-vip".into(),
+            address: "10.0.0.3/24".into(),
+            interface: "eth0".into(),
+            held: true,
+            since: Some(1),
+            last_error: None,
+        });
+        ApiState {
+            node: "node-a".into(),
+            health,
+            ha: rx,
+            vips,
+            registry: Arc::new(Registry::default()),
+        }
+    }
+
+    #[test]
+    fn health_is_compact_ok_json_the_reference_script_greps() {
+        let s = state(HaStatus::standalone("node-a", "primary"), Health::new());
+        let (code, body) = health_body(&s);
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("\"status\":\"ok\""), "{body}");
+        assert_eq!(body.matches("\"status\"").count(), 1, "{body}");
+    }
+
+    #[test]
+    fn health_is_503_degraded_with_reasons() {
+        let h = Health::new();
+        h.set_problem("vip dns-vip", Some("interface \"eth9\" not found".into()));
+        let s = state(HaStatus::standalone("node-a", "primary"), h);
+        let (code, body) = health_body(&s);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"status\":\"degraded\""), "{body}");
+        assert!(body.contains("interface \\\"eth9\\\" not found"), "{body}");
+    }
+
+    #[test]
+    fn ha_status_has_exactly_one_state_key_and_the_vips() {
+        let mut ha = HaStatus::standalone("node-a", "primary");
+        ha.enabled = true;
+        ha.peer_state = Some(HaState::Active);
+        let s = state(ha, Health::new());
+        let body = ha_status_body(&s);
+        assert!(
+            body.starts_with(
+                "{\"enabled\":true,\"node\":\"node-a\",\"role\":\"primary\",\"state\":\"ACTIVE\""
+            ),
+            "{body}"
+        );
+        assert_eq!(body.matches("\"state\":").count(), 1, "{body}");
+        assert!(body.contains("\"peer_connected\":false"), "{body}");
+        assert!(
+            body.contains("\"vips\":[{\"name\":\"dns-vip\",\"address\":\"10.0.0.3/24\""),
+            "{body}"
+        );
+        assert!(!body.contains(": "), "not compact: {body}");
+    }
+
+    #[test]
+    fn standalone_status_says_ha_is_off() {
+        let s = state(HaStatus::standalone("node-a", "primary"), Health::new());
+        let body = ha_status_body(&s);
+        assert!(body.contains("\"enabled\":false"), "{body}");
+    }
+
+    #[test]
+    fn mutations_need_the_right_token() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            authorize(&h, None).unwrap_err().status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            authorize(&h, Some("sixteen-byte-tok"))
+                .unwrap_err()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer wrong-token-xxxxx".parse().unwrap(),
+        );
+        assert_eq!(
+            authorize(&h, Some("sixteen-byte-tok"))
+                .unwrap_err()
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer sixteen-byte-tok".parse().unwrap(),
+        );
+        assert!(authorize(&h, Some("sixteen-byte-tok")).is_ok());
+    }
+}

@@ -1,0 +1,266 @@
+//! Start-up order, signals and shutdown.
+//!
+//! Order, and why: config is valid → privileged sockets open ([`prepare`], still root or with
+//! file capabilities) → capabilities dropped to CAP_NET_ADMIN (in `main`, single-threaded) →
+//! runtime and tasks start ([`run`]) → READY to systemd → wait for a signal → hand off →
+//! release the VIP → exit. Every task selects on one [`CancellationToken`], so shutdown is a
+//! broadcast and nothing is left half-running.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::events::EventBus;
+use crate::ha::HaStatus;
+use crate::health::Health;
+use crate::privileges::explain_bind_error;
+use crate::vip::VipBoard;
+
+/// Sockets opened while the process still has its privileges.
+pub struct Prepared {
+    pub config: Arc<Config>,
+    pub config_path: PathBuf,
+    pub api: Option<std::net::TcpListener>,
+}
+
+/// Opens every socket that needs a capability the process will drop.
+pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared> {
+    let api = match config.api_listen() {
+        Some(addr) => Some(bind_tcp(addr).map_err(|e| {
+            anyhow::anyhow!(explain_bind_error(
+                &e,
+                &format!("API listener on {addr}"),
+                "CAP_NET_BIND_SERVICE"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Prepared {
+        config: Arc::new(config),
+        config_path,
+        api,
+    })
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // A restarted daemon must be able to bind while old connections sit in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
+}
+
+/// Builds the runtime and runs the daemon until SIGTERM/SIGINT.
+pub fn run(prepared: Prepared) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("athena-worker")
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(prepared))
+}
+
+/// Handles shared by every subsystem.
+#[derive(Clone)]
+pub struct Shared {
+    pub node: String,
+    pub bus: EventBus,
+    pub health: Health,
+    pub shutdown: CancellationToken,
+    pub config: watch::Receiver<Arc<Config>>,
+}
+
+async fn serve(prepared: Prepared) -> anyhow::Result<()> {
+    let cfg = prepared.config.clone();
+    let node = cfg.node_name();
+    let shutdown = CancellationToken::new();
+    let bus = EventBus::new();
+    let health = Health::new();
+    let (config_tx, config_rx) = watch::channel(cfg.clone());
+    let _shared = Shared {
+        node: node.clone(),
+        bus: bus.clone(),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        config: config_rx,
+    };
+    let mut registry = Registry::with_prefix("athena");
+
+    let (_ha_tx, ha_rx) = watch::channel(HaStatus::standalone(&node, cfg.ha.role.as_str()));
+    let vips: VipBoard = Default::default();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = prepared.api {
+        let listener = tokio::net::TcpListener::from_std(listener).context("API listener")?;
+        let addr = listener.local_addr().ok();
+        let state = crate::api::ApiState {
+            node: node.clone(),
+            health: health.clone(),
+            ha: ha_rx.clone(),
+            vips: vips.clone(),
+            registry: Arc::new(std::mem::take(&mut registry)),
+        };
+        let app = crate::api::router(state, axum::Router::new());
+        let sd = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::api::serve(listener, app, sd).await {
+                tracing::error!("API server stopped: {e}");
+            }
+        });
+        if let Some(a) = addr {
+            tracing::info!(listen = %a, "API listening on {a}");
+        }
+    }
+
+    tracing::info!(
+        node = %node,
+        version = env!("CARGO_PKG_VERSION"),
+        ha = cfg.ha.enabled,
+        "athena-dhcpd {} started on {node} ({})",
+        env!("CARGO_PKG_VERSION"),
+        if cfg.ha.enabled { format!("HA {}", cfg.ha.role) } else { "standalone".to_string() }
+    );
+    notify_ready();
+    spawn_watchdog(health.clone(), shutdown.clone());
+
+    wait_for_signals(&prepared.config_path, &config_tx, &shutdown).await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 5s; exiting anyway");
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn notify_ready() {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+            tracing::warn!("sd_notify READY failed: {e}");
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, but only while the workers make progress:
+/// a wedged daemon must be restarted, not kept alive by a healthy timer.
+fn spawn_watchdog(health: Health, shutdown: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let stuck = health.workers_stuck();
+                    if stuck.is_empty() {
+                        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                    } else {
+                        tracing::error!(workers = ?stuck, "workers stuck, withholding the systemd watchdog ping");
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn wait_for_signals(
+    path: &std::path::Path,
+    config_tx: &watch::Sender<Arc<Config>>,
+    shutdown: &CancellationToken,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM received"); return }
+            _ = int.recv() => { tracing::info!("SIGINT received"); return }
+            _ = shutdown.cancelled() => return,
+            _ = hup.recv() => reload(path, config_tx),
+        }
+    }
+}
+
+/// SIGHUP: re-reads the file; hooks and DNS records follow the new config at once, anything
+/// else that changed is named so the admin knows a restart is needed.
+fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
+    let new = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running config: {e}");
+            return;
+        }
+    };
+    let old = config_tx.borrow().clone();
+    let needs_restart = restart_sections(&old, &new);
+    if needs_restart.is_empty() {
+        tracing::info!("config reloaded from {}", path.display());
+    } else {
+        tracing::warn!(
+            sections = ?needs_restart,
+            "config reloaded from {}; hooks and DNS records applied; changes to {} take effect after a restart",
+            path.display(),
+            needs_restart.join(", ")
+        );
+    }
+    let _ = config_tx.send(Arc::new(new));
+}
+
+/// The sections whose changes a reload cannot apply.
+pub fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if j(&old.server) != j(&new.server) {
+        out.push("[server]");
+    }
+    if j(&old.api) != j(&new.api) {
+        out.push("[api]");
+    }
+    if j(&old.ha) != j(&new.ha) {
+        out.push("[ha]");
+    }
+    let (mut od, mut nd) = (old.dns.clone(), new.dns.clone());
+    od.records.clear();
+    nd.records.clear();
+    if j(&od) != j(&nd) {
+        out.push("[dns]");
+    }
+    if j(&old.subnets) != j(&new.subnets) || j(&old.defaults) != j(&new.defaults) {
+        out.push("[[subnet]]/[defaults]");
+    }
+    if j(&old.hooks.vips) != j(&new.hooks.vips) {
+        out.push("[[hooks.vip]]");
+    }
+    out
+}
+
+fn j<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}

@@ -1,0 +1,1 @@
+//! Caching DNS proxy that answers from the address it was asked on (the VIP).

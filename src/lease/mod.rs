@@ -1,0 +1,136 @@
+//! Leases and their durable store (redb, group commit: durable before DHCPACK).
+//!
+//! This file holds the lease type every module shares and the replication hand-off between
+//! the DHCP server (which must not send a DHCPACK before the standby has the lease) and HA
+//! (which owns the peer link). The two meet only through [`Replication`], so DHCP knows
+//! nothing of the peer protocol and HA nothing of DHCP packets.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where a lease is in its life. Released/expired/declined leases are kept (with their
+/// state) so a peer that missed the change learns it in a bulk sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LeaseState {
+    Active,
+    Released,
+    Expired,
+    /// Address declined by a client (RFC 2131 §4.3.3): held back until `expiry`.
+    Declined,
+}
+
+/// One address binding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    /// Hardware address (chaddr, first 6 bytes for Ethernet).
+    pub mac: [u8; 6],
+    pub client_id: Option<Vec<u8>>,
+    pub hostname: Option<String>,
+    /// The subnet in CIDR form, e.g. "10.0.0.0/24".
+    pub subnet: String,
+    pub state: LeaseState,
+    /// Unix seconds.
+    pub start: u64,
+    pub expiry: u64,
+    /// Unix milliseconds of the last change; the newer side wins when two nodes merge.
+    pub updated_ms: u64,
+    /// Relay agent information (option 82) as received, echoed on renewals.
+    pub relay_info: Option<Vec<u8>>,
+}
+
+impl Lease {
+    pub fn mac_string(&self) -> String {
+        let m = self.mac;
+        format!(
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+/// A batch of lease changes waiting for the standby's acknowledgement.
+pub struct ReplicationRequest {
+    pub leases: Vec<Lease>,
+    /// Completed when the peer acknowledged, or dropped when it could not (peer down,
+    /// timeout): either way the DHCP server goes on; the wait is bounded.
+    pub done: oneshot::Sender<()>,
+}
+
+/// DHCP's end of the replication hand-off.
+#[derive(Clone)]
+pub struct Replication {
+    tx: mpsc::Sender<ReplicationRequest>,
+}
+
+/// HA's end: it reads requests and completes `done` once the peer has acknowledged.
+pub type ReplicationRx = mpsc::Receiver<ReplicationRequest>;
+
+pub fn replication_channel(capacity: usize) -> (Replication, ReplicationRx) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (Replication { tx }, rx)
+}
+
+impl Replication {
+    /// Sends committed leases to the peer and waits at most `max_wait` for its ack.
+    /// Returns true when acknowledged. Never fails the caller: a DHCPACK must not be lost
+    /// because the standby is slow; HA re-sends from the store's watermark on reconnect.
+    pub async fn replicate(&self, leases: Vec<Lease>, max_wait: Duration) -> bool {
+        let (done, rx) = oneshot::channel();
+        if self
+            .tx
+            .try_send(ReplicationRequest { leases, done })
+            .is_err()
+        {
+            return false;
+        }
+        matches!(tokio::time::timeout(max_wait, rx).await, Ok(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 50),
+            mac: [0, 1, 2, 3, 4, 5],
+            client_id: None,
+            hostname: None,
+            subnet: "10.0.0.0/24".into(),
+            state: LeaseState::Active,
+            start: 0,
+            expiry: 3600,
+            updated_ms: 1,
+            relay_info: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn replicate_returns_true_once_acked() {
+        let (rep, mut rx) = replication_channel(4);
+        tokio::spawn(async move {
+            let req = rx.recv().await.expect("request");
+            assert_eq!(req.leases.len(), 1);
+            let _ = req.done.send(());
+        });
+        assert!(rep.replicate(vec![lease()], Duration::from_secs(1)).await);
+    }
+
+    #[tokio::test]
+    async fn replicate_gives_up_after_max_wait() {
+        let (rep, mut rx) = replication_channel(4);
+        let hold = tokio::spawn(async move { rx.recv().await.map(|r| std::mem::forget(r.done)) });
+        let t = std::time::Instant::now();
+        assert!(
+            !rep.replicate(vec![lease()], Duration::from_millis(50))
+                .await
+        );
+        assert!(t.elapsed() < Duration::from_millis(500));
+        let _ = hold.await;
+    }
+}

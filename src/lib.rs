@@ -1,0 +1,20 @@
+//! athena-dhcpd: a DHCPv4 server with a caching DNS proxy for an active/standby pair that
+//! moves its floating IP itself (netlink + gratuitous ARP), with no keepalived and no root.
+//!
+//! The folders are the architecture: `ha/` decides who serves, `vip/` moves the address,
+//! `dhcp/` and `lease/` hand out and remember addresses, `dns/` answers on the VIP, `hooks/`
+//! tells the outside world, `api/` shows it all. `daemon` wires them in start-up order.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod dhcp;
+pub mod dns;
+pub mod events;
+pub mod ha;
+pub mod health;
+pub mod hooks;
+pub mod lease;
+pub mod logging;
+pub mod privileges;
+pub mod vip;
