@@ -91,6 +91,25 @@ impl Replication {
     }
 }
 
+/// What HA needs from the lease store to replicate it: a sequence number that grows with
+/// every local change, the changes after a sequence (bulk sync from a watermark), and a way
+/// to merge the peer's leases (the newer `updated_ms` wins; an address is never left bound to
+/// two clients). Synchronous: redb is; callers on the runtime use `spawn_blocking`.
+pub trait LeaseLog: Send + Sync + 'static {
+    /// The sequence number of the newest local change (0 when empty).
+    fn watermark(&self) -> u64;
+    /// Up to `limit` changes with sequence > `seq`, oldest first, with their sequence numbers.
+    fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError>;
+    /// Merges leases from the peer durably; returns those that changed the local view.
+    fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, LeaseLogError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseLogError {
+    #[error("lease store: {0}")]
+    Store(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
