@@ -11,6 +11,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod codec;
+pub mod index;
+pub mod store;
+
+pub use index::LeaseIndex;
+pub use store::{LeaseStore, StoreError};
+
 /// Where a lease is in its life. Released/expired/declined leases are kept (with their
 /// state) so a peer that missed the change learns it in a bulk sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,6 +57,32 @@ impl Lease {
             m[0], m[1], m[2], m[3], m[4], m[5]
         )
     }
+
+    /// The payload of a `lease.*` event for this lease.
+    pub fn event(&self) -> crate::events::LeaseEvent {
+        crate::events::LeaseEvent {
+            ip: self.ip,
+            mac: self.mac_string(),
+            hostname: self.hostname.clone(),
+            client_id: self.client_id.as_deref().map(hex_colon),
+            subnet: self.subnet.clone(),
+            lease_start: self.start,
+            lease_expiry: self.expiry,
+            lease_duration: self.expiry.saturating_sub(self.start),
+        }
+    }
+}
+
+/// Bytes as colon-separated hex: `01:aa:bb`.
+pub fn hex_colon(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len() * 3);
+    for (i, x) in b.iter().enumerate() {
+        if i > 0 {
+            s.push(':');
+        }
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
 }
 
 /// A batch of lease changes waiting for the standby's acknowledgement.

@@ -1,0 +1,181 @@
+//! The on-disk form of a [`Lease`]: a small versioned binary record.
+//!
+//! Binary rather than JSON because every DHCPACK writes one, inside the group-commit
+//! transaction; the record also carries the change-log sequence number of its last change so
+//! a re-write can remove the superseded change-log entry. Decoding never panics: a record that
+//! does not parse is reported with its length, never trusted.
+
+use std::net::Ipv4Addr;
+
+use super::{Lease, LeaseState};
+
+const VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("lease record of {len} bytes is corrupt: {what}")]
+pub struct CodecError {
+    pub len: usize,
+    pub what: &'static str,
+}
+
+fn state_byte(s: LeaseState) -> u8 {
+    match s {
+        LeaseState::Active => 0,
+        LeaseState::Released => 1,
+        LeaseState::Expired => 2,
+        LeaseState::Declined => 3,
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => out.extend_from_slice(&u16::MAX.to_be_bytes()),
+        Some(b) => {
+            let n = b.len().min(u16::MAX as usize - 1);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            out.extend_from_slice(&b[..n]);
+        }
+    }
+}
+
+/// Encodes a lease and the sequence number of the change that wrote it.
+pub fn encode(lease: &Lease, seq: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + lease.subnet.len());
+    out.push(VERSION);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&lease.ip.octets());
+    out.extend_from_slice(&lease.mac);
+    out.push(state_byte(lease.state));
+    out.extend_from_slice(&lease.start.to_be_bytes());
+    out.extend_from_slice(&lease.expiry.to_be_bytes());
+    out.extend_from_slice(&lease.updated_ms.to_be_bytes());
+    put_bytes(&mut out, lease.client_id.as_deref());
+    put_bytes(&mut out, lease.hostname.as_deref().map(str::as_bytes));
+    put_bytes(&mut out, Some(lease.subnet.as_bytes()));
+    put_bytes(&mut out, lease.relay_info.as_deref());
+    out
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if self.b.len() < n {
+            return Err(CodecError {
+                len: self.len,
+                what: "truncated",
+            });
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn bytes(&mut self) -> Result<Option<&'a [u8]>, CodecError> {
+        let n = self.take(2)?;
+        let n = u16::from_be_bytes([n[0], n[1]]);
+        if n == u16::MAX {
+            return Ok(None);
+        }
+        self.take(n as usize).map(Some)
+    }
+}
+
+/// Decodes a record into the lease and its sequence number.
+pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
+    let len = b.len();
+    let bad = |what| CodecError { len, what };
+    let mut r = Reader { b, len };
+    if r.take(1)?[0] != VERSION {
+        return Err(bad("unknown version"));
+    }
+    let seq = r.u64()?;
+    let ip = r.take(4)?;
+    let ip = Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]);
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(r.take(6)?);
+    let state = match r.take(1)?[0] {
+        0 => LeaseState::Active,
+        1 => LeaseState::Released,
+        2 => LeaseState::Expired,
+        3 => LeaseState::Declined,
+        _ => return Err(bad("unknown state")),
+    };
+    let start = r.u64()?;
+    let expiry = r.u64()?;
+    let updated_ms = r.u64()?;
+    let client_id = r.bytes()?.map(<[u8]>::to_vec);
+    let hostname = match r.bytes()? {
+        Some(h) => Some(
+            std::str::from_utf8(h)
+                .map_err(|_| bad("hostname is not UTF-8"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let subnet = std::str::from_utf8(r.bytes()?.ok_or_else(|| bad("no subnet"))?)
+        .map_err(|_| bad("subnet is not UTF-8"))?
+        .to_string();
+    let relay_info = r.bytes()?.map(<[u8]>::to_vec);
+    Ok((
+        Lease {
+            ip,
+            mac,
+            client_id,
+            hostname,
+            subnet,
+            state,
+            start,
+            expiry,
+            updated_ms,
+            relay_info,
+        },
+        seq,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 50),
+            mac: [0, 1, 2, 3, 4, 5],
+            client_id: Some(vec![1, 0, 1, 2, 3, 4, 5]),
+            hostname: Some("host-a".into()),
+            subnet: "10.0.0.0/24".into(),
+            state: LeaseState::Declined,
+            start: 10,
+            expiry: 3610,
+            updated_ms: 123456,
+            relay_info: Some(vec![1, 2, b'x', b'y']),
+        }
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let l = lease();
+        assert_eq!(decode(&encode(&l, 77)), Ok((l.clone(), 77)));
+        let mut bare = l;
+        bare.client_id = None;
+        bare.hostname = None;
+        bare.relay_info = Some(Vec::new());
+        assert_eq!(decode(&encode(&bare, 1)), Ok((bare, 1)));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let b = encode(&lease(), 5);
+        for n in 0..b.len() {
+            assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! The durable lease store: redb tables plus the in-memory [`LeaseIndex`] the handler reads.
+//!
+//! Tables: `leases` (IP → record), `by_mac` (MAC‖IP), `by_client_id` (len‖client-id‖IP) and
+//! `changes` (sequence → IP), the change log HA reads from a watermark. The change log keeps
+//! only the newest sequence per IP (a re-write deletes the superseded entry), so a bulk sync
+//! sends each lease once and the log never outgrows the leases.
+//!
+//! **Group commit.** Every write goes to one writer thread. It takes whatever is queued, writes
+//! it in one redb transaction with `Durability::Immediate`, and only then completes each
+//! caller's future. While one transaction is being fsynced the next batch queues up, so the
+//! cost of an fsync is shared by every ACK that arrived meanwhile, and a caller that sends its
+//! DHCPACK after `commit` returns never acknowledges a lease that is not on disk.
+//!
+//! Invariants: the index equals the tables plus the jobs queued to the writer; jobs are
+//! written in the order they were submitted (submission happens under the index lock, so the
+//! disk order is the index order); the watermark only moves after a commit is durable.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::codec;
+use super::index::LeaseIndex;
+use super::{Lease, LeaseLog, LeaseLogError, LeaseState};
+
+const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
+const BY_MAC: TableDefinition<&[u8], ()> = TableDefinition::new("by_mac");
+const BY_CLIENT_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_client_id");
+const CHANGES: TableDefinition<u64, u32> = TableDefinition::new("changes");
+
+/// Most leases written in one transaction; a bigger backlog is split so one commit cannot
+/// hold every waiting ACK for long.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("lease database {path}: {msg}")]
+    Open { path: PathBuf, msg: String },
+    #[error("lease database write failed: {0}")]
+    Write(String),
+    #[error("lease database read failed: {0}")]
+    Read(String),
+    #[error("lease database writer has stopped")]
+    WriterGone,
+}
+
+impl From<StoreError> for LeaseLogError {
+    fn from(e: StoreError) -> Self {
+        LeaseLogError::Store(e.to_string())
+    }
+}
+
+fn wr<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Write(e.to_string())
+}
+fn rd<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Read(e.to_string())
+}
+
+/// Store metrics, registered on the daemon's registry by [`LeaseStore::register_metrics`].
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub commits: Counter,
+    pub leases_written: Counter,
+    pub commit_seconds: Histogram,
+    pub batch_leases: Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            commits: Counter::default(),
+            leases_written: Counter::default(),
+            commit_seconds: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+            ]),
+            batch_leases: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0]),
+        }
+    }
+}
+
+type Done = oneshot::Sender<Result<u64, StoreError>>;
+
+struct Job {
+    leases: Vec<Lease>,
+    done: Done,
+}
+
+/// A commit in flight; resolves to the sequence number of its last lease once durable.
+pub struct PendingCommit(oneshot::Receiver<Result<u64, StoreError>>);
+
+impl PendingCommit {
+    pub async fn wait(self) -> Result<u64, StoreError> {
+        self.0.await.unwrap_or(Err(StoreError::WriterGone))
+    }
+    /// For synchronous callers (not on a runtime thread: use `spawn_blocking`).
+    pub fn wait_blocking(self) -> Result<u64, StoreError> {
+        self.0
+            .blocking_recv()
+            .unwrap_or(Err(StoreError::WriterGone))
+    }
+}
+
+pub struct LeaseStore {
+    db: Arc<Database>,
+    index: Mutex<LeaseIndex>,
+    /// `None` only while dropping.
+    writer: Option<std_mpsc::Sender<Job>>,
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    watermark: Arc<AtomicU64>,
+    metrics: StoreMetrics,
+    path: PathBuf,
+}
+
+impl LeaseStore {
+    /// Opens (or creates) the database, loads every lease into memory and starts the writer.
+    /// After a crash redb repairs the file here; committed transactions are all present.
+    pub fn open(path: &Path) -> Result<Arc<LeaseStore>, StoreError> {
+        let open_err = |msg: String| StoreError::Open {
+            path: path.to_path_buf(),
+            msg,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // Create the tables once so readers never see "table does not exist".
+        let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
+        {
+            txn.open_table(LEASES)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(BY_MAC)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(BY_CLIENT_ID)
+                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(CHANGES)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| open_err(e.to_string()))?;
+
+        let mut index = LeaseIndex::new();
+        let watermark;
+        {
+            let r = db.begin_read().map_err(|e| open_err(e.to_string()))?;
+            let t = r.open_table(LEASES).map_err(|e| open_err(e.to_string()))?;
+            for row in t.iter().map_err(|e| open_err(e.to_string()))? {
+                let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
+                match codec::decode(v.value()) {
+                    Ok((lease, _)) => {
+                        index.upsert(lease);
+                    }
+                    Err(e) => tracing::warn!(
+                        ip = %Ipv4Addr::from(k.value()),
+                        "skipping lease {}: {e}",
+                        Ipv4Addr::from(k.value())
+                    ),
+                }
+            }
+            let c = r.open_table(CHANGES).map_err(|e| open_err(e.to_string()))?;
+            watermark = c
+                .last()
+                .map_err(|e| open_err(e.to_string()))?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0);
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = std_mpsc::channel();
+        let wm = Arc::new(AtomicU64::new(watermark));
+        let metrics = StoreMetrics::default();
+        let writer_thread = {
+            let db = db.clone();
+            let wm = wm.clone();
+            let m = metrics.clone();
+            std::thread::Builder::new()
+                .name("lease-writer".into())
+                .spawn(move || writer_loop(&db, rx, watermark, &wm, &m))
+                .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?
+        };
+        tracing::info!(
+            path = %path.display(),
+            leases = index.len(),
+            watermark,
+            "lease database {} opened with {} leases",
+            path.display(),
+            index.len()
+        );
+        Ok(Arc::new(LeaseStore {
+            db,
+            index: Mutex::new(index),
+            writer: Some(tx),
+            writer_thread: Some(writer_thread),
+            watermark: wm,
+            metrics,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The in-memory view. Hold it briefly; submit the changes made under it before
+    /// releasing it, so the disk sees them in the same order.
+    pub fn index(&self) -> MutexGuard<'_, LeaseIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues leases (already applied to the index) for the next group commit.
+    pub fn submit(&self, leases: Vec<Lease>) -> PendingCommit {
+        let (done, rx) = oneshot::channel();
+        let job = Job { leases, done };
+        let refused = match &self.writer {
+            Some(w) => w.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            let _ = job.done.send(Err(StoreError::WriterGone));
+        }
+        PendingCommit(rx)
+    }
+
+    /// Applies leases to the index and commits them; resolves once durable.
+    pub async fn put(&self, leases: Vec<Lease>) -> Result<u64, StoreError> {
+        let pending = {
+            let mut ix = self.index();
+            for l in &leases {
+                ix.upsert(l.clone());
+            }
+            self.submit(leases)
+        };
+        pending.wait().await
+    }
+
+    /// Expires due leases and declined holds durably; returns the leases that were active
+    /// (the ones to announce as `lease.expire`).
+    pub async fn expire_due(&self, now_s: u64) -> Result<Vec<Lease>, StoreError> {
+        let (pending, announce) = {
+            let mut ix = self.index();
+            let due = ix.expire_due(now_s, crate::events::now_ms());
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
+            let announce: Vec<Lease> = due
+                .iter()
+                .filter(|(_, was)| *was)
+                .map(|(l, _)| l.clone())
+                .collect();
+            (
+                self.submit(due.into_iter().map(|(l, _)| l).collect()),
+                announce,
+            )
+        };
+        pending.wait().await?;
+        Ok(announce)
+    }
+
+    /// Reads one lease from disk (not the index): what a restart would see.
+    pub fn read_durable(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        let r = self.db.begin_read().map_err(rd)?;
+        let t = r.open_table(LEASES).map_err(rd)?;
+        match t.get(u32::from(ip)).map_err(rd)? {
+            Some(v) => codec::decode(v.value()).map(|(l, _)| Some(l)).map_err(rd),
+            None => Ok(None),
+        }
+    }
+
+    /// Leases on disk per the MAC index (used by tests and tooling to check the index).
+    pub fn durable_ips_for_mac(&self, mac: &[u8; 6]) -> Result<Vec<Ipv4Addr>, StoreError> {
+        let r = self.db.begin_read().map_err(rd)?;
+        let t = r.open_table(BY_MAC).map_err(rd)?;
+        let mut lo = mac.to_vec();
+        lo.extend_from_slice(&[0; 4]);
+        let mut hi = mac.to_vec();
+        hi.extend_from_slice(&[0xff; 4]);
+        let mut out = Vec::new();
+        for row in t.range(lo.as_slice()..=hi.as_slice()).map_err(rd)? {
+            let (k, _) = row.map_err(rd)?;
+            let k = k.value();
+            if k.len() == 10 {
+                out.push(Ipv4Addr::new(k[6], k[7], k[8], k[9]));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of lease records on disk.
+    pub fn durable_len(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read().map_err(rd)?;
+        let t = r.open_table(LEASES).map_err(rd)?;
+        t.len().map_err(rd)
+    }
+
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let m = &self.metrics;
+        registry.register(
+            "lease_commits",
+            "Group-commit transactions made durable",
+            m.commits.clone(),
+        );
+        registry.register(
+            "lease_writes",
+            "Lease records written",
+            m.leases_written.clone(),
+        );
+        registry.register(
+            "lease_commit_seconds",
+            "Time from transaction start to durable commit",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "lease_commit_batch_leases",
+            "Leases per group-commit transaction",
+            m.batch_leases.clone(),
+        );
+    }
+}
+
+impl Drop for LeaseStore {
+    /// Lets the writer finish the queued commits and close the database, so the file can be
+    /// reopened at once (redb allows one open handle per file).
+    fn drop(&mut self) {
+        self.writer = None;
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer_loop(
+    db: &Database,
+    rx: std_mpsc::Receiver<Job>,
+    mut seq: u64,
+    watermark: &AtomicU64,
+    m: &StoreMetrics,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut n = first.leases.len();
+        let mut jobs = vec![first];
+        while n < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => {
+                    n += j.leases.len();
+                    jobs.push(j);
+                }
+                Err(_) => break,
+            }
+        }
+        let t = Instant::now();
+        let start_seq = seq;
+        match write_batch(db, &jobs, &mut seq) {
+            Ok(ends) => {
+                watermark.store(seq, Ordering::Release);
+                m.commits.inc();
+                m.leases_written.inc_by(n as u64);
+                m.commit_seconds.observe(t.elapsed().as_secs_f64());
+                m.batch_leases.observe(n as f64);
+                for (job, end) in jobs.into_iter().zip(ends) {
+                    let _ = job.done.send(Ok(end));
+                }
+            }
+            Err(e) => {
+                seq = start_seq;
+                tracing::error!(
+                    leases = n,
+                    "lease commit of {n} leases failed, no DHCPACK sent for them: {e}"
+                );
+                for job in jobs {
+                    let _ = job.done.send(Err(StoreError::Write(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+fn mac_key(mac: &[u8; 6], ip: u32) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..6].copy_from_slice(mac);
+    k[6..].copy_from_slice(&ip.to_be_bytes());
+    k
+}
+
+fn cid_key(cid: &[u8], ip: u32) -> Vec<u8> {
+    let n = cid.len().min(255);
+    let mut k = Vec::with_capacity(n + 5);
+    k.push(n as u8);
+    k.extend_from_slice(&cid[..n]);
+    k.extend_from_slice(&ip.to_be_bytes());
+    k
+}
+
+/// Writes every job in one durable transaction; returns each job's last sequence number.
+fn write_batch(db: &Database, jobs: &[Job], seq: &mut u64) -> Result<Vec<u64>, StoreError> {
+    let txn = db.begin_write().map_err(wr)?;
+    let mut ends = Vec::with_capacity(jobs.len());
+    {
+        let mut leases = txn.open_table(LEASES).map_err(wr)?;
+        let mut by_mac = txn.open_table(BY_MAC).map_err(wr)?;
+        let mut by_cid = txn.open_table(BY_CLIENT_ID).map_err(wr)?;
+        let mut changes = txn.open_table(CHANGES).map_err(wr)?;
+        for job in jobs {
+            for lease in &job.leases {
+                let ip = u32::from(lease.ip);
+                let old = leases
+                    .get(ip)
+                    .map_err(wr)?
+                    .and_then(|v| codec::decode(v.value()).ok());
+                if let Some((o, old_seq)) = old {
+                    changes.remove(old_seq).map_err(wr)?;
+                    by_mac.remove(mac_key(&o.mac, ip).as_slice()).map_err(wr)?;
+                    if let Some(c) = &o.client_id {
+                        by_cid.remove(cid_key(c, ip).as_slice()).map_err(wr)?;
+                    }
+                }
+                *seq += 1;
+                leases
+                    .insert(ip, codec::encode(lease, *seq).as_slice())
+                    .map_err(wr)?;
+                changes.insert(*seq, ip).map_err(wr)?;
+                by_mac
+                    .insert(mac_key(&lease.mac, ip).as_slice(), ())
+                    .map_err(wr)?;
+                if let Some(c) = &lease.client_id {
+                    by_cid.insert(cid_key(c, ip).as_slice(), ()).map_err(wr)?;
+                }
+            }
+            ends.push(*seq);
+        }
+    }
+    // Durability::Immediate is redb's default; set it anyway: it is the promise we make.
+    let mut txn = txn;
+    txn.set_durability(redb::Durability::Immediate);
+    txn.commit().map_err(wr)?;
+    Ok(ends)
+}
+
+/// Does `remote` replace `local`? The newer change wins; on a tie the local copy stays, so
+/// merging the same lease twice changes nothing.
+fn remote_wins(local: Option<&Lease>, remote: &Lease) -> bool {
+    match local {
+        None => true,
+        Some(l) => remote.updated_ms > l.updated_ms,
+    }
+}
+
+fn same_client(a: &Lease, b: &Lease) -> bool {
+    match (&a.client_id, &b.client_id) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.mac == b.mac,
+    }
+}
+
+impl LeaseLog for LeaseStore {
+    fn watermark(&self) -> u64 {
+        self.watermark.load(Ordering::Acquire)
+    }
+
+    fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError> {
+        let r = self.db.begin_read().map_err(rd)?;
+        let changes = r.open_table(CHANGES).map_err(rd)?;
+        let leases = r.open_table(LEASES).map_err(rd)?;
+        let mut out = Vec::new();
+        for row in changes.range(seq.saturating_add(1)..).map_err(rd)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (s, ip) = row.map_err(rd)?;
+            if let Some(v) = leases.get(ip.value()).map_err(rd)? {
+                let (lease, _) = codec::decode(v.value()).map_err(rd)?;
+                out.push((s.value(), lease));
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_remote(&self, remote: &[Lease]) -> Result<Vec<Lease>, LeaseLogError> {
+        let (pending, changed) = {
+            let mut ix = self.index();
+            let mut changed: Vec<Lease> = Vec::new();
+            for r in remote {
+                if !remote_wins(ix.get(r.ip), r) {
+                    continue;
+                }
+                // The same client cannot hold two active addresses in one subnet: the older
+                // binding on this side gives way to the newer one from the peer.
+                if r.state == LeaseState::Active {
+                    let stale: Vec<Lease> = ix
+                        .by_mac(&r.mac)
+                        .chain(r.client_id.as_deref().map_or_else(
+                            || Box::new(std::iter::empty()) as Box<dyn Iterator<Item = &Lease>>,
+                            |c| Box::new(ix.by_client_id(c)),
+                        ))
+                        .filter(|l| {
+                            l.ip != r.ip
+                                && l.state == LeaseState::Active
+                                && l.subnet == r.subnet
+                                && same_client(l, r)
+                                && l.updated_ms < r.updated_ms
+                        })
+                        .cloned()
+                        .collect();
+                    for mut s in stale {
+                        if changed.iter().any(|c| c.ip == s.ip) {
+                            continue;
+                        }
+                        s.state = LeaseState::Released;
+                        s.updated_ms = r.updated_ms;
+                        ix.upsert(s.clone());
+                        changed.push(s);
+                    }
+                }
+                ix.upsert(r.clone());
+                changed.retain(|c| c.ip != r.ip);
+                changed.push(r.clone());
+            }
+            if changed.is_empty() {
+                return Ok(changed);
+            }
+            (self.submit(changed.clone()), changed)
+        };
+        pending.wait_blocking()?;
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(last: u8, mac: u8, updated_ms: u64) -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac: [2, 0, 0, 0, 0, mac],
+            client_id: None,
+            hostname: Some(format!("h{mac}")),
+            subnet: "10.0.0.0/24".into(),
+            state: LeaseState::Active,
+            start: 1,
+            expiry: 4_000_000_000,
+            updated_ms,
+            relay_info: None,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn committed_leases_survive_reopen_with_indexes_and_watermark() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases.redb");
+        {
+            let store = LeaseStore::open(&path).expect("open");
+            rt().block_on(async {
+                store
+                    .put(vec![lease(10, 1, 1), lease(11, 2, 1)])
+                    .await
+                    .expect("put");
+                let mut moved = lease(12, 1, 2);
+                moved.client_id = Some(vec![9, 9]);
+                store.put(vec![moved]).await.expect("put");
+            });
+            assert_eq!(store.watermark(), 3);
+        }
+        let store = LeaseStore::open(&path).expect("reopen");
+        assert_eq!(store.watermark(), 3);
+        assert_eq!(store.index().len(), 3);
+        let mut ips = store.durable_ips_for_mac(&[2, 0, 0, 0, 0, 1]).expect("mac");
+        ips.sort();
+        assert_eq!(
+            ips,
+            vec![Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 12)]
+        );
+        assert_eq!(
+            store
+                .index()
+                .by_client_id(&[9, 9])
+                .map(|l| l.ip)
+                .collect::<Vec<_>>(),
+            vec![Ipv4Addr::new(10, 0, 0, 12)]
+        );
+    }
+
+    #[test]
+    fn concurrent_commits_are_batched_and_all_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LeaseStore::open(&dir.path().join("l.redb")).expect("open");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..200u32 {
+                let s = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 1, 0, 0)) + i);
+                    let mut l = lease(0, (i % 250) as u8, 1);
+                    l.ip = ip;
+                    s.put(vec![l]).await
+                }));
+            }
+            for t in tasks {
+                t.await.expect("join").expect("commit");
+            }
+        });
+        assert_eq!(store.durable_len().expect("len"), 200);
+        assert_eq!(store.watermark(), 200);
+        let commits = store.metrics.commits.get();
+        assert!(
+            commits < 200,
+            "200 concurrent commits took {commits} transactions: no batching"
+        );
+    }
+
+    #[test]
+    fn changes_since_returns_each_lease_once_at_its_newest_sequence() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LeaseStore::open(&dir.path().join("l.redb")).expect("open");
+        rt().block_on(async {
+            store.put(vec![lease(10, 1, 1)]).await.expect("put");
+            store.put(vec![lease(11, 2, 1)]).await.expect("put");
+            let mut rel = lease(10, 1, 5);
+            rel.state = LeaseState::Released;
+            store.put(vec![rel]).await.expect("put");
+        });
+        let all = store.changes_since(0, 100).expect("changes");
+        let seqs: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(all[1].1.state, LeaseState::Released);
+        assert_eq!(store.changes_since(2, 100).expect("changes").len(), 1);
+        assert_eq!(store.changes_since(0, 1).expect("changes").len(), 1);
+        assert!(store.changes_since(3, 100).expect("changes").is_empty());
+    }
+
+    #[test]
+    fn apply_remote_keeps_the_newer_change_and_one_address_per_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LeaseStore::open(&dir.path().join("l.redb")).expect("open");
+        rt().block_on(async {
+            store
+                .put(vec![lease(10, 1, 100), lease(20, 7, 100)])
+                .await
+                .expect("put");
+        });
+        // Older remote copy of .10 for another client: ignored.
+        let older = lease(10, 2, 50);
+        // Newer binding of client 7 at .21: .20 must be released, not left active too.
+        let moved = lease(21, 7, 200);
+        let changed = store.apply_remote(&[older, moved]).expect("apply");
+        let ips: Vec<Ipv4Addr> = changed.iter().map(|l| l.ip).collect();
+        assert!(ips.contains(&Ipv4Addr::new(10, 0, 0, 21)), "{ips:?}");
+        assert!(ips.contains(&Ipv4Addr::new(10, 0, 0, 20)), "{ips:?}");
+        assert!(!ips.contains(&Ipv4Addr::new(10, 0, 0, 10)), "{ips:?}");
+        let ten = store
+            .read_durable(Ipv4Addr::new(10, 0, 0, 10))
+            .expect("read")
+            .expect("present");
+        assert_eq!(
+            ten.mac[5], 1,
+            "older remote lease overwrote a newer local one"
+        );
+        let twenty = store
+            .read_durable(Ipv4Addr::new(10, 0, 0, 20))
+            .expect("read")
+            .expect("present");
+        assert_eq!(twenty.state, LeaseState::Released);
+        // Merging the same leases again is a no-op.
+        assert!(store
+            .apply_remote(&[lease(21, 7, 200)])
+            .expect("apply")
+            .is_empty());
+    }
+
+    #[test]
+    fn expiry_frees_due_leases_durably() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LeaseStore::open(&dir.path().join("l.redb")).expect("open");
+        rt().block_on(async {
+            let mut due = lease(10, 1, 1);
+            due.expiry = 50;
+            store.put(vec![due, lease(11, 2, 1)]).await.expect("put");
+            let gone = store.expire_due(100).await.expect("expire");
+            assert_eq!(gone.len(), 1);
+            assert_eq!(gone[0].ip, Ipv4Addr::new(10, 0, 0, 10));
+        });
+        let l = store
+            .read_durable(Ipv4Addr::new(10, 0, 0, 10))
+            .expect("read")
+            .expect("present");
+        assert_eq!(l.state, LeaseState::Expired);
+    }
+}
