@@ -55,14 +55,21 @@ impl Netns {
 
     /// Runs a command inside; panics with its output if it fails; returns stdout.
     pub fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd(args[0]).args(&args[1..]).output().expect("spawn ip netns exec");
+        let out = self
+            .cmd(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("spawn ip netns exec");
         check(args, &out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs a command inside and returns its output whatever the exit status.
     pub fn try_run(&self, args: &[&str]) -> Output {
-        self.cmd(args[0]).args(&args[1..]).output().expect("spawn ip netns exec")
+        self.cmd(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("spawn ip netns exec")
     }
 
     /// Adds an address to an interface in this namespace and brings it up.
@@ -71,33 +78,78 @@ impl Netns {
         self.run(&["ip", "link", "set", ifname, "up"]);
     }
 
+    /// Moves the calling thread into this namespace (see [`enter_netns`]).
+    pub fn enter_current_thread(&self) -> std::io::Result<()> {
+        enter_netns(&self.name)
+    }
+
+    /// Runs `f` on a fresh thread inside this namespace and returns its result.
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let name = self.name.clone();
+        let h = std::thread::spawn(move || {
+            enter_netns(&name).unwrap_or_else(|e| panic!("entering netns {name}: {e}"));
+            f()
+        });
+        h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+
     pub fn pids(&self) -> Vec<i32> {
-        let out = Command::new("ip").args(["netns", "pids", &self.name]).output();
-        out.map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
+        let out = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output();
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         for pid in self.pids() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
+}
+
+/// Moves the calling thread into the named namespace. Network namespaces are per thread, and
+/// a socket stays in the namespace it was opened in for its whole life, even when another
+/// thread uses it: open sockets on a thread that entered, then use them anywhere.
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{name}"))?;
+    // SAFETY: setns on a valid, open fd; CLONE_NEWNET changes only the calling thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A veth pair: `a_if` in `a`, `b_if` in `b`, both up. Created inside `a`, so nothing ever
 /// appears in the host namespace.
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    sh(&["ip", "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name]);
+    sh(&[
+        "ip", "-n", &a.name, "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
+    ]);
     a.run(&["ip", "link", "set", a_if, "up"]);
     b.run(&["ip", "link", "set", b_if, "up"]);
 }
 
 /// Runs a host command (only `ip netns ...`/`ip -n ...` style commands belong here).
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("spawn");
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("spawn");
     check(args, &out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -1,0 +1,121 @@
+//! The failover lab proves itself: nodes reachable across the switch, the fault tools (port
+//! down, A↔B cut, kill) do what the scenario tests rely on, and the daemon runs in a node.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::lab::{http_get, Lab, Node, NodeOpts};
+use common::netns::require_root;
+
+/// Does `arping` from `ns` get an answer from `ip` within a second?
+fn arp_reaches(ns: &common::netns::Netns, ip: &str) -> bool {
+    ns.try_run(&["arping", "-c", "1", "-w", "1", "-I", "eth0", ip])
+        .status
+        .success()
+}
+
+#[test]
+fn lab_nodes_answer_their_api_across_the_switch_and_the_fault_tools_work() {
+    if !require_root("lab_nodes_answer_their_api_across_the_switch_and_the_fault_tools_work") {
+        return;
+    }
+    let mut lab = Lab::new("api");
+    lab.start(Node::A, &NodeOpts::standalone());
+    lab.start(Node::B, &NodeOpts::standalone());
+
+    // The client reaches both daemons' APIs through the bridge.
+    for n in [Node::A, Node::B] {
+        let (code, body) =
+            http_get(&lab.c, n.api(), "/api/v1/health").expect("API across the switch");
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"node\":\"{}\"", n.name())),
+            "{body}"
+        );
+        assert!(lab.ha_status(n).is_some(), "ha/status of {}", n.name());
+    }
+    assert!(
+        lab.log(Node::A).contains("started on node-a"),
+        "{}",
+        lab.log(Node::A)
+    );
+
+    // Cutting A↔B isolates the nodes from each other, not from the client.
+    assert!(arp_reaches(&lab.a, "10.0.0.2"));
+    lab.cut_ab();
+    assert!(
+        !arp_reaches(&lab.a, "10.0.0.2"),
+        "A still reaches B after the cut"
+    );
+    assert!(arp_reaches(&lab.c, "10.0.0.1") && arp_reaches(&lab.c, "10.0.0.2"));
+    lab.heal_ab();
+    assert!(
+        arp_reaches(&lab.a, "10.0.0.2"),
+        "A does not reach B after healing"
+    );
+
+    // Host lost: A's port down → the client cannot reach A; its own API still answers inside.
+    lab.port_down(Node::A);
+    assert!(http_get(&lab.c, Node::A.api(), "/api/v1/health").is_err());
+    assert!(lab.api_get(Node::A, "/api/v1/health").is_some());
+    lab.port_up(Node::A);
+    lab.wait_for("A reachable again", Duration::from_secs(10), |l| {
+        http_get(&l.c, Node::A.api(), "/api/v1/health").is_ok()
+    });
+
+    // SIGSTOP: the socket accepts (kernel backlog) but nothing answers; SIGCONT: it does again.
+    lab.sigstop(Node::A);
+    assert!(
+        lab.api_get(Node::A, "/api/v1/health").is_none(),
+        "a stopped daemon answered"
+    );
+    lab.sigcont(Node::A);
+    lab.wait_for("A answers after SIGCONT", Duration::from_secs(10), |l| {
+        l.api_get(Node::A, "/api/v1/health").is_some()
+    });
+
+    // kill -9 → nothing listens (refused at once), and a restart serves again.
+    lab.kill9(Node::A);
+    let t = Instant::now();
+    assert!(http_get(&lab.c, Node::A.api(), "/api/v1/health").is_err());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "refused should be immediate"
+    );
+    lab.restart(Node::A);
+    assert!(lab.api_get(Node::A, "/api/v1/health").is_some());
+
+    // SIGTERM → clean exit.
+    lab.sigterm(Node::B);
+    let st = lab.wait_exit(Node::B, Duration::from_secs(10));
+    assert!(st.success(), "node-b exit status {st}");
+}
+
+#[test]
+fn lab_namespaces_are_gone_after_drop_even_on_panic() {
+    if !require_root("lab_namespaces_are_gone_after_drop_even_on_panic") {
+        return;
+    }
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let n2 = names.clone();
+    let r = std::panic::catch_unwind(move || {
+        let mut lab = Lab::new("drop");
+        lab.start(Node::A, &NodeOpts::standalone());
+        n2.lock().unwrap().extend([
+            lab.sw.name.clone(),
+            lab.a.name.clone(),
+            lab.b.name.clone(),
+            lab.c.name.clone(),
+        ]);
+        panic!("deliberate");
+    });
+    assert!(r.is_err());
+    let list = common::netns::sh(&["ip", "netns", "list"]);
+    for n in names.lock().unwrap().iter() {
+        assert!(
+            !list.split_whitespace().any(|w| w == n),
+            "{n} left behind:\n{list}"
+        );
+    }
+}
