@@ -1044,6 +1044,7 @@ fn walk(item: &toml_edit::Item, path: String, offset: usize, best: &mut (String,
         toml_edit::Item::ArrayOfTables(a) => {
             for (i, t) in a.iter().enumerate() {
                 let p = format!("{path}[{i}]");
+                consider(t.span(), &p, best);
                 for (k, v) in t.iter() {
                     let pk = format!("{p}.{k}");
                     if let Some((key, _)) = t.get_key_value(k) {
@@ -1536,3 +1537,7 @@ fn validate_hooks(h: &HooksConfig) -> Result<(), Invalid> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,245 @@
+//! The daemon as an admin meets it: a broken config is refused before anything binds, the
+//! capability drop really happens on every thread, the API answers, SIGTERM stops it cleanly.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::{require_root, Netns};
+
+const BIN: &str = env!("CARGO_BIN_EXE_athena-dhcpd");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn broken_config_is_refused_with_file_line_and_key_and_nothing_binds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!("[api]\nlisten = \"127.0.0.1:{port}\"\n\n[ha]\nenabled = true\npeer_address = \"10.0.0.2:8067\"\nfailover_timout = \"5s\"\n"),
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "exit code");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:7:1: ha.failover_timout: unknown field `failover_timout`",
+            path.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("check-config"), "tells how to check: {err}");
+    // Nothing was bound: the API port is still free.
+    TcpListener::bind(("127.0.0.1", port)).expect("API port must not have been bound");
+}
+
+#[test]
+fn ha_without_secret_is_refused_before_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nosecret.toml");
+    std::fs::write(
+        &path,
+        "[ha]\nenabled = true\npeer_address = \"10.0.0.2:8067\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":1:2: ha: shared_secret is required"), "{err}");
+    assert!(
+        err.contains("openssl rand -hex 32"),
+        "says how to fix it: {err}"
+    );
+}
+
+#[test]
+fn check_config_summarises_the_shipped_node_config() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/node-a.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", path])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("node        node-a"), "{s}");
+    assert!(s.contains("HA          primary"), "{s}");
+    assert!(s.contains("VIP         10.0.0.3/24 on eth0"), "{s}");
+    assert!(s.contains("server id 10.0.0.3 (VIP)"), "{s}");
+    assert!(s.ends_with(": OK\n"), "{s}");
+}
+
+#[test]
+fn version_and_help() {
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("athena-dhcpd "));
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("check-config") && s.contains("--config"), "{s}");
+}
+
+/// Reads one status field of every thread of `pid`.
+fn thread_field(pid: u32, field: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if let Some(v) = status.lines().find_map(|l| l.strip_prefix(field)) {
+            out.push(v.trim().to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm() {
+    if !require_root("root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm") {
+        return;
+    }
+    let ns = Netns::new("caps");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nnode_name = \"capstest\"\nlease_db = \"{}/leases.redb\"\n[api]\nlisten = \"127.0.0.1:8067\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write");
+    let log = dir.path().join("daemon.log");
+    let mut child = ns
+        .cmd(BIN)
+        .args(["--log-format", "text", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn daemon");
+    let pid = child.id();
+
+    // Ready when the API answers inside the namespace.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let health = loop {
+        let out = ns.try_run(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "1",
+            "http://127.0.0.1:8067/api/v1/health",
+        ]);
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains("\"status\"") {
+            break body;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "daemon exited early ({st}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "API never answered: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    let ha = ns.run(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:8067/api/v1/ha/status",
+    ]);
+    assert!(
+        ha.contains("\"enabled\":false") && ha.contains("\"state\":\"ACTIVE\""),
+        "{ha}"
+    );
+    let metrics = ns.run(&[
+        "curl",
+        "-s",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:8067/metrics",
+    ]);
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics text: {metrics}");
+
+    // Every thread, not just the main one (capabilities are per thread).
+    let eff = thread_field(pid, "CapEff:");
+    assert!(eff.len() > 1, "expected worker threads, got {eff:?}");
+    assert!(
+        eff.iter().all(|c| c == "0000000000001000"),
+        "CapEff per thread: {eff:?}"
+    );
+    assert!(thread_field(pid, "CapPrm:")
+        .iter()
+        .all(|c| c == "0000000000001000"));
+    assert!(thread_field(pid, "CapInh:")
+        .iter()
+        .all(|c| c == "0000000000000000"));
+    assert!(thread_field(pid, "CapAmb:")
+        .iter()
+        .all(|c| c == "0000000000000000"));
+    assert!(thread_field(pid, "CapBnd:")
+        .iter()
+        .all(|c| c == "0000000000000000"));
+    assert!(thread_field(pid, "NoNewPrivs:").iter().all(|c| c == "1"));
+
+    nix_kill(pid, 15);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    std::fs::File::open(&log)
+        .expect("log")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert!(status.success(), "exit status {status}: {text}");
+    assert!(
+        text.contains("athena-dhcpd 0.1.0 started on capstest (standalone)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SIGTERM received") && text.contains("stopped"),
+        "{text}"
+    );
+}
+
+fn nix_kill(pid: u32, sig: i32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
