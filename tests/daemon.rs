@@ -243,3 +243,29 @@ fn nix_kill(pid: u32, sig: i32) {
         .arg(pid.to_string())
         .status();
 }
+
+#[test]
+fn man_pages_render_without_warnings() {
+    for page in ["man/athena-dhcpd.8", "man/athena-dhcpd.toml.5"] {
+        let path = format!("{}/{page}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("man")
+            .args(["--warnings=w", "-l", &path])
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man (man-db) installed");
+        assert!(
+            out.status.success(),
+            "{page}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{page} warnings: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("SEE ALSO"),
+            "{page} rendered nothing"
+        );
+    }
+}
