@@ -212,6 +212,26 @@ fn root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm() {
         .all(|c| c == "0000000000000000"));
     assert!(thread_field(pid, "NoNewPrivs:").iter().all(|c| c == "1"));
 
+    // SIGHUP: a broken file is refused and the running config kept; a valid one with a
+    // [server] change is applied where it can be and the rest is named.
+    std::fs::write(&cfg, "[server]\nlog_levle = \"debug\"\n").expect("write");
+    nix_kill(pid, 1);
+    wait_for_log(&log, "reload refused, keeping the running config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nnode_name = \"capstest\"\nlog_level = \"debug\"\nlease_db = \"{}/leases.redb\"\n[api]\nlisten = \"127.0.0.1:8067\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write");
+    nix_kill(pid, 1);
+    wait_for_log(&log, "changes to [server] take effect after a restart");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP must not stop the daemon"
+    );
+
     nix_kill(pid, 15);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -268,4 +288,70 @@ fn man_pages_render_without_warnings() {
             "{page} rendered nothing"
         );
     }
+}
+
+fn wait_for_log(log: &std::path::Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log never said {needle:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn missing_cap_net_admin_is_named_with_the_setcap_line() {
+    if !require_root("missing_cap_net_admin_is_named_with_the_setcap_line") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let port = free_port();
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlease_db = \"{}/l.redb\"\n[api]\nlisten = \"127.0.0.1:{port}\"\n",
+            dir.path().display()
+        ),
+    )
+    .expect("write");
+    // An unprivileged user with no capabilities at all, as after a forgotten setcap.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            BIN,
+            "--log-format",
+            "text",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .expect("setpriv");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing capability CAP_NET_ADMIN"), "{err}");
+    assert!(
+        err.contains("setcap cap_net_admin,cap_net_raw,cap_net_bind_service+ep"),
+        "{err}"
+    );
 }
