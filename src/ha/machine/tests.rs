@@ -1,0 +1,1100 @@
+//! Table-driven tests for each transition, and a two-node simulation (simulated link, clock,
+//! witness and faults) driven by proptest.
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::VecDeque;
+
+const HB: u64 = 100;
+const FO: u64 = 500;
+
+fn cfg(node: &str, role: Role) -> MachineConfig {
+    MachineConfig {
+        node: node.into(),
+        role,
+        preempt: true,
+        heartbeat_ms: HB,
+        failover_ms: FO,
+        handoff_ms: 500,
+        sync_ms: 1500,
+        witness: true,
+    }
+}
+
+fn ps(node: &str, role: Role, state: HaState, epoch: u64) -> PeerStatus {
+    PeerStatus {
+        node: node.into(),
+        role,
+        state,
+        epoch,
+        watermark: 0,
+        wants_active: false,
+    }
+}
+
+fn primary() -> Machine {
+    Machine::new(cfg("node-a", Role::Primary), 0)
+}
+fn secondary() -> Machine {
+    Machine::new(cfg("node-b", Role::Secondary), 0)
+}
+
+/// A node connected to `peer`, synced, in `state` with `epoch`.
+fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Machine {
+    m.step(Input::LinkUp(peer), 10, 0);
+    m.step(
+        Input::SyncComplete {
+            detail: "sync".into(),
+        },
+        20,
+        0,
+    );
+    m.state = state;
+    m.epoch = epoch;
+    m.sync_deadline_ms = None;
+    m
+}
+
+fn failovers(actions: &[Action]) -> Vec<(HaState, HaState, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Emit {
+                kind: "ha.failover",
+                old,
+                new,
+                reason,
+            } => Some((*old, *new, reason.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    node: Machine,
+    inputs: Vec<(Input, u64)>,
+    want: HaState,
+    /// Substring the last `ha.failover` reason must contain ("" = no transition expected
+    /// from the last input).
+    reason: &'static str,
+    /// Actions (by discriminant-ish name) the last input must produce.
+    must: Vec<&'static str>,
+}
+
+fn action_name(a: &Action) -> String {
+    match a {
+        Action::Send(Control::Status(_)) => "send_status".into(),
+        Action::Send(Control::Handoff { .. }) => "send_handoff".into(),
+        Action::Send(Control::HandoffAck { accepted: true, .. }) => "send_ack".into(),
+        Action::Send(Control::HandoffAck {
+            accepted: false, ..
+        }) => "send_nack".into(),
+        Action::Emit { kind, .. } => kind.to_string(),
+        Action::ProbeWitness => "probe".into(),
+        Action::StartSync => "sync".into(),
+        Action::CloseLink => "close".into(),
+        Action::ShutdownReady => "shutdown_ready".into(),
+        Action::Refused(_) => "refused".into(),
+        Action::Note(_) => "note".into(),
+    }
+}
+
+#[test]
+fn every_transition_in_the_table() {
+    use HaState::*;
+    use Role::*;
+    let b_standby = ps("node-b", Secondary, Standby, 0);
+    let a_active = |e| ps("node-a", Primary, Active, e);
+    let b_active = |e| ps("node-b", Secondary, Active, e);
+    let cases = vec![
+        Case {
+            name: "alone: silence for failover_timeout asks the witness first",
+            node: primary(),
+            inputs: vec![(Input::Tick, FO)],
+            want: Standby,
+            reason: "",
+            must: vec!["probe"],
+        },
+        Case {
+            name: "alone: witness silent → ACTIVE with a heartbeat-timeout reason",
+            node: primary(),
+            inputs: vec![
+                (Input::Tick, FO),
+                (Input::Witness { answered: false }, FO + 5),
+            ],
+            want: Active,
+            reason: "peer heartbeat timeout after 0.505s",
+            must: vec!["ha.failover"],
+        },
+        Case {
+            name: "witness answers → stays STANDBY, split brain averted",
+            node: secondary(),
+            inputs: vec![
+                (Input::Tick, FO),
+                (Input::Witness { answered: true }, FO + 5),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec!["ha.split_brain"],
+        },
+        Case {
+            name: "averted split brain re-probes on the next tick",
+            node: secondary(),
+            inputs: vec![
+                (Input::Tick, FO),
+                (Input::Witness { answered: true }, FO + 5),
+                (Input::Tick, FO + HB),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec!["probe"],
+        },
+        Case {
+            name: "before failover_timeout nothing happens",
+            node: primary(),
+            inputs: vec![(Input::Tick, FO - 1)],
+            want: Standby,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "link up while STANDBY → SYNCING and bulk sync",
+            node: secondary(),
+            inputs: vec![(Input::LinkUp(a_active(1)), 10)],
+            want: Syncing,
+            reason: "bulk sync with node-a",
+            must: vec!["sync", "ha.peer_up", "ha.failover"],
+        },
+        Case {
+            name: "sync complete → STANDBY",
+            node: secondary(),
+            inputs: vec![
+                (Input::LinkUp(a_active(1)), 10),
+                (
+                    Input::SyncComplete {
+                        detail: "synced 3 leases from node-a".into(),
+                    },
+                    20,
+                ),
+            ],
+            want: Standby,
+            reason: "synced 3 leases",
+            must: vec!["ha.sync_complete"],
+        },
+        Case {
+            name: "sync that never completes times out to STANDBY",
+            node: secondary(),
+            inputs: vec![
+                (Input::LinkUp(a_active(1)), 10),
+                (Input::Peer(Control::Status(a_active(1))), 1500),
+                (Input::Tick, 1511),
+            ],
+            want: Standby,
+            reason: "bulk sync did not finish",
+            must: vec![],
+        },
+        Case {
+            name: "two STANDBY nodes connected: the primary takes over",
+            node: connected(primary(), b_standby.clone(), Standby, 0),
+            inputs: vec![(Input::Peer(Control::Status(b_standby.clone())), 30)],
+            want: Active,
+            reason: "node-b is STANDBY too; the primary takes the service",
+            must: vec!["ha.failover", "send_status"],
+        },
+        Case {
+            name: "two STANDBY nodes connected: the secondary waits",
+            node: connected(secondary(), ps("node-a", Primary, Standby, 0), Standby, 0),
+            inputs: vec![(
+                Input::Peer(Control::Status(ps("node-a", Primary, Standby, 0))),
+                30,
+            )],
+            want: Standby,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "peer reports FAULT → take over",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![(
+                Input::Peer(Control::Status(ps("node-a", Primary, Fault, 3))),
+                30,
+            )],
+            want: Active,
+            reason: "node-a reports FAULT",
+            must: vec!["ha.failover"],
+        },
+        Case {
+            name: "refused reconnect after a link existed → witness, then ACTIVE at once",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![
+                (Input::LinkDown, 30),
+                (Input::ReconnectRefused, 31),
+                (Input::Witness { answered: false }, 32),
+            ],
+            want: Active,
+            reason: "node-a refused the reconnect (process gone, host up)",
+            must: vec!["ha.failover"],
+        },
+        Case {
+            name: "refused before any link (peer not started yet) is not a trigger",
+            node: secondary(),
+            inputs: vec![(Input::ReconnectRefused, 31)],
+            want: Standby,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "link up but silent for failover_timeout (SIGSTOP) → close the link, probe",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![
+                (Input::Tick, 100),
+                (Input::Tick, 200),
+                (Input::Tick, 300),
+                (Input::Tick, 400),
+                (Input::Tick, 500),
+                (Input::Tick, 600),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec!["close", "ha.peer_down", "probe"],
+        },
+        Case {
+            name: "a node that was frozen itself skips the first silence check",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![(Input::Tick, 100), (Input::Tick, 5000)],
+            want: Standby,
+            reason: "",
+            must: vec!["send_status"],
+        },
+        Case {
+            name: "two ACTIVE: lower epoch steps down",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::Peer(Control::Status(b_active(2))), 30)],
+            want: Standby,
+            reason: "node-b is ACTIVE with higher epoch 2",
+            must: vec!["ha.split_brain", "ha.failover"],
+        },
+        Case {
+            name: "two ACTIVE: higher epoch stays",
+            node: connected(secondary(), a_active(1), Active, 2),
+            inputs: vec![(Input::Peer(Control::Status(a_active(1))), 30)],
+            want: Active,
+            reason: "",
+            must: vec!["ha.split_brain"],
+        },
+        Case {
+            name: "two ACTIVE with equal epochs: the secondary steps down",
+            node: connected(secondary(), a_active(2), Active, 2),
+            inputs: vec![(Input::Peer(Control::Status(a_active(2))), 30)],
+            want: Standby,
+            reason: "equal epoch 2 and wins the tie as primary",
+            must: vec!["ha.failover"],
+        },
+        Case {
+            name: "two ACTIVE with equal epochs: the primary stays",
+            node: connected(primary(), b_active(2), Active, 2),
+            inputs: vec![(Input::Peer(Control::Status(b_active(2))), 30)],
+            want: Active,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "SIGTERM on ACTIVE with a standby peer → handoff frame, not yet released",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::Shutdown, 30)],
+            want: Active,
+            reason: "",
+            must: vec!["send_handoff"],
+        },
+        Case {
+            name: "handoff acknowledged → STANDBY and shutdown proceeds",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::Shutdown, 30),
+                (
+                    Input::Peer(Control::HandoffAck {
+                        epoch: 2,
+                        accepted: true,
+                    }),
+                    40,
+                ),
+            ],
+            want: Standby,
+            reason: "handed off to node-b (shutdown)",
+            must: vec!["shutdown_ready", "ha.failover"],
+        },
+        Case {
+            name: "handoff never acknowledged → shutdown proceeds after handoff_ms",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::Shutdown, 30), (Input::Tick, 530)],
+            want: Standby,
+            reason: "did not acknowledge the handoff within 0.5s",
+            must: vec!["shutdown_ready"],
+        },
+        Case {
+            name: "SIGTERM with no peer → release at once",
+            node: {
+                let mut m = primary();
+                m.state = Active;
+                m.epoch = 1;
+                m
+            },
+            inputs: vec![(Input::Shutdown, 30)],
+            want: Standby,
+            reason: "no standby peer",
+            must: vec!["shutdown_ready"],
+        },
+        Case {
+            name: "SIGTERM on STANDBY → exit at once",
+            node: connected(secondary(), a_active(1), Standby, 0),
+            inputs: vec![(Input::Shutdown, 30)],
+            want: Standby,
+            reason: "",
+            must: vec!["shutdown_ready"],
+        },
+        Case {
+            name: "handoff frame → ACTIVE above the sender's epoch, acked",
+            node: connected(secondary(), a_active(4), Standby, 0),
+            inputs: vec![(
+                Input::Peer(Control::Handoff {
+                    reason: "shutdown".into(),
+                    epoch: 4,
+                }),
+                30,
+            )],
+            want: Active,
+            reason: "handoff from node-a (shutdown)",
+            must: vec!["send_ack", "ha.failover"],
+        },
+        Case {
+            name: "handoff to a FAULT node is refused",
+            node: {
+                let mut m = connected(secondary(), a_active(4), Standby, 0);
+                m.step(
+                    Input::Health {
+                        stuck: vec!["dhcp".into()],
+                    },
+                    25,
+                    0,
+                );
+                m
+            },
+            inputs: vec![(
+                Input::Peer(Control::Handoff {
+                    reason: "shutdown".into(),
+                    epoch: 4,
+                }),
+                30,
+            )],
+            want: Fault,
+            reason: "",
+            must: vec!["send_nack"],
+        },
+        Case {
+            name: "stuck workers → FAULT, peer told",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(
+                Input::Health {
+                    stuck: vec!["dhcp".into()],
+                },
+                30,
+            )],
+            want: Fault,
+            reason: "workers stuck: dhcp",
+            must: vec!["ha.failover", "send_status"],
+        },
+        Case {
+            name: "FAULT sends no heartbeats",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (
+                    Input::Health {
+                        stuck: vec!["dns".into()],
+                    },
+                    30,
+                ),
+                (Input::Tick, 100),
+            ],
+            want: Fault,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "health returns → STANDBY",
+            node: {
+                let mut m = primary();
+                m.step(
+                    Input::Health {
+                        stuck: vec!["dns".into()],
+                    },
+                    5,
+                    0,
+                );
+                m
+            },
+            inputs: vec![(Input::Health { stuck: vec![] }, 30)],
+            want: Standby,
+            reason: "making progress again",
+            must: vec![],
+        },
+        Case {
+            name: "API failover on ACTIVE with a standby → handoff",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::ApiFailover, 30)],
+            want: Active,
+            reason: "",
+            must: vec!["send_handoff"],
+        },
+        Case {
+            name: "API failover on STANDBY is refused",
+            node: connected(secondary(), a_active(1), Standby, 0),
+            inputs: vec![(Input::ApiFailover, 30)],
+            want: Standby,
+            reason: "",
+            must: vec!["refused"],
+        },
+        Case {
+            name: "API handoff not acked stays ACTIVE",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::ApiFailover, 30), (Input::Tick, 600)],
+            want: Active,
+            reason: "",
+            must: vec!["note"],
+        },
+        Case {
+            name: "preempt: active secondary hands off to a synced primary that wants it",
+            node: connected(secondary(), ps("node-a", Primary, Standby, 0), Active, 3),
+            inputs: vec![(
+                Input::Peer(Control::Status(PeerStatus {
+                    wants_active: true,
+                    ..ps("node-a", Primary, Standby, 0)
+                })),
+                30,
+            )],
+            want: Active,
+            reason: "",
+            must: vec!["send_handoff"],
+        },
+        Case {
+            name: "no preempt request → secondary keeps the service",
+            node: connected(secondary(), ps("node-a", Primary, Standby, 0), Active, 3),
+            inputs: vec![(
+                Input::Peer(Control::Status(ps("node-a", Primary, Standby, 0))),
+                30,
+            )],
+            want: Active,
+            reason: "",
+            must: vec![],
+        },
+        Case {
+            name: "link lost during sync → STANDBY",
+            node: {
+                let mut m = secondary();
+                m.step(Input::LinkUp(a_active(1)), 10, 0);
+                m
+            },
+            inputs: vec![(Input::LinkDown, 30)],
+            want: Standby,
+            reason: "closed during bulk sync",
+            must: vec!["ha.peer_down"],
+        },
+        Case {
+            name: "ACTIVE keeps serving when the peer goes silent",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::Tick, 100),
+                (Input::Tick, 200),
+                (Input::Tick, 300),
+                (Input::Tick, 400),
+                (Input::Tick, 520),
+            ],
+            want: Active,
+            reason: "",
+            must: vec!["close", "ha.peer_down"],
+        },
+    ];
+    for c in cases {
+        let mut m = c.node;
+        let mut last = Vec::new();
+        for (input, now) in c.inputs {
+            last = m.step(input, now, 7);
+        }
+        assert_eq!(m.state(), c.want, "{}: state (actions {last:?})", c.name);
+        let f = failovers(&last);
+        if c.reason.is_empty() {
+            assert!(f.is_empty(), "{}: unexpected transition {f:?}", c.name);
+        } else {
+            let (_, new, reason) = f
+                .last()
+                .unwrap_or_else(|| panic!("{}: no transition in {last:?}", c.name));
+            assert_eq!(*new, c.want, "{}", c.name);
+            assert!(reason.contains(c.reason), "{}: reason {reason:?}", c.name);
+        }
+        let names: Vec<String> = last.iter().map(action_name).collect();
+        for want in c.must {
+            assert!(
+                names.iter().any(|n| n == want),
+                "{}: missing {want} in {names:?}",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn takeover_raises_the_epoch_above_the_peer() {
+    let mut m = connected(
+        secondary(),
+        ps("node-a", Role::Primary, HaState::Active, 7),
+        HaState::Standby,
+        0,
+    );
+    m.step(Input::LinkDown, 30, 0);
+    m.step(Input::ReconnectRefused, 31, 0);
+    m.step(Input::Witness { answered: false }, 32, 0);
+    assert_eq!(m.state(), HaState::Active);
+    assert_eq!(m.epoch(), 8);
+}
+
+#[test]
+fn heartbeats_carry_state_epoch_and_watermark() {
+    let mut m = connected(
+        primary(),
+        ps("node-b", Role::Secondary, HaState::Standby, 0),
+        HaState::Active,
+        4,
+    );
+    let a = m.step(Input::Tick, 100, 42);
+    let st = a.iter().find_map(|a| match a {
+        Action::Send(Control::Status(s)) => Some(s.clone()),
+        _ => None,
+    });
+    let st = st.expect("a heartbeat");
+    assert_eq!(
+        (st.state, st.epoch, st.watermark, st.node.as_str()),
+        (HaState::Active, 4, 42, "node-a")
+    );
+}
+
+#[test]
+fn a_synced_primary_asks_for_the_service_only_with_preempt() {
+    let m = connected(
+        primary(),
+        ps("node-b", Role::Secondary, HaState::Active, 3),
+        HaState::Standby,
+        0,
+    );
+    assert!(m.status(0).wants_active);
+    let mut c = cfg("node-a", Role::Primary);
+    c.preempt = false;
+    let m = connected(
+        Machine::new(c, 0),
+        ps("node-b", Role::Secondary, HaState::Active, 3),
+        HaState::Standby,
+        0,
+    );
+    assert!(!m.status(0).wants_active);
+}
+
+#[test]
+fn durations_read_like_a_person_writes_them() {
+    assert_eq!(secs(10_000), "10.0s");
+    assert_eq!(secs(150), "0.15s");
+    assert_eq!(secs(1234), "1.234s");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two-node simulation
+
+#[derive(Debug, Clone)]
+enum Fault {
+    LinkReset,
+    Partition(bool),
+    Crash { node: usize, host_down: bool },
+    Restart(usize),
+    Pause(usize),
+    Resume(usize),
+    Sigterm(usize),
+    Stuck(usize, bool),
+    ApiFailover(usize),
+    Delay(u64),
+}
+
+fn fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        Just(Fault::LinkReset),
+        any::<bool>().prop_map(Fault::Partition),
+        (0..2usize, any::<bool>()).prop_map(|(node, host_down)| Fault::Crash { node, host_down }),
+        (0..2usize).prop_map(Fault::Restart),
+        (0..2usize).prop_map(Fault::Pause),
+        (0..2usize).prop_map(Fault::Resume),
+        (0..2usize).prop_map(Fault::Sigterm),
+        (0..2usize, any::<bool>()).prop_map(|(n, s)| Fault::Stuck(n, s)),
+        (0..2usize).prop_map(Fault::ApiFailover),
+        prop_oneof![Just(0u64), Just(20), Just(80), Just(700)].prop_map(Fault::Delay),
+    ]
+}
+
+struct SimNode {
+    m: Machine,
+    cfg: MachineConfig,
+    alive: bool,
+    host_down: bool,
+    paused: bool,
+    stuck: bool,
+    next_tick: u64,
+    next_dial: u64,
+    /// Inputs waiting for this node (delivered in order once `at` ≤ now and not paused).
+    inbox: VecDeque<(u64, Input)>,
+}
+
+struct Sim {
+    n: [SimNode; 2],
+    now: u64,
+    link: bool,
+    link_gen: u64,
+    partitioned: bool,
+    delay: u64,
+    witness: bool,
+    /// Last delivery time scheduled per direction (TCP keeps order).
+    last_at: [u64; 2],
+    /// Pending "sync complete" (node, link generation, at).
+    syncs: Vec<(usize, u64, u64)>,
+    witness_answers: Vec<(usize, u64)>,
+    rng: u64,
+    /// After the heal a supervisor restarts any node that exits (e.g. a late SIGTERM).
+    healed: bool,
+    log: Vec<String>,
+}
+
+impl Sim {
+    fn new(witness: bool, preempt: bool) -> Sim {
+        let mk = |name: &str, role| {
+            let mut c = cfg(name, role);
+            c.witness = witness;
+            c.preempt = preempt;
+            SimNode {
+                m: Machine::new(c.clone(), 0),
+                cfg: c,
+                alive: true,
+                host_down: false,
+                paused: false,
+                stuck: false,
+                next_tick: 0,
+                next_dial: 0,
+                inbox: VecDeque::new(),
+            }
+        };
+        Sim {
+            n: [mk("node-a", Role::Primary), mk("node-b", Role::Secondary)],
+            now: 0,
+            link: false,
+            link_gen: 0,
+            partitioned: false,
+            delay: 0,
+            witness,
+            last_at: [0, 0],
+            syncs: Vec::new(),
+            witness_answers: Vec::new(),
+            rng: 0x9e37_79b9_7f4a_7c15,
+            healed: false,
+            log: Vec::new(),
+        }
+    }
+
+    fn rand_delay(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        if self.delay == 0 {
+            0
+        } else {
+            self.rng % (self.delay + 1)
+        }
+    }
+
+    fn reset_link(&mut self) {
+        if !self.link {
+            return;
+        }
+        self.link = false;
+        self.link_gen += 1;
+        for i in 0..2 {
+            // Frames in flight die with the connection; the EOF arrives after them.
+            self.n[i]
+                .inbox
+                .retain(|(_, inp)| !matches!(inp, Input::Peer(_)));
+            let at = self.now;
+            self.n[i].inbox.push_back((at, Input::LinkDown));
+        }
+    }
+
+    fn apply(&mut self, f: &Fault) {
+        match *f {
+            Fault::LinkReset => self.reset_link(),
+            Fault::Partition(on) => {
+                self.partitioned = on;
+                if on {
+                    self.reset_link();
+                }
+            }
+            Fault::Crash { node, host_down } => {
+                if self.n[node].alive {
+                    self.n[node].alive = false;
+                    self.n[node].host_down = host_down;
+                    self.reset_link();
+                }
+            }
+            Fault::Restart(node) => self.restart(node),
+            Fault::Pause(node) => self.n[node].paused = true,
+            Fault::Resume(node) => self.n[node].paused = false,
+            Fault::Sigterm(node) => {
+                if self.n[node].alive {
+                    self.n[node].inbox.push_back((self.now, Input::Shutdown));
+                }
+            }
+            Fault::Stuck(node, s) => self.n[node].stuck = s,
+            Fault::ApiFailover(node) => {
+                self.n[node].inbox.push_back((self.now, Input::ApiFailover))
+            }
+            Fault::Delay(d) => self.delay = d,
+        }
+    }
+
+    fn restart(&mut self, node: usize) {
+        let n = &mut self.n[node];
+        if n.alive {
+            return;
+        }
+        n.alive = true;
+        n.host_down = false;
+        n.paused = false;
+        n.m = Machine::new(n.cfg.clone(), self.now);
+        n.inbox.clear();
+        n.next_tick = self.now;
+        n.next_dial = self.now;
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.partitioned = false;
+        self.delay = 0;
+        for i in 0..2 {
+            self.n[i].paused = false;
+            self.n[i].stuck = false;
+            self.restart(i);
+        }
+    }
+
+    fn run_actions(&mut self, i: usize, actions: Vec<Action>) {
+        let other = 1 - i;
+        for a in actions {
+            match a {
+                Action::Send(c) => {
+                    if self.link {
+                        let at = (self.now + self.rand_delay()).max(self.last_at[i]);
+                        self.last_at[i] = at;
+                        self.n[other].inbox.push_back((at, Input::Peer(c)));
+                    }
+                }
+                Action::CloseLink => {
+                    if self.link {
+                        self.link = false;
+                        self.link_gen += 1;
+                        self.n[other]
+                            .inbox
+                            .retain(|(_, inp)| !matches!(inp, Input::Peer(_)));
+                        self.n[i]
+                            .inbox
+                            .retain(|(_, inp)| !matches!(inp, Input::Peer(_)));
+                        let at = self.now;
+                        self.n[other].inbox.push_back((at, Input::LinkDown));
+                    }
+                }
+                Action::ProbeWitness => self.witness_answers.push((i, self.now + 20)),
+                Action::StartSync => self.syncs.push((i, self.link_gen, self.now + 30)),
+                Action::ShutdownReady => {
+                    self.n[i].alive = false;
+                    self.n[i].host_down = false;
+                    self.reset_link();
+                }
+                Action::Emit { .. } | Action::Refused(_) | Action::Note(_) => {}
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        if self.healed {
+            for i in 0..2 {
+                self.restart(i);
+            }
+        }
+        // Link establishment and refused dials.
+        for i in 0..2 {
+            let other = 1 - i;
+            let me = &self.n[i];
+            if self.link || !me.alive || me.paused || self.now < me.next_dial {
+                continue;
+            }
+            self.n[i].next_dial = self.now + HB;
+            let o = &self.n[other];
+            if self.partitioned || o.host_down {
+                continue; // SYN unanswered
+            }
+            if !o.alive {
+                self.n[i]
+                    .inbox
+                    .push_back((self.now, Input::ReconnectRefused));
+                continue;
+            }
+            if o.paused {
+                continue; // accepted by the kernel, hello never answered
+            }
+            self.link = true;
+            self.link_gen += 1;
+            self.last_at = [self.now, self.now];
+            let s0 = self.n[0].m.status(0);
+            let s1 = self.n[1].m.status(0);
+            self.n[0].inbox.push_back((self.now, Input::LinkUp(s1)));
+            self.n[1].inbox.push_back((self.now, Input::LinkUp(s0)));
+        }
+        // Completions of asynchronous work.
+        let now = self.now;
+        let gen = self.link_gen;
+        let link = self.link;
+        let done: Vec<_> = self.syncs.iter().filter(|s| s.2 <= now).cloned().collect();
+        self.syncs.retain(|s| s.2 > now);
+        for (i, g, _) in done {
+            if link && g == gen && self.n[i].alive {
+                self.n[i].inbox.push_back((
+                    now,
+                    Input::SyncComplete {
+                        detail: "synced".into(),
+                    },
+                ));
+            }
+        }
+        let answers: Vec<_> = self
+            .witness_answers
+            .iter()
+            .filter(|w| w.1 <= now)
+            .cloned()
+            .collect();
+        self.witness_answers.retain(|w| w.1 > now);
+        for (i, _) in answers {
+            let o = &self.n[1 - i];
+            let answered = self.witness
+                && o.alive
+                && !o.paused
+                && !o.host_down
+                && o.m.state() == HaState::Active;
+            self.n[i]
+                .inbox
+                .push_back((now, Input::Witness { answered }));
+        }
+        // Each running node handles what is due, then ticks.
+        for i in 0..2 {
+            if !self.n[i].alive || self.n[i].paused {
+                continue;
+            }
+            while let Some((at, _)) = self.n[i].inbox.front() {
+                if *at > self.now {
+                    break;
+                }
+                let Some((_, input)) = self.n[i].inbox.pop_front() else {
+                    break;
+                };
+                if std::env::var_os("SIM_LOG").is_some() {
+                    self.log.push(format!("t={} {i} <- {input:?}", self.now));
+                }
+                let a = self.n[i].m.step(input, self.now, 0);
+                self.run_actions(i, a);
+                if !self.n[i].alive {
+                    break;
+                }
+            }
+            if self.n[i].alive && self.now >= self.n[i].next_tick {
+                self.n[i].next_tick = self.now + HB;
+                let stuck = if self.n[i].stuck {
+                    vec!["dhcp".to_string()]
+                } else {
+                    vec![]
+                };
+                let a = self.n[i].m.step(Input::Health { stuck }, self.now, 0);
+                self.run_actions(i, a);
+                let a = self.n[i].m.step(Input::Tick, self.now, 0);
+                self.run_actions(i, a);
+            }
+        }
+    }
+
+    fn active_count(&self) -> usize {
+        self.n
+            .iter()
+            .filter(|n| n.alive && n.m.state() == HaState::Active)
+            .count()
+    }
+}
+
+const STEP: u64 = 10;
+
+fn simulate(faults: Vec<(u64, Fault)>, witness: bool, preempt: bool) -> Result<(), String> {
+    let mut sim = Sim::new(witness, preempt);
+    let mut faults: Vec<_> = faults;
+    faults.sort_by_key(|f| f.0);
+    let fault_end = faults.last().map_or(0, |f| f.0) + STEP;
+    let heal_at = fault_end;
+    let settle = heal_at + FO + 2000;
+    let end = settle + 3000;
+    let mut fi = 0;
+    // "Stable": the link up with both nodes running, healthy, and small delays.
+    let mut stable_since: Option<u64> = None;
+    let mut both_active_since: Option<u64> = None;
+    let mut trace = Vec::new();
+    while sim.now <= end {
+        while fi < faults.len() && faults[fi].0 <= sim.now {
+            sim.apply(&faults[fi].1);
+            trace.push(format!("t={} {:?}", sim.now, faults[fi].1));
+            fi += 1;
+        }
+        if sim.now == heal_at {
+            sim.heal();
+            trace.push(format!("t={} heal", sim.now));
+        }
+        let before = (sim.n[0].m.state(), sim.n[1].m.state(), sim.link);
+        sim.step();
+        let after = (sim.n[0].m.state(), sim.n[1].m.state(), sim.link);
+        if before != after {
+            trace.push(format!(
+                "t={} a={:?}/{} b={:?}/{} link={}",
+                sim.now,
+                after.0,
+                sim.n[0].m.epoch(),
+                after.1,
+                sim.n[1].m.epoch(),
+                after.2
+            ));
+        }
+        let stable = sim.link
+            && sim.n.iter().all(|n| n.alive && !n.paused && !n.stuck)
+            && sim.delay <= 80
+            && sim.last_at.iter().all(|&t| t <= sim.now + 80);
+        stable_since = if stable {
+            stable_since.or(Some(sim.now))
+        } else {
+            None
+        };
+        let both = sim.active_count() == 2;
+        both_active_since = if both {
+            both_active_since.or(Some(sim.now))
+        } else {
+            None
+        };
+        if let (Some(s), Some(b)) = (stable_since, both_active_since) {
+            // A handoff overlaps the two owners by one frame delay; a meeting of two ACTIVE
+            // nodes must resolve within a heartbeat plus the delays.
+            let since = s.max(b);
+            if sim.now.saturating_sub(since) > 2 * HB + 2 * 80 + 2 * STEP {
+                trace.append(&mut sim.log);
+                return Err(format!(
+                    "two ACTIVE for {}ms on a stable link at t={} last_at {:?} inbox {:?}\n{}",
+                    sim.now - since,
+                    sim.now,
+                    sim.last_at,
+                    sim.n[1].inbox.iter().map(|x| x.0).collect::<Vec<_>>(),
+                    trace.join("\n")
+                ));
+            }
+        }
+        if sim.now >= settle && sim.active_count() != 1 {
+            trace.append(&mut sim.log);
+            return Err(format!(
+                "{} ACTIVE at t={} (healed at {heal_at}): states {:?}/{:?} alive {}/{} link {}\n{}",
+                sim.active_count(),
+                sim.now,
+                sim.n[0].m.state(),
+                sim.n[1].m.state(),
+                sim.n[0].alive,
+                sim.n[1].alive,
+                sim.link,
+                trace.join("\n")
+            ));
+        }
+        for n in &sim.n {
+            if n.alive && n.m.state() == HaState::Syncing && sim.now > settle {
+                return Err(format!("stuck in SYNCING at t={}", sim.now));
+            }
+        }
+        sim.now += STEP;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn two_nodes_converge_to_one_active_under_random_faults(
+        faults in proptest::collection::vec(((0u64..600).prop_map(|t| t * STEP), fault()), 0..14),
+        witness in any::<bool>(),
+        preempt in any::<bool>(),
+    ) {
+        if let Err(e) = simulate(faults, witness, preempt) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
+}
+
+#[test]
+fn simulated_kill_of_the_active_is_taken_over_within_a_heartbeat() {
+    let mut sim = Sim::new(true, true);
+    while sim.now < 2000 {
+        sim.step();
+        sim.now += STEP;
+    }
+    assert_eq!(sim.n[0].m.state(), HaState::Active);
+    sim.apply(&Fault::Crash {
+        node: 0,
+        host_down: false,
+    });
+    let killed = sim.now;
+    while sim.n[1].m.state() != HaState::Active {
+        sim.step();
+        sim.now += STEP;
+        assert!(
+            sim.now - killed <= HB + 50,
+            "no takeover within one heartbeat"
+        );
+    }
+}
+
+#[test]
+fn simulated_pause_of_the_active_then_resume_steps_it_down() {
+    let mut sim = Sim::new(true, false);
+    while sim.now < 2000 {
+        sim.step();
+        sim.now += STEP;
+    }
+    assert_eq!(sim.n[0].m.state(), HaState::Active);
+    sim.apply(&Fault::Pause(0));
+    let paused = sim.now;
+    while sim.n[1].m.state() != HaState::Active {
+        sim.step();
+        sim.now += STEP;
+        assert!(
+            sim.now - paused <= FO + HB + 50,
+            "no takeover after failover_timeout"
+        );
+    }
+    sim.apply(&Fault::Resume(0));
+    let resumed = sim.now;
+    while sim.active_count() != 1 || sim.n[0].m.state() == HaState::Active {
+        sim.step();
+        sim.now += STEP;
+        assert!(
+            sim.now - resumed <= 2 * HB + 50,
+            "resumed node did not step down"
+        );
+    }
+}
