@@ -1,1 +1,14 @@
 //! DHCPv4 server (RFC 2131/2132): socket loop, pure handler, allocator, options.
+//!
+//! `packet` checks and encodes the wire format, `plan` turns the config into per-subnet
+//! data, `alloc` finds free addresses, `handler` is the protocol as a pure function, and
+//! `server` is the thin shell around it: sockets, the group commit before each DHCPACK,
+//! replication to the standby, events, metrics and rate limits. `api` lists leases.
+
+pub mod alloc;
+pub mod handler;
+pub mod packet;
+pub mod plan;
+
+#[cfg(test)]
+mod tests;
