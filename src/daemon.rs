@@ -28,6 +28,7 @@ pub struct Prepared {
     pub config: Arc<Config>,
     pub config_path: PathBuf,
     pub api: Option<std::net::TcpListener>,
+    pub dns: Option<crate::dns::DnsSockets>,
 }
 
 /// Opens every socket that needs a capability the process will drop.
@@ -42,10 +43,16 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
         })?),
         None => None,
     };
+    let dns = if config.dns.enabled {
+        Some(crate::dns::bind(&config.dns)?)
+    } else {
+        None
+    };
     Ok(Prepared {
         config: Arc::new(config),
         config_path,
         api,
+        dns,
     })
 }
 
@@ -83,7 +90,7 @@ pub struct Shared {
     pub config: watch::Receiver<Arc<Config>>,
 }
 
-async fn serve(prepared: Prepared) -> anyhow::Result<()> {
+async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     let cfg = prepared.config.clone();
     let node = cfg.node_name();
     let shutdown = CancellationToken::new();
@@ -102,6 +109,25 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
     let (_ha_tx, ha_rx) = watch::channel(HaStatus::standalone(&node, cfg.ha.role.as_str()));
     let vips: VipBoard = Default::default();
 
+    let mut extra = axum::Router::new();
+    if let Some(sockets) = prepared.dns.take() {
+        let dns = crate::dns::DnsServer::start(
+            sockets,
+            &cfg.dns,
+            &node,
+            &mut registry,
+            &health,
+            shutdown.clone(),
+            Default::default(),
+        )
+        .context("starting the DNS proxy")?;
+        dns.follow_config(_shared.config.clone(), shutdown.clone());
+        if cfg.dns.register_leases {
+            dns.follow_leases(bus.subscribe("dns-zone", 4096), shutdown.clone());
+        }
+        extra = extra.merge(dns.routes(_shared.config.clone()));
+    }
+
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(listener) = prepared.api {
         let listener = tokio::net::TcpListener::from_std(listener).context("API listener")?;
@@ -113,7 +139,7 @@ async fn serve(prepared: Prepared) -> anyhow::Result<()> {
             vips: vips.clone(),
             registry: Arc::new(std::mem::take(&mut registry)),
         };
-        let app = crate::api::router(state, axum::Router::new());
+        let app = crate::api::router(state, extra);
         let sd = shutdown.clone();
         tasks.spawn(async move {
             if let Err(e) = crate::api::serve(listener, app, sd).await {

@@ -1,0 +1,462 @@
+//! The query pipeline (local zone → cache → forwarders) and the UDP and TCP serving loops.
+//!
+//! Invariants: a local or cached answer is produced inline by the serving loop (no task, no
+//! allocation beyond the reply buffer it reuses); only a cache miss spawns work, and at most
+//! one upstream query runs per (name, type, class, DO): identical queries arriving meanwhile
+//! wait on the same forward ("in flight"), whose count is bounded. The UDP loop ticks its
+//! health progress handle on every batch and at least every second when idle.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::cache::Cache;
+use super::metrics::{DnsMetrics, Outcome};
+use super::udp::{Peer, RecvBatch, SendBatch, UdpEndpoint};
+use super::upstream::Upstreams;
+use super::wire::{
+    parse_query, render_error, split_key, Answer, ParsedQuery, QueryMeta, RCODE_NOTIMP,
+    RCODE_SERVFAIL,
+};
+use super::zone::Zone;
+use crate::health::Progress;
+
+/// Distinct questions waiting for upstreams at once; more are answered SERVFAIL at once.
+const MAX_INFLIGHT: usize = 4096;
+/// Clients waiting on one in-flight question.
+const MAX_WAITERS: usize = 256;
+/// Local answers remembered per serving loop before the memo starts over.
+const MEMO_MAX: usize = 16_384;
+/// The serving loop proves it is alive at least this often when no queries come.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// recvmmsg rounds before the loop lets other tasks on its thread run.
+const ROUNDS_BEFORE_YIELD: usize = 16;
+
+/// Where a forwarded answer goes.
+pub enum ReplyTo {
+    Udp(Arc<UdpEndpoint>, Peer),
+    /// The TCP connection task renders and writes it.
+    Chan(oneshot::Sender<Vec<u8>>),
+}
+
+struct Waiter {
+    meta: QueryMeta,
+    to: ReplyTo,
+}
+
+/// Local answers already encoded, per serving loop, valid for one zone generation.
+#[derive(Default)]
+pub struct Memo {
+    generation: u64,
+    map: HashMap<Box<[u8]>, Arc<Answer>>,
+}
+
+pub struct Resolver {
+    zone: RwLock<Zone>,
+    /// Bumped after every zone change; memos of older generations are dropped.
+    zone_generation: AtomicU64,
+    pub cache: Cache,
+    pub upstreams: Upstreams,
+    inflight: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
+    pub metrics: DnsMetrics,
+}
+
+impl Resolver {
+    pub fn new(zone: Zone, cache: Cache, upstreams: Upstreams, metrics: DnsMetrics) -> Resolver {
+        Resolver {
+            zone: RwLock::new(zone),
+            zone_generation: AtomicU64::new(1),
+            cache,
+            upstreams,
+            inflight: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Changes the zone; serving loops see the change from their next query on.
+    pub fn with_zone<T>(&self, f: impl FnOnce(&mut Zone) -> T) -> T {
+        let r = {
+            let mut z = self.zone.write().unwrap_or_else(|e| e.into_inner());
+            f(&mut z)
+        };
+        self.zone_generation.fetch_add(1, Ordering::Release);
+        r
+    }
+
+    pub fn zone_counts(&self) -> (usize, usize) {
+        let z = self.zone.read().unwrap_or_else(|e| e.into_inner());
+        (z.static_count(), z.lease_count())
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Answers `q`. True: the reply is in `out`. False: it will be sent to `reply_to()` when
+    /// the upstream answers.
+    pub fn answer(
+        self: &Arc<Self>,
+        q: &ParsedQuery,
+        memo: &mut Memo,
+        now: Instant,
+        limit: usize,
+        out: &mut Vec<u8>,
+        reply_to: impl FnOnce() -> ReplyTo,
+    ) -> bool {
+        let qtype = q.qtype();
+        // Zone transfers (IXFR 251, AXFR 252) and opcodes other than QUERY are not served.
+        if q.meta.opcode() != 0 || qtype == 251 || qtype == 252 {
+            render_error(&q.meta, RCODE_NOTIMP, out);
+            self.metrics.query(qtype, Outcome::Notimp);
+            return true;
+        }
+        let generation = self.zone_generation.load(Ordering::Acquire);
+        if memo.generation != generation {
+            memo.map.clear();
+            memo.generation = generation;
+        }
+        if let Some(a) = memo.map.get(q.key()) {
+            a.render(&q.meta, 0, limit, out);
+            self.metrics.query(qtype, Outcome::Local);
+            return true;
+        }
+        let local = {
+            let z = self.zone.read().unwrap_or_else(|e| e.into_inner());
+            z.lookup(q.name(), qtype, q.qclass())
+        };
+        if let Some(msg) = local {
+            match msg.to_vec().ok().and_then(|b| Answer::from_wire(b).ok()) {
+                Some(a) => {
+                    a.render(&q.meta, 0, limit, out);
+                    if memo.map.len() >= MEMO_MAX {
+                        memo.map.clear();
+                    }
+                    memo.map.insert(q.key().into(), Arc::new(a));
+                }
+                None => render_error(&q.meta, RCODE_SERVFAIL, out),
+            }
+            self.metrics.query(qtype, Outcome::Local);
+            return true;
+        }
+        if let Some((a, age)) = self.cache.get(q.key(), now) {
+            self.metrics.cache_hit();
+            a.render(&q.meta, age, limit, out);
+            self.metrics.query(qtype, Outcome::Cached);
+            return true;
+        }
+        self.metrics.cache_miss();
+        if self.upstreams.is_empty() {
+            render_error(&q.meta, RCODE_SERVFAIL, out);
+            self.metrics.query(qtype, Outcome::Servfail);
+            return true;
+        }
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiting) = inflight.get_mut(q.key()) {
+            if waiting.len() < MAX_WAITERS {
+                waiting.push(Waiter {
+                    meta: q.meta.clone(),
+                    to: reply_to(),
+                });
+                return false;
+            }
+        } else if inflight.len() < MAX_INFLIGHT {
+            inflight.insert(
+                q.key().into(),
+                vec![Waiter {
+                    meta: q.meta.clone(),
+                    to: reply_to(),
+                }],
+            );
+            drop(inflight);
+            let key: Box<[u8]> = q.key().into();
+            tokio::spawn(
+                self.clone()
+                    .forward(key, q.meta.edns.is_some_and(|e| e.dnssec_ok)),
+            );
+            return false;
+        }
+        drop(inflight);
+        render_error(&q.meta, RCODE_SERVFAIL, out);
+        self.metrics.query(qtype, Outcome::Overload);
+        true
+    }
+
+    /// Asks the upstreams for `key` and answers everyone waiting on it.
+    async fn forward(self: Arc<Self>, key: Box<[u8]>, dnssec_ok: bool) {
+        let (qtype, qclass, name) = split_key(&key);
+        let mut question = Vec::with_capacity(name.len() + 4);
+        question.extend_from_slice(name);
+        question.extend_from_slice(&qtype.to_be_bytes());
+        question.extend_from_slice(&qclass.to_be_bytes());
+        let answer = match self
+            .upstreams
+            .resolve(&question, dnssec_ok, &self.metrics)
+            .await
+        {
+            Ok(reply) => match Answer::from_wire(reply) {
+                Ok(a) => Some(Arc::new(a)),
+                Err(e) => {
+                    self.metrics.malformed("upstream", e.reason());
+                    tracing::debug!(name = %super::wire::wire_to_text(name), "unusable upstream reply: {e}");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::debug!(name = %super::wire::wire_to_text(name), qtype, "forward failed: {e}");
+                None
+            }
+        };
+        if let Some(a) = &answer {
+            if let Some(ttl) = a.cache_ttl() {
+                self.cache.insert(&key, a.clone(), ttl, Instant::now());
+            }
+        }
+        // Removed only after the cache insert, so a query arriving in between finds one of
+        // the two and never starts a second forward for a cacheable answer.
+        let waiters = self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        let mut buf = Vec::new();
+        for w in waiters {
+            let limit = match &w.to {
+                ReplyTo::Udp(..) => w.meta.udp_limit(),
+                ReplyTo::Chan(_) => u16::MAX as usize,
+            };
+            match &answer {
+                Some(a) => {
+                    a.render(&w.meta, 0, limit, &mut buf);
+                    self.metrics.query(qtype, Outcome::Forwarded);
+                }
+                None => {
+                    render_error(&w.meta, RCODE_SERVFAIL, &mut buf);
+                    self.metrics.query(qtype, Outcome::Servfail);
+                }
+            }
+            match w.to {
+                ReplyTo::Udp(ep, peer) => {
+                    if ep.send_to(&buf, &peer).await.is_err() {
+                        self.metrics.send_error();
+                    }
+                }
+                ReplyTo::Chan(tx) => {
+                    let _ = tx.send(std::mem::take(&mut buf));
+                }
+            }
+        }
+    }
+}
+
+/// The UDP serving loop: batches of `recvmmsg`, answers inline, one `sendmmsg` per batch.
+pub async fn serve_udp(
+    res: Arc<Resolver>,
+    ep: Arc<UdpEndpoint>,
+    progress: Progress,
+    shutdown: CancellationToken,
+) {
+    let mut rb = RecvBatch::new();
+    let mut sb = SendBatch::new();
+    let mut memo = Memo::default();
+    let fd = ep.async_fd().as_raw_fd();
+    let v6 = ep.is_v6();
+    let idle = tokio::time::sleep(IDLE_TICK);
+    tokio::pin!(idle);
+    loop {
+        progress.tick();
+        let mut guard = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            g = ep.async_fd().readable() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!("DNS UDP socket failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut idle => {
+                idle.as_mut().reset(tokio::time::Instant::now() + IDLE_TICK);
+                continue;
+            }
+        };
+        let mut rounds = 0;
+        loop {
+            let n = match guard.try_io(|_| rb.recv(fd)) {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::debug!("DNS UDP receive error: {e}");
+                    break;
+                }
+                Err(_would_block) => break,
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let (data, peer, truncated) = rb.get(i);
+                let Some(peer) = peer else { continue };
+                if truncated {
+                    res.metrics.malformed("udp", "oversized");
+                    tracing::debug!(client = %peer.addr, "dropped an oversized DNS datagram");
+                    continue;
+                }
+                let q = match parse_query(data) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        res.metrics.malformed("udp", e.reason());
+                        tracing::debug!(client = %peer.addr, len = data.len(), "dropped a malformed DNS query: {e}");
+                        continue;
+                    }
+                };
+                let limit = q.meta.udp_limit();
+                let out = sb.next_buf();
+                let ep2 = &ep;
+                if res.answer(&q, &mut memo, now, limit, out, || {
+                    ReplyTo::Udp(ep2.clone(), peer)
+                }) {
+                    sb.push(peer);
+                }
+            }
+            for _ in 0..sb.flush(fd, v6) {
+                res.metrics.send_error();
+            }
+            progress.tick();
+            rounds += 1;
+            if rounds >= ROUNDS_BEFORE_YIELD {
+                break;
+            }
+        }
+        drop(guard);
+        if rounds >= ROUNDS_BEFORE_YIELD {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// TCP limits.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpOptions {
+    /// A connection that sends nothing for this long is closed (RFC 7766 suggests seconds).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            idle_timeout: Duration::from_secs(10),
+            max_connections: 256,
+        }
+    }
+}
+
+/// Accepts TCP clients, one task each, at most `max_connections` at once.
+pub async fn serve_tcp(
+    res: Arc<Resolver>,
+    listener: tokio::net::TcpListener,
+    opts: TcpOptions,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(client = %peer, "DNS TCP connection refused: too many open");
+                    continue;
+                };
+                let res = res.clone();
+                let sd = shutdown.clone();
+                tokio::spawn(async move {
+                    tcp_connection(res, stream, opts.idle_timeout, sd).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                tracing::debug!("DNS TCP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn tcp_connection(
+    res: Arc<Resolver>,
+    mut s: tokio::net::TcpStream,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
+    let _ = s.set_nodelay(true);
+    let mut memo = Memo::default();
+    let mut out = Vec::new();
+    let mut framed = Vec::new();
+    loop {
+        let len = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(idle, s.read_u16()) => match r {
+                Err(_) => {
+                    res.metrics.tcp_idle_closed();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Ok(Ok(l)) => l as usize,
+            },
+        };
+        if len == 0 {
+            res.metrics.malformed("tcp", "zero_length_frame");
+            tracing::debug!("closed a DNS TCP connection after a zero-length frame");
+            return;
+        }
+        let mut buf = vec![0u8; len];
+        match tokio::time::timeout(idle, s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                res.metrics.tcp_idle_closed();
+                return;
+            }
+        }
+        let q = match parse_query(&buf) {
+            Ok(q) => q,
+            Err(e) => {
+                res.metrics.malformed("tcp", e.reason());
+                tracing::debug!("closed a DNS TCP connection after a malformed query: {e}");
+                return;
+            }
+        };
+        let (tx, rx) = oneshot::channel();
+        let filled = res.answer(
+            &q,
+            &mut memo,
+            Instant::now(),
+            u16::MAX as usize,
+            &mut out,
+            move || ReplyTo::Chan(tx),
+        );
+        if !filled {
+            match rx.await {
+                Ok(bytes) => out = bytes,
+                Err(_) => return,
+            }
+        }
+        framed.clear();
+        framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&out);
+        if s.write_all(&framed).await.is_err() {
+            return;
+        }
+    }
+}
