@@ -229,7 +229,8 @@ impl DnsServer {
                         }
                     }
                     "lease.release" | "lease.expire" => {
-                        if res.with_zone(|z| z.remove_lease(l.ip)) {
+                        let removed = res.with_zone(|z| z.remove_lease(l.ip));
+                        if removed {
                             tracing::debug!(ip = %l.ip, "DNS: removed the lease name of {}", l.ip);
                         }
                     }
