@@ -29,6 +29,8 @@ pub struct Prepared {
     pub config_path: PathBuf,
     pub api: Option<std::net::TcpListener>,
     pub dns: Option<crate::dns::DnsSockets>,
+    /// The VIP manager's AF_PACKET sockets (GARP out, ARP in), when `[[hooks.vip]]` exist.
+    pub vip_sockets: Option<crate::vip::PacketSockets>,
 }
 
 /// Opens every socket that needs a capability the process will drop.
@@ -48,11 +50,23 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
     } else {
         None
     };
+    let vip_sockets = if config.hooks.vips.is_empty() {
+        None
+    } else {
+        Some(crate::vip::PacketSockets::open().map_err(|e| {
+            anyhow::anyhow!(explain_bind_error(
+                &e,
+                "packet socket for gratuitous ARP ([[hooks.vip]])",
+                "CAP_NET_RAW"
+            ))
+        })?)
+    };
     Ok(Prepared {
         config: Arc::new(config),
         config_path,
         api,
         dns,
+        vip_sockets,
     })
 }
 
@@ -102,7 +116,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         bus: bus.clone(),
         health: health.clone(),
         shutdown: shutdown.clone(),
-        config: config_rx,
+        config: config_rx.clone(),
     };
     let mut registry = Registry::with_prefix("athena");
 
@@ -129,6 +143,35 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     }
 
     let mut tasks = tokio::task::JoinSet::new();
+    // VIP workers and hooks start before anything can publish an event they must see.
+    let vip_control = match prepared.vip_sockets.take() {
+        Some(sockets) => Some(
+            crate::vip::manager::start(
+                &cfg.hooks.vips,
+                sockets,
+                crate::vip::VipContext {
+                    node: node.clone(),
+                    bus: bus.clone(),
+                    health: health.clone(),
+                    board: vips.clone(),
+                    shutdown: shutdown.clone(),
+                },
+                &mut tasks,
+            )
+            .context("starting the VIP manager (netlink)")?,
+        ),
+        None => None,
+    };
+    crate::hooks::start(
+        crate::hooks::HookContext {
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            metrics: crate::hooks::HookMetrics::register(&mut registry),
+            config: config_rx.clone(),
+            vip: vip_control,
+        },
+        &mut tasks,
+    );
     if let Some(listener) = prepared.api {
         let listener = tokio::net::TcpListener::from_std(listener).context("API listener")?;
         let addr = listener.local_addr().ok();
@@ -159,6 +202,21 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         if cfg.ha.enabled { format!("HA {}", cfg.ha.role) } else { "standalone".to_string() }
     );
+    if !cfg.ha.enabled {
+        // A standalone node serves: tell the hooks so, e.g. so a [[hooks.vip]] claims its VIP.
+        bus.publish(crate::events::Event::new(
+            "ha.failover",
+            node.clone(),
+            crate::events::EventData::Ha(crate::events::HaEvent {
+                old_state: "STANDBY".into(),
+                new_state: "ACTIVE".into(),
+                reason: "HA disabled: serving standalone".into(),
+                role: cfg.ha.role.to_string(),
+                peer_state: None,
+                epoch: 0,
+            }),
+        ));
+    }
     notify_ready();
     spawn_watchdog(health.clone(), shutdown.clone());
 

@@ -1,1 +1,351 @@
 //! Event hooks: per-hook ordered delivery to scripts, webhooks and the built-in VIP manager.
+//!
+//! One dispatcher task reads the event bus and routes each event to the hooks whose
+//! `events` patterns match (and, for script hooks with `subnets`, whose subnets hold the
+//! lease). Invariants:
+//! - a hook sees its events in publish order: each script/webhook hook has one bounded queue
+//!   and one task that handles one event at a time;
+//! - a slow hook delays nobody: routing never waits (`try_send`); a full queue drops the
+//!   event for that hook only, counted in `athena_hook_events_dropped_total` and logged on the
+//!   first drop and every 1000th;
+//! - `[[hooks.vip]]` hooks have no queue: an `ha.failover` sets the VIP worker's latest-wins
+//!   want at once ([`crate::vip::VipControl`]), so nothing can be dropped and flapping ends
+//!   in the final state;
+//! - on SIGHUP the script and webhook hooks follow the new config (old queues drain first);
+//!   VIP hooks need a restart.
+
+pub mod script;
+pub mod webhook;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ipnet::Ipv4Net;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{event_matches, Config};
+use crate::events::{Event, EventBus, EventData};
+use crate::vip::{VipControl, Want};
+
+type Labels = Vec<(String, String)>;
+type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Hook metrics (registered under the daemon's `athena_` prefix).
+#[derive(Clone)]
+pub struct HookMetrics {
+    pub dropped: Family<Labels, Counter>,
+    pub runs: Family<Labels, Counter>,
+    pub duration: HistFamily,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms .. ~4.4 min
+    Histogram::new(exponential_buckets(0.001, 4.0, 10))
+}
+
+impl Default for HookMetrics {
+    fn default() -> Self {
+        HookMetrics {
+            dropped: Family::default(),
+            runs: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+        }
+    }
+}
+
+impl HookMetrics {
+    pub fn register(registry: &mut Registry) -> HookMetrics {
+        let m = HookMetrics::default();
+        registry.register(
+            "hook_events_dropped",
+            "Events a hook's full queue refused",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "hook_runs",
+            "Hook runs by result (ok, failed, timeout, error)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "hook_run_duration_seconds",
+            "How long hook runs took",
+            m.duration.clone(),
+        );
+        m
+    }
+
+    pub fn record_run(&self, hook: &str, result: &str, secs: f64) {
+        self.runs
+            .get_or_create(&vec![
+                ("hook".to_string(), hook.to_string()),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc();
+        self.duration
+            .get_or_create(&vec![("hook".to_string(), hook.to_string())])
+            .observe(secs);
+    }
+}
+
+/// Does a hook with these patterns and subnet filter want this event?
+pub fn hook_wants(patterns: &[String], subnets: &[Ipv4Net], event: &Event) -> bool {
+    if !patterns.iter().any(|p| event_matches(p, event.kind)) {
+        return false;
+    }
+    match (&event.data, subnets.is_empty()) {
+        (EventData::Lease(l), false) => subnets.iter().any(|n| n.contains(&l.ip)),
+        _ => true,
+    }
+}
+
+/// What the dispatcher needs from the daemon.
+#[derive(Clone)]
+pub struct HookContext {
+    pub bus: EventBus,
+    pub shutdown: CancellationToken,
+    pub metrics: HookMetrics,
+    pub config: watch::Receiver<Arc<Config>>,
+    /// The VIP workers, when `[[hooks.vip]]` hooks exist.
+    pub vip: Option<VipControl>,
+}
+
+/// A script or webhook hook's end of the routing table.
+struct Queue {
+    name: String,
+    patterns: Vec<String>,
+    subnets: Vec<Ipv4Net>,
+    tx: mpsc::Sender<(Arc<Event>, Instant)>,
+    dropped: Arc<AtomicU64>,
+}
+
+struct VipRoute {
+    name: String,
+    patterns: Vec<String>,
+}
+
+/// Subscribes to the bus now (so no event published after this returns is missed) and
+/// spawns the dispatcher and one task per script/webhook hook into `tasks`.
+pub fn start(ctx: HookContext, tasks: &mut tokio::task::JoinSet<()>) {
+    let cfg = ctx.config.borrow().clone();
+    let sub = ctx.bus.subscribe("hooks", cfg.hooks.queue_size.max(16));
+    let vip_routes: Vec<VipRoute> = cfg
+        .hooks
+        .vips
+        .iter()
+        .map(|v| VipRoute {
+            name: v.name.clone(),
+            patterns: v.events.clone(),
+        })
+        .collect();
+    let sem = Arc::new(Semaphore::new(cfg.hooks.script_concurrency.max(1)));
+    let queues = spawn_queues(&cfg, &ctx, &sem);
+    tasks.spawn(dispatch(ctx, sub.rx, vip_routes, queues, sem));
+}
+
+fn spawn_queues(cfg: &Arc<Config>, ctx: &HookContext, sem: &Arc<Semaphore>) -> Vec<Queue> {
+    let mut out = Vec::new();
+    let cap = cfg.hooks.queue_size.max(1);
+    let vips = cfg
+        .hooks
+        .vips
+        .iter()
+        .map(|v| v.address.clone())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for h in &cfg.hooks.scripts {
+        let (tx, rx) = mpsc::channel(cap);
+        let run = script::ScriptRunner {
+            name: h.name.clone(),
+            command: h.command.clone(),
+            timeout: h.timeout.unwrap_or(cfg.hooks.script_timeout).get(),
+            vips: vips.clone(),
+            sem: sem.clone(),
+            metrics: ctx.metrics.clone(),
+            shutdown: ctx.shutdown.clone(),
+        };
+        tokio::spawn(script::serve(run, rx));
+        out.push(Queue {
+            name: h.name.clone(),
+            patterns: h.events.clone(),
+            subnets: h.subnets.clone(),
+            tx,
+            dropped: Arc::default(),
+        });
+    }
+    for h in &cfg.hooks.webhooks {
+        let (tx, rx) = mpsc::channel(cap);
+        let hook = webhook::Webhook::new(h, ctx.metrics.clone(), ctx.shutdown.clone());
+        tokio::spawn(webhook::serve(hook, rx));
+        out.push(Queue {
+            name: h.name.clone(),
+            patterns: h.events.clone(),
+            subnets: Vec::new(),
+            tx,
+            dropped: Arc::default(),
+        });
+    }
+    out
+}
+
+async fn dispatch(
+    mut ctx: HookContext,
+    mut rx: mpsc::Receiver<Arc<Event>>,
+    vip_routes: Vec<VipRoute>,
+    mut queues: Vec<Queue>,
+    sem: Arc<Semaphore>,
+) {
+    let mut config_live = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return,
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                route(&ctx, &ev, &vip_routes, &queues);
+            }
+            changed = ctx.config.changed(), if config_live => {
+                if changed.is_err() {
+                    // The daemon dropped the config sender: keep the hooks we have.
+                    config_live = false;
+                    continue;
+                }
+                let cfg = ctx.config.borrow_and_update().clone();
+                // Dropping the old senders lets each old hook task finish its queue and exit.
+                queues = spawn_queues(&cfg, &ctx, &sem);
+                tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
+            }
+        }
+    }
+}
+
+fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]) {
+    let now = Instant::now();
+    if let (EventData::Ha(ha), Some(ctl)) = (&ev.data, &ctx.vip) {
+        if ev.kind == "ha.failover" {
+            for v in vips.iter().filter(|v| hook_wants(&v.patterns, &[], ev)) {
+                ctl.want(&v.name, Want::for_ha_state(&ha.new_state), now);
+            }
+        }
+    }
+    for q in queues.iter().filter(|q| hook_wants(&q.patterns, &q.subnets, ev)) {
+        match q.tx.try_send((ev.clone(), now)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                ctx.metrics
+                    .dropped
+                    .get_or_create(&vec![("hook".to_string(), q.name.clone())])
+                    .inc();
+                let n = q.dropped.fetch_add(1, Ordering::Relaxed);
+                if n % 1000 == 0 {
+                    tracing::warn!(
+                        hook = %q.name,
+                        event = ev.kind,
+                        dropped_total = n + 1,
+                        "hook {} is behind: its queue is full, dropped {} ({} dropped so far)",
+                        q.name,
+                        ev.kind,
+                        n + 1
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{HaEvent, LeaseEvent};
+
+    fn lease(ip: &str) -> Event {
+        Event::new(
+            "lease.ack",
+            "n",
+            EventData::Lease(LeaseEvent {
+                ip: ip.parse().expect("ip"),
+                mac: "02:00:00:00:00:01".into(),
+                hostname: None,
+                client_id: None,
+                subnet: "10.0.0.0/24".into(),
+                lease_start: 0,
+                lease_expiry: 0,
+                lease_duration: 0,
+            }),
+        )
+    }
+
+    #[test]
+    fn patterns_and_subnets_select_the_events_a_hook_gets() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ha = Event::new("ha.failover", "n", EventData::Ha(HaEvent::default()));
+        assert!(hook_wants(&p(&["ha.*"]), &[], &ha));
+        assert!(hook_wants(&p(&["*"]), &[], &ha));
+        assert!(!hook_wants(&p(&["lease.*"]), &[], &ha));
+        let nets: Vec<Ipv4Net> = vec!["10.0.0.0/24".parse().expect("net")];
+        assert!(hook_wants(&p(&["lease.ack"]), &nets, &lease("10.0.0.9")));
+        assert!(!hook_wants(&p(&["lease.ack"]), &nets, &lease("10.1.0.9")));
+        // The subnet filter applies to lease events only.
+        assert!(hook_wants(&p(&["*"]), &nets, &ha));
+    }
+
+    #[tokio::test]
+    async fn a_full_hook_queue_drops_and_counts_without_blocking_the_next_hook() {
+        let bus = EventBus::new();
+        let (_ctx_tx, config) = watch::channel(Arc::new(Config::default()));
+        let ctx = HookContext {
+            bus,
+            shutdown: CancellationToken::new(),
+            metrics: HookMetrics::default(),
+            config,
+            vip: None,
+        };
+        let (slow_tx, _slow_rx) = mpsc::channel(1);
+        let (fast_tx, mut fast_rx) = mpsc::channel(16);
+        let queues = vec![
+            Queue {
+                name: "slow".into(),
+                patterns: vec!["*".into()],
+                subnets: vec![],
+                tx: slow_tx,
+                dropped: Arc::default(),
+            },
+            Queue {
+                name: "fast".into(),
+                patterns: vec!["*".into()],
+                subnets: vec![],
+                tx: fast_tx,
+                dropped: Arc::default(),
+            },
+        ];
+        for i in 0..5u64 {
+            let ev = Arc::new(Event::new(
+                "ha.failover",
+                "n",
+                EventData::Ha(HaEvent {
+                    epoch: i,
+                    ..Default::default()
+                }),
+            ));
+            route(&ctx, &ev, &[], &queues);
+        }
+        assert_eq!(queues[0].dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            ctx.metrics
+                .dropped
+                .get_or_create(&vec![("hook".to_string(), "slow".to_string())])
+                .get(),
+            4
+        );
+        for i in 0..5u64 {
+            let (ev, _) = fast_rx.recv().await.expect("event");
+            assert!(matches!(&ev.data, EventData::Ha(h) if h.epoch == i), "in order");
+        }
+    }
+}

@@ -1,0 +1,707 @@
+//! The I/O shell around [`super::claim`]: one worker task per configured VIP, plus one task
+//! reading netlink address/link news and one reading ARP for the defence.
+//!
+//! A worker owns everything about its VIP (cached interface, held or not, the announcement
+//! burst, retries), so claims and releases of one VIP are strictly ordered; events only set
+//! the worker's latest-wins mailbox ([`VipControl::want`]) and never wait. Invariants:
+//! - the worker always acts on the newest want; a release cancels the rest of a burst;
+//! - `held` on the [`VipBoard`] is true exactly while the address is on the interface by our
+//!   doing (HA and the API rely on it);
+//! - while the node wants the VIP, it is put back when someone removes it, re-announced when
+//!   the link comes back, optionally re-announced every `garp_refresh`, and defended (RFC
+//!   5227) when another MAC sends ARP as the VIP. The defence waits [`DEFEND_HOLDOFF`] first:
+//!   in a planned handoff the new owner announces before the old one releases, and an instant
+//!   defence would pull traffic back to the node that is about to let go;
+//! - failures (interface missing, EPERM) are logged naming VIP, interface and capability,
+//!   shown in health and on the board, published as `vip.error`, and retried with backoff;
+//! - on shutdown a worker removes its VIP before it exits.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::arp::{self, ArpSeen};
+use super::claim::{Backoff, Burst, Defender, Desired, Want};
+use super::netlink::{LinkInfo, NetEvent, Netlink, NetlinkError};
+use super::packet::{self, PacketSockets};
+use super::{VipBoard, VipStatus};
+use crate::config::VipConfig;
+use crate::events::{now_ms, Event, EventBus, EventData, VipEvent};
+use crate::health::Health;
+
+/// How long a worker waits after a conflicting ARP before it defends (see the module doc).
+pub const DEFEND_HOLDOFF: Duration = Duration::from_secs(1);
+
+/// What the workers report to and through.
+#[derive(Clone)]
+pub struct VipContext {
+    pub node: String,
+    pub bus: EventBus,
+    pub health: Health,
+    pub board: VipBoard,
+    pub shutdown: CancellationToken,
+}
+
+struct Slot {
+    name: String,
+    desired: Mutex<Desired>,
+    notify: Notify,
+}
+
+/// Sets what the node wants for its VIPs; cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct VipControl {
+    slots: Arc<Vec<Arc<Slot>>>,
+}
+
+impl VipControl {
+    /// Sets the want of the VIP hook `name`; `at` is when the causing event arrived.
+    /// Returns false when no VIP hook has that name.
+    pub fn want(&self, name: &str, want: Want, at: Instant) -> bool {
+        let Some(slot) = self.slots.iter().find(|s| s.name == name) else {
+            return false;
+        };
+        slot.desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(want, at);
+        slot.notify.notify_one();
+        true
+    }
+
+    /// Sets the want of every VIP.
+    pub fn want_all(&self, want: Want, at: Instant) {
+        for s in self.slots.iter() {
+            self.want(&s.name, want, at);
+        }
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.name.clone()).collect()
+    }
+}
+
+/// Starts the workers for `vips` on the current runtime; they stop (releasing their VIP)
+/// when `ctx.shutdown` fires. Every VIP starts with a pending release (crash leftovers).
+pub fn start(
+    vips: &[VipConfig],
+    sockets: PacketSockets,
+    ctx: VipContext,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> std::io::Result<VipControl> {
+    let now = Instant::now();
+    let nl = Netlink::connect()?;
+    let (net_tx, _) = broadcast::channel(256);
+    super::netlink::spawn_monitor(net_tx.clone())?;
+    let send = Arc::new(sockets.send);
+    {
+        let mut board = ctx.board.write().unwrap_or_else(|e| e.into_inner());
+        board.clear();
+        for v in vips {
+            board.push(VipStatus {
+                name: v.name.clone(),
+                address: v.address.clone(),
+                interface: v.interface.clone(),
+                held: false,
+                since: Some(now_ms()),
+                last_error: None,
+            });
+        }
+    }
+    let mut slots = Vec::new();
+    let mut arp_routes = Vec::new();
+    for (i, cfg) in vips.iter().enumerate() {
+        let slot = Arc::new(Slot {
+            name: cfg.name.clone(),
+            desired: Mutex::new(Desired::new(now)),
+            notify: Notify::new(),
+        });
+        slot.notify.notify_one();
+        let (conflict_tx, conflict_rx) = mpsc::channel(16);
+        let net = cfg.net();
+        if let IpAddr::V4(a) = net.addr() {
+            arp_routes.push((a, conflict_tx));
+        }
+        let worker = Worker {
+            cfg: cfg.clone(),
+            net,
+            board_index: i,
+            nl: nl.clone(),
+            send: send.clone(),
+            slot: slot.clone(),
+            ctx: ctx.clone(),
+            link: None,
+            want_hold: false,
+            held: false,
+            startup: true,
+            burst: Burst::default(),
+            backoff: Backoff::default(),
+            retry_at: None,
+            refresh_at: None,
+            defend_at: None,
+            defender: Defender::default(),
+            net_rx: net_tx.subscribe(),
+            conflict_rx,
+            error: None,
+        };
+        tasks.spawn(worker.run());
+        slots.push(slot);
+    }
+    // SAFETY: the OwnedFd is a valid, non-blocking socket that the AsyncFd owns and that
+    // nothing else closes or replaces.
+    let rx = unsafe { AsyncFd::register(sockets.arp_rx)? };
+    tokio::spawn(read_arp(rx, arp_routes, ctx.shutdown.clone()));
+    Ok(VipControl {
+        slots: Arc::new(slots),
+    })
+}
+
+/// A conflicting-looking ARP, with the interface it arrived on.
+struct ArpOnLink {
+    seen: ArpSeen,
+    ifindex: u32,
+}
+
+/// Reads every ARP frame and hands those sent *as* a VIP to that VIP's worker. Malformed
+/// frames are dropped (debug log); a full worker queue drops too (the worker is already
+/// defending).
+async fn read_arp(
+    rx: AsyncFd<OwnedFd>,
+    routes: Vec<(Ipv4Addr, mpsc::Sender<ArpOnLink>)>,
+    shutdown: CancellationToken,
+) {
+    let mut buf = [0u8; 1600];
+    let mut malformed: u64 = 0;
+    loop {
+        let mut guard = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            g = rx.readable() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!("ARP receive socket failed, conflict detection is off: {e}");
+                    return;
+                }
+            },
+        };
+        loop {
+            match packet::recv_frame(rx.get_ref(), &mut buf) {
+                Ok(r) => {
+                    if r.pkttype == libc::PACKET_OUTGOING as u8 {
+                        continue;
+                    }
+                    let frame = &buf[..r.len.min(buf.len())];
+                    match arp::parse_arp(frame) {
+                        Ok(seen) => {
+                            if let Some((_, tx)) = routes.iter().find(|(a, _)| *a == seen.sender_ip)
+                            {
+                                let _ = tx.try_send(ArpOnLink {
+                                    seen,
+                                    ifindex: r.ifindex,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            malformed += 1;
+                            tracing::debug!(malformed, "dropped ARP frame: {e}");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("ARP receive: {e}");
+                    guard.clear_ready();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+struct Worker {
+    cfg: VipConfig,
+    net: IpNet,
+    board_index: usize,
+    nl: Netlink,
+    send: Arc<OwnedFd>,
+    slot: Arc<Slot>,
+    ctx: VipContext,
+    /// The interface as last seen (refreshed by link news); None = not found yet.
+    link: Option<LinkInfo>,
+    /// The last want taken from the mailbox.
+    want_hold: bool,
+    /// The address is on the interface by our doing.
+    held: bool,
+    /// No want applied yet: a release now is the crash-leftover clean-up.
+    startup: bool,
+    burst: Burst,
+    backoff: Backoff,
+    retry_at: Option<Instant>,
+    refresh_at: Option<Instant>,
+    defend_at: Option<Instant>,
+    defender: Defender,
+    net_rx: broadcast::Receiver<NetEvent>,
+    conflict_rx: mpsc::Receiver<ArpOnLink>,
+    error: Option<String>,
+}
+
+impl Worker {
+    async fn run(mut self) {
+        loop {
+            let next = self.slot.desired.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some((want, at)) = next {
+                self.apply(want, at).await;
+                continue;
+            }
+            let deadline = [
+                self.burst.due(),
+                self.retry_at,
+                self.refresh_at,
+                self.defend_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => break,
+                _ = self.slot.notify.notified() => {}
+                ev = self.net_rx.recv() => match ev {
+                    Ok(ev) => self.on_net(ev).await,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(vip = %self.net, "missed {n} netlink events, re-checking");
+                        self.on_net(NetEvent::Resync).await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        // No monitor: fall back on the periodic check below.
+                        self.net_rx = broadcast::channel(1).1;
+                    }
+                },
+                Some(c) = self.conflict_rx.recv() => self.on_conflict(c),
+                _ = sleep_until(deadline), if deadline.is_some() => self.on_timer().await,
+            }
+        }
+        self.shutdown_release().await;
+    }
+
+    fn vip(&self) -> String {
+        self.net.to_string()
+    }
+
+    async fn apply(&mut self, want: Want, at: Instant) {
+        self.retry_at = None;
+        match want {
+            Want::Hold => {
+                self.want_hold = true;
+                self.claim(at).await;
+            }
+            Want::Release => {
+                self.want_hold = false;
+                self.release(false).await;
+            }
+        }
+        self.startup = false;
+    }
+
+    /// Looks the interface up unless it is cached.
+    async fn ensure_link(&mut self) -> Result<LinkInfo, String> {
+        if let Some(l) = &self.link {
+            return Ok(l.clone());
+        }
+        match self.nl.link(&self.cfg.interface).await {
+            Ok(Some(l)) => {
+                self.link = Some(l.clone());
+                Ok(l)
+            }
+            Ok(None) => Err(format!(
+                "interface {:?} not found for VIP {}",
+                self.cfg.interface,
+                self.vip()
+            )),
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    fn describe(&self, e: &NetlinkError) -> String {
+        if e.is_permission() {
+            format!(
+                "VIP {} on {}: {} (missing capability CAP_NET_ADMIN)",
+                self.vip(),
+                self.cfg.interface,
+                e
+            )
+        } else {
+            format!("VIP {} on {}: {}", self.vip(), self.cfg.interface, e)
+        }
+    }
+
+    async fn claim(&mut self, at: Instant) {
+        let link = match self.ensure_link().await {
+            Ok(l) => l,
+            Err(msg) => return self.fail("claim", msg),
+        };
+        if let Err(e) = self.nl.add(link.index, self.net).await {
+            // A stale ifindex (interface re-created) looks like ENODEV: look it up afresh.
+            self.link = None;
+            let msg = self.describe(&e);
+            return self.fail("claim", msg);
+        }
+        let was_held = self.held;
+        let sent = self.announce(&link);
+        let first = Instant::now();
+        self.burst = Burst::start(first, self.cfg.garp_count, self.cfg.garp_interval.get());
+        self.held = true;
+        self.schedule_refresh(first);
+        self.succeeded();
+        let ms = first.saturating_duration_since(at).as_secs_f64() * 1000.0;
+        let mac = arp::mac_string(link.mac);
+        let arps = if sent { self.cfg.garp_count } else { 0 };
+        if !was_held {
+            self.set_board(true);
+        }
+        tracing::info!(
+            vip = %self.vip(),
+            interface = %self.cfg.interface,
+            mac = %mac,
+            garps = arps,
+            duration_ms = ms,
+            hook = %self.cfg.name,
+            "claimed floating IP {} on {} ({} gratuitous ARPs, {:.1} ms)",
+            self.vip(),
+            self.cfg.interface,
+            arps,
+            ms
+        );
+        self.publish(
+            "vip.claimed",
+            VipEvent {
+                address: self.vip(),
+                interface: self.cfg.interface.clone(),
+                mac: Some(mac),
+                arps,
+                duration_ms: ms,
+                detail: None,
+                peer_ip: None,
+            },
+        );
+    }
+
+    /// Removes the address. `shutdown`: the daemon is stopping (logged as such).
+    async fn release(&mut self, shutdown: bool) {
+        self.burst.cancel();
+        self.refresh_at = None;
+        self.defend_at = None;
+        let was_held = self.held;
+        // Before the netlink call: the resulting RTM_DELADDR must not look like an intruder.
+        self.held = false;
+        let link = match self.link.clone() {
+            Some(l) => Some(l),
+            None => match self.nl.link(&self.cfg.interface).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let msg = self.describe(&e);
+                    return self.fail("release", msg);
+                }
+            },
+        };
+        let existed = match link {
+            // No interface, no address: released.
+            None => false,
+            Some(l) => match self.nl.del(l.index, self.net).await {
+                Ok(existed) => existed,
+                Err(e) => {
+                    let msg = self.describe(&e);
+                    return self.fail("release", msg);
+                }
+            },
+        };
+        self.succeeded();
+        if was_held {
+            self.set_board(false);
+        }
+        if !(was_held || existed) {
+            tracing::debug!(vip = %self.vip(), "floating IP {} not held, nothing to release", self.vip());
+            return;
+        }
+        let why = if self.startup && existed {
+            " (left over from an earlier run)"
+        } else if shutdown {
+            " (shutting down)"
+        } else {
+            ""
+        };
+        tracing::info!(
+            vip = %self.vip(),
+            interface = %self.cfg.interface,
+            hook = %self.cfg.name,
+            "released floating IP {} from {}{}",
+            self.vip(),
+            self.cfg.interface,
+            why
+        );
+        self.publish(
+            "vip.released",
+            VipEvent {
+                address: self.vip(),
+                interface: self.cfg.interface.clone(),
+                mac: self.link.as_ref().map(|l| arp::mac_string(l.mac)),
+                detail: (!why.is_empty()).then(|| why.trim().trim_matches(['(', ')']).to_string()),
+                ..Default::default()
+            },
+        );
+    }
+
+    async fn shutdown_release(&mut self) {
+        if self.want_hold || self.held {
+            self.release(true).await;
+        }
+    }
+
+    /// Sends one announcement now; a failed send is logged, not fatal (the address is
+    /// held; the next announcement or the link coming up tries again).
+    fn announce(&mut self, link: &LinkInfo) -> bool {
+        let IpAddr::V4(ip) = self.net.addr() else {
+            return self.announce_v6(link);
+        };
+        let frame = arp::garp_frame(link.mac, ip);
+        match packet::send_frame(&self.send, link.index, arp::ETH_P_ARP, [0xff; 6], &frame) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "gratuitous ARP for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
+                false
+            }
+        }
+    }
+
+    fn announce_v6(&mut self, link: &LinkInfo) -> bool {
+        let IpAddr::V6(ip) = self.net.addr() else {
+            return false;
+        };
+        let frame = super::ndp::unsolicited_na(link.mac, ip);
+        match packet::send_frame(
+            &self.send,
+            link.index,
+            super::ndp::ETH_P_IPV6,
+            super::ndp::ALL_NODES_MAC,
+            &frame,
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "neighbour advertisement for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
+                false
+            }
+        }
+    }
+
+    fn schedule_refresh(&mut self, from: Instant) {
+        self.refresh_at = self.cfg.garp_refresh.map(|r| from + r.get());
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            let at = Instant::now();
+            if self.want_hold {
+                self.claim(at).await;
+            } else {
+                self.release(false).await;
+            }
+            return;
+        }
+        if !self.held {
+            self.burst.cancel();
+            self.refresh_at = None;
+            self.defend_at = None;
+            return;
+        }
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        if self.burst.fire(now) {
+            self.announce(&link);
+        }
+        if self.defend_at.is_some_and(|t| now >= t) {
+            self.defend_at = None;
+            if self.defender.on_conflict(now) {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "defending floating IP {} on {}: announcing it again", self.vip(), self.cfg.interface);
+                self.announce(&link);
+            }
+        }
+        if self.refresh_at.is_some_and(|t| now >= t) {
+            self.schedule_refresh(now);
+            // The periodic check doubles as a safety net for a missed RTM_DELADDR.
+            match self.nl.present(link.index, self.net.addr()).await {
+                Ok(true) => {
+                    self.announce(&link);
+                }
+                Ok(false) => {
+                    tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} vanished from {}; adding it back", self.vip(), self.cfg.interface);
+                    self.claim(now).await;
+                }
+                Err(e) => tracing::warn!("{}", self.describe(&e)),
+            }
+        }
+    }
+
+    async fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::AddressRemoved { index, addr } => {
+                let ours = self.link.as_ref().is_some_and(|l| l.index == index);
+                if self.held && ours && addr == self.net.addr() {
+                    tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} was removed from {} while held; adding it back", self.vip(), self.cfg.interface);
+                    self.held = false;
+                    self.claim(Instant::now()).await;
+                }
+            }
+            NetEvent::Link(info) if info.name == self.cfg.interface => {
+                let old = self.link.replace(info.clone());
+                let came_up = info.up && !old.as_ref().is_some_and(|o| o.up);
+                let moved = old.as_ref().is_some_and(|o| o.index != info.index);
+                if self.want_hold && (came_up || moved || self.retry_at.is_some()) {
+                    tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "link {} is up; claiming and announcing {} again", self.cfg.interface, self.vip());
+                    self.held = false;
+                    self.claim(Instant::now()).await;
+                }
+            }
+            NetEvent::Link(_) => {}
+            NetEvent::LinkRemoved { index } => {
+                if self.link.as_ref().is_some_and(|l| l.index == index) {
+                    self.link = None;
+                    if self.held {
+                        self.held = false;
+                        self.burst.cancel();
+                        self.set_board(false);
+                        let msg = format!(
+                            "interface {:?} of VIP {} was removed; it is claimed again when the interface returns",
+                            self.cfg.interface,
+                            self.vip()
+                        );
+                        self.fail("claim", msg);
+                    }
+                }
+            }
+            NetEvent::Resync => {
+                if self.want_hold {
+                    self.link = None;
+                    self.claim(Instant::now()).await;
+                }
+            }
+        }
+    }
+
+    fn on_conflict(&mut self, c: ArpOnLink) {
+        let Some(link) = &self.link else { return };
+        if !self.held || c.ifindex != link.index || !arp::is_conflict(&c.seen, ip4(self.net), link.mac)
+        {
+            return;
+        }
+        let other = arp::mac_string(c.seen.sender_mac);
+        if self.defend_at.is_none() {
+            self.defend_at = Some(Instant::now() + DEFEND_HOLDOFF);
+            tracing::warn!(
+                vip = %self.vip(),
+                interface = %self.cfg.interface,
+                other_mac = %other,
+                "address conflict: {other} on {} claims floating IP {}, which this node holds",
+                self.cfg.interface,
+                self.vip()
+            );
+            self.publish(
+                "vip.conflict",
+                VipEvent {
+                    address: self.vip(),
+                    interface: self.cfg.interface.clone(),
+                    mac: Some(arp::mac_string(link.mac)),
+                    detail: Some(other),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    fn fail(&mut self, what: &str, msg: String) {
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(Instant::now() + delay);
+        let first = self.error.as_deref() != Some(msg.as_str());
+        if first {
+            tracing::error!(
+                vip = %self.vip(),
+                interface = %self.cfg.interface,
+                hook = %self.cfg.name,
+                retry_in_ms = delay.as_millis() as u64,
+                "{what} of floating IP failed: {msg}; retrying with backoff"
+            );
+            self.publish(
+                "vip.error",
+                VipEvent {
+                    address: self.vip(),
+                    interface: self.cfg.interface.clone(),
+                    detail: Some(msg.clone()),
+                    ..Default::default()
+                },
+            );
+        } else {
+            tracing::debug!(vip = %self.vip(), "{what} failed again: {msg}");
+        }
+        self.ctx
+            .health
+            .set_problem(&format!("vip {}", self.cfg.name), Some(msg.clone()));
+        self.error = Some(msg.clone());
+        self.update_board(|s| s.last_error = Some(msg));
+    }
+
+    fn succeeded(&mut self) {
+        self.backoff.reset();
+        self.retry_at = None;
+        if self.error.take().is_some() {
+            self.ctx
+                .health
+                .set_problem(&format!("vip {}", self.cfg.name), None);
+            tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} on {}: working again", self.vip(), self.cfg.interface);
+        }
+        self.update_board(|s| s.last_error = None);
+    }
+
+    fn set_board(&self, held: bool) {
+        self.update_board(|s| {
+            s.held = held;
+            s.since = Some(now_ms());
+        });
+    }
+
+    fn update_board(&self, f: impl FnOnce(&mut VipStatus)) {
+        let mut b = self.ctx.board.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = b.get_mut(self.board_index) {
+            f(s);
+        }
+    }
+
+    fn publish(&self, kind: &'static str, ev: VipEvent) {
+        self.ctx
+            .bus
+            .publish(Event::new(kind, self.ctx.node.clone(), EventData::Vip(ev)));
+    }
+}
+
+fn ip4(net: IpNet) -> Ipv4Addr {
+    match net.addr() {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
