@@ -233,7 +233,10 @@ fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]
             }
         }
     }
-    for q in queues.iter().filter(|q| hook_wants(&q.patterns, &q.subnets, ev)) {
+    for q in queues
+        .iter()
+        .filter(|q| hook_wants(&q.patterns, &q.subnets, ev))
+    {
         match q.tx.try_send((ev.clone(), now)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -345,7 +348,10 @@ mod tests {
         );
         for i in 0..5u64 {
             let (ev, _) = fast_rx.recv().await.expect("event");
-            assert!(matches!(&ev.data, EventData::Ha(h) if h.epoch == i), "in order");
+            assert!(
+                matches!(&ev.data, EventData::Ha(h) if h.epoch == i),
+                "in order"
+            );
         }
     }
 }

@@ -123,12 +123,24 @@ impl ScriptRunner {
         self.metrics.record_run(&self.name, outcome.metric(), secs);
         let name = &self.name;
         match &outcome {
-            Outcome::Exited(0) => tracing::info!(hook = %name, event = event.kind, exit = 0, duration_ms = ms, "hook {name} ({}) finished: exit 0 in {ms:.1} ms", event.kind),
-            Outcome::Exited(c) => tracing::warn!(hook = %name, event = event.kind, exit = c, duration_ms = ms, "hook {name} ({}) failed: exit {c} in {ms:.1} ms", event.kind),
-            Outcome::Signalled(s) => tracing::warn!(hook = %name, event = event.kind, signal = s, duration_ms = ms, "hook {name} ({}) killed by signal {s} after {ms:.1} ms", event.kind),
-            Outcome::TimedOut => tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) timed out after {:?}; its process group was killed", event.kind, self.timeout),
-            Outcome::Cancelled => tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) stopped: the daemon is shutting down", event.kind),
-            Outcome::SpawnFailed(e) => tracing::error!(hook = %name, event = event.kind, "hook {name} ({}) could not start /bin/sh: {e}", event.kind),
+            Outcome::Exited(0) => {
+                tracing::info!(hook = %name, event = event.kind, exit = 0, duration_ms = ms, "hook {name} ({}) finished: exit 0 in {ms:.1} ms", event.kind)
+            }
+            Outcome::Exited(c) => {
+                tracing::warn!(hook = %name, event = event.kind, exit = c, duration_ms = ms, "hook {name} ({}) failed: exit {c} in {ms:.1} ms", event.kind)
+            }
+            Outcome::Signalled(s) => {
+                tracing::warn!(hook = %name, event = event.kind, signal = s, duration_ms = ms, "hook {name} ({}) killed by signal {s} after {ms:.1} ms", event.kind)
+            }
+            Outcome::TimedOut => {
+                tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) timed out after {:?}; its process group was killed", event.kind, self.timeout)
+            }
+            Outcome::Cancelled => {
+                tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) stopped: the daemon is shutting down", event.kind)
+            }
+            Outcome::SpawnFailed(e) => {
+                tracing::error!(hook = %name, event = event.kind, "hook {name} ({}) could not start /bin/sh: {e}", event.kind)
+            }
         }
         outcome
     }

@@ -70,11 +70,7 @@ impl Webhook {
             .body(Full::new(body.clone()))
             .map_err(|e| format!("building the request: {e}"))?;
         let send = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("{e}"))?;
+            let resp = self.client.request(req).await.map_err(|e| format!("{e}"))?;
             let status = resp.status();
             // Read (and drop) the body so the connection can be reused.
             let _ = resp.into_body().collect().await;
@@ -185,7 +181,11 @@ mod tests {
                     if let Some((head, body)) = text.split_once("\r\n\r\n") {
                         let len = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length: ")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if body.len() >= len {
                             break;
@@ -193,7 +193,8 @@ mod tests {
                     }
                 }
                 seen.push(String::from_utf8_lossy(&buf).to_string());
-                let resp = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let resp =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 s.write_all(resp.as_bytes()).await.expect("write");
             }
             seen
@@ -220,7 +221,10 @@ mod tests {
             assert!(req.starts_with("POST /hook HTTP/1.1"), "{req}");
             let lower = req.to_ascii_lowercase();
             assert!(
-                lower.contains(&format!("x-athena-signature: {}", signature("s3cret", body.as_bytes()))),
+                lower.contains(&format!(
+                    "x-athena-signature: {}",
+                    signature("s3cret", body.as_bytes())
+                )),
                 "{req}"
             );
             assert!(req.ends_with(&body), "{req}");

@@ -125,9 +125,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            next: Self::FIRST,
-        }
+        Backoff { next: Self::FIRST }
     }
 }
 
@@ -197,7 +195,11 @@ mod tests {
         let mut d = Desired::new(t);
         d.take();
         for i in 0..10u64 {
-            let w = if i % 2 == 0 { Want::Hold } else { Want::Release };
+            let w = if i % 2 == 0 {
+                Want::Hold
+            } else {
+                Want::Release
+            };
             d.set(w, t + Duration::from_millis(i));
         }
         assert_eq!(
@@ -219,7 +221,11 @@ mod tests {
         assert_eq!(b.due(), Some(t + iv));
         assert!(!b.fire(t + iv / 2), "not yet due");
         assert!(b.fire(t + iv));
-        assert_eq!(b.due(), Some(t + 2 * iv), "spacing from the schedule, not from lateness");
+        assert_eq!(
+            b.due(),
+            Some(t + 2 * iv),
+            "spacing from the schedule, not from lateness"
+        );
         assert!(b.fire(t + 2 * iv + Duration::from_millis(5)));
         assert_eq!(b.due(), None);
         assert!(!b.fire(t + 10 * iv));

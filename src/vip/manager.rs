@@ -192,7 +192,7 @@ async fn read_arp(
         loop {
             match packet::recv_frame(rx.get_ref(), &mut buf) {
                 Ok(r) => {
-                    if r.pkttype == libc::PACKET_OUTGOING as u8 {
+                    if r.pkttype == libc::PACKET_OUTGOING {
                         continue;
                     }
                     let frame = &buf[..r.len.min(buf.len())];
@@ -256,7 +256,12 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         loop {
-            let next = self.slot.desired.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let next = self
+                .slot
+                .desired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
             if let Some((want, at)) = next {
                 self.apply(want, at).await;
                 continue;
@@ -405,7 +410,11 @@ impl Worker {
         let link = match self.link.clone() {
             Some(l) => Some(l),
             None => match self.nl.link(&self.cfg.interface).await {
-                Ok(l) => l,
+                Ok(l) => {
+                    // Cached, so a later claim skips the lookup (event → GARP latency).
+                    self.link = l.clone();
+                    l
+                }
                 Err(e) => {
                     let msg = self.describe(&e);
                     return self.fail("release", msg);
@@ -600,7 +609,9 @@ impl Worker {
 
     fn on_conflict(&mut self, c: ArpOnLink) {
         let Some(link) = &self.link else { return };
-        if !self.held || c.ifindex != link.index || !arp::is_conflict(&c.seen, ip4(self.net), link.mac)
+        if !self.held
+            || c.ifindex != link.index
+            || !arp::is_conflict(&c.seen, ip4(self.net), link.mac)
         {
             return;
         }

@@ -55,8 +55,12 @@ pub async fn release_all(vips: &[crate::config::VipConfig]) -> anyhow::Result<()
             Err(e) => Err(e),
         };
         match res {
-            Ok(true) => tracing::info!(vip = %net, interface = %v.interface, "released floating IP {net} from {}", v.interface),
-            Ok(false) => tracing::info!(vip = %net, interface = %v.interface, "floating IP {net} is not on {}; nothing to release", v.interface),
+            Ok(true) => {
+                tracing::info!(vip = %net, interface = %v.interface, "released floating IP {net} from {}", v.interface)
+            }
+            Ok(false) => {
+                tracing::info!(vip = %net, interface = %v.interface, "floating IP {net} is not on {}; nothing to release", v.interface)
+            }
             Err(e) => {
                 tracing::error!(vip = %net, interface = %v.interface, "releasing floating IP {net} from {} failed: {e}", v.interface);
                 failed.push(format!("{net} on {}: {e}", v.interface));

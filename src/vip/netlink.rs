@@ -248,9 +248,11 @@ fn net_event(msg: NetlinkMessage<RouteNetlinkMessage>) -> Option<NetEvent> {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
             Some(NetEvent::Link(link_info(&m)))
         }
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => Some(NetEvent::LinkRemoved {
-            index: m.header.index,
-        }),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+            Some(NetEvent::LinkRemoved {
+                index: m.header.index,
+            })
+        }
         NetlinkPayload::Overrun(_) => Some(NetEvent::Resync),
         _ => None,
     }

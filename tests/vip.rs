@@ -1,0 +1,480 @@
+//! The VIP manager against the real kernel: netlink in a private namespace, gratuitous ARPs
+//! captured on the far end of a veth, and the daemon itself claiming, defending and
+//! releasing the VIP after dropping to CAP_NET_ADMIN.
+//!
+//! Rig: namespace A (`eth0` 10.0.0.1/24, where the VIP manager runs) ↔ veth ↔ namespace B
+//! (`peer0` 10.0.0.9/24, where frames are captured and a rival host is played).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use athena_dhcpd::config::{Dur, VipConfig};
+use athena_dhcpd::events::{Event, EventBus, EventData, VipEvent};
+use athena_dhcpd::health::Health;
+use athena_dhcpd::vip::{self, arp, packet, PacketSockets, VipBoard, VipContext, VipControl, Want};
+use common::netns::{self, require_root, Netns};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
+const VIP_CIDR: &str = "10.0.0.3/24";
+
+struct Rig {
+    a: Netns,
+    b: Netns,
+}
+
+fn rig(tag: &str) -> Rig {
+    let a = Netns::new(&format!("{tag}-a"));
+    let b = Netns::new(&format!("{tag}-b"));
+    netns::veth(&a, "eth0", &b, "peer0");
+    a.addr("eth0", "10.0.0.1/24");
+    b.addr("peer0", "10.0.0.9/24");
+    Rig { a, b }
+}
+
+fn vip_cfg(iface: &str, count: u32, interval_ms: u64) -> VipConfig {
+    VipConfig {
+        name: "dns-vip".into(),
+        events: vec!["ha.failover".into()],
+        address: VIP_CIDR.into(),
+        interface: iface.into(),
+        garp_count: count,
+        garp_interval: Dur(Duration::from_millis(interval_ms)),
+        garp_refresh: None,
+    }
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
+    // `ip netns exec` mounts the namespace's own /sys.
+    let out = ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")]);
+    let mut mac = [0u8; 6];
+    for (i, p) in out.trim().split(':').enumerate().take(6) {
+        mac[i] = u8::from_str_radix(p, 16).expect("mac hex");
+    }
+    mac
+}
+
+fn has_vip(ns: &Netns, ifname: &str) -> bool {
+    ns.run(&["ip", "-4", "-br", "addr", "show", "dev", ifname])
+        .split_whitespace()
+        .any(|w| w == VIP_CIDR)
+}
+
+/// One captured ARP: arrival time, fields, Ethernet destination.
+type Seen = (Instant, arp::ArpSeen, [u8; 6]);
+
+/// ARP frames seen in a namespace, with their arrival time.
+struct Capture {
+    frames: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Capture {
+    fn start(ns: &Netns) -> Capture {
+        let frames = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let name = ns.name.clone();
+        let (f, s) = (frames.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            netns::enter_netns(&name).expect("enter capture netns");
+            let socks = PacketSockets::open().expect("capture socket");
+            ready_tx.send(()).expect("ready");
+            let mut buf = [0u8; 1600];
+            while !s.load(Ordering::Relaxed) {
+                match packet::recv_frame(&socks.arp_rx, &mut buf) {
+                    Ok(r) if r.pkttype != libc::PACKET_OUTGOING => {
+                        let frame = &buf[..r.len];
+                        if let Ok(seen) = arp::parse_arp(frame) {
+                            let mut dst = [0u8; 6];
+                            dst.copy_from_slice(&frame[..6]);
+                            f.lock().unwrap().push((Instant::now(), seen, dst));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("capture ready");
+        Capture {
+            frames,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Gratuitous ARPs for the VIP seen so far.
+    fn garps(&self) -> Vec<Seen> {
+        self.frames
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, _)| s.sender_ip == VIP && s.target_ip == VIP)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A VIP manager running inside namespace `ns` on a thread of its own.
+struct Running {
+    ctl: VipControl,
+    board: VipBoard,
+    health: Health,
+    events: Mutex<mpsc::Receiver<Arc<Event>>>,
+    shutdown: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(ns: &Netns, cfgs: Vec<VipConfig>) -> Running {
+        let name = ns.name.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shutdown = CancellationToken::new();
+        let sd = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            netns::enter_netns(&name).expect("enter netns");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let bus = EventBus::new();
+                let sub = bus.subscribe("test", 256);
+                let board: VipBoard = Default::default();
+                let health = Health::new();
+                let ctx = VipContext {
+                    node: "t".into(),
+                    bus: bus.clone(),
+                    health: health.clone(),
+                    board: board.clone(),
+                    shutdown: sd.clone(),
+                };
+                let mut tasks = tokio::task::JoinSet::new();
+                let socks = PacketSockets::open().expect("packet sockets");
+                let ctl = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
+                tx.send((ctl, board, health, sub.rx)).ok();
+                sd.cancelled().await;
+                while tasks.join_next().await.is_some() {}
+            });
+        });
+        let (ctl, board, health, events) =
+            rx.recv_timeout(Duration::from_secs(10)).expect("started");
+        Running {
+            ctl,
+            board,
+            health,
+            events: Mutex::new(events),
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    fn held(&self) -> bool {
+        self.board.read().unwrap().first().is_some_and(|s| s.held)
+    }
+
+    /// Waits for the next `kind` event (others are skipped) and returns its VIP payload.
+    fn wait_event(&self, kind: &str, within: Duration) -> VipEvent {
+        let end = Instant::now() + within;
+        let mut rx = self.events.lock().unwrap();
+        loop {
+            match rx.try_recv() {
+                Ok(e) if e.kind == kind => {
+                    if let EventData::Vip(v) = &e.data {
+                        return v.clone();
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    assert!(Instant::now() < end, "no {kind} event within {within:?}");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    /// Stops the workers (they release on the way out) and waits for them.
+    fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            t.join().expect("manager thread");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out after {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn claim_adds_the_vip_and_sends_exactly_garp_count_announcements_then_release_removes_it() {
+    if !require_root("claim_adds_the_vip_and_sends_exactly_garp_count_announcements") {
+        return;
+    }
+    let r = rig("claim");
+    let mac = mac_of(&r.a, "eth0");
+    let cap = Capture::start(&r.b);
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 3, 300)]);
+
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    let claimed = m.wait_event("vip.claimed", Duration::from_secs(10));
+    assert_eq!(claimed.address, VIP_CIDR);
+    assert_eq!(claimed.interface, "eth0");
+    assert_eq!(claimed.arps, 3);
+    assert_eq!(claimed.mac.as_deref(), Some(arp::mac_string(mac).as_str()));
+    eprintln!("event → first GARP: {:.3} ms", claimed.duration_ms);
+    assert!(m.held());
+    assert!(has_vip(&r.a, "eth0"), "`ip addr` shows the VIP");
+
+    // Exactly three, then silence.
+    wait_until("three GARPs captured", Duration::from_secs(10), || {
+        cap.garps().len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    let g = cap.garps();
+    assert_eq!(g.len(), 3, "exactly garp_count announcements: {g:?}");
+    for (_, seen, dst) in &g {
+        assert_eq!(seen.operation, 1, "an ARP request");
+        assert_eq!(seen.sender_mac, mac);
+        assert_eq!(*dst, [0xff; 6], "broadcast");
+    }
+    for w in g.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        assert!(
+            gap >= Duration::from_millis(250) && gap < Duration::from_millis(1500),
+            "GARPs spaced by garp_interval (300 ms): {gap:?}"
+        );
+    }
+
+    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    let rel = m.wait_event("vip.released", Duration::from_secs(10));
+    assert_eq!(rel.address, VIP_CIDR);
+    assert!(!has_vip(&r.a, "eth0"), "VIP gone after release");
+    assert!(!m.held());
+    m.stop();
+}
+
+#[test]
+fn flapping_wants_end_in_the_final_state_without_a_stale_claim() {
+    if !require_root("flapping_wants_end_in_the_final_state_without_a_stale_claim") {
+        return;
+    }
+    let r = rig("flap");
+    let cap = Capture::start(&r.b);
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 5, 200)]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    for i in 0..50 {
+        let w = if i % 2 == 0 {
+            Want::Release
+        } else {
+            Want::Hold
+        };
+        m.ctl.want("dns-vip", w, Instant::now());
+    }
+    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    wait_until(
+        "VIP released after flapping",
+        Duration::from_secs(10),
+        || !m.held() && !has_vip(&r.a, "eth0"),
+    );
+    // Once released, no announcement of the old claim may follow.
+    std::thread::sleep(Duration::from_millis(100));
+    let n = cap.garps().len();
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(cap.garps().len(), n, "a GARP went out after the release");
+    assert!(!has_vip(&r.a, "eth0"));
+
+    for i in 0..50 {
+        let w = if i % 2 == 0 {
+            Want::Hold
+        } else {
+            Want::Release
+        };
+        m.ctl.want("dns-vip", w, Instant::now());
+    }
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    wait_until("VIP held after flapping", Duration::from_secs(10), || {
+        m.held() && has_vip(&r.a, "eth0")
+    });
+    m.stop();
+    assert!(!has_vip(&r.a, "eth0"), "released on shutdown");
+}
+
+#[test]
+fn a_leftover_vip_is_removed_at_start_up_and_vip_release_removes_it_too() {
+    if !require_root("a_leftover_vip_is_removed_at_start_up") {
+        return;
+    }
+    let r = rig("left");
+    r.a.run(&["ip", "addr", "add", VIP_CIDR, "dev", "eth0"]);
+    assert!(has_vip(&r.a, "eth0"));
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 1, 100)]);
+    let rel = m.wait_event("vip.released", Duration::from_secs(10));
+    assert!(
+        rel.detail.as_deref().unwrap_or("").contains("left over"),
+        "{rel:?}"
+    );
+    assert!(!has_vip(&r.a, "eth0"));
+    m.stop();
+
+    // `athena-dhcpd vip release` does the same from the command line.
+    r.a.run(&["ip", "addr", "add", VIP_CIDR, "dev", "eth0"]);
+    let cfgs = vec![vip_cfg("eth0", 1, 100), {
+        let mut c = vip_cfg("nosuch0", 1, 100);
+        c.name = "other".into();
+        c.address = "10.0.0.4/24".into();
+        c
+    }];
+    let res = r.a.in_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(vip::release_all(&cfgs))
+            .map_err(|e| e.to_string())
+    });
+    assert_eq!(res, Ok(()), "absent interface and absent VIP are both fine");
+    assert!(!has_vip(&r.a, "eth0"));
+}
+
+#[test]
+fn a_vip_deleted_by_hand_while_held_comes_back_and_is_announced() {
+    if !require_root("a_vip_deleted_by_hand_while_held_comes_back") {
+        return;
+    }
+    let r = rig("back");
+    let cap = Capture::start(&r.b);
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 1, 100)]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    wait_until("first GARP", Duration::from_secs(5), || {
+        cap.garps().len() == 1
+    });
+    r.a.run(&["ip", "addr", "del", VIP_CIDR, "dev", "eth0"]);
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    wait_until("VIP back", Duration::from_secs(5), || has_vip(&r.a, "eth0"));
+    wait_until("re-announced", Duration::from_secs(5), || {
+        cap.garps().len() == 2
+    });
+    assert!(m.held());
+
+    // Link down and up again: announced again.
+    r.a.run(&["ip", "link", "set", "eth0", "down"]);
+    std::thread::sleep(Duration::from_millis(200));
+    r.a.run(&["ip", "link", "set", "eth0", "up"]);
+    wait_until("announced after link up", Duration::from_secs(10), || {
+        cap.garps().len() >= 3
+    });
+    assert!(has_vip(&r.a, "eth0"));
+    m.stop();
+}
+
+#[test]
+fn a_missing_interface_is_a_vip_error_and_the_claim_follows_when_it_appears() {
+    if !require_root("a_missing_interface_is_a_vip_error") {
+        return;
+    }
+    let r = rig("miss");
+    let m = Running::start(&r.a, vec![vip_cfg("dummy9", 1, 100)]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    let err = m.wait_event("vip.error", Duration::from_secs(10));
+    let detail = err.detail.unwrap_or_default();
+    assert!(
+        detail.contains("\"dummy9\"") && detail.contains(VIP_CIDR),
+        "names the interface and the VIP: {detail}"
+    );
+    assert!(
+        m.health.problems().iter().any(|p| p.contains("dummy9")),
+        "{:?}",
+        m.health.problems()
+    );
+    let last_error = m.board.read().unwrap()[0].last_error.clone();
+    assert!(last_error.is_some_and(|e| e.contains("dummy9")));
+    assert!(!m.held());
+
+    // (No dummy driver on every kernel: a veth pair inside A does as well.)
+    r.a.run(&[
+        "ip", "link", "add", "dummy9", "type", "veth", "peer", "name", "dummy9p",
+    ]);
+    r.a.run(&["ip", "link", "set", "dummy9p", "up"]);
+    r.a.run(&["ip", "link", "set", "dummy9", "up"]);
+    m.wait_event("vip.claimed", Duration::from_secs(40));
+    assert!(has_vip(&r.a, "dummy9"));
+    assert!(m.health.problems().is_empty(), "{:?}", m.health.problems());
+    assert!(m.board.read().unwrap()[0].last_error.is_none());
+    m.stop();
+}
+
+#[test]
+fn another_mac_announcing_the_vip_is_a_conflict_and_is_answered() {
+    if !require_root("another_mac_announcing_the_vip_is_a_conflict") {
+        return;
+    }
+    let r = rig("conf");
+    let our_mac = mac_of(&r.a, "eth0");
+    let rival_mac = mac_of(&r.b, "peer0");
+    let cap = Capture::start(&r.b);
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 1, 100)]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    wait_until("claim GARP", Duration::from_secs(5), || {
+        cap.garps().len() == 1
+    });
+
+    // The rival in B announces the VIP as its own.
+    r.b.in_netns(move || {
+        let socks = PacketSockets::open().expect("socket");
+        let idx = nix::net::if_::if_nametoindex("peer0").expect("ifindex");
+        let frame = arp::garp_frame(rival_mac, VIP);
+        packet::send_frame(&socks.send, idx, arp::ETH_P_ARP, [0xff; 6], &frame).expect("send");
+    });
+    let c = m.wait_event("vip.conflict", Duration::from_secs(10));
+    assert_eq!(
+        c.detail.as_deref(),
+        Some(arp::mac_string(rival_mac).as_str())
+    );
+    wait_until(
+        "defended with an announcement",
+        Duration::from_secs(10),
+        || {
+            cap.garps()
+                .iter()
+                .filter(|(_, s, _)| s.sender_mac == our_mac)
+                .count()
+                == 2
+        },
+    );
+    m.stop();
+}
