@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{http_get, Lab, Node, NodeOpts};
+use common::lab::{http_get, Lab, Node, NodeOpts, Prober, WHO};
 use common::netns::require_root;
 
 /// Does `arping` from `ns` get an answer from `ip` within a second?
@@ -118,4 +118,46 @@ fn lab_namespaces_are_gone_after_drop_even_on_panic() {
             "{n} left behind:\n{list}"
         );
     }
+}
+
+#[test]
+fn lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one() {
+    if !require_root("lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one") {
+        return;
+    }
+    let mut lab = Lab::new("dns");
+    lab.start(Node::A, &NodeOpts::standalone());
+    let a = Node::A.addr();
+    lab.wait_for("DNS on node A", Duration::from_secs(15), |l| {
+        l.dig(a, WHO) == vec![Node::A.who_answer()]
+    });
+
+    let server = std::net::SocketAddr::new(a.into(), 53);
+    let probe = Prober::start(
+        &lab.c,
+        server,
+        WHO,
+        Duration::from_millis(20),
+        Duration::from_secs(1),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t_kill = Instant::now();
+    lab.kill9(Node::A);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = probe.stop();
+    let before: Vec<_> = log.probes.iter().filter(|p| p.sent < t_kill).collect();
+    assert!(before.len() >= 10, "too few probes: {}", log.summary());
+    assert!(
+        before.iter().all(|p| p.node() == Some(Node::A)),
+        "{}",
+        log.summary()
+    );
+    let after = log.after(t_kill).count();
+    assert!(
+        after >= 5 && log.failed_after(t_kill) == after,
+        "{}",
+        log.summary()
+    );
+    assert!(log.outage_after(t_kill).is_some());
+    assert_eq!(log.last_node(), None);
 }

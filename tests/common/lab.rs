@@ -1082,8 +1082,9 @@ impl Drop for Udhcpc {
     }
 }
 
-/// Runs ISC `dhclient -1` in `ns` once and returns what it was given (`None` if no lease).
-pub fn dhclient_once(ns: &Netns, dir: &Path) -> Option<DhcpLease> {
+/// Runs ISC `dhclient -1` in `ns` once, sending `hostname`, and returns what it was given
+/// (`None` if no lease).
+pub fn dhclient_once(ns: &Netns, dir: &Path, hostname: &str) -> Option<DhcpLease> {
     let base = dir.join(format!("dhclient-{}", ns.name));
     let script = base.with_extension("sh");
     let events = base.with_extension("events");
@@ -1103,7 +1104,10 @@ pub fn dhclient_once(ns: &Netns, dir: &Path) -> Option<DhcpLease> {
     set_exec(&script);
     fs::write(
         &conf,
-        "timeout 20;\nretry 1;\nrequest subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name;\n",
+        format!(
+            "timeout 20;\nretry 1;\nsend host-name \"{hostname}\";\n\
+             request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers, host-name;\n"
+        ),
     )
     .expect("write dhclient conf");
     let st = ns
