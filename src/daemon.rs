@@ -31,6 +31,9 @@ pub struct Prepared {
     pub dns: Option<crate::dns::DnsSockets>,
     /// The VIP manager's AF_PACKET sockets (GARP out, ARP in), when `[[hooks.vip]]` exist.
     pub vip_sockets: Option<crate::vip::PacketSockets>,
+    /// DHCP UDP sockets (port 67 needs CAP_NET_BIND_SERVICE, binding to a device may need
+    /// CAP_NET_RAW); empty when no subnet is configured.
+    pub dhcp_sockets: Vec<std::net::UdpSocket>,
 }
 
 /// Opens every socket that needs a capability the process will drop.
@@ -61,12 +64,20 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
             ))
         })?)
     };
+    let dhcp_sockets = crate::dhcp::server::open_sockets(&config).map_err(|e| {
+        anyhow::anyhow!(explain_bind_error(
+            &e,
+            &format!("DHCP socket on UDP port {}", config.server.dhcp_port),
+            "CAP_NET_BIND_SERVICE"
+        ))
+    })?;
     Ok(Prepared {
         config: Arc::new(config),
         config_path,
         api,
         dns,
         vip_sockets,
+        dhcp_sockets,
     })
 }
 
@@ -172,6 +183,45 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         },
         &mut tasks,
     );
+    // HA owns the sender of the serving state; until it is wired, a node serves.
+    let (_ha_state_tx, ha_state_rx) = watch::channel(crate::ha::HaState::Active);
+    // The lease store: HA replicates it through `LeaseLog` (`lease_store` as
+    // `Arc<dyn LeaseLog>`) and hands DHCP a `Replication` (None: standalone).
+    let mut lease_store: Option<Arc<crate::lease::LeaseStore>> = None;
+    if !prepared.dhcp_sockets.is_empty() {
+        let store = crate::lease::LeaseStore::open(&cfg.server.lease_db)
+            .context("opening the lease database")?;
+        store.register_metrics(&mut registry);
+        let metrics = crate::dhcp::server::DhcpMetrics::default();
+        metrics.register(&mut registry);
+        extra = extra.merge(crate::dhcp::api::router(store.clone()));
+        let server = crate::dhcp::server::DhcpServer {
+            sockets: std::mem::take(&mut prepared.dhcp_sockets),
+            config: cfg.clone(),
+            store: store.clone(),
+            ha: ha_state_rx.clone(),
+            replication: None,
+            bus: bus.clone(),
+            node: node.clone(),
+            metrics,
+            progress: health.worker("dhcp", Duration::from_secs(5)),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!("DHCP server stopped: {e}");
+            }
+        });
+        tracing::info!(
+            port = cfg.server.dhcp_port,
+            subnets = cfg.subnets.len(),
+            "DHCP serving {} subnets on UDP port {}",
+            cfg.subnets.len(),
+            cfg.server.dhcp_port
+        );
+        lease_store = Some(store);
+    }
+    let _ = &lease_store;
     if let Some(listener) = prepared.api {
         let listener = tokio::net::TcpListener::from_std(listener).context("API listener")?;
         let addr = listener.local_addr().ok();

@@ -6,9 +6,11 @@
 //! replication to the standby, events, metrics and rate limits. `api` lists leases.
 
 pub mod alloc;
+pub mod api;
 pub mod handler;
 pub mod packet;
 pub mod plan;
+pub mod server;
 
 #[cfg(test)]
 mod tests;

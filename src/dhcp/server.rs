@@ -1,0 +1,756 @@
+//! The socket loop around the pure handler: receive with `IP_PKTINFO` (which interface, which
+//! destination), check, rate-limit, handle, and for an ACK make the lease durable (group
+//! commit) and replicated before the reply leaves, from the address the client talks to.
+//!
+//! Invariants:
+//! - Only a node whose HA state is ACTIVE answers; others count and drop.
+//! - No DHCPACK leaves before its lease is committed durably (and, with HA, acknowledged by
+//!   the standby or `ha.max_ack_delay` passed). A failed commit means no ACK.
+//! - Lock order: handler state, then the lease index. Nobody takes them the other way round.
+//! - Malformed input is counted by reason and logged at debug; it never stops the loop.
+
+use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::MessageType;
+use ipnet::Ipv4Net;
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrIn,
+};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{handle, DhcpState, Ingress};
+use super::packet::{self, Dest, Reply};
+use super::plan::Plan;
+use crate::config::Config;
+use crate::events::{Event, EventBus, EventData};
+use crate::ha::HaState;
+use crate::health::Progress;
+use crate::lease::{Lease, LeaseStore, Replication};
+
+// ---------------------------------------------------------------------------------------------
+// Sockets (opened before the capability drop)
+
+/// The interfaces to bind to: `[server] interfaces`, else every subnet's `interface` when all
+/// subnets name one, else none (one wildcard socket).
+pub fn interfaces_to_bind(cfg: &Config) -> Vec<String> {
+    if !cfg.server.interfaces.is_empty() {
+        return cfg.server.interfaces.clone();
+    }
+    let named: Vec<String> = cfg
+        .subnets
+        .iter()
+        .filter_map(|s| s.interface.clone())
+        .collect();
+    if named.len() != cfg.subnets.len() {
+        return Vec::new();
+    }
+    let mut out = named;
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn open_one(port: u16, device: Option<&str>) -> std::io::Result<std::net::UdpSocket> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_broadcast(true)?;
+    sock.set_nonblocking(true)?;
+    // Bursts of DISCOVERs must queue, not drop, while a commit is in flight.
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
+    if let Some(d) = device {
+        sock.bind_device(Some(d.as_bytes())).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding to interface {d:?}: {e}"))
+        })?;
+    }
+    sock.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], port)).into())?;
+    Ok(sock.into())
+}
+
+/// Opens the DHCP sockets (UDP `server.dhcp_port`, one per interface or one wildcard).
+/// Empty when no subnet is configured: a DNS-only node serves no DHCP.
+pub fn open_sockets(cfg: &Config) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    if cfg.subnets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let port = cfg.server.dhcp_port;
+    let ifs = interfaces_to_bind(cfg);
+    if ifs.is_empty() {
+        return Ok(vec![open_one(port, None)?]);
+    }
+    ifs.iter().map(|i| open_one(port, Some(i))).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interfaces
+
+/// Interface names and IPv4 addresses by index, refreshed now and then (addresses such as the
+/// VIP come and go).
+#[derive(Default, Clone)]
+struct Interfaces {
+    by_index: HashMap<u32, (String, Vec<Ipv4Net>)>,
+}
+
+impl Interfaces {
+    fn load() -> Self {
+        let mut by_index: HashMap<u32, (String, Vec<Ipv4Net>)> = HashMap::new();
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Interfaces::default();
+        };
+        for a in addrs {
+            let Ok(idx) = nix::net::if_::if_nametoindex(a.interface_name.as_str()) else {
+                continue;
+            };
+            let entry = by_index
+                .entry(idx)
+                .or_insert_with(|| (a.interface_name.clone(), Vec::new()));
+            let ip = a
+                .address
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip());
+            let mask = a
+                .netmask
+                .as_ref()
+                .and_then(|s| s.as_sockaddr_in())
+                .map(|s| s.ip());
+            if let (Some(ip), Some(mask)) = (ip, mask) {
+                let prefix = u32::from(mask).leading_ones() as u8;
+                if let Ok(n) = Ipv4Net::new(ip, prefix) {
+                    entry.1.push(n);
+                }
+            }
+        }
+        Interfaces { by_index }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limiting (pure)
+
+/// Per-MAC packets and global DISCOVERs per one-second window; 0 disables a limit.
+pub struct RateLimiter {
+    per_mac: u32,
+    global: u32,
+    window_s: u64,
+    macs: HashMap<[u8; 6], u32>,
+    discovers: u32,
+}
+
+impl RateLimiter {
+    pub fn new(per_mac: u32, global: u32) -> Self {
+        RateLimiter {
+            per_mac,
+            global,
+            window_s: 0,
+            macs: HashMap::new(),
+            discovers: 0,
+        }
+    }
+
+    /// Ok, or the scope that refused ("mac" or "global").
+    pub fn allow(&mut self, mac: [u8; 6], discover: bool, now_ms: u64) -> Result<(), &'static str> {
+        let w = now_ms / 1000;
+        if w != self.window_s {
+            self.window_s = w;
+            self.macs.clear();
+            self.discovers = 0;
+        }
+        if self.per_mac > 0 {
+            let n = self.macs.entry(mac).or_insert(0);
+            *n += 1;
+            if *n > self.per_mac {
+                return Err("mac");
+            }
+        }
+        if discover && self.global > 0 {
+            self.discovers += 1;
+            if self.discovers > self.global {
+                return Err("global");
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabel {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubnetLabel {
+    pub subnet: String,
+}
+
+#[derive(Clone)]
+pub struct DhcpMetrics {
+    pub received: Family<TypeLabel, Counter>,
+    pub sent: Family<TypeLabel, Counter>,
+    pub malformed: Family<ReasonLabel, Counter>,
+    pub ignored: Family<ReasonLabel, Counter>,
+    pub rate_limited: Family<ScopeLabel, Counter>,
+    pub commit_failed: Counter,
+    pub leases_active: Gauge,
+    pub pool_size: Family<SubnetLabel, Gauge>,
+    pub pool_utilization: Family<SubnetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub ack_latency: Histogram,
+}
+
+impl Default for DhcpMetrics {
+    fn default() -> Self {
+        DhcpMetrics {
+            received: Family::default(),
+            sent: Family::default(),
+            malformed: Family::default(),
+            ignored: Family::default(),
+            rate_limited: Family::default(),
+            commit_failed: Counter::default(),
+            leases_active: Gauge::default(),
+            pool_size: Family::default(),
+            pool_utilization: Family::default(),
+            ack_latency: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5,
+            ]),
+        }
+    }
+}
+
+impl DhcpMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "dhcp_packets_received",
+            "DHCP requests received, by message type",
+            self.received.clone(),
+        );
+        r.register(
+            "dhcp_packets_sent",
+            "DHCP replies sent, by message type",
+            self.sent.clone(),
+        );
+        r.register(
+            "dhcp_malformed",
+            "Datagrams dropped as malformed, by reason",
+            self.malformed.clone(),
+        );
+        r.register(
+            "dhcp_ignored",
+            "Valid requests not answered, by reason",
+            self.ignored.clone(),
+        );
+        r.register(
+            "dhcp_rate_limited",
+            "Requests dropped by the rate limits (scope: mac or global)",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "dhcp_commit_failed",
+            "ACKs not sent because their lease could not be committed",
+            self.commit_failed.clone(),
+        );
+        r.register(
+            "dhcp_leases_active",
+            "Active, unexpired leases",
+            self.leases_active.clone(),
+        );
+        r.register(
+            "dhcp_pool_size",
+            "Addresses in the pools of a subnet",
+            self.pool_size.clone(),
+        );
+        r.register(
+            "dhcp_pool_utilization",
+            "Share of a subnet's pool addresses held by active leases (0..1)",
+            self.pool_utilization.clone(),
+        );
+        r.register(
+            "dhcp_ack_latency_seconds",
+            "From REQUEST received to ACK sent, including commit and replication",
+            self.ack_latency.clone(),
+        );
+    }
+
+    fn ignored(&self, reason: &'static str) {
+        self.ignored.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+pub fn type_name(t: MessageType) -> &'static str {
+    match t {
+        MessageType::Discover => "discover",
+        MessageType::Offer => "offer",
+        MessageType::Request => "request",
+        MessageType::Decline => "decline",
+        MessageType::Ack => "ack",
+        MessageType::Nak => "nak",
+        MessageType::Release => "release",
+        MessageType::Inform => "inform",
+        _ => "other",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server
+
+/// Everything the loop needs, handed in by the daemon.
+pub struct DhcpServer {
+    pub sockets: Vec<std::net::UdpSocket>,
+    pub config: Arc<Config>,
+    pub store: Arc<LeaseStore>,
+    pub ha: watch::Receiver<HaState>,
+    pub replication: Option<Replication>,
+    pub bus: EventBus,
+    pub node: String,
+    pub metrics: DhcpMetrics,
+    pub progress: Progress,
+    pub shutdown: CancellationToken,
+}
+
+struct Shared {
+    state: Mutex<DhcpState>,
+    limiter: Mutex<RateLimiter>,
+    ifaces: std::sync::RwLock<Interfaces>,
+    store: Arc<LeaseStore>,
+    ha: watch::Receiver<HaState>,
+    replication: Option<Replication>,
+    max_ack_delay: Duration,
+    bus: EventBus,
+    node: String,
+    metrics: DhcpMetrics,
+    client_port: u16,
+    relay_port: u16,
+}
+
+impl DhcpServer {
+    /// Runs until shutdown: one receive task per socket plus housekeeping (offer and lease
+    /// expiry, allocator rebuild, gauges, interface refresh).
+    pub async fn run(self) -> std::io::Result<()> {
+        let plan = Plan::from_config(&self.config);
+        let now = crate::events::now_ms();
+        let state = {
+            let ix = self.store.index();
+            DhcpState::new(plan, &ix, now)
+        };
+        let port = self.config.server.dhcp_port;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            limiter: Mutex::new(RateLimiter::new(
+                self.config.server.rate_limit_per_mac,
+                self.config.server.rate_limit_global,
+            )),
+            ifaces: std::sync::RwLock::new(Interfaces::load()),
+            store: self.store.clone(),
+            ha: self.ha.clone(),
+            replication: self.replication.clone(),
+            max_ack_delay: self.config.ha.max_ack_delay.0,
+            bus: self.bus.clone(),
+            node: self.node.clone(),
+            metrics: self.metrics.clone(),
+            client_port: port.saturating_add(1),
+            relay_port: port,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for s in self.sockets {
+            let sock = Arc::new(UdpSocket::from_std(s)?);
+            let sh = shared.clone();
+            let sd = self.shutdown.clone();
+            let progress = self.progress.clone();
+            tasks.spawn(async move { receive_loop(sh, sock, sd, progress).await });
+        }
+        {
+            let sh = shared.clone();
+            let sd = self.shutdown.clone();
+            let progress = self.progress.clone();
+            tasks.spawn(async move { housekeeping(sh, sd, progress).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+struct Received {
+    len: usize,
+    ifindex: u32,
+    /// The request's IP destination (header), e.g. 255.255.255.255 or our address.
+    dst: Ipv4Addr,
+    /// The local address the kernel would answer from.
+    spec_dst: Ipv4Addr,
+    truncated: bool,
+}
+
+fn recv_pktinfo(fd: i32, buf: &mut [u8]) -> std::io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+    let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_TRUNC)
+        .map_err(std::io::Error::from)?;
+    let mut out = Received {
+        len: msg.bytes,
+        ifindex: 0,
+        dst: Ipv4Addr::BROADCAST,
+        spec_dst: Ipv4Addr::UNSPECIFIED,
+        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+    };
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
+                out.ifindex = pi.ipi_ifindex as u32;
+                out.dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
+                out.spec_dst = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn receive_loop(
+    sh: Arc<Shared>,
+    sock: Arc<UdpSocket>,
+    shutdown: CancellationToken,
+    progress: Progress,
+) {
+    // One byte more than the largest request we accept, so an oversize one is seen as such.
+    let mut buf = vec![0u8; packet::MAX_DATAGRAM + 1];
+    let fd = sock.as_raw_fd();
+    loop {
+        progress.tick();
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            // Wake at least every second so progress ticks while idle.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            r = sock.async_io(Interest::READABLE, || recv_pktinfo(fd, &mut buf)) => r,
+        };
+        let rx = match got {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("DHCP receive failed: {e}");
+                continue;
+            }
+        };
+        let t0 = Instant::now();
+        let data = &buf[..rx.len.min(buf.len())];
+        let parsed = if rx.truncated || rx.len > packet::MAX_DATAGRAM {
+            Err(packet::Malformed::Oversize)
+        } else {
+            packet::parse(data)
+        };
+        let req = match parsed {
+            Ok(r) => r,
+            Err(m) => {
+                sh.metrics
+                    .malformed
+                    .get_or_create(&ReasonLabel { reason: m.label() })
+                    .inc();
+                tracing::debug!(
+                    len = rx.len,
+                    reason = m.label(),
+                    "dropped malformed DHCP datagram: {m}"
+                );
+                continue;
+            }
+        };
+        sh.metrics
+            .received
+            .get_or_create(&TypeLabel {
+                r#type: type_name(req.msg_type),
+            })
+            .inc();
+        if !sh.ha.borrow().serves() {
+            sh.metrics.ignored("not_active");
+            continue;
+        }
+        let now = crate::events::now_ms();
+        let limited = sh.limiter.lock().unwrap_or_else(|e| e.into_inner()).allow(
+            req.mac(),
+            req.msg_type == MessageType::Discover,
+            now,
+        );
+        if let Err(scope) = limited {
+            sh.metrics
+                .rate_limited
+                .get_or_create(&ScopeLabel { scope })
+                .inc();
+            continue;
+        }
+        let ingress = {
+            let ifs = sh.ifaces.read().unwrap_or_else(|e| e.into_inner());
+            let (name, addrs) = ifs.by_index.get(&rx.ifindex).cloned().unwrap_or_default();
+            Ingress {
+                ifname: (!name.is_empty()).then_some(name),
+                if_addrs: addrs,
+                dst: rx.dst,
+            }
+        };
+        if ingress.ifname.is_none() && rx.ifindex != 0 {
+            // A new interface: refresh the table for next time.
+            *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
+        }
+        let (outcome, pending) = {
+            let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ix = sh.store.index();
+            let out = handle(&mut st, &mut ix, &req, &ingress, now);
+            // Submitted under the index lock: disk order = index order.
+            let pending = (!out.commit.is_empty()).then(|| sh.store.submit(out.commit.clone()));
+            (out, pending)
+        };
+        if let Some(why) = outcome.ignored {
+            sh.metrics.ignored(why);
+        }
+        for (kind, ev) in outcome.events {
+            sh.bus
+                .publish(Event::new(kind, sh.node.clone(), EventData::Lease(ev)));
+        }
+        let src = if rx.dst.is_broadcast() || rx.dst.is_unspecified() {
+            None
+        } else {
+            Some(rx.dst)
+        };
+        match (outcome.reply, pending) {
+            (Some(reply), None) => {
+                send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
+            }
+            (reply, Some(pending)) => {
+                // Wait for the disk (and the standby) off the receive path, so the next
+                // requests can join the same group commit.
+                let sh = sh.clone();
+                let sock = sock.clone();
+                let committed = outcome.commit;
+                tokio::spawn(async move {
+                    match pending.wait().await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            sh.metrics.commit_failed.inc();
+                            tracing::error!("lease commit failed, reply withheld: {e}");
+                            return;
+                        }
+                    }
+                    if let Some(rep) = &sh.replication {
+                        rep.replicate(committed, sh.max_ack_delay).await;
+                    }
+                    if let Some(reply) = reply {
+                        send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
+                        sh.metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
+                    }
+                });
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// Sends per RFC 2131 §4.1 from `src` (the address the request reached) or else the server
+/// identifier; broadcasts leave through the interface the request came in on.
+async fn send_reply(
+    sh: &Shared,
+    sock: &UdpSocket,
+    reply: &Reply,
+    ifindex: u32,
+    src: Option<Ipv4Addr>,
+) {
+    let bytes = reply.encode();
+    let (dst, ifx) = match reply.dest {
+        Dest::Relay(g) => (SocketAddrV4::new(g, sh.relay_port), 0),
+        Dest::Unicast(c) => (SocketAddrV4::new(c, sh.client_port), 0),
+        Dest::Broadcast => (
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, sh.client_port),
+            ifindex,
+        ),
+    };
+    let from = src.unwrap_or(reply.server_id);
+    let fd = sock.as_raw_fd();
+    let addr = SockaddrIn::from(dst);
+    let attempt = |spec: Ipv4Addr| {
+        let pi = libc::in_pktinfo {
+            ipi_ifindex: ifx as i32,
+            ipi_spec_dst: libc::in_addr {
+                s_addr: u32::from(spec).to_be(),
+            },
+            ipi_addr: libc::in_addr { s_addr: 0 },
+        };
+        let iov = [IoSlice::new(&bytes)];
+        sendmsg(
+            fd,
+            &iov,
+            &[ControlMessage::Ipv4PacketInfo(&pi)],
+            MsgFlags::empty(),
+            Some(&addr),
+        )
+        .map_err(std::io::Error::from)
+    };
+    let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
+    if r.is_err() && !from.is_unspecified() {
+        // The server identifier is not a local address (e.g. a VIP this node does not
+        // hold): let the kernel choose the source.
+        r = sock
+            .async_io(Interest::WRITABLE, || attempt(Ipv4Addr::UNSPECIFIED))
+            .await;
+    }
+    match r {
+        Ok(_) => {
+            sh.metrics
+                .sent
+                .get_or_create(&TypeLabel {
+                    r#type: type_name(reply.msg_type),
+                })
+                .inc();
+        }
+        Err(e) => {
+            tracing::debug!(dest = %dst, "sending DHCP {} to {dst} failed: {e}", type_name(reply.msg_type))
+        }
+    }
+}
+
+async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Progress) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        progress.tick();
+        n += 1;
+        let now = crate::events::now_ms();
+        sh.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .expire_offers(now);
+        if sh.ha.borrow().serves() {
+            match sh.store.expire_due(now / 1000).await {
+                Ok(gone) => {
+                    if !gone.is_empty() {
+                        tracing::info!(count = gone.len(), "{} leases expired", gone.len());
+                    }
+                    for l in &gone {
+                        sh.bus.publish(Event::new(
+                            "lease.expire",
+                            sh.node.clone(),
+                            EventData::Lease(l.event()),
+                        ));
+                    }
+                    if let (Some(rep), false) = (&sh.replication, gone.is_empty()) {
+                        rep.replicate(gone, sh.max_ack_delay).await;
+                    }
+                }
+                Err(e) => tracing::error!("lease expiry failed: {e}"),
+            }
+        }
+        if n % 5 == 1 {
+            refresh(&sh, now);
+        }
+    }
+}
+
+/// Rebuilds the allocator from the index (HA merges and expiry change it) and updates the
+/// lease and pool gauges.
+fn refresh(sh: &Shared, now_ms: u64) {
+    *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
+    let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+    let ix = sh.store.index();
+    st.rebuild(&ix, now_ms);
+    let now_s = now_ms / 1000;
+    let mut active_by_subnet: HashMap<&str, u64> = HashMap::new();
+    let mut active = 0i64;
+    let live = |l: &&Lease| l.state == crate::lease::LeaseState::Active && l.expiry > now_s;
+    for l in ix.iter().filter(live) {
+        active += 1;
+        let in_pool = st
+            .plan
+            .subnets
+            .iter()
+            .any(|s| s.name == l.subnet && s.in_pool(l.ip));
+        if in_pool {
+            *active_by_subnet.entry(l.subnet.as_str()).or_default() += 1;
+        }
+    }
+    sh.metrics.leases_active.set(active);
+    for (name, size) in st.pool_sizes() {
+        let used = active_by_subnet.get(name.as_str()).copied().unwrap_or(0);
+        let label = SubnetLabel {
+            subnet: name.clone(),
+        };
+        sh.metrics.pool_size.get_or_create(&label).set(size as i64);
+        sh.metrics
+            .pool_utilization
+            .get_or_create(&label)
+            .set(if size == 0 {
+                0.0
+            } else {
+                used as f64 / size as f64
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_mac_limit_refuses_the_excess_and_resets_each_second() {
+        let mut r = RateLimiter::new(2, 0);
+        let m = [2, 0, 0, 0, 0, 1];
+        assert_eq!(r.allow(m, true, 1000), Ok(()));
+        assert_eq!(r.allow(m, false, 1100), Ok(()));
+        assert_eq!(r.allow(m, true, 1200), Err("mac"));
+        assert_eq!(r.allow([2, 0, 0, 0, 0, 2], true, 1300), Ok(()));
+        assert_eq!(r.allow(m, true, 2000), Ok(()));
+    }
+
+    #[test]
+    fn global_limit_counts_only_discovers() {
+        let mut r = RateLimiter::new(0, 2);
+        for i in 0..2u8 {
+            assert_eq!(r.allow([0, 0, 0, 0, 0, i], true, 5000), Ok(()));
+        }
+        assert_eq!(r.allow([0, 0, 0, 0, 0, 9], true, 5001), Err("global"));
+        assert_eq!(r.allow([0, 0, 0, 0, 0, 9], false, 5002), Ok(()));
+        assert_eq!(r.allow([0, 0, 0, 0, 0, 9], true, 6000), Ok(()));
+    }
+
+    #[test]
+    fn bind_list_follows_config() {
+        let cfg = crate::config::parse(
+            "[[subnet]]\nnetwork = \"10.0.0.0/24\"\ninterface = \"eth1\"\n[[subnet]]\nnetwork = \"10.1.0.0/24\"\ninterface = \"eth1\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        assert_eq!(interfaces_to_bind(&cfg), vec!["eth1".to_string()]);
+        let cfg = crate::config::parse(
+            "[[subnet]]\nnetwork = \"10.0.0.0/24\"\ninterface = \"eth1\"\n[[subnet]]\nnetwork = \"10.1.0.0/24\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        assert!(interfaces_to_bind(&cfg).is_empty());
+    }
+}
