@@ -181,13 +181,12 @@ impl Lab {
 
     /// A UDP socket on the relay's giaddr:67, connected to nothing.
     fn relay_socket(&self) -> UdpSocket {
-        let s = self.rly.in_netns(|| {
+        self.rly.in_netns(|| {
             let s = UdpSocket::bind(SocketAddrV4::new(GIADDR, 67)).expect("bind relay socket");
             s.set_read_timeout(Some(Duration::from_millis(200)))
                 .expect("timeout");
             s
-        });
-        s
+        })
     }
 }
 
