@@ -478,3 +478,124 @@ fn another_mac_announcing_the_vip_is_a_conflict_and_is_answered() {
     );
     m.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon itself (started as root in a lab node, dropped to CAP_NET_ADMIN)
+
+use common::lab::{Lab, Node, NodeOpts};
+
+/// CapEff of every thread of `pid`.
+fn thread_cap_eff(pid: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task dir")
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        if let Some(v) = status.lines().find_map(|l| l.strip_prefix("CapEff:")) {
+            out.push(v.trim().to_string());
+        }
+    }
+    out
+}
+
+fn vip_held_in_api(lab: &Lab) -> bool {
+    lab.ha_status(Node::A)
+        .and_then(|s| s["vips"][0]["held"].as_bool())
+        .unwrap_or(false)
+}
+
+#[test]
+fn the_daemon_claims_its_vip_with_only_cap_net_admin_puts_it_back_and_releases_it_on_sigterm() {
+    if !require_root("the_daemon_claims_its_vip_with_only_cap_net_admin") {
+        return;
+    }
+    let mut lab = Lab::new("vipd");
+    let caps = lab.dir.path().join("script-capeff");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        vip: true,
+        extra: format!(
+            "[[hooks.script]]\nname = \"caps\"\nevents = [\"vip.claimed\"]\ncommand = \"grep CapEff /proc/self/status > {}\"\n",
+            caps.display()
+        ),
+        ..NodeOpts::standalone()
+    };
+    lab.start(Node::A, &opts);
+    lab.wait_for("VIP on A", Duration::from_secs(10), |l| l.vip_on(Node::A));
+    lab.wait_for("API shows the VIP held", Duration::from_secs(10), |l| {
+        vip_held_in_api(l)
+    });
+    let status = lab.ha_status(Node::A).expect("status");
+    assert_eq!(status["vips"][0]["address"], VIP_CIDR, "{status}");
+    assert_eq!(status["vips"][0]["interface"], "eth0", "{status}");
+    assert!(status["vips"][0]["last_error"].is_null(), "{status}");
+
+    let pid = lab.pid(Node::A).expect("pid");
+    let eff = thread_cap_eff(pid);
+    assert!(eff.len() > 1, "several threads: {eff:?}");
+    assert!(
+        eff.iter().all(|c| c == "0000000000001000"),
+        "every thread keeps CAP_NET_ADMIN only: {eff:?}"
+    );
+    lab.wait_for("script hook ran", Duration::from_secs(10), |_| {
+        std::fs::read_to_string(&caps).is_ok_and(|s| s.contains("CapEff"))
+    });
+    let script_caps = std::fs::read_to_string(&caps).expect("caps file");
+    assert_eq!(
+        script_caps.trim(),
+        "CapEff:\t0000000000000000",
+        "hook scripts get no capability even as uid 0"
+    );
+    let log = lab.log(Node::A);
+    assert!(
+        log.contains("claimed floating IP 10.0.0.3/24 on eth0 (3 gratuitous ARPs, "),
+        "{log}"
+    );
+
+    // Deleted by hand while held: back at once.
+    lab.a.run(&["ip", "addr", "del", VIP_CIDR, "dev", "eth0"]);
+    lab.wait_for("VIP back on A", Duration::from_secs(10), |l| l.vip_on(Node::A));
+    assert!(lab.log(Node::A).contains("was removed from eth0 while held"));
+
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}\n{}", lab.log(Node::A));
+    assert!(!lab.vip_on(Node::A), "VIP released on SIGTERM");
+    assert!(lab
+        .log(Node::A)
+        .contains("released floating IP 10.0.0.3/24 from eth0"));
+}
+
+#[test]
+fn the_daemon_keeps_running_when_the_vip_interface_is_missing_and_says_why() {
+    if !require_root("the_daemon_keeps_running_when_the_vip_interface_is_missing") {
+        return;
+    }
+    let mut lab = Lab::new("vipm");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        vip: false,
+        extra: format!(
+            "[[hooks.vip]]\nname = \"dns-vip\"\naddress = \"{VIP_CIDR}\"\ninterface = \"eth9\"\n"
+        ),
+        ..NodeOpts::standalone()
+    };
+    lab.start(Node::A, &opts);
+    lab.wait_for("the error on the API", Duration::from_secs(10), |l| {
+        l.ha_status(Node::A)
+            .and_then(|s| s["vips"][0]["last_error"].as_str().map(str::to_string))
+            .is_some_and(|e| e.contains("\"eth9\"") && e.contains(VIP_CIDR))
+    });
+    let (code, body) = lab
+        .api_get(Node::A, "/api/v1/health")
+        .expect("health answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("eth9"), "{body}");
+    assert!(lab.log(Node::A).contains("interface \"eth9\" not found for VIP 10.0.0.3/24"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(lab.is_running(Node::A), "daemon still running");
+    assert!(!vip_held_in_api(&lab));
+}

@@ -203,9 +203,14 @@ impl ScriptRunner {
                 if let Some(g) = pgid {
                     let _ = killpg(g, Signal::SIGTERM);
                 }
-                let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
+                let grace_end = tokio::time::Instant::now() + KILL_GRACE;
+                let _ = tokio::time::timeout_at(grace_end, child.wait()).await;
                 if let Some(g) = pgid {
-                    // Children may ignore TERM or outlive the shell: KILL the whole group.
+                    // Give the rest of the group the same grace, then KILL whatever is left
+                    // (children may ignore TERM or outlive the shell).
+                    while killpg(g, None).is_ok() && tokio::time::Instant::now() < grace_end {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     let _ = killpg(g, Signal::SIGKILL);
                 }
                 let _ = child.wait().await;
