@@ -1483,6 +1483,17 @@ fn validate_hooks(h: &HooksConfig) -> Result<(), Invalid> {
                 format!("{:?} is not an http:// or https:// URL", w.url),
             );
         }
+        // The webhook client speaks plain HTTP only (no TLS stack in the binary yet); refuse
+        // https:// here rather than fail on every delivery.
+        if w.url.starts_with("https://") {
+            return err(
+                format!("{key}.url"),
+                format!(
+                    "{:?}: https:// webhooks are not supported yet; use http:// to a local relay (e.g. a reverse proxy that adds TLS)",
+                    w.url
+                ),
+            );
+        }
         if w.timeout.0.is_zero() {
             return err(format!("{key}.timeout"), "must be longer than 0s");
         }

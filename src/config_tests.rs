@@ -495,6 +495,16 @@ fn webhook_with_bad_url_is_refused() {
 }
 
 #[test]
+fn https_webhook_is_refused_until_tls_is_supported() {
+    refused(
+        "[[hooks.webhook]]\nname = \"w\"\nevents = [\"*\"]\nurl = \"https://example.com/x\"\n",
+        4,
+        "hooks.webhook[0].url",
+        "https:// webhooks are not supported yet",
+    );
+}
+
+#[test]
 fn bad_dns_record_is_refused() {
     refused(
         "[[dns.record]]\nname = \"nas.home.lan\"\ntype = \"A\"\nvalue = \"not-an-ip\"\n",
