@@ -194,7 +194,10 @@ async fn a_hook_printing_10_mb_does_not_grow_memory_and_still_finishes() {
         Duration::from_secs(30),
     );
     let t0 = Instant::now();
-    assert_eq!(r.run(&failover("STANDBY", "ACTIVE")).await, Outcome::Exited(0));
+    assert_eq!(
+        r.run(&failover("STANDBY", "ACTIVE")).await,
+        Outcome::Exited(0)
+    );
     let grown_kb = vm_hwm_kb().saturating_sub(before);
     assert!(
         grown_kb < 8 * 1024,
@@ -209,7 +212,10 @@ async fn a_failing_hook_does_not_affect_the_others() {
     let log = dir.path().join("good");
     let (bus, shutdown, metrics) = dispatcher(vec![
         script("bad", "echo broken >&2; exit 3".into()),
-        script("good", format!("echo $ATHENA_HA_NEW_STATE >> {}", log.display())),
+        script(
+            "good",
+            format!("echo $ATHENA_HA_NEW_STATE >> {}", log.display()),
+        ),
     ]);
     bus.publish(failover("STANDBY", "ACTIVE"));
     bus.publish(failover("ACTIVE", "STANDBY"));

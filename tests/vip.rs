@@ -556,8 +556,12 @@ fn the_daemon_claims_its_vip_with_only_cap_net_admin_puts_it_back_and_releases_i
 
     // Deleted by hand while held: back at once.
     lab.a.run(&["ip", "addr", "del", VIP_CIDR, "dev", "eth0"]);
-    lab.wait_for("VIP back on A", Duration::from_secs(10), |l| l.vip_on(Node::A));
-    assert!(lab.log(Node::A).contains("was removed from eth0 while held"));
+    lab.wait_for("VIP back on A", Duration::from_secs(10), |l| {
+        l.vip_on(Node::A)
+    });
+    assert!(lab
+        .log(Node::A)
+        .contains("was removed from eth0 while held"));
 
     lab.sigterm(Node::A);
     let st = lab.wait_exit(Node::A, Duration::from_secs(15));
@@ -594,8 +598,52 @@ fn the_daemon_keeps_running_when_the_vip_interface_is_missing_and_says_why() {
         .expect("health answers");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("eth9"), "{body}");
-    assert!(lab.log(Node::A).contains("interface \"eth9\" not found for VIP 10.0.0.3/24"));
+    assert!(lab
+        .log(Node::A)
+        .contains("interface \"eth9\" not found for VIP 10.0.0.3/24"));
     std::thread::sleep(Duration::from_millis(500));
     assert!(lab.is_running(Node::A), "daemon still running");
     assert!(!vip_held_in_api(&lab));
+}
+
+#[test]
+fn the_reference_floating_ip_script_works_only_when_the_admin_opts_out_of_the_drop() {
+    if !require_root("the_reference_floating_ip_script_works_only_when_the_admin_opts_out") {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/floating-ip.sh");
+    let hook = format!(
+        "[[hooks.script]]\nname = \"floating-ip\"\nevents = [\"ha.failover\"]\ncommand = \"{script}\"\ntimeout = \"10s\"\n"
+    );
+    // Default: the script runs with no capabilities, so `ip addr add` cannot work.
+    let mut lab = Lab::new("fips");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        vip: false,
+        extra: hook.clone(),
+        ..NodeOpts::standalone()
+    };
+    lab.start(Node::A, &opts);
+    // (The script ignores the errors of `ip` and `arping` and exits with logger's status.)
+    lab.wait_for("the hook to run", Duration::from_secs(15), |l| {
+        l.log(Node::A).contains("hook floating-ip (ha.failover) f")
+    });
+    assert!(
+        !lab.vip_on(Node::A),
+        "a capability-less script added the VIP"
+    );
+
+    // `drop_privileges = false` (warned about at start): the old route works as root.
+    let opts = NodeOpts {
+        server_extra: "drop_privileges = false".into(),
+        ..opts
+    };
+    lab.sigterm(Node::A);
+    lab.wait_exit(Node::A, Duration::from_secs(15));
+    lab.start(Node::A, &opts);
+    lab.wait_for("VIP added by the script", Duration::from_secs(15), |l| {
+        l.vip_on(Node::A)
+    });
+    assert!(lab.log(Node::A).contains("drop_privileges = false"));
 }
