@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# benches/failover.sh — how long DNS through the floating IP is down when the active node fails,
+# for athena-dhcpd and for what it replaces, measured side by side in the same run.
+#
+#   sudo benches/failover.sh [--runs 5] [--systems "athena athena-fast keepalived keepalived-tuned hook"]
+#                            [--scenarios "kill host hung stop preempt"] [--tsv FILE] [--no-build]
+#
+# The lab is shared/lab/lab.sh's: a bridge in its own namespace (the switch), node A 10.0.0.1,
+# node B 10.0.0.2, client 10.0.0.10, VIP 10.0.0.3/24; nothing is configured in the host's own
+# namespace. Each node answers `who.lab.test` with its own address (192.0.2.1 / 192.0.2.2), so
+# every reply says who answered. The client (examples/vipprobe.rs) sends one A query to VIP:53
+# every 20 ms from a connected UDP socket, timeout = interval; outage = first failed query →
+# first answered query after the last failure (BENCH-METHOD.md).
+#
+# Systems
+#   athena            athena-dhcpd, HA defaults (heartbeat_interval 1s, failover_timeout 10s)
+#   athena-fast       athena-dhcpd, heartbeat_interval 50ms, failover_timeout 150ms
+#   keepalived        keepalived + dnsmasq as in the reference design: VRRP id 51, priorities
+#                     100/90, advert_int 1, PASS auth, vrrp_script every 2 s, weight 20, fall 3,
+#                     rise 2; the check queries the local DNS
+#   keepalived-tuned  the same tuned to its best: VRRPv3, advert_int 0.1, check interval 1, fall 1
+#   hook              athena-dhcpd (fast timers) moving the VIP with the old hook-script route,
+#                     hooks/floating-ip.sh (`ip addr add` + `arping`), drop_privileges = false
+# Scenarios (on node A, the active node)
+#   kill     the DNS service is killed with -9, host up (athena-dhcpd, or dnsmasq)
+#   host     host lost: A's switch port goes down and its processes are killed
+#   hung     the DNS service is SIGSTOPped (hung, not dead)
+#   stop     graceful stop: SIGTERM (athena-dhcpd; for keepalived: keepalived and dnsmasq,
+#            as a host shutdown stops them in parallel)
+#   preempt  A comes back after a graceful stop and takes the VIP back (failed queries counted)
+#
+# Every run starts from a fresh lab and fresh daemons, and is bounded (RUN_MAX seconds).
+# Results: one TSV line per run, and a table of min/median/max per system and scenario.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=5
+SYSTEMS="athena athena-fast keepalived keepalived-tuned hook"
+SCENARIOS="kill host hung stop preempt"
+TSV=""
+BUILD=1
+RUN_MAX=${RUN_MAX:-40}
+INTERVAL=${INTERVAL:-20ms}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) RUNS=$2; shift 2 ;;
+    --systems) SYSTEMS=$2; shift 2 ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
+    --tsv) TSV=$2; shift 2 ;;
+    --no-build) BUILD=0; shift ;;
+    -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+die() { echo "failover.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces); run it with sudo"
+
+# --- tools -------------------------------------------------------------------------------------
+missing=() pkgs=()
+need() { command -v "$1" >/dev/null 2>&1 || { missing+=("$1"); pkgs+=("$2"); }; }
+need ip iproute2; need bridge iproute2; need dig bind9-dnsutils; need arping iputils-arping
+need cargo "cargo (rustup or the Debian package)"
+case " $SYSTEMS " in *" keepalived"*) need keepalived keepalived; need dnsmasq dnsmasq ;; esac
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "missing: ${missing[*]}" >&2
+  echo "install with: apt-get install -y $(printf '%s\n' "${pkgs[@]}" | sort -u | tr '\n' ' ')" >&2
+  exit 1
+fi
+
+if [ "$BUILD" = 1 ]; then
+  (cd "$ROOT" && cargo build --release --quiet --bin athena-dhcpd --example vipprobe) || die "build failed"
+fi
+BIN=$ROOT/target/release/athena-dhcpd
+PROBE=$ROOT/target/release/examples/vipprobe
+HOOK=$ROOT/hooks/floating-ip.sh
+[ -x "$BIN" ] && [ -x "$PROBE" ] || die "build $BIN and $PROBE first (or drop --no-build)"
+
+P=fb$$
+SW=${P}sw A=${P}a B=${P}b C=${P}c
+WORK=$(mktemp -d /tmp/athena-failover.XXXXXX)
+VIP=10.0.0.3
+WHO=who.lab.test
+[ -n "$TSV" ] || TSV=$WORK/results.tsv
+RD=$WORK  # the current run's directory (node logs and configs in $RD/a, $RD/b)
+
+# --- the lab (as shared/lab/lab.sh) ------------------------------------------------------------
+exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
+lab_down() {
+  local ns pids
+  for ns in "$C" "$A" "$B" "$SW"; do
+    exists "$ns" || continue
+    pids=$(ip netns pids "$ns" | tr '\n' ' ')
+    if [ -n "${pids// /}" ]; then kill -CONT $pids 2>/dev/null; kill -KILL $pids 2>/dev/null; fi
+    ip netns del "$ns" 2>/dev/null
+  done
+  return 0
+}
+port() {  # port NS ADDR
+  local ns=$1 addr=$2 p=p-${1#"$P"}
+  ip -n "$SW" link add "$p" type veth peer name eth0 netns "$ns"
+  ip -n "$SW" link set "$p" master br0 up
+  ip -n "$ns" addr add "$addr/24" dev eth0
+  ip -n "$ns" link set eth0 up
+}
+lab_up() {
+  lab_down
+  local ns
+  for ns in "$SW" "$A" "$B" "$C"; do
+    ip netns add "$ns"; ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  done
+  ip -n "$SW" link add br0 type bridge stp_state 0 forward_delay 0
+  ip -n "$SW" link set br0 up
+  port "$A" 10.0.0.1; port "$B" 10.0.0.2; port "$C" 10.0.0.10
+}
+cleanup() { lab_down; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ns_of() { [ "$1" = a ] && echo "$A" || echo "$B"; }
+addr_of() { [ "$1" = a ] && echo 10.0.0.1 || echo 10.0.0.2; }
+who_of() { [ "$1" = a ] && echo 192.0.2.1 || echo 192.0.2.2; }
+
+# Polls `cmd` every 50 ms until it succeeds; fails after `secs`.
+wait_until() {  # secs cmd...
+  local secs=$1; shift
+  local end=$(( $(date +%s%N) + secs * 1000000000 ))
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s%N)" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+vip_answers() {  # NODE: the VIP answers with NODE's record
+  [ "$(ip netns exec "$C" dig +short +time=1 +tries=1 @$VIP $WHO A 2>/dev/null)" = "$(who_of "$1")" ]
+}
+http_get() {  # NS ADDR PATH
+  ip netns exec "$1" timeout 2 bash -c "exec 3<>/dev/tcp/$2/8067 && printf 'GET $3 HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null
+}
+ha_state_is() {  # NODE STATE
+  http_get "$(ns_of "$1")" "$(addr_of "$1")" /api/v1/ha/status | grep -q "\"state\":\"$2\""
+}
+
+# --- athena-dhcpd ------------------------------------------------------------------------------
+athena_config() {  # NODE HB FT WITNESS ROUTE(vip|hook)
+  local n=$1 hb=$2 ft=$3 wt=$4 route=$5 role=primary peer=10.0.0.2 me dir
+  [ "$n" = b ] && { role=secondary; peer=10.0.0.1; }
+  me=$(addr_of "$n"); dir=$RD/$n; mkdir -p "$dir"
+  cat <<EOF
+[server]
+node_name = "node-$n"
+lease_db = "$dir/leases.redb"
+$([ "$route" = hook ] && echo 'drop_privileges = false')
+
+[ha]
+enabled = true
+role = "$role"
+peer_address = "$peer:8067"
+listen_address = "$me:8067"
+heartbeat_interval = "$hb"
+failover_timeout = "$ft"
+$([ -n "$wt" ] && echo "witness_timeout = \"$wt\"")
+shared_secret = "bench-shared-secret-0123456789abcdef"
+
+[dns]
+enabled = true
+listen_udp = "0.0.0.0:53"
+domain = "lab.test"
+
+[[dns.record]]
+name = "$WHO"
+type = "A"
+value = "$(who_of "$n")"
+ttl = 1
+
+[[subnet]]
+network = "10.0.0.0/24"
+interface = "eth0"
+dns_servers = ["$VIP"]
+[[subnet.pool]]
+range_start = "10.0.0.100"
+range_end = "10.0.0.199"
+EOF
+  if [ "$route" = hook ]; then
+    cat <<EOF
+
+[[hooks.script]]
+name = "floating-ip"
+events = ["ha.failover"]
+command = "VIP=$VIP/24 INTERFACE=eth0 $HOOK"
+timeout = "5s"
+EOF
+  else
+    cat <<EOF
+
+[[hooks.vip]]
+name = "dns-vip"
+address = "$VIP/24"
+interface = "eth0"
+EOF
+  fi
+}
+
+athena_params() {  # SYSTEM -> "HB FT WITNESS ROUTE"
+  case "$1" in
+    athena) echo "1s 10s - vip" ;;
+    athena-fast) echo "50ms 150ms 50ms vip" ;;
+    hook) echo "50ms 150ms 50ms hook" ;;
+  esac
+}
+
+athena_start() {  # SYSTEM NODE
+  local hb ft wt route
+  read -r hb ft wt route <<<"$(athena_params "$1")"
+  [ "$wt" = - ] && wt=""
+  athena_config "$2" "$hb" "$ft" "$wt" "$route" >"$RD/$2/athena.toml"
+  ip netns exec "$(ns_of "$2")" "$BIN" --log-format text --config "$RD/$2/athena.toml" \
+    >>"$RD/$2/athena.log" 2>&1 &
+  echo $! >"$RD/$2/athena.pid"
+}
+athena_pid() { cat "$RD/$1/athena.pid"; }
+
+athena_up() {  # SYSTEM: both nodes, A active with the VIP, B standby
+  athena_start "$1" a; athena_start "$1" b
+  wait_until 30 ha_state_is a ACTIVE && wait_until 30 ha_state_is b STANDBY && wait_until 10 vip_answers a
+}
+
+# --- keepalived + dnsmasq ----------------------------------------------------------------------
+keepalived_config() {  # NODE TUNED
+  local n=$1 tuned=$2 state=MASTER prio=100
+  [ "$n" = b ] && { state=BACKUP; prio=90; }
+  cat <<EOF
+global_defs {
+    router_id node-$n
+    script_user root
+$([ "$tuned" = 1 ] && echo '    vrrp_version 3')
+}
+vrrp_script check_dns {
+    script "$WORK/check-dns.sh"
+    interval $([ "$tuned" = 1 ] && echo 1 || echo 2)
+    weight 20
+    fall $([ "$tuned" = 1 ] && echo 1 || echo 3)
+    rise 2
+}
+vrrp_instance ATHENA_DNS {
+    state $state
+    interface eth0
+    virtual_router_id 51
+    priority $prio
+    advert_int $([ "$tuned" = 1 ] && echo 0.1 || echo 1)
+$([ "$tuned" = 1 ] || printf '    authentication {\n        auth_type PASS\n        auth_pass somesecret\n    }\n')
+    virtual_ipaddress {
+        $VIP/24
+    }
+    track_script {
+        check_dns
+    }
+}
+EOF
+}
+
+dnsmasq_start() {  # NODE
+  ip netns exec "$(ns_of "$1")" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv \
+    --no-hosts --port=53 --user=root --host-record=$WHO,"$(who_of "$1")" --local-ttl=1 \
+    --pid-file="$RD/$1/dnsmasq.pidfile" --log-facility="$RD/$1/dnsmasq.log" >>"$RD/$1/dnsmasq.out" 2>&1 &
+  echo $! >"$RD/$1/dnsmasq.pid"
+}
+keepalived_start() {  # SYSTEM NODE
+  local tuned=0 d=$RD/$2
+  [ "$1" = keepalived-tuned ] && tuned=1
+  keepalived_config "$2" "$tuned" >"$d/keepalived.conf"
+  ip netns exec "$(ns_of "$2")" keepalived --dont-fork --log-console --vrrp -f "$d/keepalived.conf" \
+    -p "$d/keepalived.pidfile" -r "$d/vrrp.pidfile" >>"$d/keepalived.log" 2>&1 &
+  echo $! >"$d/keepalived.pid"
+}
+keepalived_up() {  # SYSTEM
+  local n
+  # dig +short prints its errors on stdout too: only an address is an answer.
+  printf '#!/bin/sh\ndig +short +time=1 +tries=1 @127.0.0.1 %s A | grep -q "^[0-9]"\n' "$WHO" >"$WORK/check-dns.sh"
+  chmod 755 "$WORK/check-dns.sh"
+  for n in a b; do mkdir -p "$RD/$n"; dnsmasq_start $n; done
+  for n in a b; do keepalived_start "$1" $n; done
+  # Both checks up (rise 2) and A master: only then is the pair in its steady state.
+  wait_until 30 vip_answers a || return 1
+  local t=4; [ "$1" = keepalived-tuned ] && t=2
+  sleep $((t + 1))
+  vip_answers a
+}
+
+# --- one run -----------------------------------------------------------------------------------
+svc_pids() {  # SYSTEM NODE: the DNS service's pid
+  case "$1" in keepalived*) cat "$RD/$2/dnsmasq.pid" ;; *) athena_pid "$2" ;; esac
+}
+up() { case "$1" in keepalived*) keepalived_up "$1" ;; *) athena_up "$1" ;; esac; }
+
+event() {  # SYSTEM SCENARIO
+  case "$2" in
+    kill) kill -KILL "$(svc_pids "$1" a)" ;;
+    hung) kill -STOP "$(svc_pids "$1" a)" ;;
+    host)
+      ip -n "$SW" link set p-a down
+      # shellcheck disable=SC2046
+      kill -KILL $(ip netns pids "$A") 2>/dev/null ;;
+    stop)
+      case "$1" in
+        keepalived*) kill -TERM "$(cat "$RD/a/keepalived.pid")" "$(cat "$RD/a/dnsmasq.pid")" ;;
+        *) kill -TERM "$(athena_pid a)" ;;
+      esac ;;
+  esac
+}
+
+# Brings A back after a graceful stop (the preemption scenario).
+a_return() {  # SYSTEM
+  case "$1" in
+    keepalived*) dnsmasq_start a; keepalived_start "$1" a ;;
+    *) athena_start "$1" a ;;
+  esac
+}
+
+probe_start() {  # OUT STOPFILE
+  rm -f "$2"
+  ip netns exec "$C" "$PROBE" --server $VIP:53 --name $WHO --interval "$INTERVAL" --timeout "$INTERVAL" \
+    --max-time "${RUN_MAX}s" --stop-file "$2" >"$1" 2>&1 &
+  PROBE_PID=$!
+}
+probe_stop() {  # STOPFILE
+  touch "$1"; wait "$PROBE_PID" 2>/dev/null
+}
+seen() { grep -q "$2" "$1"; }  # FILE PATTERN
+
+# One run: prints "outage_ms failed" or "ERR reason".
+run_once() {  # SYSTEM SCENARIO RUN
+  local sys=$1 sc=$2
+  RD=$WORK/$1-$2-$3
+  local out=$RD/probe.txt stopf=$RD/stop
+  lab_up; mkdir -p "$RD/a" "$RD/b"
+  if ! up "$sys"; then echo "ERR start"; return; fi
+  if [ "$sc" = preempt ]; then
+    event "$sys" stop
+    wait_until 30 vip_answers b || { echo "ERR no-failover-before-preempt"; return; }
+    sleep 2
+    probe_start "$out" "$stopf"; sleep 1
+    a_return "$sys"
+    wait_until "$RUN_MAX" seen "$out" " ok $(who_of a)" || { probe_stop "$stopf"; echo "ERR no-preempt"; return; }
+    sleep 3
+  else
+    probe_start "$out" "$stopf"; sleep 1
+    seen "$out" " ok $(who_of a)" || { probe_stop "$stopf"; echo "ERR not-serving"; return; }
+    event "$sys" "$sc"
+    wait_until "$RUN_MAX" seen "$out" " ok $(who_of b)" || { probe_stop "$stopf"; echo "ERR no-failover"; return; }
+    sleep 1
+  fi
+  probe_stop "$stopf"
+  local s; s=$(grep '^summary' "$out") || { echo "ERR no-summary"; return; }
+  local o f
+  o=$(sed -n 's/.* outage_ms=\([0-9.]*\).*/\1/p' <<<"$s"); f=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$s")
+  echo "$o $f"
+}
+
+stats() {  # values... -> "min median max"
+  [ $# -gt 0 ] || { echo "- - -"; return; }
+  printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "- - -"; exit}
+    m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%g %g %g\n", v[1], m, v[NR]}'
+}
+
+printf 'system\tscenario\trun\toutage_ms\tfailed_queries\n' >"$TSV"
+echo "failover benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r); runs=$RUNS interval=$INTERVAL; work dir $WORK" >&2
+declare -A ROWS
+for sys in $SYSTEMS; do
+  case "$sys" in athena|athena-fast|keepalived|keepalived-tuned) ;; hook)
+    [ -x "$HOOK" ] || { echo "skip hook: $HOOK missing" >&2; continue; } ;;
+    *) die "unknown system $sys" ;;
+  esac
+  for sc in $SCENARIOS; do
+    outs=() fails=() errs=0
+    for r in $(seq 1 "$RUNS"); do
+      res=$(run_once "$sys" "$sc" "$r")
+      echo "  $sys $sc run $r: $res" >&2
+      if [[ $res == ERR* ]]; then errs=$((errs + 1)); printf '%s\t%s\t%s\t%s\t\n' "$sys" "$sc" "$r" "$res" >>"$TSV"; continue; fi
+      read -r o f <<<"$res"; outs+=("$o"); fails+=("$f")
+      printf '%s\t%s\t%s\t%s\t%s\n' "$sys" "$sc" "$r" "$o" "$f" >>"$TSV"
+    done
+    ROWS[$sys/$sc]="$(stats "${outs[@]}") | $(stats "${fails[@]}") | $errs"
+  done
+done
+lab_down
+
+echo
+echo "Outage = first failed query → first answered query after the last failure; one query every $INTERVAL."
+printf '| %-16s | %-8s | %-26s | %-20s | %-6s |\n' system scenario "outage ms min / med / max" "failed min / med / max" errors
+printf '|%s|%s|%s|%s|%s|\n' ------------------ ---------- ---------------------------- ---------------------- --------
+for sys in $SYSTEMS; do for sc in $SCENARIOS; do
+  [ -n "${ROWS[$sys/$sc]:-}" ] || continue
+  IFS='|' read -r o f e <<<"${ROWS[$sys/$sc]}"
+  printf '| %-16s | %-8s | %-26s | %-20s | %-6s |\n' "$sys" "$sc" "$(echo $o | tr ' ' '/' | sed 's#/# / #g')" \
+    "$(echo $f | tr ' ' '/' | sed 's#/# / #g')" "$(echo $e)"
+done; done
+echo "per-run figures: $TSV"
