@@ -6,6 +6,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod machine;
+pub mod node;
+pub mod peer;
+pub mod sync;
+pub mod witness;
 
 /// A node's HA state. Only `Active` serves DHCP and holds the VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

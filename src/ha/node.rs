@@ -1,0 +1,1063 @@
+//! The HA node: the one task that owns the [`Machine`], feeds it inputs with the monotonic
+//! clock, and carries out its actions — frames on the peer link, events on the bus, the
+//! serving gate for DHCP, witness probes, bulk syncs, the shutdown handoff.
+//!
+//! Around it: a dialer task (reconnects with a short backoff; a refused dial after a link
+//! existed is the fast takeover trigger), the accept path (the HTTP upgrade route), one reader,
+//! one writer and one lease applier per link. Both sides dial and accept; when two links meet,
+//! both ends keep the one dialled by the preferred node (the primary), or the newer of two
+//! dialled by the same node. The heartbeat tick runs on the same runtime as the workers and
+//! first asks [`Health::workers_stuck`], so a wedged node stops heartbeating and goes FAULT.
+//!
+//! Invariants: only this task calls `Machine::step`; every `ha.failover` action updates the
+//! serving gate and the status in the same step; a link is either the current one or being
+//! closed.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Role};
+use crate::events::{Event, EventBus, EventData, HaEvent};
+use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
+use crate::ha::peer::{self, LinkError, Msg};
+use crate::ha::sync::{self, Applied, ApplyJob, Pending};
+use crate::ha::witness::{self, WitnessTarget};
+use crate::ha::{HaState, HaStatus};
+use crate::health::{mono_ms, Health};
+use crate::lease::{LeaseLog, ReplicationRx};
+use crate::vip::VipBoard;
+
+/// Longest a handshake (upgrade, challenge, hello) may take: a slow-loris peer is cut here.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
+/// Inbound handshakes in progress at once; more are refused at the HTTP layer.
+const MAX_PENDING_HANDSHAKES: usize = 8;
+/// Frames queued towards the peer before heartbeats are dropped (a paused peer reads nothing).
+const LINK_QUEUE: usize = 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+/// `athena_ha_*` metrics.
+#[derive(Default)]
+pub struct HaMetrics {
+    state: Family<StateLabel, Gauge>,
+    epoch: Gauge,
+    transitions: Counter,
+    heartbeats_sent: Counter,
+    heartbeats_received: Counter,
+    link_errors: Family<KindLabel, Counter>,
+    sync_lag_frames: Gauge,
+    sync_lag_ms: Gauge,
+    replicated: Counter,
+}
+
+impl HaMetrics {
+    fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ha");
+        r.register(
+            "state",
+            "1 for the node's current HA state",
+            self.state.clone(),
+        );
+        r.register("epoch", "Takeover epoch of this node", self.epoch.clone());
+        r.register("transitions", "HA state changes", self.transitions.clone());
+        r.register(
+            "heartbeats_sent",
+            "Heartbeats sent to the peer",
+            self.heartbeats_sent.clone(),
+        );
+        r.register(
+            "heartbeats_received",
+            "Heartbeats received from the peer",
+            self.heartbeats_received.clone(),
+        );
+        r.register(
+            "link_errors",
+            "Peer links refused or closed, by reason",
+            self.link_errors.clone(),
+        );
+        r.register(
+            "sync_lag_frames",
+            "Lease frames sent to the peer and not yet acknowledged",
+            self.sync_lag_frames.clone(),
+        );
+        r.register(
+            "sync_lag_milliseconds",
+            "Age of the oldest unacknowledged lease frame",
+            self.sync_lag_ms.clone(),
+        );
+        r.register(
+            "replicated_batches",
+            "Lease batches acknowledged by the peer",
+            self.replicated.clone(),
+        );
+    }
+
+    fn link_error(&self, kind: &str) {
+        self.link_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    fn set_state(&self, s: HaState) {
+        for st in [
+            HaState::Standby,
+            HaState::Active,
+            HaState::Syncing,
+            HaState::Fault,
+        ] {
+            self.state
+                .get_or_create(&StateLabel {
+                    state: st.as_str().into(),
+                })
+                .set(i64::from(st == s));
+        }
+    }
+}
+
+/// Everything the node needs from the daemon.
+pub struct HaParams {
+    pub node: String,
+    pub config: Arc<Config>,
+    pub bus: EventBus,
+    pub health: Health,
+    pub vips: VipBoard,
+    /// The lease store; `None` until one exists (replication then acknowledges nothing).
+    pub lease_log: Option<Arc<dyn LeaseLog>>,
+    pub replication: Option<ReplicationRx>,
+    pub shutdown: CancellationToken,
+}
+
+enum NodeMsg {
+    Input(Input),
+    Link(LinkReady),
+    LinkMsg { id: u64, msg: Msg },
+    LinkClosed { id: u64, err: Option<LinkError> },
+    Applied { id: u64, applied: Applied },
+    Failover(oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct LinkReady {
+    id: u64,
+    dialer: String,
+    addr: SocketAddr,
+    peer: PeerStatus,
+    tx: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+}
+
+struct CurrentLink {
+    id: u64,
+    dialer: String,
+    addr: SocketAddr,
+    tx: mpsc::Sender<Msg>,
+    cancel: CancellationToken,
+    applier: mpsc::UnboundedSender<ApplyJob>,
+    /// Leases received in this link's bulk sync (for the event).
+    synced: usize,
+    changed: usize,
+}
+
+/// The daemon's and the API's handle on the node. Cheap to clone.
+#[derive(Clone)]
+pub struct HaHandle {
+    tx: mpsc::Sender<NodeMsg>,
+    /// What `/api/v1/ha/status` shows.
+    pub status: watch::Receiver<HaStatus>,
+    /// The serving gate: DHCP serves while this says ACTIVE.
+    pub serving: watch::Receiver<HaState>,
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    node: String,
+    role: Role,
+    secret: Vec<u8>,
+    my_status: watch::Receiver<PeerStatus>,
+    next_link: AtomicU64,
+    metrics: Arc<HaMetrics>,
+    handshakes: Semaphore,
+    api_token: Option<String>,
+    /// Last time a link error of a kind was logged at warn per address (no log storms).
+    warned: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+}
+
+impl Shared {
+    fn log_link_error(&self, addr: SocketAddr, dir: &str, e: &LinkError) {
+        self.metrics.link_error(e.kind());
+        let quiet = matches!(e, LinkError::Closed | LinkError::Io(_));
+        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (addr.ip(), e.kind());
+        let recent = w
+            .get(&key)
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        if quiet || recent {
+            tracing::debug!(peer = %addr, kind = e.kind(), "peer link {dir} {addr}: {e}");
+        } else {
+            w.insert(key, Instant::now());
+            tracing::warn!(peer = %addr, kind = e.kind(), "peer link {dir} {addr} refused: {e}");
+        }
+    }
+}
+
+/// Starts the node. Returns its handle; the task stops when `params.shutdown` fires (after
+/// [`HaHandle::shutdown`] has handed the service off).
+pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
+    let cfg = params.config.clone();
+    let ha = &cfg.ha;
+    let witness_target = witness_target(&cfg);
+    let mcfg = MachineConfig::from_config(&params.node, ha, witness_target.is_some());
+    let now = mono_ms();
+    let machine = Machine::new(mcfg, now);
+    let watermark = params.lease_log.as_ref().map_or(0, |l| l.watermark());
+    let (status_tx, status_rx) = watch::channel(HaStatus {
+        enabled: true,
+        node: params.node.clone(),
+        role: ha.role.to_string(),
+        state: HaState::Standby,
+        peer_connected: false,
+        peer_state: None,
+        last_heartbeat: None,
+        epoch: 0,
+        lease_watermark: watermark,
+        peer_lease_watermark: None,
+        vips: Vec::new(),
+    });
+    let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
+    let (my_tx, my_rx) = watch::channel(machine.status(watermark));
+    let (link_up_tx, link_up_rx) = watch::channel(false);
+    let (tx, rx) = mpsc::channel(4096);
+    let metrics = Arc::new(HaMetrics::default());
+    metrics.register(registry);
+    metrics.set_state(HaState::Standby);
+    let inner = Arc::new(Shared {
+        node: params.node.clone(),
+        role: ha.role,
+        secret: ha.shared_secret.clone().unwrap_or_default().into_bytes(),
+        my_status: my_rx,
+        next_link: AtomicU64::new(1),
+        metrics: metrics.clone(),
+        handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
+        api_token: cfg.api.auth_token.clone(),
+        warned: Mutex::new(HashMap::new()),
+    });
+    let handle = HaHandle {
+        tx: tx.clone(),
+        status: status_rx,
+        serving: serving_rx,
+        inner: inner.clone(),
+    };
+    tracing::info!(
+        node = %params.node,
+        role = %ha.role,
+        peer = ha.peer_address.as_deref().unwrap_or(""),
+        witness = %witness_target.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
+        "HA {} {}: heartbeat {}, failover after {}, peer {}, VIP witness {}",
+        ha.role,
+        params.node,
+        ha.heartbeat_interval,
+        ha.failover_timeout,
+        ha.peer_address.as_deref().unwrap_or("?"),
+        witness_target.map(|w| w.to_string()).unwrap_or_else(|| "none (no VIP configured)".into())
+    );
+    if let Some(peer_addr) = ha.peer_socket_addr() {
+        tokio::spawn(dialer(
+            handle.clone(),
+            peer_addr,
+            link_up_rx,
+            ha.heartbeat_interval.0,
+            params.shutdown.clone(),
+        ));
+    }
+    let node = NodeTask {
+        m: machine,
+        p: params,
+        inner,
+        metrics,
+        rx,
+        tx,
+        status_tx,
+        serving_tx,
+        my_tx,
+        link_up_tx,
+        link: None,
+        pending: Pending::default(),
+        peer_synced: 0,
+        failover_waiters: Vec::new(),
+        shutdown_waiters: Vec::new(),
+        witness_target,
+        witness_timeout: ha.witness_timeout.0,
+        heartbeat: ha.heartbeat_interval.0,
+        last_heartbeat_unix: None,
+    };
+    tokio::spawn(node.run());
+    handle
+}
+
+/// The VIP to ask: the first `[[hooks.vip]]` address, over DNS when DNS is on.
+fn witness_target(cfg: &Config) -> Option<WitnessTarget> {
+    let vip = cfg.hooks.vips.first()?;
+    let ip: IpAddr = vip.address.split('/').next()?.parse().ok()?;
+    if cfg.dns.enabled {
+        Some(WitnessTarget::Dns(SocketAddr::new(
+            ip,
+            cfg.dns.listen_udp.port(),
+        )))
+    } else {
+        Some(WitnessTarget::Tcp(SocketAddr::new(
+            ip,
+            cfg.ha.listen_address.port(),
+        )))
+    }
+}
+
+struct NodeTask {
+    m: Machine,
+    p: HaParams,
+    inner: Arc<Shared>,
+    metrics: Arc<HaMetrics>,
+    rx: mpsc::Receiver<NodeMsg>,
+    tx: mpsc::Sender<NodeMsg>,
+    status_tx: watch::Sender<HaStatus>,
+    serving_tx: watch::Sender<HaState>,
+    my_tx: watch::Sender<PeerStatus>,
+    link_up_tx: watch::Sender<bool>,
+    link: Option<CurrentLink>,
+    pending: Pending,
+    /// Highest peer change sequence merged here (the `since` of the next bulk sync).
+    peer_synced: u64,
+    failover_waiters: Vec<oneshot::Sender<Result<(), String>>>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    witness_target: Option<WitnessTarget>,
+    witness_timeout: Duration,
+    heartbeat: Duration,
+    last_heartbeat_unix: Option<u64>,
+}
+
+impl NodeTask {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replication = self.p.replication.take();
+        loop {
+            tokio::select! {
+                biased;
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.on_msg(m),
+                    None => return,
+                },
+                req = async {
+                    match replication.as_mut() {
+                        Some(r) => r.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match req {
+                    Some(req) => self.on_replicate(req),
+                    None => replication = None,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = self.p.shutdown.cancelled(), if self.shutdown_waiters.is_empty() => {
+                    if let Some(l) = self.link.take() {
+                        l.cancel.cancel();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn watermark(&self) -> u64 {
+        self.p.lease_log.as_ref().map_or(0, |l| l.watermark())
+    }
+
+    fn step(&mut self, input: Input) {
+        let wm = self.watermark();
+        let actions = self.m.step(input, mono_ms(), wm);
+        for a in actions {
+            self.act(a);
+        }
+        self.publish_status();
+    }
+
+    fn on_tick(&mut self) {
+        let stuck = self.p.health.workers_stuck();
+        self.step(Input::Health { stuck });
+        self.step(Input::Tick);
+        self.pending.prune();
+        self.metrics.sync_lag_frames.set(self.pending.len() as i64);
+        self.metrics
+            .sync_lag_ms
+            .set((self.pending.oldest_secs() * 1000.0) as i64);
+    }
+
+    fn on_msg(&mut self, msg: NodeMsg) {
+        match msg {
+            NodeMsg::Input(i) => self.step(i),
+            NodeMsg::Link(l) => self.on_link(l),
+            NodeMsg::LinkClosed { id, err } => {
+                if self.link.as_ref().is_some_and(|l| l.id == id) {
+                    let l = self.link.take();
+                    if let (Some(l), Some(e)) = (l, err) {
+                        self.inner.log_link_error(l.addr, "to", &e);
+                        l.cancel.cancel();
+                    }
+                    self.pending.fail_all();
+                    let _ = self.link_up_tx.send(false);
+                    self.step(Input::LinkDown);
+                }
+            }
+            NodeMsg::LinkMsg { id, msg } => {
+                if self.link.as_ref().is_none_or(|l| l.id != id) {
+                    return;
+                }
+                self.on_frame(msg);
+            }
+            NodeMsg::Applied { id, applied } => {
+                let Some(l) = self.link.as_mut().filter(|l| l.id == id) else {
+                    return;
+                };
+                match applied {
+                    Applied::Batch {
+                        upto,
+                        received,
+                        changed,
+                        done,
+                    } => {
+                        self.peer_synced = self.peer_synced.max(upto);
+                        l.synced += received;
+                        l.changed += changed;
+                        if done {
+                            let detail = format!(
+                                "bulk sync from {} complete: {} leases received, {} changed here",
+                                self.m.peer().map_or("peer", |p| p.node.as_str()),
+                                l.synced,
+                                l.changed
+                            );
+                            self.step(Input::SyncComplete { detail });
+                        }
+                    }
+                    Applied::Failed(e) => {
+                        tracing::error!("bulk sync: merging the peer's leases failed: {e}");
+                    }
+                }
+            }
+            NodeMsg::Failover(reply) => {
+                self.failover_waiters.push(reply);
+                self.step(Input::ApiFailover);
+                // A handoff started: answer once it ends (ack, refusal or timeout).
+                if !self.m.handoff_pending() {
+                    self.answer_failover(Err("handoff did not start".into()));
+                }
+            }
+            NodeMsg::Shutdown(done) => {
+                self.shutdown_waiters.push(done);
+                self.step(Input::Shutdown);
+            }
+        }
+    }
+
+    fn answer_failover(&mut self, r: Result<(), String>) {
+        for w in self.failover_waiters.drain(..) {
+            let _ = w.send(r.clone());
+        }
+    }
+
+    fn on_frame(&mut self, msg: Msg) {
+        match msg {
+            Msg::Hello { .. } => {} // only valid as the first frame; handled by the link
+            Msg::Control(c) => {
+                if let Control::Status(ps) = &c {
+                    self.metrics.heartbeats_received.inc();
+                    self.last_heartbeat_unix = Some(crate::events::now_ms());
+                    let _ = ps;
+                }
+                let was_pending = self.m.handoff_pending();
+                let is_ack = matches!(c, Control::HandoffAck { .. });
+                let accepted = matches!(c, Control::HandoffAck { accepted: true, .. });
+                self.step(Input::Peer(c));
+                if was_pending && is_ack && !self.m.handoff_pending() {
+                    self.answer_failover(if accepted {
+                        Ok(())
+                    } else {
+                        Err("the peer refused the handoff".into())
+                    });
+                }
+            }
+            Msg::Leases { id, leases } => {
+                if let Some(l) = &self.link {
+                    let _ = l.applier.send(ApplyJob::Live { id, leases });
+                }
+            }
+            Msg::LeasesAck { id } => {
+                self.metrics.replicated.inc();
+                self.pending.ack(id);
+            }
+            Msg::SyncRequest { since } => {
+                if let Some(l) = &self.link {
+                    sync::spawn_bulk_sender(self.p.lease_log.clone(), since, l.tx.clone());
+                }
+            }
+            Msg::SyncBatch { changes, done } => {
+                if let Some(l) = &self.link {
+                    let _ = l.applier.send(ApplyJob::Bulk { changes, done });
+                }
+            }
+        }
+    }
+
+    fn on_replicate(&mut self, req: crate::lease::ReplicationRequest) {
+        let connected = self.link.is_some()
+            && self
+                .m
+                .peer()
+                .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
+        match &self.link {
+            Some(l) if connected => {
+                let id = self.pending.add(req.done);
+                if l.tx
+                    .try_send(Msg::Leases {
+                        id,
+                        leases: req.leases,
+                    })
+                    .is_err()
+                {
+                    // The peer is not reading: do not hold the DHCPACK for it.
+                    self.pending.ack(id);
+                }
+            }
+            _ => {
+                // No peer to wait for: the lease is durable here and goes out in the next
+                // bulk sync.
+                let _ = req.done.send(());
+            }
+        }
+    }
+
+    fn on_link(&mut self, new: LinkReady) {
+        if let Some(cur) = &self.link {
+            let preferred = preferred_dialer(
+                &self.inner.node,
+                self.inner.role,
+                &new.peer.node,
+                new.peer.role,
+            );
+            let keep_new = new.dialer == cur.dialer || new.dialer == preferred;
+            if !keep_new {
+                tracing::debug!(peer = %new.addr, "second peer link dialled by {} closed; keeping the one dialled by {}", new.dialer, cur.dialer);
+                new.cancel.cancel();
+                return;
+            }
+            tracing::debug!(peer = %new.addr, "replacing the peer link dialled by {} with the one dialled by {}", cur.dialer, new.dialer);
+            if let Some(old) = self.link.take() {
+                old.cancel.cancel();
+            }
+            self.pending.fail_all();
+            self.step(Input::LinkDown);
+        }
+        let id = new.id;
+        let tx = self.tx.clone();
+        let applier =
+            sync::spawn_applier(self.p.lease_log.clone(), new.tx.clone(), move |applied| {
+                let _ = tx.try_send(NodeMsg::Applied { id, applied });
+            });
+        tracing::info!(
+            peer = %new.addr,
+            peer_node = %new.peer.node,
+            peer_state = %new.peer.state,
+            epoch = new.peer.epoch,
+            "peer link to {} ({}) up: peer is {} with epoch {}, lease watermark {}",
+            new.peer.node,
+            new.addr,
+            new.peer.state,
+            new.peer.epoch,
+            new.peer.watermark
+        );
+        if new.peer.watermark < self.peer_synced {
+            // The peer's lease log is younger than what we merged (a new database): start over.
+            self.peer_synced = 0;
+        }
+        self.link = Some(CurrentLink {
+            id,
+            dialer: new.dialer,
+            addr: new.addr,
+            tx: new.tx,
+            cancel: new.cancel,
+            applier,
+            synced: 0,
+            changed: 0,
+        });
+        let _ = self.link_up_tx.send(true);
+        self.last_heartbeat_unix = Some(crate::events::now_ms());
+        self.step(Input::LinkUp(new.peer));
+    }
+
+    fn act(&mut self, a: Action) {
+        match a {
+            Action::Send(c) => {
+                let Some(l) = &self.link else { return };
+                if matches!(c, Control::Status(_)) {
+                    self.metrics.heartbeats_sent.inc();
+                }
+                if let Control::HandoffAck { accepted: true, .. } = c {
+                    // The old owner releases the VIP when it reads the ack: claim it first,
+                    // so no query finds the VIP on nobody.
+                    let tx = l.tx.clone();
+                    let vips = self.p.vips.clone();
+                    tokio::spawn(async move {
+                        wait_vips_held(&vips, Duration::from_secs(1)).await;
+                        let _ = tx.send(Msg::Control(c)).await;
+                    });
+                    return;
+                }
+                if l.tx.try_send(Msg::Control(c)).is_err() {
+                    tracing::debug!("peer link queue full; frame dropped");
+                }
+            }
+            Action::Emit {
+                kind,
+                old,
+                new,
+                reason,
+            } => self.emit(kind, old, new, reason),
+            Action::ProbeWitness => match self.witness_target {
+                Some(target) => {
+                    let tx = self.tx.clone();
+                    let limit = self.witness_timeout;
+                    tokio::spawn(async move {
+                        let answered = witness::probe(target, limit).await;
+                        tracing::debug!(%target, answered, "VIP witness at {target}: {}", if answered { "answered" } else { "no answer" });
+                        let _ = tx.send(NodeMsg::Input(Input::Witness { answered })).await;
+                    });
+                }
+                None => {
+                    let _ = self
+                        .tx
+                        .try_send(NodeMsg::Input(Input::Witness { answered: false }));
+                }
+            },
+            Action::StartSync => {
+                if let Some(l) = &self.link {
+                    let _ = l.tx.try_send(Msg::SyncRequest {
+                        since: self.peer_synced,
+                    });
+                }
+            }
+            Action::CloseLink => {
+                if let Some(l) = self.link.take() {
+                    tracing::info!(peer = %l.addr, "closing the silent peer link to {}", l.addr);
+                    l.cancel.cancel();
+                    self.pending.fail_all();
+                    let _ = self.link_up_tx.send(false);
+                }
+            }
+            Action::ShutdownReady => {
+                for w in self.shutdown_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            Action::Refused(r) => self.answer_failover(Err(r)),
+            Action::Note(n) => {
+                tracing::info!("{n}");
+                if n.contains("handoff") && !self.m.handoff_pending() {
+                    self.answer_failover(Err(n));
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, kind: &'static str, old: HaState, new: HaState, reason: String) {
+        let peer_state = self.m.peer().map(|p| p.state.to_string());
+        if kind == "ha.failover" {
+            self.metrics.transitions.inc();
+            self.metrics.set_state(new);
+            self.metrics.epoch.set(self.m.epoch() as i64);
+            let _ = self.serving_tx.send(new);
+            tracing::info!(
+                event = kind,
+                old_state = %old,
+                new_state = %new,
+                epoch = self.m.epoch(),
+                reason = %reason,
+                "HA {old} -> {new}: {reason}"
+            );
+        } else if kind == "ha.split_brain" {
+            tracing::warn!(event = kind, reason = %reason, "{kind}: {reason}");
+        } else {
+            tracing::info!(event = kind, reason = %reason, "{kind}: {reason}");
+        }
+        self.p.bus.publish(Event::new(
+            kind,
+            self.p.node.clone(),
+            EventData::Ha(HaEvent {
+                old_state: old.to_string(),
+                new_state: new.to_string(),
+                reason,
+                role: self.inner.role.to_string(),
+                peer_state,
+                epoch: self.m.epoch(),
+            }),
+        ));
+    }
+
+    fn publish_status(&mut self) {
+        let wm = self.watermark();
+        let _ = self.my_tx.send(self.m.status(wm));
+        let connected = self.link.is_some() && self.m.link_up();
+        let st = HaStatus {
+            enabled: true,
+            node: self.p.node.clone(),
+            role: self.inner.role.to_string(),
+            state: self.m.state(),
+            peer_connected: connected,
+            peer_state: if connected {
+                self.m.peer().map(|p| p.state)
+            } else {
+                None
+            },
+            last_heartbeat: self.last_heartbeat_unix,
+            epoch: self.m.epoch(),
+            lease_watermark: wm,
+            peer_lease_watermark: self.m.peer().map(|p| p.watermark),
+            vips: Vec::new(),
+        };
+        self.status_tx.send_if_modified(|old| {
+            if *old != st {
+                *old = st;
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+/// The node whose dialled link survives when both dial at once: the primary (or, in a pair
+/// misconfigured with equal roles, the smaller name). Both ends compute the same answer.
+fn preferred_dialer(me: &str, my_role: Role, peer: &str, peer_role: Role) -> String {
+    match (my_role, peer_role) {
+        (Role::Primary, Role::Secondary) => me.to_string(),
+        (Role::Secondary, Role::Primary) => peer.to_string(),
+        _ => me.min(peer).to_string(),
+    }
+}
+
+async fn wait_vips_held(vips: &VipBoard, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all_held = vips
+            .read()
+            .map(|v| v.iter().all(|s| s.held))
+            .unwrap_or(true);
+        if all_held || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Keeps one link to the peer: dials while there is none. A refusal goes to the machine
+/// (which decides whether it means "process gone"); anything else just retries.
+async fn dialer(
+    h: HaHandle,
+    peer: SocketAddr,
+    mut link_up: watch::Receiver<bool>,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+) {
+    let backoff = heartbeat.clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let connect_limit = (heartbeat * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = link_up.wait_for(|up| !up) => if r.is_err() { return },
+        }
+        let attempt = async {
+            let stream = tokio::time::timeout(connect_limit, tokio::net::TcpStream::connect(peer))
+                .await
+                .map_err(|_| LinkError::Timeout("connect"))??;
+            let _ = stream.set_nodelay(true);
+            h.establish(stream, peer).await
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(cancel) => {
+                // Wait for this link to end (or lose the tie-break), then dial again at once.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = cancel.cancelled() => {}
+                }
+                continue;
+            }
+            Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::debug!(peer = %peer, "peer {peer} refused the connection");
+                let _ = h.tx.send(NodeMsg::Input(Input::ReconnectRefused)).await;
+            }
+            Err(e) => h.inner.log_link_error(peer, "to", &e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+impl HaHandle {
+    /// `POST /api/v1/ha/failover`: hand the service to the peer; waits for the outcome.
+    pub async fn failover(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(NodeMsg::Failover(tx))
+            .await
+            .map_err(|_| "HA is not running".to_string())?;
+        rx.await.unwrap_or_else(|_| Err("HA stopped".into()))
+    }
+
+    /// SIGTERM: hands off to a connected standby and waits (bounded) until it took over, or
+    /// returns at once when there is nobody to hand off to.
+    pub async fn shutdown(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(NodeMsg::Shutdown(tx)).await.is_err() {
+            return;
+        }
+        if tokio::time::timeout(limit, rx).await.is_err() {
+            tracing::warn!("handoff did not finish within {limit:?}; exiting anyway");
+        }
+    }
+
+    /// Dialer side: HTTP upgrade, handshake, hello, then the link runs in its own tasks.
+    async fn establish(
+        &self,
+        mut stream: tokio::net::TcpStream,
+        addr: SocketAddr,
+    ) -> Result<CancellationToken, LinkError> {
+        let setup = async {
+            peer::upgrade_client(&mut stream, &addr.to_string(), HANDSHAKE_LIMIT).await?;
+            let (r, w) = peer::handshake_dialer(stream, &self.inner.secret).await?;
+            self.hello(r, w, addr, true).await
+        };
+        tokio::time::timeout(HANDSHAKE_LIMIT, setup)
+            .await
+            .map_err(|_| LinkError::Timeout("handshake"))?
+    }
+
+    /// Acceptor side, on an upgraded connection.
+    async fn accept<S>(&self, io: S, addr: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(_permit) = self.inner.handshakes.try_acquire() else {
+            self.inner.log_link_error(
+                addr,
+                "from",
+                &LinkError::Upgrade("too many handshakes in progress".into()),
+            );
+            return;
+        };
+        let setup = async {
+            let (r, w) = peer::handshake_acceptor(io, &self.inner.secret).await?;
+            self.hello(r, w, addr, false).await
+        };
+        match tokio::time::timeout(HANDSHAKE_LIMIT, setup).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.inner.log_link_error(addr, "from", &e),
+            Err(_) => self
+                .inner
+                .log_link_error(addr, "from", &LinkError::Timeout("handshake")),
+        }
+    }
+
+    /// Exchanges hellos, then hands the link to the node and starts its reader and writer.
+    async fn hello<R, W>(
+        &self,
+        mut r: peer::Reader<R>,
+        mut w: peer::Writer<W>,
+        addr: SocketAddr,
+        dialer: bool,
+    ) -> Result<CancellationToken, LinkError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mine = self.inner.my_status.borrow().clone();
+        w.send(&Msg::Hello {
+            version: peer::VERSION,
+            status: mine,
+        })
+        .await?;
+        let peer = match r.recv().await? {
+            Msg::Hello { version, status } if version == peer::VERSION => status,
+            Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
+            other => {
+                return Err(LinkError::Malformed {
+                    what: "hello",
+                    detail: format!("first frame is {other:?}"),
+                })
+            }
+        };
+        if peer.node == self.inner.node {
+            return Err(LinkError::Malformed {
+                what: "hello",
+                detail: format!("peer claims this node's own name {:?}", peer.node),
+            });
+        }
+        let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let cancel = CancellationToken::new();
+        let (tx, mut out_rx) = mpsc::channel::<Msg>(LINK_QUEUE);
+        let dialer_name = if dialer {
+            self.inner.node.clone()
+        } else {
+            peer.node.clone()
+        };
+        self.tx
+            .send(NodeMsg::Link(LinkReady {
+                id,
+                dialer: dialer_name,
+                addr,
+                peer,
+                tx,
+                cancel: cancel.clone(),
+            }))
+            .await
+            .map_err(|_| LinkError::Closed)?;
+        // Writer.
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => return,
+                    m = out_rx.recv() => match m {
+                        Some(m) => if w.send(&m).await.is_err() { c.cancel(); return },
+                        None => return,
+                    },
+                }
+            }
+        });
+        // Reader.
+        let c = cancel.clone();
+        let node = self.tx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = c.cancelled() => {
+                        let _ = node.send(NodeMsg::LinkClosed { id, err: None }).await;
+                        return;
+                    }
+                    m = r.recv() => match m {
+                        Ok(msg) => {
+                            if node.send(NodeMsg::LinkMsg { id, msg }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            c.cancel();
+                            let _ = node.send(NodeMsg::LinkClosed { id, err: Some(e) }).await;
+                            return;
+                        }
+                    },
+                }
+            }
+        });
+        Ok(cancel)
+    }
+
+    /// The peer-link upgrade route and `POST /api/v1/ha/failover`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route(peer::PATH, get(peer_upgrade))
+            .route("/api/v1/ha/failover", post(api_failover))
+            .with_state(self.clone())
+    }
+
+    pub fn metrics(&self) -> &HaMetrics {
+        &self.inner.metrics
+    }
+}
+
+async fn peer_upgrade(State(h): State<HaHandle>, mut req: Request) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(peer::UPGRADE));
+    if !wants {
+        h.inner.metrics.link_error("upgrade");
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, peer::UPGRADE)],
+            "the HA peer link needs `Upgrade: athena-ha/1`\n",
+        )
+            .into_response();
+    }
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on.await {
+            Ok(up) => h.accept(hyper_util::rt::TokioIo::new(up), addr).await,
+            Err(e) => tracing::debug!(peer = %addr, "peer link upgrade from {addr} failed: {e}"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (header::CONNECTION, "upgrade"),
+            (header::UPGRADE, peer::UPGRADE),
+        ],
+    )
+        .into_response()
+}
+
+async fn api_failover(State(h): State<HaHandle>, headers: HeaderMap) -> Response {
+    if let Err(r) = crate::api::authorize(&headers, h.inner.api_token.as_deref()) {
+        return r;
+    }
+    let body = |ok: bool, msg: String| serde_json::json!({"ok": ok, "message": msg}).to_string();
+    match h.failover().await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body(true, "handed off to the peer".into()),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            [(header::CONTENT_TYPE, "application/json")],
+            body(false, e),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

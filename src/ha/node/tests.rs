@@ -1,0 +1,280 @@
+//! Two real nodes in one process over loopback TCP: link, handshake, roles, replication,
+//! bulk sync, handoff, wrong key.
+
+use super::*;
+use crate::config::Dur;
+use crate::ha::sync::MemoryLog;
+use crate::lease::{replication_channel, Lease, LeaseState, Replication};
+use std::net::Ipv4Addr;
+
+const SECRET: &str = "0123456789abcdef-secret";
+
+struct TestNode {
+    h: HaHandle,
+    log: Arc<MemoryLog>,
+    rep: Replication,
+    stop: CancellationToken,
+    events: crate::events::Subscription,
+}
+
+fn config(role: Role, me: SocketAddr, peer: SocketAddr, secret: &str) -> Config {
+    let mut c = Config::default();
+    c.ha.enabled = true;
+    c.ha.role = role;
+    c.ha.listen_address = me;
+    c.ha.peer_address = Some(peer.to_string());
+    c.ha.heartbeat_interval = Dur::millis(50);
+    c.ha.failover_timeout = Dur::millis(400);
+    c.ha.shared_secret = Some(secret.into());
+    c.api.auth_token = Some("test-token-0123456789".into());
+    c
+}
+
+async fn start(
+    name: &str,
+    role: Role,
+    listener: tokio::net::TcpListener,
+    peer: SocketAddr,
+    secret: &str,
+    log: Arc<MemoryLog>,
+) -> TestNode {
+    let me = listener.local_addr().expect("addr");
+    let cfg = Arc::new(config(role, me, peer, secret));
+    let stop = CancellationToken::new();
+    let bus = EventBus::new();
+    let events = bus.subscribe("test", 1024);
+    let (rep, rep_rx) = replication_channel(64);
+    let mut reg = Registry::default();
+    let h = spawn(
+        HaParams {
+            node: name.into(),
+            config: cfg,
+            bus,
+            health: Health::new(),
+            vips: Default::default(),
+            lease_log: Some(log.clone() as Arc<dyn LeaseLog>),
+            replication: Some(rep_rx),
+            shutdown: stop.clone(),
+        },
+        &mut reg,
+    );
+    let app = h.router();
+    let sd = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { sd.cancelled().await })
+        .await;
+    });
+    TestNode {
+        h,
+        log,
+        rep,
+        stop,
+        events,
+    }
+}
+
+async fn pair(secret_b: &str) -> (TestNode, TestNode) {
+    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (aa, ab) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
+    let a = start(
+        "node-a",
+        Role::Primary,
+        la,
+        ab,
+        SECRET,
+        Arc::new(MemoryLog::default()),
+    )
+    .await;
+    let b = start(
+        "node-b",
+        Role::Secondary,
+        lb,
+        aa,
+        secret_b,
+        Arc::new(MemoryLog::default()),
+    )
+    .await;
+    (a, b)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn lease(last: u8, updated_ms: u64) -> Lease {
+    Lease {
+        ip: Ipv4Addr::new(10, 0, 0, last),
+        mac: [2, 0, 0, 0, 0, last],
+        client_id: None,
+        hostname: Some(format!("host{last}")),
+        subnet: "10.0.0.0/24".into(),
+        state: LeaseState::Active,
+        start: 1,
+        expiry: 3601,
+        updated_ms,
+        relay_info: None,
+    }
+}
+
+fn state(n: &TestNode) -> HaState {
+    n.h.status.borrow().state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_serves_secondary_stands_by_and_leases_replicate_before_the_ack() {
+    let (a, b) = pair(SECRET).await;
+    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
+        state(&a) == HaState::Active && state(&b) == HaState::Standby
+    })
+    .await;
+    assert_eq!(*a.h.serving.borrow(), HaState::Active);
+    assert_eq!(*b.h.serving.borrow(), HaState::Standby);
+    let st = a.h.status.borrow().clone();
+    assert!(
+        st.peer_connected && st.peer_state == Some(HaState::Standby),
+        "{st:?}"
+    );
+    assert!(st.epoch >= 1);
+
+    // Live replication: acknowledged only once B holds the lease.
+    let l = lease(50, 1000);
+    a.log.put(l.clone());
+    assert!(
+        a.rep
+            .replicate(vec![l.clone()], Duration::from_secs(2))
+            .await
+    );
+    assert_eq!(b.log.get(l.ip), Some(l));
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_sync_on_connect_merges_both_ways() {
+    let la = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let lb = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (aa, ab) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
+    let la_log = Arc::new(MemoryLog::default());
+    let lb_log = Arc::new(MemoryLog::default());
+    for i in 1..=40 {
+        la_log.put(lease(i, 10));
+    }
+    for i in 30..=60 {
+        lb_log.put(lease(i, 20)); // newer for 30..=40
+    }
+    let a = start("node-a", Role::Primary, la, ab, SECRET, la_log.clone()).await;
+    let mut b = start("node-b", Role::Secondary, lb, aa, SECRET, lb_log.clone()).await;
+    wait_until("both hold all 60 leases", Duration::from_secs(5), || {
+        la_log.len() == 60 && lb_log.len() == 60
+    })
+    .await;
+    for i in 30..=40 {
+        assert_eq!(
+            la_log.get(Ipv4Addr::new(10, 0, 0, i)).map(|l| l.updated_ms),
+            Some(20)
+        );
+    }
+    // ha.sync_complete reaches the bus.
+    let t = Instant::now();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(5), b.events.rx.recv())
+            .await
+            .expect("event in time")
+            .expect("event");
+        if e.kind == "ha.sync_complete" {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_failover_hands_off_and_the_peer_reports_the_reason() {
+    let (a, mut b) = pair(SECRET).await;
+    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
+        state(&a) == HaState::Active && state(&b) == HaState::Standby
+    })
+    .await;
+    // B refuses: it is not active.
+    assert!(b.h.failover().await.is_err());
+    a.h.failover().await.expect("handoff");
+    assert_eq!(state(&b), HaState::Active);
+    assert_eq!(state(&a), HaState::Standby);
+    let mut reason = None;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(2), b.events.rx.recv()).await {
+        if let EventData::Ha(h) = &e.data {
+            if e.kind == "ha.failover" && h.new_state == "ACTIVE" {
+                reason = Some(h.reason.clone());
+                break;
+            }
+        }
+    }
+    assert_eq!(reason.as_deref(), Some("handoff from node-a (API request)"));
+    // preempt = true: the primary asks for the service back after it is a synced standby.
+    wait_until(
+        "A back to ACTIVE through preemption",
+        Duration::from_secs(5),
+        || state(&a) == HaState::Active && state(&b) == HaState::Standby,
+    )
+    .await;
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_path_hands_off_before_returning() {
+    let (a, b) = pair(SECRET).await;
+    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
+        state(&a) == HaState::Active && state(&b) == HaState::Standby
+    })
+    .await;
+    a.h.shutdown(Duration::from_secs(3)).await;
+    // By the time shutdown returns, B already serves.
+    assert_eq!(state(&b), HaState::Active);
+    assert_eq!(state(&a), HaState::Standby);
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_never_links_and_is_counted() {
+    let (a, b) = pair("a-different-secret-xyz").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!a.h.status.borrow().peer_connected);
+    assert!(!b.h.status.borrow().peer_connected);
+    let wrong = |n: &TestNode| {
+        n.h.metrics()
+            .link_errors
+            .get_or_create(&KindLabel {
+                kind: "wrong_key".into(),
+            })
+            .get()
+    };
+    assert!(
+        wrong(&a) > 0 && wrong(&b) > 0,
+        "a {} b {}",
+        wrong(&a),
+        wrong(&b)
+    );
+    a.stop.cancel();
+    b.stop.cancel();
+}

@@ -1,0 +1,363 @@
+//! Lease replication over the peer link.
+//!
+//! Two flows. **Live**: each batch the DHCP server commits arrives as a
+//! [`ReplicationRequest`]; the node sends it as `Msg::Leases{id}` and completes `done` when
+//! the peer answers `LeasesAck{id}` — after the peer merged the leases durably. With no link
+//! `done` completes at once (DHCP must not wait for an absent peer); the changes reach the
+//! peer in the next bulk sync. **Bulk**: on every (re)connect each side asks the other for
+//! its changes after the last sequence it applied (`SyncRequest{since}`), the other streams
+//! `SyncBatch`es from its [`LeaseLog`], and the receiver merges them with `apply_remote`
+//! (newest `updated_ms` wins; the store never leaves one address with two clients). Both
+//! sides do this, so after a split brain both merge.
+//!
+//! Invariants: an ack is sent only after `apply_remote` returned; batches of one link are
+//! applied in arrival order by one task per link; a failed merge closes nothing but is
+//! logged and leaves the watermark where it was, so the next sync retries.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ha::peer::Msg;
+use crate::lease::{Lease, LeaseLog};
+
+/// Changes per bulk-sync batch.
+pub const BATCH: usize = 256;
+
+/// Lease frames sent and not yet acknowledged (the active node's view of sync lag).
+#[derive(Default)]
+pub struct Pending {
+    next_id: u64,
+    waiting: BTreeMap<u64, (Instant, oneshot::Sender<()>)>,
+}
+
+impl Pending {
+    /// Registers a batch; returns its id.
+    pub fn add(&mut self, done: oneshot::Sender<()>) -> u64 {
+        self.next_id += 1;
+        self.waiting.insert(self.next_id, (Instant::now(), done));
+        self.next_id
+    }
+
+    /// The peer acknowledged `id`: the DHCPACK may leave.
+    pub fn ack(&mut self, id: u64) {
+        if let Some((_, done)) = self.waiting.remove(&id) {
+            let _ = done.send(());
+        }
+    }
+
+    /// The link is gone: release every waiter now (`replicate` returns false at once instead
+    /// of waiting out `max_ack_delay`); the bulk sync at reconnect carries the changes.
+    pub fn fail_all(&mut self) {
+        self.waiting.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Seconds the oldest unacknowledged batch has waited.
+    pub fn oldest_secs(&self) -> f64 {
+        self.waiting
+            .values()
+            .map(|(t, _)| t.elapsed().as_secs_f64())
+            .fold(0.0, f64::max)
+    }
+
+    /// Drops entries whose waiter gave up (DHCP's bounded wait ended).
+    pub fn prune(&mut self) {
+        self.waiting.retain(|_, (_, done)| !done.is_closed());
+    }
+}
+
+/// What a link's applier reports back to the node.
+#[derive(Debug)]
+pub enum Applied {
+    /// A bulk batch was merged: the highest peer sequence in it, how many leases changed
+    /// the local view, and whether it was the last.
+    Batch {
+        upto: u64,
+        received: usize,
+        changed: usize,
+        done: bool,
+    },
+    /// Merging failed; the sync is incomplete.
+    Failed(String),
+}
+
+/// Work for a link's applier, in arrival order.
+pub enum ApplyJob {
+    Live {
+        id: u64,
+        leases: Vec<Lease>,
+    },
+    Bulk {
+        changes: Vec<(u64, Lease)>,
+        done: bool,
+    },
+}
+
+/// One task per link: merges the peer's leases in order and acknowledges live batches.
+pub fn spawn_applier(
+    log: Option<Arc<dyn LeaseLog>>,
+    link_tx: mpsc::Sender<Msg>,
+    report: impl Fn(Applied) + Send + 'static,
+) -> mpsc::UnboundedSender<ApplyJob> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<ApplyJob>();
+    tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            match job {
+                ApplyJob::Live { id, leases } => {
+                    let ok = match &log {
+                        Some(log) => merge(log.clone(), leases).await.is_ok(),
+                        None => true,
+                    };
+                    if ok && link_tx.send(Msg::LeasesAck { id }).await.is_err() {
+                        return;
+                    }
+                    if !ok {
+                        tracing::warn!(
+                            id,
+                            "replicated lease batch {id} could not be merged; not acknowledged"
+                        );
+                    }
+                }
+                ApplyJob::Bulk { changes, done } => {
+                    let upto = changes.iter().map(|(s, _)| *s).max().unwrap_or(0);
+                    let received = changes.len();
+                    let leases: Vec<Lease> = changes.into_iter().map(|(_, l)| l).collect();
+                    let res = match &log {
+                        Some(log) if !leases.is_empty() => merge(log.clone(), leases).await,
+                        _ => Ok(0),
+                    };
+                    match res {
+                        Ok(changed) => report(Applied::Batch {
+                            upto,
+                            received,
+                            changed,
+                            done,
+                        }),
+                        Err(e) => report(Applied::Failed(e)),
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+async fn merge(log: Arc<dyn LeaseLog>, leases: Vec<Lease>) -> Result<usize, String> {
+    match tokio::task::spawn_blocking(move || log.apply_remote(&leases)).await {
+        Ok(Ok(changed)) => Ok(changed.len()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("merge task failed: {e}")),
+    }
+}
+
+/// Answers a peer's `SyncRequest{since}`: streams every change after `since`, then `done`.
+pub fn spawn_bulk_sender(log: Option<Arc<dyn LeaseLog>>, since: u64, link_tx: mpsc::Sender<Msg>) {
+    tokio::spawn(async move {
+        let mut cursor = since;
+        loop {
+            let batch = match &log {
+                None => Ok(Vec::new()),
+                Some(log) => {
+                    let log = log.clone();
+                    match tokio::task::spawn_blocking(move || log.changes_since(cursor, BATCH))
+                        .await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            let changes = match batch {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(
+                        since = cursor,
+                        "bulk sync: reading changes after {cursor} failed: {e}"
+                    );
+                    return;
+                }
+            };
+            let done = changes.len() < BATCH;
+            if let Some((s, _)) = changes.last() {
+                cursor = *s;
+            }
+            if link_tx
+                .send(Msg::SyncBatch { changes, done })
+                .await
+                .is_err()
+                || done
+            {
+                return;
+            }
+        }
+    });
+}
+
+/// An in-memory [`LeaseLog`] for tests and for running HA before a store exists: newest
+/// `updated_ms` wins per address.
+#[derive(Default)]
+pub struct MemoryLog {
+    inner: std::sync::Mutex<MemInner>,
+}
+
+#[derive(Default)]
+struct MemInner {
+    seq: u64,
+    by_ip: BTreeMap<std::net::Ipv4Addr, (u64, Lease)>,
+}
+
+impl MemoryLog {
+    /// A local change (what the DHCP server's commit does).
+    pub fn put(&self, lease: Lease) -> u64 {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.seq += 1;
+        let s = g.seq;
+        g.by_ip.insert(lease.ip, (s, lease));
+        s
+    }
+    pub fn get(&self, ip: std::net::Ipv4Addr) -> Option<Lease> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.by_ip.get(&ip).map(|(_, l)| l.clone())
+    }
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_ip
+            .len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl LeaseLog for MemoryLog {
+    fn watermark(&self) -> u64 {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).seq
+    }
+    fn changes_since(
+        &self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Lease)>, crate::lease::LeaseLogError> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(u64, Lease)> = g
+            .by_ip
+            .values()
+            .filter(|(s, _)| *s > seq)
+            .cloned()
+            .collect();
+        v.sort_by_key(|(s, _)| *s);
+        v.truncate(limit);
+        Ok(v)
+    }
+    fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, crate::lease::LeaseLogError> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut changed = Vec::new();
+        for l in leases {
+            let newer = g
+                .by_ip
+                .get(&l.ip)
+                .is_none_or(|(_, old)| l.updated_ms > old.updated_ms);
+            if newer {
+                g.seq += 1;
+                let s = g.seq;
+                g.by_ip.insert(l.ip, (s, l.clone()));
+                changed.push(l.clone());
+            }
+        }
+        Ok(changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseState;
+    use std::net::Ipv4Addr;
+
+    fn lease(last: u8, updated_ms: u64) -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac: [0, 1, 2, 3, 4, last],
+            client_id: None,
+            hostname: None,
+            subnet: "10.0.0.0/24".into(),
+            state: LeaseState::Active,
+            start: 0,
+            expiry: 3600,
+            updated_ms,
+            relay_info: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn bulk_sync_streams_every_change_then_done() {
+        let log = Arc::new(MemoryLog::default());
+        for i in 0..(BATCH as u8 + 10).min(250) {
+            log.put(lease(i, 1));
+        }
+        let (tx, mut rx) = mpsc::channel(8);
+        spawn_bulk_sender(Some(log.clone()), 0, tx);
+        let mut got = 0;
+        loop {
+            match rx.recv().await.expect("batch") {
+                Msg::SyncBatch { changes, done } => {
+                    got += changes.len();
+                    if done {
+                        break;
+                    }
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        assert_eq!(got, log.len());
+    }
+
+    #[tokio::test]
+    async fn applier_merges_before_it_acknowledges() {
+        let log = Arc::new(MemoryLog::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        let jobs = spawn_applier(Some(log.clone() as Arc<dyn LeaseLog>), tx, |_| {});
+        let _ = jobs.send(ApplyJob::Live {
+            id: 5,
+            leases: vec![lease(9, 10)],
+        });
+        assert_eq!(rx.recv().await, Some(Msg::LeasesAck { id: 5 }));
+        assert_eq!(log.get(Ipv4Addr::new(10, 0, 0, 9)), Some(lease(9, 10)));
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_update() {
+        let log = MemoryLog::default();
+        log.put(lease(1, 50));
+        let changed = log
+            .apply_remote(&[lease(1, 40), lease(2, 1)])
+            .expect("merge");
+        assert_eq!(changed, vec![lease(2, 1)]);
+        assert_eq!(
+            log.get(Ipv4Addr::new(10, 0, 0, 1)).map(|l| l.updated_ms),
+            Some(50)
+        );
+    }
+
+    #[test]
+    fn pending_acks_complete_their_waiter() {
+        let mut p = Pending::default();
+        let (tx, mut rx) = oneshot::channel();
+        let id = p.add(tx);
+        assert_eq!(p.len(), 1);
+        p.ack(id);
+        assert!(rx.try_recv().is_ok());
+        assert!(p.is_empty());
+    }
+}
