@@ -131,7 +131,11 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     };
     let mut registry = Registry::with_prefix("athena");
 
-    let (_ha_tx, ha_rx) = watch::channel(HaStatus::standalone(&node, cfg.ha.role.as_str()));
+    let (_ha_tx, mut ha_rx) = watch::channel(HaStatus::standalone(&node, cfg.ha.role.as_str()));
+    // The serving gate DHCP follows: always ACTIVE standalone, the HA node's state with HA.
+    let (_serving_tx, mut serving) = watch::channel(crate::ha::HaState::Active);
+    // DHCP calls `replication.replicate` before each DHCPACK; HA owns the receiving end.
+    let (replication, replication_rx) = crate::lease::replication_channel(1024);
     let vips: VipBoard = Default::default();
 
     let mut extra = axum::Router::new();
@@ -183,24 +187,53 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         },
         &mut tasks,
     );
-    // HA owns the sender of the serving state; until it is wired, a node serves.
-    let (_ha_state_tx, ha_state_rx) = watch::channel(crate::ha::HaState::Active);
-    // The lease store: HA replicates it through `LeaseLog` (`lease_store` as
-    // `Arc<dyn LeaseLog>`) and hands DHCP a `Replication` (None: standalone).
-    let mut lease_store: Option<Arc<crate::lease::LeaseStore>> = None;
-    if !prepared.dhcp_sockets.is_empty() {
+    // The lease store, opened when DHCP serves: DHCP writes it, HA replicates it (LeaseLog).
+    let lease_store: Option<Arc<crate::lease::LeaseStore>> = if prepared.dhcp_sockets.is_empty() {
+        None
+    } else {
         let store = crate::lease::LeaseStore::open(&cfg.server.lease_db)
             .context("opening the lease database")?;
         store.register_metrics(&mut registry);
+        Some(store)
+    };
+    let lease_log: Option<Arc<dyn crate::lease::LeaseLog>> = lease_store
+        .clone()
+        .map(|s| s as Arc<dyn crate::lease::LeaseLog>);
+    // HA starts after the VIP manager and hooks (they must see its first ha.failover) and
+    // before DHCP (which follows its serving gate) and the API (its routes and metrics).
+    let ha = if cfg.ha.enabled {
+        let h = crate::ha::node::spawn(
+            crate::ha::node::HaParams {
+                node: node.clone(),
+                config: cfg.clone(),
+                bus: bus.clone(),
+                health: health.clone(),
+                vips: vips.clone(),
+                lease_log: lease_log.clone(),
+                replication: Some(replication_rx),
+                shutdown: shutdown.clone(),
+            },
+            &mut registry,
+        );
+        ha_rx = h.status.clone();
+        serving = h.serving.clone();
+        extra = extra.merge(h.router());
+        Some(h)
+    } else {
+        drop(replication_rx);
+        None
+    };
+    if let Some(store) = lease_store.clone() {
         let metrics = crate::dhcp::server::DhcpMetrics::default();
         metrics.register(&mut registry);
         extra = extra.merge(crate::dhcp::api::router(store.clone()));
         let server = crate::dhcp::server::DhcpServer {
             sockets: std::mem::take(&mut prepared.dhcp_sockets),
             config: cfg.clone(),
-            store: store.clone(),
-            ha: ha_state_rx.clone(),
-            replication: None,
+            store,
+            ha: serving.clone(),
+            // Standalone there is no peer to wait for.
+            replication: ha.as_ref().map(|_| replication.clone()),
             bus: bus.clone(),
             node: node.clone(),
             metrics,
@@ -219,9 +252,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             cfg.subnets.len(),
             cfg.server.dhcp_port
         );
-        lease_store = Some(store);
     }
-    let _ = &lease_store;
     if let Some(listener) = prepared.api {
         let listener = tokio::net::TcpListener::from_std(listener).context("API listener")?;
         let addr = listener.local_addr().ok();
@@ -272,6 +303,11 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
 
     wait_for_signals(&prepared.config_path, &config_tx, &shutdown).await;
     tracing::info!("shutting down");
+    if let Some(h) = &ha {
+        // Hand the service to the standby first: it claims the VIP before we release it.
+        h.shutdown(cfg.ha.failover_timeout.0.max(Duration::from_secs(1)) + Duration::from_secs(1))
+            .await;
+    }
     shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain)

@@ -30,58 +30,13 @@ impl std::fmt::Display for WitnessTarget {
 /// True when something answers at the target within `timeout`.
 pub async fn probe(target: WitnessTarget, timeout: Duration) -> bool {
     match target {
-        WitnessTarget::Dns(addr) => dns_probe(addr, timeout).await,
+        // Any DNS reply counts (even REFUSED): a server owns the address.
+        WitnessTarget::Dns(addr) => crate::dns::probe(addr, timeout).await,
         WitnessTarget::Tcp(addr) => matches!(
             tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
             Ok(Ok(_))
         ),
     }
-}
-
-/// Any DNS reply with our id counts (even SERVFAIL/REFUSED: a server is running there).
-async fn dns_probe(addr: SocketAddr, timeout: Duration) -> bool {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
-        return false;
-    };
-    // Connected, so an ICMP port unreachable surfaces as ECONNREFUSED instead of a timeout.
-    if sock.connect(addr).await.is_err() {
-        return false;
-    }
-    let id: u16 = rand::random();
-    let query = root_ns_query(id);
-    let ask = async {
-        // Two tries inside the timeout: one lost datagram must not declare the peer dead.
-        for _ in 0..2 {
-            if sock.send(&query).await.is_err() {
-                return false;
-            }
-            let mut buf = [0u8; 512];
-            match tokio::time::timeout(timeout / 2, sock.recv(&mut buf)).await {
-                Ok(Ok(n)) if n >= 12 && buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 => {
-                    return true
-                }
-                Ok(Ok(_)) => continue,
-                Ok(Err(_)) => return false, // refused: nothing listens there
-                Err(_) => continue,
-            }
-        }
-        false
-    };
-    tokio::time::timeout(timeout, ask).await.unwrap_or(false)
-}
-
-/// `. IN NS`, recursion desired.
-fn root_ns_query(id: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(17);
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
-    q.extend_from_slice(&[0, 0, 2, 0, 1]);
-    q
 }
 
 #[cfg(test)]

@@ -1,0 +1,402 @@
+//! Two real daemons (an HA pair) in lab namespaces, no VIP, no DNS, no DHCP: only the peer
+//! link and the state machine. Process kill, SIGSTOP/SIGCONT, SIGTERM handoff, a wrong
+//! secret, and hostile input on the peer port.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::lab::{Lab, Node, NodeOpts, SECRET};
+use common::netns::require_root;
+
+fn opts(preempt: bool) -> NodeOpts {
+    NodeOpts {
+        vip: false,
+        dns: false,
+        dhcp: false,
+        heartbeat_interval: "100ms".into(),
+        failover_timeout: "1s".into(),
+        preempt,
+        ..Default::default()
+    }
+}
+
+/// A ACTIVE, B STANDBY, linked.
+fn pair(tag: &str, preempt: bool) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.start(Node::A, &opts(preempt));
+    lab.start(Node::B, &opts(preempt));
+    lab.wait_for(
+        "A ACTIVE and B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            let a = l.ha_status(Node::A);
+            let b = l.ha_status(Node::B);
+            matches!((a, b), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+        },
+    );
+    lab
+}
+
+fn epoch(lab: &Lab, n: Node) -> u64 {
+    lab.ha_status(n)
+        .and_then(|s| s["epoch"].as_u64())
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn kill9_of_the_active_is_taken_over_at_once_through_the_refused_reconnect() {
+    if !require_root("kill9_of_the_active_is_taken_over_at_once_through_the_refused_reconnect") {
+        return;
+    }
+    let mut lab = pair("hak9", true);
+    let e0 = epoch(&lab, Node::A);
+    let t = Instant::now();
+    lab.kill9(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    let took = t.elapsed();
+    // failover_timeout is 1s: the refused reconnect must beat it by far (a heartbeat of 100ms
+    // plus polling the API from another namespace).
+    assert!(
+        took < Duration::from_millis(700),
+        "takeover took {took:?}\n{}",
+        lab.dump()
+    );
+    assert!(epoch(&lab, Node::B) > e0);
+    let log = lab.log(Node::B);
+    assert!(
+        log.contains("refused the reconnect (process gone, host up)"),
+        "{}",
+        lab.dump()
+    );
+
+    // The primary returns: it syncs and, with preempt, takes the service back by a handoff.
+    lab.restart(Node::A);
+    lab.wait_state(Node::A, "ACTIVE", Duration::from_secs(10));
+    lab.wait_state(Node::B, "STANDBY", Duration::from_secs(5));
+    assert!(
+        lab.log(Node::A)
+            .contains("handoff from node-b (preemption by primary node-a)"),
+        "{}",
+        lab.dump()
+    );
+}
+
+#[test]
+fn sigstop_is_taken_over_after_failover_timeout_and_sigcont_steps_down() {
+    if !require_root("sigstop_is_taken_over_after_failover_timeout_and_sigcont_steps_down") {
+        return;
+    }
+    let lab = pair("hastop", false);
+    let t = Instant::now();
+    lab.sigstop(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "took over too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(2500),
+        "took over too late: {took:?}\n{}",
+        lab.dump()
+    );
+    assert!(
+        lab.log(Node::B).contains("peer heartbeat timeout after"),
+        "{}",
+        lab.dump()
+    );
+
+    let t = Instant::now();
+    lab.sigcont(Node::A);
+    // The resumed node still believes it is ACTIVE; it must step down within about a
+    // heartbeat once it hears the higher epoch.
+    lab.wait_state(Node::A, "STANDBY", Duration::from_secs(5));
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "resumed node stepped down after {took:?}\n{}",
+        lab.dump()
+    );
+    // preempt = false: B keeps the service, A stays standby.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("ACTIVE"));
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("STANDBY"));
+}
+
+#[test]
+fn sigterm_on_the_active_hands_off_before_it_exits() {
+    if !require_root("sigterm_on_the_active_hands_off_before_it_exits") {
+        return;
+    }
+    let mut lab = pair("haterm", true);
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    // B was ACTIVE before A finished exiting: no wait for the failover timeout.
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_millis(500));
+    let b = lab.log(Node::B);
+    assert!(
+        b.contains("handoff from node-a (shutdown)"),
+        "{}",
+        lab.dump()
+    );
+    assert!(
+        lab.log(Node::A).contains("handed off to node-b (shutdown)"),
+        "{}",
+        lab.dump()
+    );
+}
+
+#[test]
+fn a_wrong_secret_refuses_the_link_and_both_sides_log_it() {
+    if !require_root("a_wrong_secret_refuses_the_link_and_both_sides_log_it") {
+        return;
+    }
+    let mut lab = Lab::new("hakey");
+    lab.start(Node::A, &opts(true));
+    let cfg = lab.write_config(Node::B, &opts(true));
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(
+        &cfg,
+        text.replace(SECRET, "a-completely-different-secret-42"),
+    )
+    .expect("write");
+    lab.restart(Node::B);
+    lab.wait_for("both log the wrong key", Duration::from_secs(10), |l| {
+        l.log(Node::A).contains("wrong shared_secret")
+            && l.log(Node::B).contains("wrong shared_secret")
+    });
+    for n in [Node::A, Node::B] {
+        let s = lab.ha_status(n).expect("status");
+        assert_eq!(s["peer_connected"], false, "{s}");
+        let (_, m) = lab.api_get(n, "/metrics").expect("metrics");
+        assert!(
+            m.contains("athena_ha_link_errors_total{kind=\"wrong_key\"}"),
+            "{m}"
+        );
+    }
+    // The log names the peer's address.
+    assert!(lab.log(Node::A).contains("10.0.0.2"), "{}", lab.dump());
+}
+
+/// An upgraded connection to `node`'s peer port, opened inside the client namespace.
+fn upgraded(lab: &Lab, node: Node) -> TcpStream {
+    let addr = node.api();
+    let mut s = lab
+        .c
+        .in_netns(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /api/v1/ha/peer HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: athena-ha/1\r\n\r\n"
+    )
+    .expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).expect("read"), 1, "closed during upgrade");
+        head.push(b[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Reads until EOF/error; true if the server closed the connection within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    let t = Instant::now();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+        if t.elapsed() > within {
+            return false;
+        }
+    }
+}
+
+fn link_errors(lab: &Lab, kind: &str) -> u64 {
+    let (_, m) = lab.api_get(Node::A, "/metrics").expect("metrics");
+    let key = format!("athena_ha_link_errors_total{{kind=\"{kind}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// A dialer handshake done by hand with the right secret, so the frames after it can be
+/// forged. Returns the stream, ready for the first authenticated frame.
+fn authenticated(lab: &Lab) -> TcpStream {
+    use hmac::{Hmac, Mac};
+    type H = Hmac<sha2::Sha256>;
+    let mac = |parts: &[&[u8]]| {
+        let mut m = H::new_from_slice(SECRET.as_bytes()).expect("key");
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().to_vec()
+    };
+    let mut s = upgraded(lab, Node::A);
+    let nd = [7u8; 32];
+    s.write_all(&frame(
+        format!("{{\"v\":1,\"nonce\":\"{}\"}}", hex::encode(nd)).as_bytes(),
+    ))
+    .expect("challenge");
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("reply len");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).expect("reply");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    let na = hex::decode(v["nonce"].as_str().expect("nonce")).expect("hex");
+    let proof = mac(&[b"athena-ha/1 dialer", &na, &nd]);
+    s.write_all(&frame(
+        format!("{{\"proof\":\"{}\"}}", hex::encode(proof)).as_bytes(),
+    ))
+    .expect("proof");
+    s
+}
+
+#[test]
+fn hostile_input_on_the_peer_port_changes_nothing() {
+    if !require_root("hostile_input_on_the_peer_port_changes_nothing") {
+        return;
+    }
+    let lab = pair("habad", true);
+    let (ea, eb) = (epoch(&lab, Node::A), epoch(&lab, Node::B));
+    let addr = Node::A.api();
+
+    // Random bytes instead of HTTP.
+    let mut s = lab
+        .c
+        .in_netns(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("connect");
+    let junk: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let _ = s.write_all(&junk);
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "random bytes: not closed"
+    );
+
+    // Upgrade, then garbage where the challenge belongs.
+    let mut s = upgraded(&lab, Node::A);
+    s.write_all(&frame(b"\xff\xfenot json at all"))
+        .expect("write");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "garbage challenge: not closed"
+    );
+
+    // A 2 GiB length prefix.
+    let mut s = upgraded(&lab, Node::A);
+    s.write_all(&0x8000_0000u32.to_be_bytes()).expect("write");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "2 GiB prefix: not closed"
+    );
+    assert!(link_errors(&lab, "oversize") >= 1);
+
+    // Slow loris: a byte at a time, never finishing the challenge; cut by the handshake limit.
+    let mut s = upgraded(&lab, Node::A);
+    let t = Instant::now();
+    let mut cut = false;
+    for b in frame(b"{\"v\":1,\"nonce\":\"00").iter().cycle().take(60) {
+        if s.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if closed_peek(&s) {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut && t.elapsed() < Duration::from_secs(5),
+        "slow loris not cut ({:?})",
+        t.elapsed()
+    );
+
+    // Right secret, then a frame whose MAC does not verify.
+    let mut s = authenticated(&lab);
+    let payload = br#"{"Control":{"Handoff":{"reason":"forged","epoch":99}}}"#;
+    let mut body = 1u64.to_be_bytes().to_vec();
+    body.extend_from_slice(&[0u8; 32]);
+    body.extend_from_slice(payload);
+    s.write_all(&frame(&body)).expect("write");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "bad MAC: not closed"
+    );
+    assert!(link_errors(&lab, "bad_mac") >= 1);
+
+    // A frame replayed from another session: sealed with a key this session never had.
+    let mut s = authenticated(&lab);
+    let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&[1u8; 32]).expect("key");
+    hmac::Mac::update(&mut m, &1u64.to_be_bytes());
+    hmac::Mac::update(&mut m, payload);
+    let tag = hmac::Mac::finalize(m).into_bytes();
+    let mut body = 1u64.to_be_bytes().to_vec();
+    body.extend_from_slice(&tag);
+    body.extend_from_slice(payload);
+    s.write_all(&frame(&body)).expect("write");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "replayed frame: not closed"
+    );
+    assert!(link_errors(&lab, "bad_mac") >= 2);
+
+    // Nothing moved: same states, same epochs, the real link still up.
+    std::thread::sleep(Duration::from_millis(300));
+    let a = lab.ha_status(Node::A).expect("A");
+    let b = lab.ha_status(Node::B).expect("B");
+    assert_eq!(
+        (a["state"].as_str(), b["state"].as_str()),
+        (Some("ACTIVE"), Some("STANDBY"))
+    );
+    assert_eq!((epoch(&lab, Node::A), epoch(&lab, Node::B)), (ea, eb));
+    assert_eq!(
+        (a["peer_connected"].as_bool(), b["peer_connected"].as_bool()),
+        (Some(true), Some(true)),
+        "{a} {b}"
+    );
+    assert!(!lab.log(Node::B).contains("forged"));
+}
+
+fn closed_peek(s: &TcpStream) -> bool {
+    let _ = s.set_nonblocking(true);
+    let mut b = [0u8; 1];
+    let r = match s.peek(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    };
+    let _ = s.set_nonblocking(false);
+    r
+}
