@@ -398,6 +398,8 @@ impl NodeTask {
     fn step(&mut self, input: Input) {
         let wm = self.watermark();
         let actions = self.m.step(input, mono_ms(), wm);
+        // The status first: whoever an action wakes (shutdown, the API) sees the new state.
+        self.publish_status();
         for a in actions {
             self.act(a);
         }
