@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{http_get, Lab, Node, NodeOpts, Prober, WHO};
+use common::lab::{dhclient_once, http_get, Lab, Node, NodeOpts, Prober, DOMAIN, POOL, VIP, WHO};
 use common::netns::require_root;
 
 /// Does `arping` from `ns` get an answer from `ip` within a second?
@@ -197,4 +197,38 @@ fn standalone_node_claims_the_vip_answers_dns_on_it_and_releases_it_on_sigterm()
         "VIP still on A after SIGTERM{}",
         lab.dump()
     );
+}
+
+#[test]
+fn standalone_lease_names_the_vip_and_dig_through_it_resolves_the_lease_hostname() {
+    if !require_root(
+        "standalone_lease_names_the_vip_and_dig_through_it_resolves_the_lease_hostname",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("lease1");
+    lab.start(Node::A, &NodeOpts::standalone());
+    lab.wait_for("VIP on node A", Duration::from_secs(15), |l| {
+        l.vip_on(Node::A)
+    });
+    let dir = lab.dir.path().to_path_buf();
+    let cl = lab.add_client("d1");
+    let lease = dhclient_once(cl, &dir, "labhost").expect("dhclient got no lease");
+    let ip = lease.ip.expect("leased address");
+    assert!(POOL.0 <= ip && ip <= POOL.1, "{ip} outside the pool");
+    assert_eq!(
+        lease.server_id,
+        Some(VIP),
+        "server identifier must be the VIP: {lease:?}"
+    );
+    assert_eq!(
+        lease.dns,
+        vec![VIP],
+        "DNS server must be the VIP: {lease:?}"
+    );
+    assert_eq!(lab.dig(VIP, WHO), vec![Node::A.who_answer()]);
+    let host = format!("labhost.{DOMAIN}");
+    lab.wait_for("lease hostname in DNS", Duration::from_secs(15), |l| {
+        l.dig(VIP, &host) == vec![ip]
+    });
 }
