@@ -647,3 +647,108 @@ fn the_reference_floating_ip_script_works_only_when_the_admin_opts_out_of_the_dr
     });
     assert!(lab.log(Node::A).contains("drop_privileges = false"));
 }
+
+#[test]
+fn a_held_vip_is_announced_again_every_garp_refresh() {
+    if !require_root("a_held_vip_is_announced_again_every_garp_refresh") {
+        return;
+    }
+    let r = rig("refr");
+    let cap = Capture::start(&r.b);
+    let mut cfg = vip_cfg("eth0", 1, 100);
+    cfg.garp_refresh = Some(Dur(Duration::from_secs(1)));
+    let m = Running::start(&r.a, vec![cfg]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    wait_until("two refreshes", Duration::from_secs(10), || {
+        cap.garps().len() >= 3
+    });
+    let g = cap.garps();
+    let gap = g[2].0 - g[1].0;
+    assert!(
+        gap >= Duration::from_millis(800) && gap < Duration::from_secs(3),
+        "refresh spacing {gap:?}"
+    );
+    m.stop();
+}
+
+/// Starts capturing unsolicited neighbour advertisements for `target` in namespace `ns`;
+/// returns once the socket is open. The handle yields up to `want` frames (10 s at most).
+fn capture_na(
+    ns: &Netns,
+    target: std::net::Ipv6Addr,
+    want: usize,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    let name = ns.name.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        netns::enter_netns(&name).expect("enter");
+        // SAFETY: plain socket(2); checked below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                i32::from(0x86ddu16.to_be()),
+            )
+        };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh descriptor owned here.
+        let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        ready_tx.send(()).expect("ready");
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1600];
+        while out.len() < want && Instant::now() < end {
+            match packet::recv_frame(&sock, &mut buf) {
+                Ok(r) if r.len >= 86 && buf[54] == 136 && buf[62..78] == target.octets() => {
+                    out.push(buf[..r.len].to_vec())
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        out
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("capture ready");
+    h
+}
+
+#[test]
+fn an_ipv6_vip_is_added_without_dad_and_announced_with_unsolicited_nas() {
+    if !require_root("an_ipv6_vip_is_added_without_dad_and_announced") {
+        return;
+    }
+    let r = rig("six");
+    let mac = mac_of(&r.a, "eth0");
+    let target: std::net::Ipv6Addr = "fd00::3".parse().expect("v6");
+    let mut cfg = vip_cfg("eth0", 2, 200);
+    cfg.address = "fd00::3/64".into();
+    let m = Running::start(&r.a, vec![cfg]);
+    let cap = capture_na(&r.b, target, 2);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    let claimed = m.wait_event("vip.claimed", Duration::from_secs(10));
+    assert_eq!(claimed.address, "fd00::3/64");
+    let addrs = r.a.run(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+    let line = addrs
+        .lines()
+        .find(|l| l.contains("fd00::3/64"))
+        .unwrap_or_else(|| panic!("VIP not on eth0: {addrs}"));
+    assert!(!line.contains("tentative"), "added without DAD: {line}");
+    let frames = cap.join().expect("capture");
+    assert_eq!(frames.len(), 2, "two NAs (garp_count 2)");
+    for f in &frames {
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0, 0, 0, 1], "to all nodes");
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(f[58] & 0x20, 0x20, "Override flag");
+        assert_eq!(&f[80..86], &mac, "target link-layer address option");
+    }
+    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    m.wait_event("vip.released", Duration::from_secs(10));
+    assert!(!r
+        .a
+        .run(&["ip", "-6", "addr", "show", "dev", "eth0"])
+        .contains("fd00::3"));
+    m.stop();
+}
