@@ -400,3 +400,108 @@ fn closed_peek(s: &TcpStream) -> bool {
     let _ = s.set_nonblocking(false);
     r
 }
+
+/// The whole product on the pair: VIP, DNS (the witness asks it), DHCP with replication.
+#[test]
+fn full_stack_kill9_keeps_dns_on_the_vip_and_every_acked_lease() {
+    if !require_root("full_stack_kill9_keeps_dns_on_the_vip_and_every_acked_lease") {
+        return;
+    }
+    let mut lab = Lab::new("hafull");
+    let o = NodeOpts::default();
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for(
+        "A ACTIVE with the VIP, B STANDBY",
+        Duration::from_secs(15),
+        |l| {
+            l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+                && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+                && l.vip_on(Node::A)
+                && l.who_answers() == Some(Node::A)
+        },
+    );
+    let dir = lab.dir.path().to_path_buf();
+    let client = lab.add_client("cl");
+    let udhcpc = common::lab::Udhcpc::start(client, &dir);
+    let bound = udhcpc
+        .wait_event("bound", 0, Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no lease\n{}", lab.dump()));
+    let ip = bound.ip.expect("leased address");
+    // Acknowledged by A, so B must already hold it (replicated before the DHCPACK).
+    let (code, body) = lab
+        .api_get(Node::B, &format!("/api/v1/leases/{ip}"))
+        .expect("B lease API");
+    assert_eq!(code, 200, "B does not know {ip}: {body}");
+
+    let prober = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    lab.kill9(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    lab.wait_for("B answers DNS on the VIP", Duration::from_secs(5), |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop();
+    if std::env::var_os("HA_TEST_LOG").is_some() {
+        eprintln!("killed at {killed:?}\n{}", lab.log(Node::B));
+    }
+    let outage = log.outage_after(killed).unwrap_or_default();
+    eprintln!(
+        "kill -9 outage through the VIP: {outage:?} ({})",
+        log.summary()
+    );
+    assert!(
+        outage < Duration::from_millis(1000),
+        "outage {outage:?}: {}\n{}",
+        log.summary(),
+        lab.dump()
+    );
+    // The renewal, unicast to the VIP, is ACKed by B with the same address.
+    let n = udhcpc.events().len();
+    udhcpc.renew();
+    let renewed = udhcpc
+        .wait_event("renew", n, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("no renewal from B\n{}", lab.dump()));
+    assert_eq!(renewed.ip, Some(ip));
+}
+
+/// A planned move (SIGTERM on the active node) with the VIP and DNS: the new owner claims the
+/// VIP before the old one lets go, so a client querying the VIP every 20 ms sees no failure.
+#[test]
+fn full_stack_sigterm_handoff_loses_no_query() {
+    if !require_root("full_stack_sigterm_handoff_loses_no_query") {
+        return;
+    }
+    let mut lab = Lab::new("hahand");
+    let o = NodeOpts {
+        dhcp: false,
+        ..Default::default()
+    };
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for(
+        "A ACTIVE with the VIP, B STANDBY",
+        Duration::from_secs(15),
+        |l| {
+            l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+                && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+                && l.who_answers() == Some(Node::A)
+        },
+    );
+    let prober = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, Duration::from_secs(10));
+    assert!(st.success(), "{st:?}");
+    lab.wait_for("B answers DNS on the VIP", Duration::from_secs(5), |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop();
+    eprintln!("SIGTERM handoff: {}", log.summary());
+    assert_eq!(log.failed_after(t), 0, "{}\n{}", log.summary(), lab.dump());
+    assert_eq!(log.last_node(), Some(Node::B));
+}

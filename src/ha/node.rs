@@ -793,6 +793,10 @@ async fn dialer(
 ) {
     let backoff = heartbeat.clamp(Duration::from_millis(20), Duration::from_millis(500));
     let connect_limit = (heartbeat * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    // Right after a link is lost the peer may be half-way through dying: its kernel can still
+    // accept a connection and then reset it. Retry such failures at once a few times, so the
+    // refusal that proves the process gone is seen within milliseconds, not a backoff later.
+    let mut quick_retries = 0u32;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -816,17 +820,25 @@ async fn dialer(
                     _ = shutdown.cancelled() => return,
                     _ = cancel.cancelled() => {}
                 }
+                quick_retries = 3;
                 continue;
             }
             Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 tracing::debug!(peer = %peer, "peer {peer} refused the connection");
+                quick_retries = 0;
                 let _ = h.tx.send(NodeMsg::Input(Input::ReconnectRefused)).await;
             }
             Err(e) => h.inner.log_link_error(peer, "to", &e),
         }
+        let wait = if quick_retries > 0 {
+            quick_retries -= 1;
+            Duration::from_millis(5)
+        } else {
+            backoff
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }
