@@ -238,3 +238,44 @@ async fn a_failing_hook_does_not_affect_the_others() {
     assert_eq!(read(&log), "ACTIVE\nSTANDBY\n");
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn after_a_reload_events_go_to_the_new_hooks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (old_log, new_log) = (dir.path().join("old"), dir.path().join("new"));
+    let mut cfg = Config::default();
+    cfg.hooks.scripts = vec![script("old", format!("echo x >> {}", old_log.display()))];
+    let (tx, rx) = watch::channel(Arc::new(cfg.clone()));
+    let bus = EventBus::new();
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    hooks::start(
+        HookContext {
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            metrics: HookMetrics::default(),
+            config: rx,
+            vip: None,
+        },
+        &mut tasks,
+    );
+    bus.publish(failover("STANDBY", "ACTIVE"));
+    wait_for("old hook ran", Duration::from_secs(10), || {
+        read(&old_log).lines().count() == 1
+    })
+    .await;
+    cfg.hooks.scripts = vec![script("new", format!("echo y >> {}", new_log.display()))];
+    tx.send(Arc::new(cfg)).expect("reload");
+    bus.publish(failover("ACTIVE", "STANDBY"));
+    wait_for("new hook ran", Duration::from_secs(10), || {
+        read(&new_log).lines().count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        read(&old_log).lines().count(),
+        1,
+        "the removed hook ran again"
+    );
+    shutdown.cancel();
+}

@@ -145,12 +145,28 @@ struct Running {
 
 impl Running {
     fn start(ns: &Netns, cfgs: Vec<VipConfig>) -> Running {
+        Running::start_with(ns, cfgs, true)
+    }
+
+    /// `net_admin: false` runs the manager on a thread without CAP_NET_ADMIN (capabilities
+    /// are per thread, and the current-thread runtime keeps every task on it).
+    fn start_with(ns: &Netns, cfgs: Vec<VipConfig>, net_admin: bool) -> Running {
         let name = ns.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let sd = shutdown.clone();
         let thread = std::thread::spawn(move || {
             netns::enter_netns(&name).expect("enter netns");
+            // The packet sockets need CAP_NET_RAW; open them before any drop, as the daemon does.
+            let socks = PacketSockets::open().expect("packet sockets");
+            if !net_admin {
+                caps::drop(
+                    None,
+                    caps::CapSet::Effective,
+                    caps::Capability::CAP_NET_ADMIN,
+                )
+                .expect("drop CAP_NET_ADMIN");
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -168,7 +184,6 @@ impl Running {
                     shutdown: sd.clone(),
                 };
                 let mut tasks = tokio::task::JoinSet::new();
-                let socks = PacketSockets::open().expect("packet sockets");
                 let ctl = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
                 tx.send((ctl, board, health, sub.rx)).ok();
                 sd.cancelled().await;
@@ -750,5 +765,34 @@ fn an_ipv6_vip_is_added_without_dad_and_announced_with_unsolicited_nas() {
         .a
         .run(&["ip", "-6", "addr", "show", "dev", "eth0"])
         .contains("fd00::3"));
+    m.stop();
+}
+
+#[test]
+fn without_cap_net_admin_the_claim_fails_naming_vip_interface_and_capability_and_is_retried() {
+    if !require_root("without_cap_net_admin_the_claim_fails") {
+        return;
+    }
+    let r = rig("eperm");
+    let m = Running::start_with(&r.a, vec![vip_cfg("eth0", 1, 100)], false);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    let err = m.wait_event("vip.error", Duration::from_secs(10));
+    let detail = err.detail.unwrap_or_default();
+    for word in [VIP_CIDR, "eth0", "CAP_NET_ADMIN"] {
+        assert!(detail.contains(word), "{word:?} missing from: {detail}");
+    }
+    assert!(m
+        .health
+        .problems()
+        .iter()
+        .any(|p| p.contains("CAP_NET_ADMIN")));
+    // Retried with backoff, and still failing: the error stays on the board, not held.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!m.held());
+    assert!(!has_vip(&r.a, "eth0"));
+    assert!(m.board.read().unwrap()[0]
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("CAP_NET_ADMIN")));
     m.stop();
 }

@@ -201,14 +201,13 @@ async fn dispatch(
     sem: Arc<Semaphore>,
 ) {
     let mut config_live = true;
+    let mut fingerprint = hook_fingerprint(&ctx.config.borrow());
     loop {
+        // A reload is applied before events that are already waiting: whoever changed the
+        // config and then caused an event expects the new hooks to see it.
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return,
-            ev = rx.recv() => {
-                let Some(ev) = ev else { return };
-                route(&ctx, &ev, &vip_routes, &queues);
-            }
             changed = ctx.config.changed(), if config_live => {
                 if changed.is_err() {
                     // The daemon dropped the config sender: keep the hooks we have.
@@ -216,12 +215,29 @@ async fn dispatch(
                     continue;
                 }
                 let cfg = ctx.config.borrow_and_update().clone();
+                let now = hook_fingerprint(&cfg);
+                if now == fingerprint {
+                    // Untouched hooks keep their queues (and so their order across reloads).
+                    continue;
+                }
+                fingerprint = now;
                 // Dropping the old senders lets each old hook task finish its queue and exit.
                 queues = spawn_queues(&cfg, &ctx, &sem);
                 tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
             }
+            ev = rx.recv() => {
+                let Some(ev) = ev else { return };
+                route(&ctx, &ev, &vip_routes, &queues);
+            }
         }
     }
+}
+
+/// What a reload must compare to know whether script/webhook hooks changed.
+fn hook_fingerprint(cfg: &Config) -> String {
+    let h = &cfg.hooks;
+    serde_json::to_string(&(&h.scripts, &h.webhooks, h.script_timeout, h.queue_size))
+        .unwrap_or_default()
 }
 
 fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]) {
