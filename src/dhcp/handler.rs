@@ -28,9 +28,10 @@ use crate::lease::{Lease, LeaseIndex, LeaseState};
 #[derive(Debug, Clone)]
 pub struct Ingress {
     /// Name of the interface it arrived on, when known.
-    pub ifname: Option<String>,
-    /// That interface's IPv4 addresses with prefixes.
-    pub if_addrs: Vec<Ipv4Net>,
+    pub ifname: Option<std::sync::Arc<str>>,
+    /// That interface's IPv4 addresses with prefixes (shared with the interface table: no
+    /// copy per packet).
+    pub if_addrs: std::sync::Arc<[Ipv4Net]>,
     /// The IP destination of the request (255.255.255.255 for a broadcast).
     pub dst: Ipv4Addr,
 }
@@ -565,7 +566,7 @@ fn request(
     if let Some(h) = reservation.as_ref().and_then(|r| r.hostname.as_ref()) {
         reply
             .options
-            .push((OPT_HOSTNAME, h.as_bytes().to_vec(), true));
+            .push((OPT_HOSTNAME, h.as_bytes().into(), true));
     }
     out.events.push((
         if renew { "lease.renew" } else { "lease.ack" },
@@ -604,8 +605,8 @@ fn nak(
     let s = &st.plan.subnets[si];
     let sid = st.server_id(s, ing);
     let mut options = vec![
-        (OPT_SERVER_ID, sid.octets().to_vec(), true),
-        (OPT_MESSAGE, why.as_bytes().to_vec(), false),
+        (OPT_SERVER_ID, sid.octets()[..].into(), true),
+        (OPT_MESSAGE, why.as_bytes().into(), false),
     ];
     echo_options(req, &mut options);
     // RFC 2131 §4.1: a NAK goes to the relay (with the broadcast bit set) or is broadcast.
@@ -638,12 +639,12 @@ fn nak(
 }
 
 /// Client-id (RFC 6842) and relay agent information (RFC 3046) go back as received.
-fn echo_options(req: &Request, options: &mut Vec<(u8, Vec<u8>, bool)>) {
+fn echo_options(req: &Request, options: &mut Vec<ReplyOption>) {
     if let Some(c) = &req.client_id {
-        options.push((OPT_CLIENT_ID, c.clone(), true));
+        options.push((OPT_CLIENT_ID, c.as_slice().into(), true));
     }
     if let Some(r) = &req.relay_info {
-        options.push((OPT_RELAY_INFO, r.clone(), true));
+        options.push((OPT_RELAY_INFO, r.as_slice().into(), true));
     }
 }
 
@@ -659,24 +660,10 @@ fn build_reply(
     with_lease: bool,
 ) -> Reply {
     let sid = st.server_id(s, ing);
-    let mut options: Vec<(u8, Vec<u8>, bool)> = vec![(OPT_SERVER_ID, sid.octets().to_vec(), true)];
+    let mut options: Vec<ReplyOption> = Vec::with_capacity(16);
+    options.push((OPT_SERVER_ID, sid.octets()[..].into(), true));
     if with_lease {
-        let t = s.times;
-        options.push((
-            OPT_LEASE_TIME,
-            (t.lease.as_secs() as u32).to_be_bytes().to_vec(),
-            true,
-        ));
-        options.push((
-            OPT_T1,
-            (t.renewal.as_secs() as u32).to_be_bytes().to_vec(),
-            true,
-        ));
-        options.push((
-            OPT_T2,
-            (t.rebind.as_secs() as u32).to_be_bytes().to_vec(),
-            true,
-        ));
+        options.extend(s.timer_options.iter().cloned());
     }
     // Options the client asked for come first and in its order (RFC 2132 §9.8); the rest of
     // the always-sent ones follow; optional ones only when asked (or when no list was sent).

@@ -276,6 +276,12 @@ pub fn sanitize_hostname(h: &str) -> Option<String> {
     (!clean.is_empty()).then_some(clean)
 }
 
+/// An option value shared between the plan and every reply that carries it (a reference
+/// count instead of a copy per reply).
+pub type OptVal = std::sync::Arc<[u8]>;
+/// (code, value, always sent): optional options are dropped first when a reply is too big.
+pub type ReplyOption = (u8, OptVal, bool);
+
 /// Where a reply goes (RFC 2131 §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dest {
@@ -301,7 +307,7 @@ pub struct Reply {
     pub giaddr: Ipv4Addr,
     pub chaddr: [u8; 16],
     /// (code, value, required): optional ones are dropped first when the reply is too big.
-    pub options: Vec<(u8, Vec<u8>, bool)>,
+    pub options: Vec<ReplyOption>,
     pub dest: Dest,
     /// The server identifier in this reply: the source address to send from.
     pub server_id: Ipv4Addr,
@@ -323,7 +329,7 @@ impl Reply {
         self.options
             .iter()
             .find(|(c, _, _)| *c == code)
-            .map(|(_, v, _)| v.as_slice())
+            .map(|(_, v, _)| &v[..])
     }
 
     /// The datagram. Optional options that would push it past `max_payload` are left out
@@ -518,6 +524,10 @@ pub mod tests {
     }
 
     fn reply(options: Vec<(u8, Vec<u8>, bool)>, max: usize) -> Reply {
+        let options = options
+            .into_iter()
+            .map(|(c, v, r)| (c, v.into(), r))
+            .collect();
         Reply {
             msg_type: MessageType::Offer,
             xid: 7,
@@ -576,7 +586,12 @@ pub mod tests {
         assert!(m.opts().get(OptionCode::DomainName).is_some());
         assert!(m.opts().get(OptionCode::NtpServers).is_none());
         assert!(m.opts().get(OptionCode::Router).is_some());
-        let big = reply(r.options.clone(), max_payload(Some(1500))).encode();
+        let opts = r
+            .options
+            .iter()
+            .map(|(c, v, k)| (*c, v.to_vec(), *k))
+            .collect();
+        let big = reply(opts, max_payload(Some(1500))).encode();
         let m = Message::decode(&mut Decoder::new(&big)).expect("decodes");
         assert!(m.opts().get(OptionCode::NtpServers).is_some());
     }

@@ -35,7 +35,9 @@ pub struct SubnetPlan {
     /// Reserved address → true (so the allocator never hands it to someone else).
     pub reserved: HashMap<Ipv4Addr, ()>,
     /// Options sent with every OFFER/ACK, in order: (code, value, always-sent).
-    pub options: Vec<(u8, Vec<u8>, bool)>,
+    pub options: Vec<ReplyOption>,
+    /// Options 51, 58, 59 (lease time, T1, T2), encoded once.
+    pub timer_options: Vec<ReplyOption>,
 }
 
 impl SubnetPlan {
@@ -113,7 +115,17 @@ impl Plan {
                         by_client_id.insert(c, res);
                     }
                 }
+                let times = s.lease_times(&cfg.defaults);
+                let secs = |d: std::time::Duration| -> OptVal {
+                    (d.as_secs().min(u64::from(u32::MAX)) as u32).to_be_bytes()[..].into()
+                };
+                let timer_options = vec![
+                    (OPT_LEASE_TIME, secs(times.lease), true),
+                    (OPT_T1, secs(times.renewal), true),
+                    (OPT_T2, secs(times.rebind), true),
+                ];
                 SubnetPlan {
+                    timer_options,
                     network: net,
                     name: net.to_string(),
                     interface: s.interface.clone(),
@@ -122,12 +134,15 @@ impl Plan {
                         .iter()
                         .map(|p| (u32::from(p.range_start), u32::from(p.range_end)))
                         .collect(),
-                    times: s.lease_times(&cfg.defaults),
+                    times,
                     server_id: cfg.vip_in_subnet(&net).or(cfg.server.server_id),
                     by_mac,
                     by_client_id,
                     reserved,
-                    options,
+                    options: options
+                        .into_iter()
+                        .map(|(c, v, always)| (c, v.into(), always))
+                        .collect(),
                 }
             })
             .collect();

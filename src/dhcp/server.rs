@@ -107,7 +107,7 @@ pub fn open_sockets(cfg: &Config) -> std::io::Result<Vec<std::net::UdpSocket>> {
 /// VIP come and go).
 #[derive(Default, Clone)]
 struct Interfaces {
-    by_index: HashMap<u32, (String, Vec<Ipv4Net>)>,
+    by_index: HashMap<u32, (Arc<str>, Arc<[Ipv4Net]>)>,
 }
 
 impl Interfaces {
@@ -140,7 +140,12 @@ impl Interfaces {
                 }
             }
         }
-        Interfaces { by_index }
+        Interfaces {
+            by_index: by_index
+                .into_iter()
+                .map(|(i, (n, a))| (i, (Arc::from(n.as_str()), Arc::from(a))))
+                .collect(),
+        }
     }
 }
 
@@ -242,7 +247,7 @@ impl Default for DhcpMetrics {
             pool_size: Family::default(),
             pool_utilization: Family::default(),
             ack_latency: Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1, 0.5,
+                0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5,
             ]),
         }
     }
@@ -443,12 +448,18 @@ async fn receive_loop(
     // One byte more than the largest request we accept, so an oversize one is seen as such.
     let mut buf = vec![0u8; packet::MAX_DATAGRAM + 1];
     let fd = sock.as_raw_fd();
+    // One timer for the loop (not one per packet): wakes the loop at least every second so
+    // progress ticks while idle.
+    let idle = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(idle);
     loop {
         progress.tick();
         let got = tokio::select! {
             _ = shutdown.cancelled() => return,
-            // Wake at least every second so progress ticks while idle.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            _ = &mut idle => {
+                idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                continue;
+            }
             r = sock.async_io(Interest::READABLE, || recv_pktinfo(fd, &mut buf)) => r,
         };
         let rx = match got {

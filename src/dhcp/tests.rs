@@ -77,7 +77,7 @@ fn lab() -> Lab {
 fn eth0() -> Ingress {
     Ingress {
         ifname: Some("eth0".into()),
-        if_addrs: vec!["10.0.0.1/24".parse().expect("net")],
+        if_addrs: vec!["10.0.0.1/24".parse().expect("net")].into(),
         dst: Ipv4Addr::BROADCAST,
     }
 }
@@ -497,7 +497,7 @@ fn requests_from_an_unserved_link_are_ignored() {
     let mut l = lab();
     let ing = Ingress {
         ifname: Some("eth7".into()),
-        if_addrs: vec!["192.168.5.1/24".parse().expect("net")],
+        if_addrs: vec!["192.168.5.1/24".parse().expect("net")].into(),
         dst: Ipv4Addr::BROADCAST,
     };
     let out = l.run(&req(MessageType::Discover, 1), &ing);

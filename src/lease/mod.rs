@@ -51,11 +51,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn mac_string(&self) -> String {
-        let m = self.mac;
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        hex_colon(&self.mac)
     }
 
     /// The payload of a `lease.*` event for this lease.
@@ -75,12 +71,14 @@ impl Lease {
 
 /// Bytes as colon-separated hex: `01:aa:bb`.
 pub fn hex_colon(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 3);
     for (i, x) in b.iter().enumerate() {
         if i > 0 {
             s.push(':');
         }
-        s.push_str(&format!("{x:02x}"));
+        s.push(HEX[usize::from(x >> 4)] as char);
+        s.push(HEX[usize::from(x & 15)] as char);
     }
     s
 }

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# DHCP benchmark: perfdhcp against athena-dhcpd, kea-dhcp4 (memfile) and dnsmasq, in the same
+# run and the same lab, as /work/shared/BENCH-METHOD.md describes. Not a test: run it by hand
+# as root on an otherwise idle machine (it pins the load generator to core 0 and the server
+# to core 1).
+#
+#   benches/dhcp.sh                      # all three servers, 10 s steps
+#   STEP=20 SERVERS="athena kea" benches/dhcp.sh
+#   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
+#
+# Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
+# bisection steps; a step passes at < 1% lost and >= 97% of the target rate), then a fixed
+# 4,000/s run for the server's CPU time per exchange (Δ utime+stime of the server process
+# from /proc/PID/stat over the run, divided by ACKs). Every step starts a fresh server with a
+# fresh lease database. Each step's figures go to $OUT/steps.tsv; the table is printed at
+# the end with ratios to Kea.
+#
+# Lab: namespaces dsrv/dcli joined by a veth created inside dsrv; server 198.18.0.1/15,
+# client 198.18.0.2/15, pool 198.18.1.0 - 198.19.255.254, 50,000 client MACs.
+#
+# Needs: perfdhcp (kea-admin), kea-dhcp4 (kea-dhcp4-server), dnsmasq, a release build
+# (cargo build --release). athena-dhcpd runs with every ACK fsync-durable (redb, group
+# commit); Kea runs memfile with persist=true, which writes each lease with write(2) and never
+# fsyncs; dnsmasq rewrites its lease file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STEP=${STEP:-10}
+FIXED_RATE=${FIXED_RATE:-4000}
+SERVERS=${SERVERS:-"athena kea dnsmasq"}
+BIN=${BIN:-target/release/athena-dhcpd}
+OUT=${OUT:-$(mktemp -d /tmp/athena-dhcp-bench.XXXXXX)}
+S=dsrv$$
+C=dcli$$
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+for t in perfdhcp kea-dhcp4 dnsmasq taskset; do
+  command -v "$t" >/dev/null || { echo "missing $t (apt-get install kea-admin kea-dhcp4-server dnsmasq util-linux)" >&2; exit 1; }
+done
+[ -x "$BIN" ] || { echo "missing $BIN: cargo build --release" >&2; exit 1; }
+
+SRV_PID=
+cleanup() {
+  [ -n "$SRV_PID" ] && kill -9 "$SRV_PID" 2>/dev/null || true
+  ip netns del "$S" 2>/dev/null || true
+  ip netns del "$C" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+ip netns add "$S"
+ip netns add "$C"
+ip -n "$S" link set lo up
+ip -n "$C" link set lo up
+ip -n "$S" link add vsrv type veth peer name vcli netns "$C"
+ip -n "$S" addr add 198.18.0.1/15 dev vsrv
+ip -n "$S" link set vsrv up
+ip -n "$C" addr add 198.18.0.2/15 dev vcli
+ip -n "$C" link set vcli up
+
+write_configs() {
+  local d=$1
+  cat >"$d/athena.toml" <<EOF
+[server]
+node_name = "bench"
+lease_db = "$d/leases.redb"
+rate_limit_per_mac = 0
+log_level = "warn"
+[api]
+listen = "127.0.0.1:18067"
+[defaults]
+lease_time = "1h"
+[[subnet]]
+network = "198.18.0.0/15"
+interface = "vsrv"
+[[subnet.pool]]
+range_start = "198.18.1.0"
+range_end = "198.19.255.254"
+EOF
+  cat >"$d/kea.json" <<EOF
+{ "Dhcp4": {
+  "interfaces-config": { "interfaces": [ "vsrv" ], "dhcp-socket-type": "raw" },
+  "lease-database": { "type": "memfile", "persist": true, "name": "$d/kea-leases.csv", "lfc-interval": 0 },
+  "control-socket": { "socket-type": "unix", "socket-name": "$d/kea.sock" },
+  "valid-lifetime": 3600,
+  "subnet4": [ { "id": 1, "subnet": "198.18.0.0/15", "pools": [ { "pool": "198.18.1.0 - 198.19.255.254" } ] } ],
+  "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$d/kea.log" } ] } ]
+} }
+EOF
+  cat >"$d/dnsmasq.conf" <<EOF
+port=0
+interface=vsrv
+bind-interfaces
+dhcp-range=198.18.1.0,198.19.255.254,1h
+dhcp-authoritative
+dhcp-lease-max=200000
+no-ping
+quiet-dhcp
+dhcp-leasefile=$d/dnsmasq.leases
+pid-file=$d/dnsmasq.pid
+EOF
+}
+
+# Starts a fresh server pinned to core 1; sets SRV_PID.
+start_server() {
+  local name=$1 d
+  d=$(mktemp -d "$OUT/run.XXXX")
+  write_configs "$d"
+  case $name in
+    athena)
+      ip netns exec "$S" env ${ATHENA_ENV:-} taskset -c 1 "$BIN" --config "$d/athena.toml" 2>"$d/athena.log" &
+      SRV_PID=$!
+      for _ in $(seq 100); do
+        ip netns exec "$S" curl -s -m 1 http://127.0.0.1:18067/api/v1/health 2>/dev/null | grep -q status && break
+        sleep 0.1
+      done ;;
+    kea)
+      KEA_PIDFILE_DIR=$d KEA_LOCKFILE_DIR=$d ip netns exec "$S" taskset -c 1 kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
+      SRV_PID=$!
+      sleep 1.5 ;;
+    dnsmasq)
+      ip netns exec "$S" taskset -c 1 dnsmasq --keep-in-foreground -C "$d/dnsmasq.conf" 2>"$d/dnsmasq.log" &
+      SRV_PID=$!
+      sleep 1 ;;
+  esac
+  CUR_DIR=$d
+}
+
+stop_server() {
+  kill -9 "$SRV_PID" 2>/dev/null || true
+  wait "$SRV_PID" 2>/dev/null || true
+  SRV_PID=
+}
+
+cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+# One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb"
+step() {
+  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss
+  start_server "$name"
+  c0=$(cpu_ticks "$SRV_PID")
+  t0=$(date +%s.%N)
+  out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -g single 2>&1 || true)
+  t1=$(date +%s.%N)
+  c1=$(cpu_ticks "$SRV_PID")
+  rss=$(rss_kb "$SRV_PID")
+  if [ "$name" = athena ]; then
+    ip netns exec "$S" curl -s -m 2 http://127.0.0.1:18067/metrics >"$OUT/athena-metrics-$rate.txt" 2>/dev/null || true
+  fi
+  stop_server
+  disc=$(awk '/Statistics for: DISCOVER-OFFER/{f=1} f&&/^sent packets/{print $3; exit}' <<<"$out")
+  acks=$(awk '/Statistics for: REQUEST-ACK/{f=1} f&&/^received packets/{print $3; exit}' <<<"$out")
+  disc=${disc:-0}; acks=${acks:-0}
+  ach=$(awk -v a="$acks" -v p="$STEP" 'BEGIN{printf "%.0f", a/p}')
+  lost=$(awk -v a="$acks" -v d="$disc" 'BEGIN{ if (d==0) print 100; else printf "%.2f", 100*(1-a/d)}')
+  cpu=$(awk -v c="$((c1 - c0))" -v a="$acks" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
+  echo "$rate $ach $lost $cpu $acks $rss"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" >>"$OUT/steps.tsv"
+}
+
+passes() { # target achieved lost
+  awk -v t="$1" -v a="$2" -v l="$3" 'BEGIN{ exit !(l < 1 && a >= 0.97*t) }'
+}
+
+peak_search() {
+  local name=$1 rate=500 good=0 bad=0 r
+  while :; do
+    read -r _ ach lost _ _ _ < <(step "$name" "$rate")
+    echo "  $name $rate/s -> $ach/s, lost $lost%" >&2
+    if passes "$rate" "$ach" "$lost"; then good=$rate; rate=$((rate * 2)); else bad=$rate; break; fi
+    [ "$rate" -gt 64000 ] && break
+  done
+  for _ in 1 2 3 4; do
+    [ "$bad" -eq 0 ] && break
+    r=$(((good + bad) / 2))
+    [ $((bad - good)) -lt 200 ] && break
+    read -r _ ach lost _ _ _ < <(step "$name" "$r")
+    echo "  $name $r/s -> $ach/s, lost $lost%" >&2
+    if passes "$r" "$ach" "$lost"; then good=$r; else bad=$r; fi
+  done
+  echo "$good"
+}
+
+printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\n' >"$OUT/steps.tsv"
+declare -A PEAK CPU RSS
+for s in $SERVERS; do
+  if [ "${SKIP_PEAK:-0}" = 1 ]; then
+    PEAK[$s]=0
+  else
+    echo "== $s: peak search ($STEP s steps)" >&2
+    PEAK[$s]=$(peak_search "$s")
+  fi
+  echo "== $s: fixed $FIXED_RATE/s" >&2
+  read -r _ ach lost cpu acks rss < <(step "$s" "$FIXED_RATE")
+  CPU[$s]=$cpu
+  RSS[$s]=$rss
+  echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB" >&2
+  if [ "$s" = athena ]; then
+    m="$OUT/athena-metrics-$FIXED_RATE.txt"
+    commits=$(awk '/^athena_lease_commits_total/{print $2}' "$m")
+    writes=$(awk '/^athena_lease_writes_total/{print $2}' "$m")
+    p99=$(awk '/^athena_dhcp_ack_latency_seconds_bucket/{split($1,a,"\""); n[++k]=a[2]; c[k]=$2} /^athena_dhcp_ack_latency_seconds_count/{t=$2} END{for(i=1;i<=k;i++) if (c[i] >= 0.99*t) {print n[i]; exit}}' "$m")
+    echo "  athena at $FIXED_RATE/s: $writes leases in $commits durable commits; server-side p99 ACK latency <= ${p99}s" >&2
+  fi
+done
+
+echo
+echo "DHCP, $(date -u +%F), $(nproc) cores, perfdhcp -R 50000 -g single, $STEP s steps (raw: $OUT/steps.tsv)"
+printf '| %-8s | %-22s | %-30s | %-10s |\n' server "peak (<1% lost)" "CPU/exchange at $FIXED_RATE/s" "RSS"
+printf '|%s|%s|%s|%s|\n' ---------- ------------------------ -------------------------------- ------------
+kpeak=${PEAK[kea]:-}
+kcpu=${CPU[kea]:-}
+for s in $SERVERS; do
+  pr=""; cr=""
+  if [ -n "$kpeak" ] && [ "$kpeak" != 0 ]; then pr=$(awk -v a="${PEAK[$s]}" -v b="$kpeak" 'BEGIN{printf " (%.2fx Kea)", a/b}'); fi
+  if [ -n "$kcpu" ] && [ "$kcpu" != nan ] && [ "${CPU[$s]}" != nan ]; then cr=$(awk -v a="${CPU[$s]}" -v b="$kcpu" 'BEGIN{printf " (%.2fx Kea)", a/b}'); fi
+  printf '| %-8s | %-22s | %-30s | %-10s |\n' "$s" "${PEAK[$s]}/s$pr" "${CPU[$s]} us$cr" "$((${RSS[$s]:-0} / 1024)) MB"
+done
