@@ -853,6 +853,54 @@ impl Config {
         }
     }
 
+    /// Things that are valid but probably not what the admin wants; shown by `check-config`
+    /// and logged at start-up, never fatal.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.ha.enabled
+            && self
+                .ha
+                .shared_secret
+                .as_deref()
+                .is_some_and(|s| s.starts_with("change-me"))
+        {
+            w.push("ha.shared_secret is the example value from the shipped config; generate one with `openssl rand -hex 32` and use it on both nodes".to_string());
+        }
+        if !self.server.drop_privileges {
+            w.push("server.drop_privileges = false: the daemon and its hook scripts keep every capability; prefer [[hooks.vip]] over a root script".to_string());
+        }
+        if self.dns.enabled
+            && !self.hooks.vips.is_empty()
+            && !self.dns.listen_udp.ip().is_unspecified()
+        {
+            w.push(format!(
+                "dns.listen_udp = {} is not a wildcard address: queries to the floating IP will not be answered when it moves here; use 0.0.0.0:{}",
+                self.dns.listen_udp,
+                self.dns.listen_udp.port()
+            ));
+        }
+        if self.ha.enabled && self.hooks.vips.is_empty() {
+            w.push("HA is enabled but no [[hooks.vip]] is configured: clients must find the active node by themselves (DNS has no floating IP)".to_string());
+        }
+        for (i, s) in self.subnets.iter().enumerate() {
+            if !self.hooks.vips.is_empty() && self.vip_in_subnet(&s.network).is_some() {
+                if let Some(vip) = self.vip_in_subnet(&s.network) {
+                    if self.dns.enabled
+                        && !s.dns_servers(&self.defaults).is_empty()
+                        && !s.dns_servers(&self.defaults).contains(&vip)
+                    {
+                        w.push(format!(
+                            "subnet[{i}] {} hands out DNS servers {:?} but not the floating IP {vip}: clients lose DNS when the node behind them fails",
+                            s.network,
+                            s.dns_servers(&self.defaults)
+                        ));
+                    }
+                }
+            }
+        }
+        w
+    }
+
     /// The VIP (IPv4) lying in this subnet, if any: it becomes the DHCP server identifier.
     pub fn vip_in_subnet(&self, net: &Ipv4Net) -> Option<Ipv4Addr> {
         self.hooks

@@ -559,3 +559,28 @@ fn unreadable_file_names_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn example_secret_and_non_wildcard_dns_are_warned_about() {
+    let c = parse_str(
+        "[ha]\nenabled = true\npeer_address = \"10.0.0.2\"\nshared_secret = \"change-me-to-the-output-of-openssl\"\n\
+         [dns]\nenabled = true\nlisten_udp = \"10.0.0.1:53\"\n[defaults]\ndns_servers = [\"10.0.0.1\"]\n\
+         [[subnet]]\nnetwork = \"10.0.0.0/24\"\n[[hooks.vip]]\nname = \"v\"\naddress = \"10.0.0.3/24\"\ninterface = \"eth0\"\n"
+    )
+    .expect("valid");
+    let w = c.warnings().join("\n");
+    assert!(w.contains("shared_secret is the example value"), "{w}");
+    assert!(
+        w.contains("dns.listen_udp = 10.0.0.1:53 is not a wildcard"),
+        "{w}"
+    );
+    assert!(w.contains("but not the floating IP 10.0.0.3"), "{w}");
+    let ok = parse_str(REFERENCE_NODE_A).expect("valid");
+    assert!(
+        ok.warnings()
+            .iter()
+            .all(|w| !w.contains("wildcard") && !w.contains("example value")),
+        "{:?}",
+        ok.warnings()
+    );
+}

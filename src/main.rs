@@ -60,6 +60,9 @@ fn main() -> ExitCode {
             match config::load(&path) {
                 Ok(cfg) => {
                     print!("{}", summary(&cfg));
+                    for w in cfg.warnings() {
+                        println!("warning: {w}");
+                    }
                     println!("{}: OK", path.display());
                     ExitCode::SUCCESS
                 }
@@ -106,6 +109,9 @@ fn run_daemon(path: PathBuf, log_format: LogFormat) -> ExitCode {
         eprintln!("athena-dhcpd: error: {e:#}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    for w in cfg.warnings() {
+        tracing::warn!("config: {w}");
+    }
     let drop = cfg.server.drop_privileges;
     let (user, group) = (cfg.server.user.clone(), cfg.server.group.clone());
     let prepared = match daemon::prepare(cfg, path) {
@@ -121,11 +127,6 @@ fn run_daemon(path: PathBuf, log_format: LogFormat) -> ExitCode {
             return ExitCode::from(EXIT_PRIVILEGE);
         }
         tracing::debug!("capabilities dropped to CAP_NET_ADMIN");
-    } else {
-        tracing::warn!(
-            "[server] drop_privileges = false: the daemon and its hook scripts keep every capability it was started with; \
-             use [[hooks.vip]] instead of a root hook script and remove this setting"
-        );
     }
     match daemon::run(prepared) {
         Ok(()) => ExitCode::SUCCESS,
