@@ -140,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 health: Health::new(),
                 board: board.clone(),
                 shutdown: shutdown.clone(),
+                metrics: Default::default(),
             },
             &mut tasks,
         )?;

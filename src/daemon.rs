@@ -170,6 +170,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
                     health: health.clone(),
                     board: vips.clone(),
                     shutdown: shutdown.clone(),
+                    metrics: crate::vip::VipMetrics::register(&mut registry),
                 },
                 &mut tasks,
             )

@@ -182,6 +182,7 @@ impl Running {
                     health: health.clone(),
                     board: board.clone(),
                     shutdown: sd.clone(),
+                    metrics: Default::default(),
                 };
                 let mut tasks = tokio::task::JoinSet::new();
                 let ctl = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
@@ -567,6 +568,19 @@ fn the_daemon_claims_its_vip_with_only_cap_net_admin_puts_it_back_and_releases_i
     assert!(
         log.contains("claimed floating IP 10.0.0.3/24 on eth0 (3 gratuitous ARPs, "),
         "{log}"
+    );
+    let (_, metrics) = lab.api_get(Node::A, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("athena_vip_held{vip=\"10.0.0.3/24\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("athena_vip_claims_total{vip=\"10.0.0.3/24\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("athena_vip_claim_latency_seconds_count 1"),
+        "{metrics}"
     );
 
     // Deleted by hand while held: back at once.

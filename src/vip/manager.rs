@@ -22,6 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, Notify};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +51,75 @@ pub struct VipContext {
     pub health: Health,
     pub board: VipBoard,
     pub shutdown: CancellationToken,
+    pub metrics: VipMetrics,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// VIP metrics, labelled by VIP address (registered under the daemon's `athena_` prefix).
+#[derive(Clone)]
+pub struct VipMetrics {
+    pub held: Family<Labels, Gauge>,
+    pub claims: Family<Labels, Counter>,
+    pub releases: Family<Labels, Counter>,
+    pub errors: Family<Labels, Counter>,
+    pub conflicts: Family<Labels, Counter>,
+    pub announcements: Family<Labels, Counter>,
+    /// Event → first gratuitous ARP (or NA) of a claim.
+    pub claim_latency: Histogram,
+}
+
+impl Default for VipMetrics {
+    fn default() -> Self {
+        VipMetrics {
+            held: Family::default(),
+            claims: Family::default(),
+            releases: Family::default(),
+            errors: Family::default(),
+            conflicts: Family::default(),
+            announcements: Family::default(),
+            // 50 µs .. ~3 s
+            claim_latency: Histogram::new(exponential_buckets(0.000_05, 3.0, 11)),
+        }
+    }
+}
+
+impl VipMetrics {
+    pub fn register(registry: &mut Registry) -> VipMetrics {
+        let m = VipMetrics::default();
+        registry.register(
+            "vip_held",
+            "1 while this node holds the VIP",
+            m.held.clone(),
+        );
+        registry.register(
+            "vip_claims",
+            "VIP claims (address added and announced)",
+            m.claims.clone(),
+        );
+        registry.register("vip_releases", "VIP releases", m.releases.clone());
+        registry.register(
+            "vip_errors",
+            "Failed VIP claims or releases (each is retried)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "vip_conflicts",
+            "ARP from another MAC claiming a held VIP",
+            m.conflicts.clone(),
+        );
+        registry.register(
+            "vip_announcements",
+            "Gratuitous ARPs / unsolicited NAs sent",
+            m.announcements.clone(),
+        );
+        registry.register(
+            "vip_claim_latency_seconds",
+            "From the event to the first announcement of a claim",
+            m.claim_latency.clone(),
+        );
+        m
+    }
 }
 
 struct Slot {
@@ -301,6 +375,10 @@ impl Worker {
         self.net.to_string()
     }
 
+    fn labels(&self) -> Labels {
+        vec![("vip".to_string(), self.vip())]
+    }
+
     async fn apply(&mut self, want: Want, at: Instant) {
         self.retry_at = None;
         match want {
@@ -367,6 +445,10 @@ impl Worker {
         self.schedule_refresh(first);
         self.succeeded();
         let ms = first.saturating_duration_since(at).as_secs_f64() * 1000.0;
+        let m = &self.ctx.metrics;
+        m.claims.get_or_create(&self.labels()).inc();
+        m.held.get_or_create(&self.labels()).set(1);
+        m.claim_latency.observe(ms / 1000.0);
         let mac = arp::mac_string(link.mac);
         let arps = if sent { self.cfg.garp_count } else { 0 };
         if !was_held {
@@ -433,6 +515,7 @@ impl Worker {
             },
         };
         self.succeeded();
+        self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
         if was_held {
             self.set_board(false);
         }
@@ -447,6 +530,11 @@ impl Worker {
         } else {
             ""
         };
+        self.ctx
+            .metrics
+            .releases
+            .get_or_create(&self.labels())
+            .inc();
         tracing::info!(
             vip = %self.vip(),
             interface = %self.cfg.interface,
@@ -482,7 +570,14 @@ impl Worker {
         };
         let frame = arp::garp_frame(link.mac, ip);
         match packet::send_frame(&self.send, link.index, arp::ETH_P_ARP, [0xff; 6], &frame) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.ctx
+                    .metrics
+                    .announcements
+                    .get_or_create(&self.labels())
+                    .inc();
+                true
+            }
             Err(e) => {
                 tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "gratuitous ARP for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
                 false
@@ -502,7 +597,14 @@ impl Worker {
             super::ndp::ALL_NODES_MAC,
             &frame,
         ) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.ctx
+                    .metrics
+                    .announcements
+                    .get_or_create(&self.labels())
+                    .inc();
+                true
+            }
             Err(e) => {
                 tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "neighbour advertisement for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
                 false
@@ -589,6 +691,7 @@ impl Worker {
                         self.held = false;
                         self.burst.cancel();
                         self.set_board(false);
+                        self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
                         let msg = format!(
                             "interface {:?} of VIP {} was removed; it is claimed again when the interface returns",
                             self.cfg.interface,
@@ -616,6 +719,11 @@ impl Worker {
             return;
         }
         let other = arp::mac_string(c.seen.sender_mac);
+        self.ctx
+            .metrics
+            .conflicts
+            .get_or_create(&self.labels())
+            .inc();
         if self.defend_at.is_none() {
             self.defend_at = Some(Instant::now() + DEFEND_HOLDOFF);
             tracing::warn!(
@@ -640,6 +748,10 @@ impl Worker {
     }
 
     fn fail(&mut self, what: &str, msg: String) {
+        self.ctx.metrics.errors.get_or_create(&self.labels()).inc();
+        if !self.held {
+            self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
+        }
         let delay = self.backoff.next_delay();
         self.retry_at = Some(Instant::now() + delay);
         let first = self.error.as_deref() != Some(msg.as_str());

@@ -13,7 +13,7 @@ pub mod netlink;
 pub mod packet;
 
 pub use claim::Want;
-pub use manager::{VipContext, VipControl};
+pub use manager::{VipContext, VipControl, VipMetrics};
 pub use packet::PacketSockets;
 
 use serde::Serialize;
