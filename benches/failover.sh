@@ -187,7 +187,7 @@ EOF
 [[hooks.script]]
 name = "floating-ip"
 events = ["ha.failover"]
-command = "VIP=$VIP/24 INTERFACE=eth0 $HOOK"
+command = "FLOATING_IP_VIP=$VIP/24 FLOATING_IP_INTERFACE=eth0 $HOOK"
 timeout = "5s"
 EOF
   else

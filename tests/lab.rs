@@ -41,18 +41,33 @@ fn lab_nodes_answer_their_api_across_the_switch_and_the_fault_tools_work() {
         lab.log(Node::A)
     );
 
-    // Cutting A↔B isolates the nodes from each other, not from the client.
+    // Isolating A and B at L2 separates the nodes from each other, not from the client.
     assert!(arp_reaches(&lab.a, "10.0.0.2"));
-    lab.cut_ab();
+    lab.isolate_ab();
     assert!(
         !arp_reaches(&lab.a, "10.0.0.2"),
-        "A still reaches B after the cut"
+        "A still reaches B after the isolation"
     );
     assert!(arp_reaches(&lab.c, "10.0.0.1") && arp_reaches(&lab.c, "10.0.0.2"));
-    lab.heal_ab();
+    lab.unisolate_ab();
     assert!(
         arp_reaches(&lab.a, "10.0.0.2"),
         "A does not reach B after healing"
+    );
+
+    // Cutting A↔B at IP: B's API is unreachable from A, both still from the client.
+    assert!(http_get(&lab.a, Node::B.api(), "/api/v1/health").is_ok());
+    lab.cut_ab();
+    assert!(
+        http_get(&lab.a, Node::B.api(), "/api/v1/health").is_err(),
+        "A reaches B through the cut"
+    );
+    assert!(http_get(&lab.c, Node::B.api(), "/api/v1/health").is_ok());
+    assert!(http_get(&lab.c, Node::A.api(), "/api/v1/health").is_ok());
+    lab.heal_ab();
+    assert!(
+        http_get(&lab.a, Node::B.api(), "/api/v1/health").is_ok(),
+        "cut not healed"
     );
 
     // Host lost: A's port down → the client cannot reach A; its own API still answers inside.

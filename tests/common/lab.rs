@@ -508,9 +508,29 @@ impl Lab {
         self.sw.run(&["ip", "link", "set", node.port(), "up"]);
     }
 
-    /// Cuts only the A↔B path: both node ports become isolated bridge ports, which may not
-    /// talk to each other but still reach every non-isolated port (the clients).
+    /// Cuts only the A↔B path: the switch drops IPv4 between the nodes' own addresses (an
+    /// nftables bridge filter in the switch namespace), so the peer link breaks while both
+    /// nodes still reach the clients and B still reaches the VIP on A (the witness works).
     pub fn cut_ab(&self) {
+        let rules = "table bridge labcut {\n\
+             chain cut {\n\
+             type filter hook forward priority 0; policy accept;\n\
+             ip saddr 10.0.0.1 ip daddr 10.0.0.2 drop\n\
+             ip saddr 10.0.0.2 ip daddr 10.0.0.1 drop\n\
+             }\n}\n";
+        let path = self.dir.path().join("labcut.nft");
+        fs::write(&path, rules).expect("write nft rules");
+        self.sw.run(&["nft", "-f", &path.to_string_lossy()]);
+    }
+
+    pub fn heal_ab(&self) {
+        self.sw.run(&["nft", "delete", "table", "bridge", "labcut"]);
+    }
+
+    /// A full L2 partition between the nodes: both node ports become isolated bridge ports,
+    /// which cannot talk to each other (not even to the VIP on the other node) but still
+    /// reach every non-isolated port (the clients).
+    pub fn isolate_ab(&self) {
         for p in ["p-a", "p-b"] {
             netns::sh(&[
                 "bridge",
@@ -526,7 +546,7 @@ impl Lab {
         }
     }
 
-    pub fn heal_ab(&self) {
+    pub fn unisolate_ab(&self) {
         for p in ["p-a", "p-b"] {
             netns::sh(&[
                 "bridge",

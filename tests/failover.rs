@@ -1,0 +1,448 @@
+//! Failover as an admin sees it: two daemons, a client and a switch (see `common::lab`), real
+//! `dhclient`/`udhcpc`/`dig`, and a DNS prober that asks the VIP every 20 ms and records who
+//! answered. Each test breaks the active node one way and checks what clients notice. Timers
+//! are fast (heartbeat 100 ms, failover_timeout 1 s) so the suite stays short.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::lab::{dhclient_once, Lab, Node, NodeOpts, Udhcpc, DOMAIN, POOL, VIP, WHO};
+use common::netns::require_root;
+
+const FT: Duration = Duration::from_secs(1);
+/// Generous deadline for anything that should happen "soon" on a busy 2-core machine.
+const SOON: Duration = Duration::from_secs(15);
+
+/// A and B up with the default (fast) options: A ACTIVE holding the VIP, B STANDBY, and the
+/// VIP answering DNS as node A.
+fn pair(tag: &str, a: NodeOpts, b: NodeOpts) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.start(Node::A, &a);
+    lab.start(Node::B, &b);
+    lab.wait_state(Node::A, "ACTIVE", SOON);
+    lab.wait_state(Node::B, "STANDBY", SOON);
+    lab.wait_for("VIP on A and answering as node A", SOON, |l| {
+        l.vip_on(Node::A) && l.who_answers() == Some(Node::A)
+    });
+    assert!(
+        !lab.vip_on(Node::B),
+        "VIP on both nodes at start{}",
+        lab.dump()
+    );
+    lab
+}
+
+fn default_pair(tag: &str) -> Lab {
+    pair(tag, NodeOpts::default(), NodeOpts::default())
+}
+
+fn in_pool(ip: Ipv4Addr) -> bool {
+    POOL.0 <= ip && ip <= POOL.1
+}
+
+/// Waits until `node` is ACTIVE, the VIP sits only on it, and DNS via the VIP comes from it.
+fn wait_served_by(lab: &Lab, node: Node) {
+    wait_served(lab, node, false);
+}
+
+/// The same, except that the other node may still hold the VIP in its kernel because its
+/// process died with it (kill -9): nothing can remove it before the restart, and clients
+/// follow the new owner's gratuitous ARPs.
+fn wait_served(lab: &Lab, node: Node, other_may_be_stale: bool) {
+    lab.wait_state(node, "ACTIVE", SOON);
+    lab.wait_for(
+        &format!("VIP on {} (and only there)", node.name()),
+        SOON,
+        |l| l.vip_on(node) && (other_may_be_stale || !l.vip_on(node.other())),
+    );
+    lab.wait_for(
+        &format!("DNS via the VIP answered by {}", node.name()),
+        SOON,
+        |l| l.who_answers() == Some(node),
+    );
+}
+
+#[test]
+fn lease_names_the_vip_as_dns_and_server_id_and_dig_resolves_through_it() {
+    if !require_root("lease_names_the_vip_as_dns_and_server_id_and_dig_resolves_through_it") {
+        return;
+    }
+    let mut lab = default_pair("lease");
+    let dir = lab.dir.path().to_path_buf();
+    let cl = lab.add_client("d1");
+    let lease =
+        dhclient_once(cl, &dir, "labhost").unwrap_or_else(|| panic!("no lease{}", lab.dump()));
+    let ip = lease.ip.expect("leased address");
+    assert!(in_pool(ip), "{ip} outside the pool");
+    assert_eq!(
+        lease.server_id,
+        Some(VIP),
+        "server identifier must be the VIP: {lease:?}"
+    );
+    assert_eq!(
+        lease.dns,
+        vec![VIP],
+        "DNS server must be the VIP: {lease:?}"
+    );
+
+    assert_eq!(
+        lab.dig(VIP, WHO),
+        vec![Node::A.who_answer()],
+        "static record through the VIP"
+    );
+    let host = format!("labhost.{DOMAIN}");
+    lab.wait_for("lease hostname in DNS", SOON, |l| {
+        l.dig(VIP, &host) == vec![ip]
+    });
+    // The standby knows the lease too (replicated before the ACK).
+    lab.wait_for("lease on B", SOON, |l| {
+        l.api_get(Node::B, "/api/v1/leases")
+            .is_some_and(|(_, body)| body.contains(&ip.to_string()))
+    });
+}
+
+#[test]
+fn kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b() {
+    if !require_root("kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b") {
+        return;
+    }
+    let mut lab = default_pair("kill");
+    let dir = lab.dir.path().to_path_buf();
+    let cl = lab.add_client("u1");
+    let dhcp = Udhcpc::start(cl, &dir);
+    let bound = dhcp
+        .wait_event("bound", 0, SOON)
+        .unwrap_or_else(|| panic!("udhcpc got no lease{}", lab.dump()));
+    let ip = bound.ip.expect("leased address");
+    assert_eq!(bound.server_id, Some(VIP), "{bound:?}");
+    lab.wait_for("lease replicated to B", SOON, |l| {
+        l.api_get(Node::B, "/api/v1/leases")
+            .is_some_and(|(_, body)| body.contains(&ip.to_string()))
+    });
+
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t_kill = Instant::now();
+    lab.kill9(Node::A);
+    wait_served(&lab, Node::B, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = probe.stop();
+    assert_eq!(log.last_node(), Some(Node::B), "{}", log.summary());
+    let outage = log.outage_after(t_kill).unwrap_or_default();
+    eprintln!("kill -9: DNS outage {outage:?}; probes: {}", log.summary());
+    // The refused reconnect is the fast path: well under failover_timeout.
+    assert!(
+        outage < FT,
+        "outage {outage:?} not under failover_timeout; {}{}",
+        log.summary(),
+        lab.dump()
+    );
+
+    // The renewal goes by unicast to the VIP, now B, which ACKs the same address.
+    let n = dhcp.events().len();
+    dhcp.renew();
+    let renewed = dhcp
+        .wait_event("renew", n, SOON)
+        .unwrap_or_else(|| panic!("no renewal ACK from B: {:?}{}", dhcp.events(), lab.dump()));
+    assert_eq!(renewed.ip, Some(ip), "{renewed:?}");
+    assert_eq!(renewed.server_id, Some(VIP), "{renewed:?}");
+}
+
+#[test]
+fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
+    if !require_root("host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return") {
+        return;
+    }
+    let lab = default_pair("host");
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.port_down(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", SOON);
+    let took = t.elapsed();
+    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    let log = probe.stop();
+    let outage = log.outage_after(t).unwrap_or_default();
+    eprintln!(
+        "host loss: B ACTIVE after {took:?}, DNS outage {outage:?}; {}",
+        log.summary()
+    );
+    assert!(
+        took >= FT * 8 / 10,
+        "B took over after {took:?}, before failover_timeout {FT:?}"
+    );
+    assert!(
+        outage < FT + Duration::from_secs(2),
+        "outage {outage:?}; {}",
+        log.summary()
+    );
+
+    // The host returns: the two ACTIVE nodes meet; exactly one stays, holding the VIP alone.
+    lab.port_up(Node::A);
+    lab.wait_for("exactly one ACTIVE node holding the VIP alone", SOON, |l| {
+        let (a, b) = (l.ha_state(Node::A), l.ha_state(Node::B));
+        let one = [&a, &b]
+            .iter()
+            .filter(|s| s.as_deref() == Some("ACTIVE"))
+            .count()
+            == 1;
+        let holder = if a.as_deref() == Some("ACTIVE") {
+            Node::A
+        } else {
+            Node::B
+        };
+        one && l.vip_on(holder) && !l.vip_on(holder.other()) && l.who_answers() == Some(holder)
+    });
+}
+
+#[test]
+fn sigstop_b_takes_over_and_sigcont_steps_a_down_without_a_second_outage() {
+    if !require_root("sigstop_b_takes_over_and_sigcont_steps_a_down_without_a_second_outage") {
+        return;
+    }
+    let lab = default_pair("hung");
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.sigstop(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", SOON);
+    let took = t.elapsed();
+    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let t_cont = Instant::now();
+    lab.sigcont(Node::A);
+    // A resumes believing it is ACTIVE, meets B's higher epoch and steps down at once,
+    // releasing the VIP; with preempt it may come back later through a clean handoff.
+    lab.wait_for("one ACTIVE after SIGCONT, VIP on it alone", SOON, |l| {
+        let (a, b) = (l.ha_state(Node::A), l.ha_state(Node::B));
+        let n_active = [&a, &b]
+            .iter()
+            .filter(|s| s.as_deref() == Some("ACTIVE"))
+            .count();
+        let holder = if a.as_deref() == Some("ACTIVE") {
+            Node::A
+        } else {
+            Node::B
+        };
+        n_active == 1 && l.vip_on(holder) && !l.vip_on(holder.other())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let log = probe.stop();
+    let outage = log.outage_after(t).unwrap_or_default();
+    eprintln!(
+        "SIGSTOP: B ACTIVE after {took:?}, outage {outage:?}; {}",
+        log.summary()
+    );
+    assert!(
+        took >= FT * 8 / 10,
+        "takeover after {took:?}, before failover_timeout"
+    );
+    assert!(
+        outage < FT + Duration::from_secs(2),
+        "outage {outage:?}; {}",
+        log.summary()
+    );
+    assert_eq!(
+        log.failed_after(t_cont),
+        0,
+        "second outage after SIGCONT: {}{}",
+        log.summary(),
+        lab.dump()
+    );
+}
+
+#[test]
+fn sigterm_on_the_active_node_hands_off_with_zero_failed_queries() {
+    if !require_root("sigterm_on_the_active_node_hands_off_with_zero_failed_queries") {
+        return;
+    }
+    let mut lab = default_pair("term");
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, SOON);
+    assert!(st.success(), "node-a exit status {st}{}", lab.dump());
+    wait_served_by(&lab, Node::B);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    eprintln!("SIGTERM handoff: {}", log.summary());
+    assert_eq!(
+        log.failed_after(t),
+        0,
+        "queries failed during the handoff: {}{}",
+        log.summary(),
+        lab.dump()
+    );
+    assert_eq!(log.last_node(), Some(Node::B));
+    assert!(!lab.vip_on(Node::A), "A kept the VIP after exiting");
+}
+
+#[test]
+fn returning_primary_syncs_and_preempts_back_with_zero_failed_queries() {
+    if !require_root("returning_primary_syncs_and_preempts_back_with_zero_failed_queries") {
+        return;
+    }
+    let mut lab = default_pair("preempt");
+    lab.sigterm(Node::A);
+    lab.wait_exit(Node::A, SOON);
+    wait_served_by(&lab, Node::B);
+
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.restart(Node::A);
+    wait_served_by(&lab, Node::A);
+    lab.wait_state(Node::B, "STANDBY", SOON);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    eprintln!("preemption: {}", log.summary());
+    assert_eq!(
+        log.failed_after(t),
+        0,
+        "queries failed during preemption: {}{}",
+        log.summary(),
+        lab.dump()
+    );
+    assert_eq!(log.last_node(), Some(Node::A));
+}
+
+#[test]
+fn with_preempt_false_the_secondary_stays_active_and_a_stale_vip_is_removed_at_restart() {
+    if !require_root(
+        "with_preempt_false_the_secondary_stays_active_and_a_stale_vip_is_removed_at_restart",
+    ) {
+        return;
+    }
+    let no_preempt = NodeOpts {
+        preempt: false,
+        ..Default::default()
+    };
+    let mut lab = pair("stale", no_preempt.clone(), no_preempt);
+    lab.kill9(Node::A);
+    wait_served(&lab, Node::B, true);
+    // kill -9 left the VIP in A's kernel (a crash leftover): it still answers ARP there.
+    if !lab.vip_on(Node::A) {
+        lab.add_vip_by_hand(Node::A);
+    }
+
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.restart(Node::A);
+    lab.wait_for("stale VIP removed from A at start-up", SOON, |l| {
+        !l.vip_on(Node::A)
+    });
+    lab.wait_state(Node::A, "STANDBY", SOON);
+    // Several failover timeouts: A must stay STANDBY and B keep the VIP and the answers.
+    std::thread::sleep(FT * 3);
+    let log = probe.stop();
+    eprintln!("restart with stale VIP: {}", log.summary());
+    assert_eq!(
+        lab.ha_state(Node::A).as_deref(),
+        Some("STANDBY"),
+        "{}",
+        lab.dump()
+    );
+    assert_eq!(
+        lab.ha_state(Node::B).as_deref(),
+        Some("ACTIVE"),
+        "{}",
+        lab.dump()
+    );
+    assert!(!lab.vip_on(Node::A) && lab.vip_on(Node::B));
+    assert!(
+        log.after(t).all(|p| p.node() == Some(Node::B)),
+        "while B is active only B may answer on the VIP: {}{}",
+        log.summary(),
+        lab.dump()
+    );
+}
+
+#[test]
+fn cutting_only_a_b_gives_no_double_vip_and_one_active_after_the_heal() {
+    if !require_root("cutting_only_a_b_gives_no_double_vip_and_one_active_after_the_heal") {
+        return;
+    }
+    let lab = default_pair("cut");
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.cut_ab();
+    // For several failover timeouts B must not claim: the VIP witness still gets answers.
+    let end = Instant::now() + FT * 4;
+    while Instant::now() < end {
+        assert!(
+            !lab.vip_on(Node::B),
+            "B claimed the VIP while A answers on it{}",
+            lab.dump()
+        );
+        assert_ne!(
+            lab.ha_state(Node::B).as_deref(),
+            Some("ACTIVE"),
+            "B went ACTIVE{}",
+            lab.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.heal_ab();
+    lab.wait_for("A ACTIVE and B STANDBY after the heal", SOON, |l| {
+        l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+            && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    eprintln!("A-B cut: {}", log.summary());
+    assert_eq!(
+        log.failed_after(t),
+        0,
+        "DNS failed during the cut: {}",
+        log.summary()
+    );
+    assert!(
+        log.after(t).all(|p| p.node() == Some(Node::A)),
+        "{}",
+        log.summary()
+    );
+    assert!(lab.vip_on(Node::A) && !lab.vip_on(Node::B));
+}
+
+#[test]
+fn a_full_l2_partition_heals_to_one_active_node_holding_the_vip_alone() {
+    if !require_root("a_full_l2_partition_heals_to_one_active_node_holding_the_vip_alone") {
+        return;
+    }
+    let lab = default_pair("split");
+    // B cannot reach A at all, not even the VIP: it cannot tell a dead A from a cut and
+    // takes over (two ACTIVE nodes while the partition lasts is the price of no third party).
+    lab.isolate_ab();
+    lab.wait_state(Node::B, "ACTIVE", SOON);
+    lab.unisolate_ab();
+    lab.wait_for(
+        "exactly one ACTIVE node holding the VIP alone after the heal",
+        SOON,
+        |l| {
+            let (a, b) = (l.ha_state(Node::A), l.ha_state(Node::B));
+            let n_active = [&a, &b]
+                .iter()
+                .filter(|s| s.as_deref() == Some("ACTIVE"))
+                .count();
+            let holder = if a.as_deref() == Some("ACTIVE") {
+                Node::A
+            } else {
+                Node::B
+            };
+            n_active == 1
+                && l.vip_on(holder)
+                && !l.vip_on(holder.other())
+                && l.who_answers() == Some(holder)
+        },
+    );
+}
