@@ -172,6 +172,7 @@ fn start(cfg: DnsConfig, tcp_idle: Duration) -> Proxy {
                 max_connections: 16,
             },
             udp_workers: 1,
+            ..Default::default()
         },
     )
     .expect("start");

@@ -44,6 +44,8 @@ pub use server::TcpOptions;
 
 /// How long the serving loop may go without progress before health calls it stuck.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
+/// The idle UDP loop wakes this often to tick its health handle and look for shutdown.
+const IDLE_WAKE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -103,18 +105,20 @@ pub fn bind_addrs(udp_addr: SocketAddr, tcp_addr: SocketAddr) -> Result<DnsSocke
 #[derive(Debug, Clone, Copy)]
 pub struct DnsOptions {
     pub tcp: TcpOptions,
-    /// UDP serving loops on the one socket (1 or 2 is plenty: a hit costs a few µs).
+    /// UDP serving threads on the one socket. One is plenty (a hit costs about a
+    /// microsecond of compute); more share the socket's queue.
     pub udp_workers: usize,
+    /// Longest a UDP query may wait so several are answered per wake-up under load (see
+    /// `server::serve_udp`); zero answers every datagram at once.
+    pub udp_coalesce: Duration,
 }
 
 impl Default for DnsOptions {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
         DnsOptions {
             tcp: TcpOptions::default(),
-            udp_workers: cores.clamp(1, 2),
+            udp_workers: 1,
+            udp_coalesce: Duration::from_micros(250),
         }
     }
 }
@@ -145,8 +149,9 @@ impl DnsServer {
             cache::Cache::new(cfg.cache_size),
             upstream::Upstreams::new(cfg.forwarder_addrs(), cfg.upstream_timeout.get()),
             metrics::DnsMetrics::new(registry),
+            tokio::runtime::Handle::current(),
         ));
-        let ep = Arc::new(udp::UdpEndpoint::new(sockets.udp)?);
+        let ep = Arc::new(udp::UdpEndpoint::new(sockets.udp, IDLE_WAKE)?);
         let udp_addr = ep.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(sockets.tcp)?;
         let tcp_addr = listener.local_addr()?;
@@ -157,12 +162,11 @@ impl DnsServer {
                 format!("dns-{}", i + 1)
             };
             let progress = health.worker(&name, STALE_AFTER);
-            tokio::spawn(server::serve_udp(
-                res.clone(),
-                ep.clone(),
-                progress,
-                shutdown.clone(),
-            ));
+            let (res, ep, sd) = (res.clone(), ep.clone(), shutdown.clone());
+            let coalesce = opts.udp_coalesce;
+            std::thread::Builder::new()
+                .name(format!("athena-{name}-udp"))
+                .spawn(move || server::serve_udp(res, ep, progress, coalesce, sd))?;
         }
         tokio::spawn(server::serve_tcp(
             res.clone(),
