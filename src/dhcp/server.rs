@@ -683,13 +683,14 @@ async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Pr
     }
 }
 
-/// Rebuilds the allocator from the index (HA merges and expiry change it) and updates the
-/// lease and pool gauges.
+/// Reloads the interface table and updates the lease and pool gauges. The allocator is not
+/// rebuilt here: a pass over a large pool under the locks would stall the receive path, and
+/// the allocator confirms every candidate with the index and rebuilds itself when a pool
+/// looks full, which is the only time stale "taken" bits matter.
 fn refresh(sh: &Shared, now_ms: u64) {
     *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
-    let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+    let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
     let ix = sh.store.index();
-    st.rebuild(&ix, now_ms);
     let now_s = now_ms / 1000;
     let mut active_by_subnet: HashMap<&str, u64> = HashMap::new();
     let mut active = 0i64;
