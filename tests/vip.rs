@@ -810,3 +810,48 @@ fn without_cap_net_admin_the_claim_fails_naming_vip_interface_and_capability_and
         .is_some_and(|e| e.contains("CAP_NET_ADMIN")));
     m.stop();
 }
+
+#[test]
+fn an_ha_node_removes_a_leftover_vip_at_start_up_and_vip_release_cleans_up_from_the_cli() {
+    if !require_root("an_ha_node_removes_a_leftover_vip_at_start_up") {
+        return;
+    }
+    let mut lab = Lab::new("vipl");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        ..NodeOpts::default()
+    };
+    // A crash left the VIP on A; the peer is not running, so A starts as a standby.
+    lab.add_vip_by_hand(Node::A);
+    lab.start(Node::A, &opts);
+    lab.wait_for("leftover removed", Duration::from_secs(10), |l| {
+        l.log(Node::A)
+            .contains("released floating IP 10.0.0.3/24 from eth0 (left over from an earlier run)")
+    });
+    lab.kill9(Node::A);
+
+    // After a kill -9 the VIP may be left behind; `vip release` (ExecStopPost=) removes it.
+    if !lab.vip_on(Node::A) {
+        lab.add_vip_by_hand(Node::A);
+    }
+    let config = lab.dir.path().join("node-a").join("athena-dhcpd.toml");
+    let out = lab.a.try_run(&[
+        common::lab::daemon_bin(),
+        "vip",
+        "release",
+        "--log-format",
+        "text",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "vip release failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lab.vip_on(Node::A));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("released floating IP 10.0.0.3/24 from eth0")
+    );
+}

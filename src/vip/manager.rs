@@ -329,6 +329,7 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
+        let mut net_live = true;
         loop {
             let next = self
                 .slot
@@ -353,15 +354,16 @@ impl Worker {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => break,
                 _ = self.slot.notify.notified() => {}
-                ev = self.net_rx.recv() => match ev {
+                ev = self.net_rx.recv(), if net_live => match ev {
                     Ok(ev) => self.on_net(ev).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(vip = %self.net, "missed {n} netlink events, re-checking");
                         self.on_net(NetEvent::Resync).await;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
-                        // No monitor: fall back on the periodic check below.
-                        self.net_rx = broadcast::channel(1).1;
+                        // The monitor is gone: only `garp_refresh` checks remain.
+                        tracing::warn!(vip = %self.net, "netlink monitor stopped; a removed floating IP is now only noticed by the garp_refresh check");
+                        net_live = false;
                     }
                 },
                 Some(c) = self.conflict_rx.recv() => self.on_conflict(c),
