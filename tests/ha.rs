@@ -505,3 +505,111 @@ fn full_stack_sigterm_handoff_loses_no_query() {
     assert_eq!(log.failed_after(t), 0, "{}\n{}", log.summary(), lab.dump());
     assert_eq!(log.last_node(), Some(Node::B));
 }
+
+/// A hung active node (SIGSTOP) with the VIP and DNS: B takes over once the heartbeats stop
+/// for failover_timeout and the VIP stops answering; SIGCONT: A steps down and lets go of the
+/// VIP without taking the service back.
+#[test]
+fn full_stack_sigstop_takeover_and_sigcont_step_down() {
+    if !require_root("full_stack_sigstop_takeover_and_sigcont_step_down") {
+        return;
+    }
+    let mut lab = Lab::new("hahung");
+    let o = NodeOpts {
+        dhcp: false,
+        preempt: false,
+        ..Default::default()
+    };
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for(
+        "A ACTIVE with the VIP, B STANDBY",
+        Duration::from_secs(15),
+        |l| {
+            l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+                && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+                && l.who_answers() == Some(Node::A)
+        },
+    );
+    let prober = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let stopped = Instant::now();
+    lab.sigstop(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    lab.wait_for("B answers DNS on the VIP", Duration::from_secs(5), |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let resumed = Instant::now();
+    lab.sigcont(Node::A);
+    lab.wait_state(Node::A, "STANDBY", Duration::from_secs(5));
+    lab.wait_for("the VIP only on B", Duration::from_secs(5), |l| {
+        !l.vip_on(Node::A) && l.vip_on(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = prober.stop();
+    let outage = log.outage_after(stopped).unwrap_or_default();
+    eprintln!(
+        "SIGSTOP outage {outage:?}; after SIGCONT {} failed: {}",
+        log.failed_after(resumed),
+        log.summary()
+    );
+    if std::env::var_os("HA_TEST_LOG").is_some() {
+        eprintln!("{}\n=====B\n{}", lab.log(Node::A), lab.log(Node::B));
+    }
+    assert!(
+        outage < Duration::from_millis(2500),
+        "{}\n{}",
+        log.summary(),
+        lab.dump()
+    );
+    assert_eq!(log.last_node(), Some(Node::B), "{}", log.summary());
+    // No second outage: the winner announces again the moment the resumed node lets go.
+    assert_eq!(
+        log.failed_after(resumed),
+        0,
+        "{}\n{}",
+        log.summary(),
+        lab.dump()
+    );
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("ACTIVE"));
+}
+
+/// The A↔B path cut on the switch: each side is alone. After the heal, exactly one node is
+/// ACTIVE and only it holds the VIP.
+#[test]
+fn full_stack_partition_heals_to_one_active() {
+    if !require_root("full_stack_partition_heals_to_one_active") {
+        return;
+    }
+    let mut lab = Lab::new("hacut");
+    let o = NodeOpts {
+        dhcp: false,
+        ..Default::default()
+    };
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for("A ACTIVE, B STANDBY", Duration::from_secs(15), |l| {
+        l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+            && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+    });
+    lab.cut_ab();
+    std::thread::sleep(Duration::from_millis(2500));
+    eprintln!(
+        "during the cut: A {:?} B {:?}",
+        lab.ha_state(Node::A),
+        lab.ha_state(Node::B)
+    );
+    lab.heal_ab();
+    lab.wait_for(
+        "one ACTIVE, the VIP on it only",
+        Duration::from_secs(10),
+        |l| {
+            let a = l.ha_state(Node::A);
+            let b = l.ha_state(Node::B);
+            let (va, vb) = (l.vip_on(Node::A), l.vip_on(Node::B));
+            (a.as_deref() == Some("ACTIVE") && b.as_deref() == Some("STANDBY") && va && !vb)
+                || (b.as_deref() == Some("ACTIVE") && a.as_deref() == Some("STANDBY") && vb && !va)
+        },
+    );
+}

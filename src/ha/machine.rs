@@ -261,7 +261,7 @@ impl Machine {
             Input::LinkUp(ps) => {
                 self.link_up = true;
                 self.linked_once = true;
-                self.peer_heard(ps, now);
+                self.peer_heard(ps, now, &mut out);
                 if !self.peer_present {
                     self.peer_present = true;
                     let name = self.peer_name();
@@ -317,7 +317,7 @@ impl Machine {
                 }
             }
             Input::Peer(Control::Status(ps)) => {
-                self.peer_heard(ps, now);
+                self.peer_heard(ps, now, &mut out);
                 self.evaluate(now, watermark, &mut out);
             }
             Input::Peer(Control::Handoff { reason, epoch }) => {
@@ -641,7 +641,29 @@ impl Machine {
         }
     }
 
-    fn peer_heard(&mut self, ps: PeerStatus, now: u64) {
+    fn peer_heard(&mut self, ps: PeerStatus, now: u64, out: &mut Vec<Action>) {
+        let was_active = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.state == HaState::Active);
+        if was_active
+            && ps.state != HaState::Active
+            && self.state == HaState::Active
+            && self.handoff.is_none()
+        {
+            // Two ACTIVE nodes met and the peer just let go: clients may have followed its
+            // last announcement, so claim the VIP again now instead of after a conflict
+            // hold-off. Same state on both sides of the event: only the reason is news.
+            out.push(Action::Emit {
+                kind: "ha.failover",
+                old: HaState::Active,
+                new: HaState::Active,
+                reason: format!(
+                    "{} stepped down to {}; announcing the service again",
+                    ps.node, ps.state
+                ),
+            });
+        }
         self.last_peer_ms = now;
         self.witness = None;
         self.averted = false;

@@ -694,7 +694,9 @@ impl NodeTask {
 
     fn emit(&mut self, kind: &'static str, old: HaState, new: HaState, reason: String) {
         let peer_state = self.m.peer().map(|p| p.state.to_string());
-        if kind == "ha.failover" {
+        if kind == "ha.failover" && old == new {
+            tracing::info!(event = kind, state = %new, reason = %reason, "HA stays {new}: {reason}");
+        } else if kind == "ha.failover" {
             self.metrics.transitions.inc();
             self.metrics.set_state(new);
             self.metrics.epoch.set(self.m.epoch() as i64);

@@ -284,6 +284,17 @@ fn every_transition_in_the_table() {
             must: vec!["ha.split_brain"],
         },
         Case {
+            name: "the losing ACTIVE steps down: the winner announces the service again",
+            node: connected(secondary(), a_active(1), Active, 2),
+            inputs: vec![(
+                Input::Peer(Control::Status(ps("node-a", Primary, Standby, 1))),
+                30,
+            )],
+            want: Active,
+            reason: "node-a stepped down to STANDBY; announcing the service again",
+            must: vec!["ha.failover"],
+        },
+        Case {
             name: "two ACTIVE with equal epochs: the secondary steps down",
             node: connected(secondary(), a_active(2), Active, 2),
             inputs: vec![(Input::Peer(Control::Status(a_active(2))), 30)],
