@@ -177,6 +177,9 @@ pub struct Machine {
     sync_deadline_ms: Option<u64>,
     stuck: bool,
     stopping: bool,
+    /// This node handed the service away on request (API): it does not preempt it back
+    /// until it is ACTIVE again, or the request would be undone a heartbeat later.
+    yielded: bool,
 }
 
 impl Machine {
@@ -200,6 +203,7 @@ impl Machine {
             sync_deadline_ms: None,
             stuck: false,
             stopping: false,
+            yielded: false,
         }
     }
 
@@ -242,7 +246,8 @@ impl Machine {
                 && self.state == HaState::Standby
                 && peer_active
                 && !self.stuck
-                && !self.stopping,
+                && !self.stopping
+                && !self.yielded,
         }
     }
 
@@ -368,6 +373,7 @@ impl Machine {
                     return out;
                 };
                 if accepted {
+                    self.yielded = h.reason == API_REASON;
                     if let Some(p) = self.peer.as_mut() {
                         p.state = HaState::Active;
                         p.epoch = p.epoch.max(epoch);
@@ -492,7 +498,7 @@ impl Machine {
                         }
                     )));
                 } else {
-                    self.start_handoff("API request".to_string(), false, now, &mut out);
+                    self.start_handoff(API_REASON.to_string(), false, now, &mut out);
                 }
             }
             Input::Witness { answered } => {
@@ -767,6 +773,7 @@ impl Machine {
     }
 
     fn take_over(&mut self, reason: String, min_epoch: u64, watermark: u64, out: &mut Vec<Action>) {
+        self.yielded = false;
         let peer_epoch = self.peer.as_ref().map_or(0, |p| p.epoch);
         self.epoch = self.epoch.max(peer_epoch).max(min_epoch) + 1;
         self.averted = false;
@@ -825,6 +832,9 @@ fn wins_tie(peer_role: &Role, peer_node: &str, me: &MachineConfig) -> bool {
         _ => peer_node < me.node.as_str(),
     }
 }
+
+/// The reason of a handoff asked for through the API.
+const API_REASON: &str = "API request";
 
 /// `10.0s`, `0.15s`: how reasons spell durations.
 pub fn secs(ms: u64) -> String {
