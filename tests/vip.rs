@@ -855,3 +855,51 @@ fn an_ha_node_removes_a_leftover_vip_at_start_up_and_vip_release_cleans_up_from_
         String::from_utf8_lossy(&out.stderr).contains("released floating IP 10.0.0.3/24 from eth0")
     );
 }
+
+/// Sends one gratuitous ARP for the VIP from `ns`'s `eth0` (a rival claiming it).
+fn rival_garp(ns: &Netns) {
+    let mac = mac_of(ns, "eth0");
+    ns.in_netns(move || {
+        let socks = PacketSockets::open().expect("socket");
+        let idx = nix::net::if_::if_nametoindex("eth0").expect("ifindex");
+        let frame = arp::garp_frame(mac, VIP);
+        packet::send_frame(&socks.send, idx, arp::ETH_P_ARP, [0xff; 6], &frame).expect("send");
+    });
+}
+
+#[test]
+fn arp_that_queued_while_the_daemon_was_stopped_is_not_a_conflict_but_a_live_one_is() {
+    if !require_root("arp_that_queued_while_the_daemon_was_stopped_is_not_a_conflict") {
+        return;
+    }
+    let mut lab = Lab::new("stale");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        ..NodeOpts::standalone()
+    };
+    lab.start(Node::A, &opts);
+    lab.wait_for("VIP held", Duration::from_secs(10), vip_held_in_api);
+
+    lab.sigstop(Node::A);
+    rival_garp(&lab.c);
+    std::thread::sleep(Duration::from_millis(700));
+    lab.sigcont(Node::A);
+    lab.wait_for("A answers again", Duration::from_secs(10), |l| {
+        l.api_get(Node::A, "/api/v1/health").is_some()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !lab.log(Node::A).contains("address conflict"),
+        "a frame from while A was stopped counted as a conflict:\n{}",
+        lab.log(Node::A)
+    );
+
+    rival_garp(&lab.c);
+    lab.wait_for("live conflict logged", Duration::from_secs(10), |l| {
+        l.log(Node::A).contains("address conflict")
+    });
+    lab.wait_for("defended", Duration::from_secs(10), |l| {
+        l.log(Node::A).contains("defending floating IP 10.0.0.3/24")
+    });
+}

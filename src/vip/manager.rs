@@ -11,7 +11,8 @@
 //!   the link comes back, optionally re-announced every `garp_refresh`, and defended (RFC
 //!   5227) when another MAC sends ARP as the VIP. The defence waits [`DEFEND_HOLDOFF`] first:
 //!   in a planned handoff the new owner announces before the old one releases, and an instant
-//!   defence would pull traffic back to the node that is about to let go;
+//!   defence would pull traffic back to the node that is about to let go. Frames that waited
+//!   in the socket longer than [`STALE_FRAME`] (the process was stopped) are not conflicts;
 //! - failures (interface missing, EPERM) are logged naming VIP, interface and capability,
 //!   shown in health and on the board, published as `vip.error`, and retried with backoff;
 //! - on shutdown a worker removes its VIP before it exits.
@@ -42,6 +43,10 @@ use crate::health::Health;
 
 /// How long a worker waits after a conflicting ARP before it defends (see the module doc).
 pub const DEFEND_HOLDOFF: Duration = Duration::from_secs(1);
+/// An ARP frame read this long after the kernel received it was queued while the process
+/// was stopped; it is not taken as a conflict (the resumed node would otherwise "defend" a
+/// VIP its peer legitimately took over while it was frozen).
+pub const STALE_FRAME: Duration = Duration::from_millis(300);
 
 /// What the workers report to and through.
 #[derive(Clone)]
@@ -272,6 +277,18 @@ async fn read_arp(
                     let frame = &buf[..r.len.min(buf.len())];
                     match arp::parse_arp(frame) {
                         Ok(seen) => {
+                            let age = r
+                                .received
+                                .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+                            if let Some(age) = age.filter(|a| *a > STALE_FRAME) {
+                                // Queued while this process was not running: history (a peer
+                                // taking over from a stopped node), not a live conflict.
+                                tracing::debug!(
+                                    age_ms = age.as_millis() as u64,
+                                    "ignoring an ARP frame that waited {age:?} in the socket"
+                                );
+                                continue;
+                            }
                             if let Some((_, tx)) = routes.iter().find(|(a, _)| *a == seen.sender_ip)
                             {
                                 let _ = tx.try_send(ArpOnLink {

@@ -24,9 +24,17 @@ pub struct PacketSockets {
 impl PacketSockets {
     /// Opens both sockets; needs CAP_NET_RAW now, never again.
     pub fn open() -> io::Result<PacketSockets> {
+        let arp_rx = packet_socket(ETH_P_ARP, true)?;
+        // Kernel receive timestamps tell a live conflict from one that queued up while
+        // this process was stopped (SIGSTOP, a long pause): see `recv_frame`. The first
+        // SIOCGSTAMP turns stamping on for the socket (and fails: nothing received yet).
+        // SO_TIMESTAMP would not do: it sends stamps as cmsgs and leaves SIOCGSTAMP empty.
+        let mut tv = zero_timeval();
+        // SAFETY: SIOCGSTAMP writes at most one timeval to the pointer passed.
+        let _ = unsafe { libc::ioctl(arp_rx.as_raw_fd(), SIOCGSTAMP as _, &mut tv) };
         Ok(PacketSockets {
             send: packet_socket(0, false)?,
-            arp_rx: packet_socket(ETH_P_ARP, true)?,
+            arp_rx,
         })
     }
 }
@@ -91,6 +99,18 @@ pub struct Received {
     pub ifindex: u32,
     /// `PACKET_HOST`, `PACKET_BROADCAST`, ..., `PACKET_OUTGOING` (our own frames).
     pub pkttype: u8,
+    /// When the kernel received it (None when the socket has no timestamps).
+    pub received: Option<std::time::SystemTime>,
+}
+
+/// `SIOCGSTAMP`: the receive time of the last frame read (not exported by `libc`).
+const SIOCGSTAMP: libc::c_ulong = 0x8906;
+
+fn zero_timeval() -> libc::timeval {
+    libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    }
 }
 
 /// Reads one frame without blocking (`WouldBlock` when none is queued).
@@ -112,9 +132,17 @@ pub fn recv_frame(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
+    let mut tv = zero_timeval();
+    // SAFETY: SIOCGSTAMP writes one timeval to the pointer passed.
+    let stamped = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGSTAMP as _, &mut tv) } == 0;
+    let received = (stamped && tv.tv_sec > 0).then(|| {
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(tv.tv_sec as u64, (tv.tv_usec as u32).saturating_mul(1000))
+    });
     Ok(Received {
         len: n as usize,
         ifindex: sll.sll_ifindex as u32,
         pkttype: sll.sll_pkttype,
+        received,
     })
 }
