@@ -421,6 +421,39 @@ async fn lease_events_add_and_remove_host_names() {
     assert_eq!(m.response_code(), ResponseCode::ServFail);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_replaces_the_static_records() {
+    let cfg = config(&[]);
+    let p = start(cfg.clone(), Duration::from_secs(10));
+    let mut full = athena_dhcpd::config::Config {
+        dns: cfg,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(full.clone()));
+    let stop = CancellationToken::new();
+    p.server.follow_config(rx, stop.clone());
+    let addr = p.server.udp_addr();
+    assert_eq!(
+        a_records(&ask(addr, "router.home.lan", RecordType::A).await),
+        vec![Ipv4Addr::new(10, 0, 0, 1)]
+    );
+    full.dns.records = vec![DnsRecordConfig {
+        name: "nas.home.lan".into(),
+        rtype: "A".into(),
+        value: "10.0.0.8".into(),
+        ttl: 60,
+    }];
+    tx.send(Arc::new(full)).unwrap();
+    eventually("the new record", async || {
+        a_records(&ask(addr, "nas.home.lan", RecordType::A).await)
+            == vec![Ipv4Addr::new(10, 0, 0, 8)]
+    })
+    .await;
+    let gone = ask(addr, "router.home.lan", RecordType::A).await;
+    assert_eq!(gone.response_code(), ResponseCode::NXDomain);
+    stop.cancel();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hostile input
 
