@@ -480,10 +480,15 @@ impl Worker {
             garps = arps,
             duration_ms = ms,
             hook = %self.cfg.name,
-            "claimed floating IP {} on {} ({} gratuitous ARPs, {:.1} ms)",
+            "claimed floating IP {} on {} ({} {}, {:.1} ms)",
             self.vip(),
             self.cfg.interface,
             arps,
+            if self.net.addr().is_ipv6() {
+                "unsolicited neighbour advertisements"
+            } else {
+                "gratuitous ARPs"
+            },
             ms
         );
         self.publish(
