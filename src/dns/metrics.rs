@@ -280,7 +280,7 @@ impl DnsMetrics {
     pub fn malformed_by_reason(&self) -> Vec<(String, u64)> {
         // Family offers no iteration; the reasons are a short fixed list.
         let mut out = Vec::new();
-        for transport in ["udp", "tcp"] {
+        for transport in ["udp", "tcp", "upstream"] {
             for reason in [
                 "short",
                 "not_query",

@@ -391,7 +391,8 @@ impl Answer {
         } else {
             match rcode {
                 RCODE_NOERROR if counts[0] > 0 => Some(min_ttl),
-                RCODE_NOERROR | RCODE_NXDOMAIN => soa_neg_ttl,
+                // A CNAME chain ending in a negative answer lives no longer than its links.
+                RCODE_NOERROR | RCODE_NXDOMAIN => soa_neg_ttl.map(|n| n.min(min_ttl)),
                 _ => None,
             }
         }
