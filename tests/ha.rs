@@ -613,3 +613,60 @@ fn full_stack_partition_heals_to_one_active() {
         },
     );
 }
+
+/// Host lost (its switch port down, the process still running): B takes over once the
+/// failover timeout passes and the VIP does not answer (the witness is asked in advance, so
+/// it adds nothing). When the host comes back, one node stays ACTIVE.
+#[test]
+fn full_stack_host_loss_takeover_after_failover_timeout() {
+    if !require_root("full_stack_host_loss_takeover_after_failover_timeout") {
+        return;
+    }
+    let mut lab = Lab::new("hahost");
+    let o = NodeOpts {
+        dhcp: false,
+        ..Default::default()
+    };
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for(
+        "A ACTIVE with the VIP, B STANDBY",
+        Duration::from_secs(15),
+        |l| {
+            l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+                && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+                && l.who_answers() == Some(Node::A)
+        },
+    );
+    let prober = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let lost = Instant::now();
+    lab.port_down(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    lab.wait_for("B answers DNS on the VIP", Duration::from_secs(5), |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let log = prober.stop();
+    let outage = log.outage_after(lost).unwrap_or_default();
+    eprintln!("host loss outage {outage:?}: {}", log.summary());
+    // failover_timeout is 1s.
+    assert!(
+        outage < Duration::from_millis(1600),
+        "{}\n{}",
+        log.summary(),
+        lab.dump()
+    );
+    lab.port_up(Node::A);
+    lab.wait_for(
+        "one ACTIVE after the host returns",
+        Duration::from_secs(10),
+        |l| {
+            let a = l.ha_state(Node::A);
+            let b = l.ha_state(Node::B);
+            (a.as_deref() == Some("ACTIVE")) != (b.as_deref() == Some("ACTIVE"))
+                && l.ha_status(Node::A)
+                    .is_some_and(|s| s["peer_connected"] == true)
+        },
+    );
+}

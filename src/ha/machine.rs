@@ -39,6 +39,9 @@ pub struct MachineConfig {
     pub sync_ms: u64,
     /// Whether a VIP witness exists (no VIP configured → no witness: silence alone decides).
     pub witness: bool,
+    /// How long the witness may take. It is asked this much before `failover_ms`, so its
+    /// answer is in when the timeout expires instead of adding to the outage.
+    pub witness_ms: u64,
 }
 
 impl MachineConfig {
@@ -57,6 +60,7 @@ impl MachineConfig {
             handoff_ms: fo.clamp(500, 5000),
             sync_ms: (fo * 3).max(5000),
             witness,
+            witness_ms: (ha.witness_timeout.0.as_millis() as u64).min(fo / 2),
         }
     }
 }
@@ -511,8 +515,12 @@ impl Machine {
                 {
                     return out;
                 }
+                let silent_ms = now.saturating_sub(self.last_peer_ms);
                 if answered {
-                    if !self.averted {
+                    // Asked early (before the timeout) an answer is no news yet.
+                    let due = !matches!(cause, Cause::Silence { .. })
+                        || silent_ms >= self.cfg.failover_ms;
+                    if due && !self.averted {
                         self.averted = true;
                         let name = self.peer_name();
                         let why = match cause {
@@ -552,10 +560,17 @@ impl Machine {
     fn cause_reason(&self, cause: &Cause, now: u64) -> String {
         let name = self.peer_name();
         match cause {
-            Cause::Silence { .. } => format!(
-                "peer heartbeat timeout after {}",
-                secs(now.saturating_sub(self.last_peer_ms))
-            ),
+            Cause::Silence { .. } => {
+                let silent = now.saturating_sub(self.last_peer_ms);
+                if silent >= self.cfg.failover_ms {
+                    format!("peer heartbeat timeout after {}", secs(silent))
+                } else {
+                    format!(
+                        "no heartbeat from {name} for {} and the VIP does not answer",
+                        secs(silent)
+                    )
+                }
+            }
             Cause::Refused => format!("{name} refused the reconnect (process gone, host up)"),
         }
     }
@@ -636,15 +651,48 @@ impl Machine {
                     );
                 }
             }
-            if matches!(self.state, HaState::Standby | HaState::Syncing)
-                && !self.stopping
-                && self.witness.is_none()
-            {
-                self.begin_takeover(Cause::Silence { ms: silent_ms }, now, watermark, out);
-            }
-        } else {
+        }
+        if silent_ms >= self.probe_after()
+            && matches!(self.state, HaState::Standby | HaState::Syncing)
+            && !self.stopping
+            && self.witness.is_none()
+        {
+            self.begin_takeover(Cause::Silence { ms: silent_ms }, now, watermark, out);
+        }
+        if silent_ms < self.cfg.failover_ms {
             self.evaluate(now, watermark, out);
         }
+    }
+
+    /// Silence after which a takeover starts: the witness is asked early enough that its
+    /// answer (at most `witness_ms` later) lands on the failover timeout.
+    fn probe_after(&self) -> u64 {
+        if self.cfg.witness {
+            self.cfg.failover_ms.saturating_sub(self.cfg.witness_ms)
+        } else {
+            self.cfg.failover_ms
+        }
+    }
+
+    /// The next instant (monotonic ms) at which a tick would decide something, so the caller
+    /// can tick then instead of up to a heartbeat later.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let waiting = matches!(self.state, HaState::Standby | HaState::Syncing)
+            && !self.stopping
+            && !self.stuck
+            && self.witness.is_none();
+        let mut d = None::<u64>;
+        if waiting {
+            d = Some(self.last_peer_ms + self.probe_after());
+        }
+        if self.link_up {
+            let close = self.last_peer_ms + self.cfg.failover_ms;
+            d = Some(d.map_or(close, |x| x.min(close)));
+        }
+        if let Some(h) = &self.handoff {
+            d = Some(d.map_or(h.deadline_ms, |x| x.min(h.deadline_ms)));
+        }
+        d
     }
 
     fn peer_heard(&mut self, ps: PeerStatus, now: u64, out: &mut Vec<Action>) {

@@ -365,6 +365,14 @@ impl NodeTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut replication = self.p.replication.take();
         loop {
+            // Decisions due between heartbeats (the witness, the failover timeout) are taken
+            // on time, not up to a heartbeat late.
+            let now = mono_ms();
+            let deadline = self
+                .m
+                .next_deadline()
+                .filter(|d| *d > now)
+                .map(|d| tokio::time::Instant::now() + Duration::from_millis(d - now));
             tokio::select! {
                 biased;
                 msg = self.rx.recv() => match msg {
@@ -381,6 +389,12 @@ impl NodeTask {
                     None => replication = None,
                 },
                 _ = tick.tick() => self.on_tick(),
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => self.step(Input::Tick),
                 _ = self.p.shutdown.cancelled(), if self.shutdown_waiters.is_empty() => {
                     if let Some(l) = self.link.take() {
                         l.cancel.cancel();

@@ -18,6 +18,7 @@ fn cfg(node: &str, role: Role) -> MachineConfig {
         handoff_ms: 500,
         sync_ms: 1500,
         witness: true,
+        witness_ms: 100,
     }
 }
 
@@ -245,7 +246,20 @@ fn every_transition_in_the_table() {
             must: vec![],
         },
         Case {
-            name: "link up but silent for failover_timeout (SIGSTOP) → close the link, probe",
+            name: "silent link: the witness is asked witness_ms before the timeout",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![
+                (Input::Tick, 100),
+                (Input::Tick, 200),
+                (Input::Tick, 300),
+                (Input::Tick, 410),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec!["probe"],
+        },
+        Case {
+            name: "silent link at failover_timeout (SIGSTOP) → close the link",
             node: connected(secondary(), a_active(3), Standby, 0),
             inputs: vec![
                 (Input::Tick, 100),
@@ -253,11 +267,39 @@ fn every_transition_in_the_table() {
                 (Input::Tick, 300),
                 (Input::Tick, 400),
                 (Input::Tick, 500),
-                (Input::Tick, 600),
+                (Input::Tick, 510),
             ],
             want: Standby,
             reason: "",
-            must: vec!["close", "ha.peer_down", "probe"],
+            must: vec!["close", "ha.peer_down"],
+        },
+        Case {
+            name: "early witness says nobody serves → ACTIVE, the reason names the VIP",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![
+                (Input::Tick, 100),
+                (Input::Tick, 200),
+                (Input::Tick, 300),
+                (Input::Tick, 410),
+                (Input::Witness { answered: false }, 420),
+            ],
+            want: Active,
+            reason: "no heartbeat from node-a for 0.41s and the VIP does not answer",
+            must: vec!["ha.failover"],
+        },
+        Case {
+            name: "early witness answer is not yet a split brain",
+            node: connected(secondary(), a_active(3), Standby, 0),
+            inputs: vec![
+                (Input::Tick, 100),
+                (Input::Tick, 200),
+                (Input::Tick, 300),
+                (Input::Tick, 410),
+                (Input::Witness { answered: true }, 420),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec![],
         },
         Case {
             name: "a node that was frozen itself skips the first silence check",
