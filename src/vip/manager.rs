@@ -413,6 +413,16 @@ impl Worker {
         self.startup = false;
     }
 
+    /// Has a release been asked for since this worker last took its want?
+    fn superseded(&self) -> bool {
+        self.slot
+            .desired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .latest()
+            == Want::Release
+    }
+
     /// Looks the interface up unless it is cached.
     async fn ensure_link(&mut self) -> Result<LinkInfo, String> {
         if let Some(l) = &self.link {
@@ -457,6 +467,12 @@ impl Worker {
             return self.fail("claim", msg);
         }
         let was_held = self.held;
+        if self.superseded() {
+            // A release arrived while netlink was busy: announce nothing; the release that
+            // is waiting in the mailbox runs next and removes the address again.
+            self.held = true;
+            return;
+        }
         let sent = self.announce(&link);
         let first = Instant::now();
         self.burst = Burst::start(first, self.cfg.garp_count, self.cfg.garp_interval.get());
