@@ -139,6 +139,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     let vips: VipBoard = Default::default();
 
     let mut extra = axum::Router::new();
+    let mut dns_server = None;
     if let Some(sockets) = prepared.dns.take() {
         let dns = crate::dns::DnsServer::start(
             sockets,
@@ -155,6 +156,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             dns.follow_leases(bus.subscribe("dns-zone", 4096), shutdown.clone());
         }
         extra = extra.merge(dns.routes(_shared.config.clone()));
+        dns_server = Some(dns);
     }
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -197,6 +199,18 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         store.register_metrics(&mut registry);
         Some(store)
     };
+    if let (Some(dns), Some(store), true) = (&dns_server, &lease_store, cfg.dns.register_leases) {
+        let store = store.clone();
+        dns.set_lease_source(Arc::new(move || {
+            let now = crate::events::now_ms() / 1000;
+            store
+                .index()
+                .iter()
+                .filter(|l| l.state == crate::lease::LeaseState::Active && l.expiry > now)
+                .filter_map(|l| Some((l.ip, l.hostname.clone()?)))
+                .collect()
+        }));
+    }
     let lease_log: Option<Arc<dyn crate::lease::LeaseLog>> = lease_store
         .clone()
         .map(|s| s as Arc<dyn crate::lease::LeaseLog>);

@@ -422,6 +422,39 @@ async fn lease_events_add_and_remove_host_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_names_are_loaded_from_the_store_at_start_and_on_becoming_active() {
+    let p = start(config(&[]), Duration::from_secs(10));
+    let addr = p.server.udp_addr();
+    let store = Arc::new(std::sync::Mutex::new(vec![(
+        Ipv4Addr::new(10, 0, 0, 90),
+        "printer".to_string(),
+    )]));
+    let s2 = store.clone();
+    p.server
+        .set_lease_source(Arc::new(move || s2.lock().unwrap().clone()));
+    let m = ask(addr, "printer.home.lan", RecordType::A).await;
+    assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 0, 0, 90)]);
+    // Leases replicated while standby; the node then takes over.
+    *store.lock().unwrap() = vec![(Ipv4Addr::new(10, 0, 0, 91), "scanner".to_string())];
+    p.bus.publish(Event::new(
+        "ha.failover",
+        "test-node",
+        EventData::Ha(athena_dhcpd::events::HaEvent {
+            old_state: "STANDBY".into(),
+            new_state: "ACTIVE".into(),
+            ..Default::default()
+        }),
+    ));
+    eventually("scanner.home.lan after the takeover", async || {
+        a_records(&ask(addr, "scanner.home.lan", RecordType::A).await)
+            == vec![Ipv4Addr::new(10, 0, 0, 91)]
+    })
+    .await;
+    let m = ask(addr, "printer.home.lan", RecordType::A).await;
+    assert_eq!(m.response_code(), ResponseCode::NXDomain);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_replaces_the_static_records() {
     let cfg = config(&[]);
     let p = start(cfg.clone(), Duration::from_secs(10));

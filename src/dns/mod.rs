@@ -123,12 +123,16 @@ impl Default for DnsOptions {
     }
 }
 
+/// The host names of the active leases, read from the lease store: (address, host name).
+pub type LeaseNames = Arc<dyn Fn() -> Vec<(std::net::Ipv4Addr, String)> + Send + Sync>;
+
 /// A running DNS server. Cheap to clone.
 #[derive(Clone)]
 pub struct DnsServer {
     resolver: Arc<server::Resolver>,
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
+    lease_source: Arc<std::sync::Mutex<Option<LeaseNames>>>,
 }
 
 impl DnsServer {
@@ -186,6 +190,7 @@ impl DnsServer {
             resolver: res,
             udp_addr,
             tcp_addr,
+            lease_source: Default::default(),
         })
     }
 
@@ -206,15 +211,41 @@ impl DnsServer {
         self.resolver.cache.flush()
     }
 
+    /// Loads the lease names from `source` now and again whenever this node becomes ACTIVE
+    /// (a standby's zone only hears the lease events of leases it answered itself, and a
+    /// restarted node none from before the restart).
+    pub fn set_lease_source(&self, source: LeaseNames) {
+        let n = reload_lease_names(&self.resolver, &source);
+        tracing::info!(
+            names = n,
+            "DNS: {n} lease host names loaded from the lease store"
+        );
+        *self.lease_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
     /// Adds or removes lease host names as lease events arrive (`register_leases`).
     pub fn follow_leases(&self, mut sub: Subscription, shutdown: CancellationToken) {
         let res = self.resolver.clone();
+        let source = self.lease_source.clone();
         tokio::spawn(async move {
             loop {
                 let ev = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     e = sub.rx.recv() => match e { Some(e) => e, None => return },
                 };
+                if let EventData::Ha(h) = &ev.data {
+                    let src = source.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let (true, Some(src)) =
+                        (ev.kind == "ha.failover" && h.new_state == "ACTIVE", src)
+                    {
+                        let n = reload_lease_names(&res, &src);
+                        tracing::info!(
+                            names = n,
+                            "DNS: {n} lease host names reloaded on becoming ACTIVE"
+                        );
+                    }
+                    continue;
+                }
                 let EventData::Lease(l) = &ev.data else {
                     continue;
                 };
@@ -304,6 +335,17 @@ impl DnsServer {
                 config,
             })
     }
+}
+
+fn reload_lease_names(res: &server::Resolver, source: &LeaseNames) -> usize {
+    let names = source();
+    res.with_zone(|z| {
+        z.clear_leases();
+        names
+            .iter()
+            .filter(|(ip, host)| z.add_lease(*ip, host).is_some())
+            .count()
+    })
 }
 
 #[derive(Clone)]

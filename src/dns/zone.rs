@@ -190,6 +190,14 @@ impl Zone {
         Some(text)
     }
 
+    /// Forgets every lease name (before loading them again from the lease store).
+    pub fn clear_leases(&mut self) {
+        self.leases_by_name.clear();
+        self.leases_by_ip.clear();
+        self.lease_ptr.clear();
+        self.serial = self.serial.wrapping_add(1);
+    }
+
     /// Forgets the lease name of `ip`; true if there was one.
     pub fn remove_lease(&mut self, ip: Ipv4Addr) -> bool {
         let Some(wire) = self.leases_by_ip.remove(&ip) else {
