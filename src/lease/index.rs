@@ -31,6 +31,16 @@ impl LeaseIndex {
         Self::default()
     }
 
+    /// An index sized for `n` leases up front: growing by doubling while loading a big
+    /// database leaves the old tables behind as heap the allocator keeps.
+    pub fn with_capacity(n: usize) -> Self {
+        LeaseIndex {
+            by_ip: HashMap::with_capacity(n),
+            by_mac: HashMap::with_capacity(n),
+            by_client_id: HashMap::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_ip.len()
     }

@@ -56,7 +56,7 @@ const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
 const INDEX_CHUNK: usize = 2048;
 
 /// redb page cache (bytes).
-const REDB_CACHE: usize = 8 << 20;
+const REDB_CACHE: usize = 2 << 20;
 
 /// Most leases written in one transaction; a bigger backlog is split so one commit cannot
 /// hold every waiting ACK for long.
@@ -181,12 +181,14 @@ impl LeaseStore {
         }
         txn.commit().map_err(|e| open_err(e.to_string()))?;
 
-        let mut index = LeaseIndex::new();
+        let mut index;
         let watermark;
         let indexed;
         {
             let r = db.begin_read().map_err(|e| open_err(e.to_string()))?;
             let t = r.open_table(LEASES).map_err(|e| open_err(e.to_string()))?;
+            let n = t.len().map_err(|e| open_err(e.to_string()))?;
+            index = LeaseIndex::with_capacity(usize::try_from(n).unwrap_or(0));
             for row in t.iter().map_err(|e| open_err(e.to_string()))? {
                 let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
                 match codec::decode(v.value()) {
