@@ -151,11 +151,12 @@ fn config(forwarders: &[SocketAddr]) -> DnsConfig {
 }
 
 fn start(cfg: DnsConfig, tcp_idle: Duration) -> Proxy {
-    let sockets = dns::bind_addrs(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .expect("bind loopback");
+    start_on("127.0.0.1:0", cfg, tcp_idle)
+}
+
+fn start_on(listen: &str, cfg: DnsConfig, tcp_idle: Duration) -> Proxy {
+    let sockets =
+        dns::bind_addrs(listen.parse().unwrap(), listen.parse().unwrap()).expect("bind loopback");
     let shutdown = CancellationToken::new();
     let health = Health::new();
     let bus = EventBus::new();
@@ -199,7 +200,13 @@ fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
 }
 
 async fn ask_raw(server: SocketAddr, q: &[u8]) -> Option<Message> {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = UdpSocket::bind(if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    })
+    .await
+    .unwrap();
     s.connect(server).await.unwrap();
     s.send(q).await.unwrap();
     let mut buf = vec![0u8; 65535];
@@ -485,6 +492,40 @@ async fn a_reload_replaces_the_static_records() {
     let gone = ask(addr, "router.home.lan", RecordType::A).await;
     assert_eq!(gone.response_code(), ResponseCode::NXDomain);
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listeners_answer_over_udp_and_tcp() {
+    let p = start_on("[::]:0", config(&[]), Duration::from_secs(10));
+    let port = p.server.udp_addr().port();
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let m = ask(v6, "router.home.lan", RecordType::A).await;
+    assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 0, 0, 1)]);
+    // The wildcard v6 socket is dual-stack: v4 clients are answered from the v4 address.
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let m = ask(v4, "router.home.lan", RecordType::A).await;
+    assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 0, 0, 1)]);
+    let tcp_port = p.server.tcp_addr().port();
+    let mut s = TcpStream::connect(format!("[::1]:{tcp_port}"))
+        .await
+        .unwrap();
+    let m = ask_tcp(&mut s, &query("router.home.lan", RecordType::A, None))
+        .await
+        .unwrap();
+    assert_eq!(a_records(&m), vec![Ipv4Addr::new(10, 0, 0, 1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_server_keeps_its_health_worker_fresh() {
+    let p = start(config(&[]), Duration::from_secs(10));
+    // Longer than the worker's staleness limit, with no query at all.
+    tokio::time::sleep(dns::STALE_AFTER + Duration::from_secs(1)).await;
+    assert!(
+        p.health.workers_stuck().is_empty(),
+        "{:?}",
+        p.health.problems()
+    );
+    ask(p.server.udp_addr(), "router.home.lan", RecordType::A).await;
 }
 
 // ---------------------------------------------------------------------------------------------
