@@ -279,3 +279,40 @@ async fn after_a_reload_events_go_to_the_new_hooks() {
     );
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn script_concurrency_bounds_parallel_runs_across_hooks() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("runs");
+    let mut cfg = Config::default();
+    cfg.hooks.script_concurrency = 1;
+    // Each run appends "start" and "end" around a pause; with one slot they never interleave.
+    let cmd = format!(
+        "echo start >> {0}; sleep 0.2; echo end >> {0}",
+        log.display()
+    );
+    cfg.hooks.scripts = vec![script("one", cmd.clone()), script("two", cmd)];
+    let (tx, rx) = watch::channel(Arc::new(cfg));
+    let bus = EventBus::new();
+    let shutdown = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    hooks::start(
+        HookContext {
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            metrics: HookMetrics::default(),
+            config: rx,
+            vip: None,
+        },
+        &mut tasks,
+    );
+    bus.publish(failover("STANDBY", "ACTIVE"));
+    bus.publish(failover("ACTIVE", "STANDBY"));
+    wait_for("four runs", Duration::from_secs(15), || {
+        read(&log).lines().count() == 8
+    })
+    .await;
+    assert_eq!(read(&log), "start\nend\n".repeat(4), "runs overlapped");
+    drop(tx);
+    shutdown.cancel();
+}
