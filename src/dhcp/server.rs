@@ -750,6 +750,95 @@ mod tests {
         assert_eq!(r.allow([0, 0, 0, 0, 0, 9], true, 6000), Ok(()));
     }
 
+    /// The real loop on loopback (no root): an INFORM from ciaddr 127.0.0.1 is answered to
+    /// ciaddr:port+1 while ACTIVE, and only counted while STANDBY.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_only_while_active() {
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe port");
+            s.local_addr().expect("addr").port()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = crate::config::parse(
+            &format!(
+                "[server]\ndhcp_port = {port}\nlease_db = \"{}\"\n[[subnet]]\nnetwork = \"127.0.0.0/8\"\nrouters = [\"127.0.0.1\"]\n[[subnet.pool]]\nrange_start = \"127.0.0.100\"\nrange_end = \"127.0.0.200\"\n",
+                dir.path().join("l.redb").display()
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .expect("config");
+        let client = tokio::net::UdpSocket::bind(("127.0.0.1", port + 1))
+            .await
+            .expect("client port");
+        let (ha_tx, ha_rx) = watch::channel(HaState::Active);
+        let metrics = DhcpMetrics::default();
+        let shutdown = CancellationToken::new();
+        let server = DhcpServer {
+            sockets: open_sockets(&cfg).expect("sockets"),
+            config: Arc::new(cfg),
+            store: LeaseStore::open(&dir.path().join("l.redb")).expect("store"),
+            ha: ha_rx,
+            replication: None,
+            bus: EventBus::new(),
+            node: "t".into(),
+            metrics: metrics.clone(),
+            progress: crate::health::Health::new().worker("dhcp", Duration::from_secs(5)),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(server.run());
+        let mut inform = vec![0u8; packet::HEADER_LEN];
+        inform[0] = 1;
+        inform[1] = 1;
+        inform[2] = 6;
+        inform[12..16].copy_from_slice(&[127, 0, 0, 1]);
+        inform[28..34].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        inform.extend_from_slice(&packet::MAGIC);
+        inform.extend_from_slice(&[53, 1, 8, 255]);
+        let mut buf = [0u8; 1500];
+        let mut answered = false;
+        for _ in 0..50 {
+            client
+                .send_to(&inform, ("127.0.0.1", port))
+                .await
+                .expect("send");
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(100), client.recv_from(&mut buf)).await
+            {
+                assert!(n >= 300 && buf[0] == 2, "a BOOTREPLY");
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "no answer while ACTIVE");
+        ha_tx.send(HaState::Standby).expect("ha");
+        for _ in 0..5 {
+            client
+                .send_to(&inform, ("127.0.0.1", port))
+                .await
+                .expect("send");
+        }
+        let got =
+            tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
+        assert!(got.is_err(), "a STANDBY node answered");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while metrics
+            .ignored
+            .get_or_create(&ReasonLabel {
+                reason: "not_active",
+            })
+            .get()
+            < 5
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not_active not counted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        let _ = task.await;
+    }
+
     #[test]
     fn bind_list_follows_config() {
         let cfg = crate::config::parse(
