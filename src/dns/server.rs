@@ -272,7 +272,8 @@ impl Resolver {
 /// one go, instead of waking for every datagram. That trades at most `coalesce` of added
 /// latency (250 µs by default, well under a network round trip) for several times fewer
 /// wake-ups at moderate rates. When a sleep finds nothing queued, the loop goes back to
-/// blocking, so an idle or lightly used server answers at once. Zero turns it off.
+/// blocking, so an idle or lightly used server answers at once; above `NO_COALESCE_QPS`
+/// batches form without sleeping and it stops sleeping too. Zero turns it off.
 pub fn serve_udp(
     res: Arc<Resolver>,
     ep: Arc<UdpEndpoint>,
@@ -287,6 +288,12 @@ pub fn serve_udp(
     let v6 = ep.is_v6();
     let mut next = Next::Block;
     let mut last_wake = Instant::now();
+    // Query rate over the last window: above NO_COALESCE_QPS queries already arrive while a
+    // batch is being answered, and sleeping would only lengthen a closed-loop client's round
+    // trips (fewer queries in flight per second), so the loop stops sleeping.
+    let mut window_start = Instant::now();
+    let mut window_queries = 0u64;
+    let mut heavy = false;
     while !shutdown.is_cancelled() {
         progress.tick();
         let received = match next {
@@ -342,16 +349,28 @@ pub fn serve_udp(
         }
         let busy = n > 1 || now.saturating_duration_since(last_wake) < coalesce * 2;
         last_wake = now;
-        next = if n == BATCH {
-            // More are probably queued: take them at once.
+        window_queries += n as u64;
+        let window = now.saturating_duration_since(window_start);
+        if window >= RATE_WINDOW {
+            heavy = window_queries as f64 / window.as_secs_f64() > NO_COALESCE_QPS;
+            window_queries = 0;
+            window_start = now;
+        }
+        next = if n >= BATCH / 2 {
+            // Load enough to fill batches without waiting: take what queued meanwhile.
             Next::Drain
-        } else if busy && !coalesce.is_zero() {
+        } else if busy && !heavy && !coalesce.is_zero() {
             Next::Sleep
         } else {
             Next::Block
         };
     }
 }
+
+/// Rate above which the UDP loop stops coalescing (see `serve_udp`).
+const NO_COALESCE_QPS: f64 = 40_000.0;
+/// How often the UDP loop re-estimates the query rate.
+const RATE_WINDOW: Duration = Duration::from_millis(5);
 
 /// What the UDP loop does before its next receive.
 #[derive(Clone, Copy, PartialEq)]

@@ -26,8 +26,9 @@ use std::time::Duration;
 
 /// Largest query we read; anything longer is malformed for our purposes.
 pub const RECV_BUF: usize = 4096;
-/// Datagrams per `recvmmsg`/`sendmmsg`.
-pub const BATCH: usize = 32;
+/// Datagrams per `recvmmsg`/`sendmmsg`: more than arrive in one coalescing sleep at the
+/// rates one core can answer (150k QPS × 250 µs ≈ 38), so the sleep never caps throughput.
+pub const BATCH: usize = 64;
 /// Room for one pktinfo control message (either family), 8-byte aligned.
 const CTRL_WORDS: usize = 8;
 
