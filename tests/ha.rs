@@ -465,6 +465,36 @@ fn full_stack_kill9_keeps_dns_on_the_vip_and_every_acked_lease() {
         .wait_event("renew", n, Duration::from_secs(10))
         .unwrap_or_else(|| panic!("no renewal from B\n{}", lab.dump()));
     assert_eq!(renewed.ip, Some(ip));
+
+    // A comes back (a supervisor restart): it syncs, then preempts through a handoff with
+    // no failed query, and it knows the lease.
+    let prober = lab.prober();
+    std::thread::sleep(Duration::from_millis(200));
+    let back = Instant::now();
+    lab.restart(Node::A);
+    lab.wait_for(
+        "A ACTIVE again, answering on the VIP",
+        Duration::from_secs(15),
+        |l| {
+            l.ha_state(Node::A).as_deref() == Some("ACTIVE")
+                && l.ha_state(Node::B).as_deref() == Some("STANDBY")
+                && l.who_answers() == Some(Node::A)
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let log = prober.stop();
+    eprintln!("preemption back: {}", log.summary());
+    assert_eq!(
+        log.failed_after(back),
+        0,
+        "{}\n{}",
+        log.summary(),
+        lab.dump()
+    );
+    let (code, body) = lab
+        .api_get(Node::A, &format!("/api/v1/leases/{ip}"))
+        .expect("A lease API");
+    assert_eq!(code, 200, "A lost {ip} across its restart and sync: {body}");
 }
 
 /// A planned move (SIGTERM on the active node) with the VIP and DNS: the new owner claims the
