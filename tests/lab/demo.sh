@@ -39,14 +39,17 @@ if [ "${DOWN_ONLY:-0}" = 1 ]; then down; echo "lab $P removed"; exit 0; fi
 
 [ "$(id -u)" = 0 ] || die "run me as root (the lab is made of network namespaces): sudo $0"
 
-# --- what we need: print what is missing, install nothing behind your back --------------------
-missing=() pkgs=()
-need() { command -v "$1" >/dev/null 2>&1 || { missing+=("$1"); pkgs+=("$2"); }; }
-need ip iproute2; need dig bind9-dnsutils; need udhcpc udhcpc; need cargo cargo
+# --- what we need: the Debian packages it drives are installed (said first), like tests/run.sh --
+command -v cargo >/dev/null 2>&1 || die "needs a Rust toolchain (cargo): https://rustup.rs or apt-get install cargo"
+missing=()
+for p in iproute2 bind9-dnsutils udhcpc; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "demo.sh: missing ${missing[*]}; install with:" >&2
-  echo "  apt-get install -y $(printf '%s\n' "${pkgs[@]}" | sort -u | tr '\n' ' ')" >&2
-  exit 1
+  say "installing ${missing[*]} (Debian packages the demo drives)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    || die "could not install ${missing[*]}; install them and rerun"
 fi
 
 WORK=$(mktemp -d /tmp/athena-demo.XXXXXX)
