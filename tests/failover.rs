@@ -291,6 +291,12 @@ fn sigterm_on_the_active_node_hands_off_with_zero_failed_queries() {
     );
     assert_eq!(log.last_node(), Some(Node::B));
     assert!(!lab.vip_on(Node::A), "A kept the VIP after exiting");
+    // B announcing the VIP before A let go is the handoff, not an intruder.
+    assert!(
+        !lab.log(Node::A).contains("address conflict"),
+        "a planned handoff was logged as a conflict on A:{}",
+        lab.dump()
+    );
 }
 
 #[test]
@@ -320,6 +326,11 @@ fn returning_primary_syncs_and_preempts_back_with_zero_failed_queries() {
         lab.dump()
     );
     assert_eq!(log.last_node(), Some(Node::A));
+    assert!(
+        !lab.log(Node::B).contains("address conflict"),
+        "a preemption was logged as a conflict on B:{}",
+        lab.dump()
+    );
 }
 
 #[test]

@@ -11,7 +11,9 @@
 //!   the link comes back, optionally re-announced every `garp_refresh`, and defended (RFC
 //!   5227) when another MAC sends ARP as the VIP. The defence waits [`DEFEND_HOLDOFF`] first:
 //!   in a planned handoff the new owner announces before the old one releases, and an instant
-//!   defence would pull traffic back to the node that is about to let go. Frames that waited
+//!   defence would pull traffic back to the node that is about to let go; for the same reason
+//!   the conflict is only logged, counted and published (`vip.conflict`) if the VIP is still
+//!   held when the hold-off ends. Frames that waited
 //!   in the socket longer than [`STALE_FRAME`] (the process was stopped) are not conflicts;
 //! - failures (interface missing, EPERM) are logged naming VIP, interface and capability,
 //!   shown in health and on the board, published as `vip.error`, and retried with backoff;
@@ -224,6 +226,7 @@ pub fn start(
             retry_at: None,
             refresh_at: None,
             defend_at: None,
+            rival: None,
             defender: Defender::default(),
             net_rx: net_tx.subscribe(),
             conflict_rx,
@@ -338,6 +341,9 @@ struct Worker {
     retry_at: Option<Instant>,
     refresh_at: Option<Instant>,
     defend_at: Option<Instant>,
+    /// The MAC that sent ARP as the VIP and started the hold-off; reported only if we still
+    /// hold the VIP when the hold-off ends (a planned handoff is not a conflict).
+    rival: Option<[u8; 6]>,
     defender: Defender,
     net_rx: broadcast::Receiver<NetEvent>,
     conflict_rx: mpsc::Receiver<ArpOnLink>,
@@ -526,6 +532,7 @@ impl Worker {
         self.burst.cancel();
         self.refresh_at = None;
         self.defend_at = None;
+        self.rival = None;
         let was_held = self.held;
         // Before the netlink call: the resulting RTM_DELADDR must not look like an intruder.
         self.held = false;
@@ -672,6 +679,7 @@ impl Worker {
             self.burst.cancel();
             self.refresh_at = None;
             self.defend_at = None;
+            self.rival = None;
             return;
         }
         let Some(link) = self.link.clone() else {
@@ -682,6 +690,9 @@ impl Worker {
         }
         if self.defend_at.is_some_and(|t| now >= t) {
             self.defend_at = None;
+            if let Some(rival) = self.rival.take() {
+                self.report_conflict(rival, link.mac);
+            }
             if self.defender.on_conflict(now) {
                 tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "defending floating IP {} on {}: announcing it again", self.vip(), self.cfg.interface);
                 self.announce(&link);
@@ -758,33 +769,39 @@ impl Worker {
         {
             return;
         }
-        let other = arp::mac_string(c.seen.sender_mac);
+        if self.defend_at.is_none() {
+            self.defend_at = Some(Instant::now() + DEFEND_HOLDOFF);
+            self.rival = Some(c.seen.sender_mac);
+        }
+    }
+
+    /// Still held after [`DEFEND_HOLDOFF`]: a real conflict, not a peer taking over in a
+    /// planned handoff (that one makes us release within the hold-off, silently).
+    fn report_conflict(&mut self, rival: [u8; 6], own_mac: [u8; 6]) {
+        let other = arp::mac_string(rival);
         self.ctx
             .metrics
             .conflicts
             .get_or_create(&self.labels())
             .inc();
-        if self.defend_at.is_none() {
-            self.defend_at = Some(Instant::now() + DEFEND_HOLDOFF);
-            tracing::warn!(
-                vip = %self.vip(),
-                interface = %self.cfg.interface,
-                other_mac = %other,
-                "address conflict: {other} on {} claims floating IP {}, which this node holds",
-                self.cfg.interface,
-                self.vip()
-            );
-            self.publish(
-                "vip.conflict",
-                VipEvent {
-                    address: self.vip(),
-                    interface: self.cfg.interface.clone(),
-                    mac: Some(arp::mac_string(link.mac)),
-                    detail: Some(other),
-                    ..Default::default()
-                },
-            );
-        }
+        tracing::warn!(
+            vip = %self.vip(),
+            interface = %self.cfg.interface,
+            other_mac = %other,
+            "address conflict: {other} on {} claims floating IP {}, which this node holds",
+            self.cfg.interface,
+            self.vip()
+        );
+        self.publish(
+            "vip.conflict",
+            VipEvent {
+                address: self.vip(),
+                interface: self.cfg.interface.clone(),
+                mac: Some(arp::mac_string(own_mac)),
+                detail: Some(other),
+                ..Default::default()
+            },
+        );
     }
 
     fn fail(&mut self, what: &str, msg: String) {
