@@ -105,16 +105,6 @@ pub fn run(prepared: Prepared) -> anyhow::Result<()> {
     rt.block_on(serve(prepared))
 }
 
-/// Handles shared by every subsystem.
-#[derive(Clone)]
-pub struct Shared {
-    pub node: String,
-    pub bus: EventBus,
-    pub health: Health,
-    pub shutdown: CancellationToken,
-    pub config: watch::Receiver<Arc<Config>>,
-}
-
 async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     let cfg = prepared.config.clone();
     let node = cfg.node_name();
@@ -122,13 +112,6 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     let bus = EventBus::new();
     let health = Health::new();
     let (config_tx, config_rx) = watch::channel(cfg.clone());
-    let _shared = Shared {
-        node: node.clone(),
-        bus: bus.clone(),
-        health: health.clone(),
-        shutdown: shutdown.clone(),
-        config: config_rx.clone(),
-    };
     let mut registry = Registry::with_prefix("athena");
 
     let (_ha_tx, mut ha_rx) = watch::channel(HaStatus::standalone(&node, cfg.ha.role.as_str()));
@@ -151,11 +134,11 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             Default::default(),
         )
         .context("starting the DNS proxy")?;
-        dns.follow_config(_shared.config.clone(), shutdown.clone());
+        dns.follow_config(config_rx.clone(), shutdown.clone());
         if cfg.dns.register_leases {
             dns.follow_leases(bus.subscribe("dns-zone", 4096), shutdown.clone());
         }
-        extra = extra.merge(dns.routes(_shared.config.clone()));
+        extra = extra.merge(dns.routes(config_rx.clone()));
         dns_server = Some(dns);
     }
 
