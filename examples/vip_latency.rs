@@ -145,16 +145,13 @@ fn main() -> anyhow::Result<()> {
             &mut tasks,
         )?;
         let (_cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
-        athena_dhcpd::hooks::start(
-            athena_dhcpd::hooks::HookContext {
-                bus: bus.clone(),
-                shutdown: shutdown.clone(),
-                metrics: Default::default(),
-                config: cfg_rx,
-                vip: Some(ctl),
-            },
-            &mut tasks,
-        );
+        athena_dhcpd::hooks::start(athena_dhcpd::hooks::HookContext {
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
+            metrics: Default::default(),
+            config: cfg_rx,
+            vip: Some(ctl),
+        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut samples = Vec::new();
         for _ in 0..rounds {

@@ -163,16 +163,14 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    crate::hooks::start(
-        crate::hooks::HookContext {
-            bus: bus.clone(),
-            shutdown: shutdown.clone(),
-            metrics: crate::hooks::HookMetrics::register(&mut registry),
-            config: config_rx.clone(),
-            vip: vip_control,
-        },
-        &mut tasks,
-    );
+    // The hooks get their own stop: they outlive the other tasks at shutdown (see below).
+    let hooks = crate::hooks::start(crate::hooks::HookContext {
+        bus: bus.clone(),
+        shutdown: CancellationToken::new(),
+        metrics: crate::hooks::HookMetrics::register(&mut registry),
+        config: config_rx.clone(),
+        vip: vip_control,
+    });
     // The lease store, opened when DHCP serves: DHCP writes it, HA replicates it (LeaseLog).
     let lease_store: Option<Arc<crate::lease::LeaseStore>> = if prepared.dhcp_sockets.is_empty() {
         None
@@ -314,6 +312,11 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     {
         tracing::warn!("some tasks did not stop within 5s; exiting anyway");
     }
+    // Now that the VIP is released, the scripts and webhooks get the shutdown's events
+    // (ha.failover of the handoff, vip.released) and may finish running ones.
+    hooks
+        .finish(cfg.hooks.script_timeout.get().min(Duration::from_secs(10)))
+        .await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopped");
     Ok(())

@@ -60,18 +60,13 @@ fn dispatcher(scripts: Vec<ScriptHookConfig>) -> (EventBus, CancellationToken, H
     let bus = EventBus::new();
     let shutdown = CancellationToken::new();
     let metrics = HookMetrics::default();
-    let mut tasks = tokio::task::JoinSet::new();
-    hooks::start(
-        HookContext {
-            bus: bus.clone(),
-            shutdown: shutdown.clone(),
-            metrics: metrics.clone(),
-            config: rx,
-            vip: None,
-        },
-        &mut tasks,
-    );
-    tasks.detach_all();
+    hooks::start(HookContext {
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+        config: rx,
+        vip: None,
+    });
     (bus, shutdown, metrics)
 }
 
@@ -248,17 +243,13 @@ async fn after_a_reload_events_go_to_the_new_hooks() {
     let (tx, rx) = watch::channel(Arc::new(cfg.clone()));
     let bus = EventBus::new();
     let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    hooks::start(
-        HookContext {
-            bus: bus.clone(),
-            shutdown: shutdown.clone(),
-            metrics: HookMetrics::default(),
-            config: rx,
-            vip: None,
-        },
-        &mut tasks,
-    );
+    hooks::start(HookContext {
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        metrics: HookMetrics::default(),
+        config: rx,
+        vip: None,
+    });
     bus.publish(failover("STANDBY", "ACTIVE"));
     wait_for("old hook ran", Duration::from_secs(10), || {
         read(&old_log).lines().count() == 1
@@ -295,17 +286,13 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     let (tx, rx) = watch::channel(Arc::new(cfg));
     let bus = EventBus::new();
     let shutdown = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    hooks::start(
-        HookContext {
-            bus: bus.clone(),
-            shutdown: shutdown.clone(),
-            metrics: HookMetrics::default(),
-            config: rx,
-            vip: None,
-        },
-        &mut tasks,
-    );
+    hooks::start(HookContext {
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        metrics: HookMetrics::default(),
+        config: rx,
+        vip: None,
+    });
     bus.publish(failover("STANDBY", "ACTIVE"));
     bus.publish(failover("ACTIVE", "STANDBY"));
     wait_for("four runs", Duration::from_secs(15), || {
@@ -315,4 +302,50 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     assert_eq!(read(&log), "start\nend\n".repeat(4), "runs overlapped");
     drop(tx);
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn at_shutdown_published_events_are_delivered_and_a_hung_script_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (log, pidfile) = (dir.path().join("log"), dir.path().join("pid"));
+    let mut cfg = Config::default();
+    // "quick" records every event; "hang" never ends on its own.
+    cfg.hooks.scripts = vec![
+        script(
+            "quick",
+            format!(
+                "sleep 0.2; echo \"$ATHENA_HA_NEW_STATE\" >> {}",
+                log.display()
+            ),
+        ),
+        script(
+            "hang",
+            format!("echo $$ > {}; exec sleep 60", pidfile.display()),
+        ),
+    ];
+    let (_tx, rx) = watch::channel(Arc::new(cfg));
+    let bus = EventBus::new();
+    let hooks = hooks::start(HookContext {
+        bus: bus.clone(),
+        shutdown: CancellationToken::new(),
+        metrics: HookMetrics::default(),
+        config: rx,
+        vip: None,
+    });
+    bus.publish(failover("STANDBY", "ACTIVE"));
+    // Published right before shutdown, as the VIP's release is: it must still run.
+    bus.publish(failover("ACTIVE", "STANDBY"));
+    let started = Instant::now();
+    hooks.finish(Duration::from_millis(1500)).await;
+    let took = started.elapsed();
+    assert_eq!(read(&log), "ACTIVE\nSTANDBY\n", "quick hook missed events");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "finish waited {took:?}, expected the 1.5 s grace and a kill"
+    );
+    let pid: i32 = read(&pidfile).trim().parse().expect("pid");
+    wait_for("hung script killed", Duration::from_secs(5), || {
+        !pid_alive(pid)
+    })
+    .await;
 }

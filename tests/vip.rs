@@ -528,13 +528,16 @@ fn the_daemon_claims_its_vip_with_only_cap_net_admin_puts_it_back_and_releases_i
     }
     let mut lab = Lab::new("vipd");
     let caps = lab.dir.path().join("script-capeff");
+    let released = lab.dir.path().join("script-released");
     let opts = NodeOpts {
         dns: false,
         dhcp: false,
         vip: true,
         extra: format!(
-            "[[hooks.script]]\nname = \"caps\"\nevents = [\"vip.claimed\"]\ncommand = \"grep CapEff /proc/self/status > {}\"\n",
-            caps.display()
+            "[[hooks.script]]\nname = \"caps\"\nevents = [\"vip.claimed\"]\ncommand = \"grep CapEff /proc/self/status > {}\"\n\
+             [[hooks.script]]\nname = \"released\"\nevents = [\"vip.released\"]\ncommand = \"sleep 0.3; cat >> {}\"\n",
+            caps.display(),
+            released.display()
         ),
         ..NodeOpts::standalone()
     };
@@ -599,6 +602,13 @@ fn the_daemon_claims_its_vip_with_only_cap_net_admin_puts_it_back_and_releases_i
     assert!(lab
         .log(Node::A)
         .contains("released floating IP 10.0.0.3/24 from eth0"));
+    // The release of the shutdown itself still reaches the script hooks, which may finish.
+    let got = std::fs::read_to_string(&released).unwrap_or_default();
+    assert!(
+        got.contains("\"vip.released\"") && got.contains("10.0.0.3/24"),
+        "the released hook did not get the shutdown's vip.released: {got:?}\n{}",
+        lab.log(Node::A)
+    );
 }
 
 #[test]

@@ -12,14 +12,18 @@
 //!   want at once ([`crate::vip::VipControl`]), so nothing can be dropped and flapping ends
 //!   in the final state;
 //! - on SIGHUP the script and webhook hooks follow the new config (old queues drain first);
-//!   VIP hooks need a restart.
+//!   VIP hooks need a restart;
+//! - at shutdown the hooks outlive the rest of the daemon ([`Hooks::finish`]): the events of
+//!   the shutdown itself (the handoff's `ha.failover`, the VIP's `vip.released`) are still
+//!   delivered and running scripts may finish, for a bounded grace period; what still runs
+//!   then is killed (script process groups) or abandoned (webhook retries).
 
 pub mod script;
 pub mod webhook;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use prometheus_client::metrics::counter::Counter;
@@ -108,6 +112,8 @@ pub fn hook_wants(patterns: &[String], subnets: &[Ipv4Net], event: &Event) -> bo
 #[derive(Clone)]
 pub struct HookContext {
     pub bus: EventBus,
+    /// Stops the hooks at once: running scripts are killed. The daemon's own shutdown goes
+    /// through [`Hooks::finish`] instead, which cancels this only after the grace period.
     pub shutdown: CancellationToken,
     pub metrics: HookMetrics,
     pub config: watch::Receiver<Arc<Config>>,
@@ -129,9 +135,34 @@ struct VipRoute {
     patterns: Vec<String>,
 }
 
+/// The running hooks, for the daemon's shutdown.
+pub struct Hooks {
+    flush: CancellationToken,
+    stop: CancellationToken,
+    /// Closed when the dispatcher and every hook task have ended (each holds a sender).
+    done: mpsc::Receiver<()>,
+}
+
+impl Hooks {
+    /// Delivers every event already published, lets each hook work through its queue for up
+    /// to `grace`, then kills what still runs. Call it after the rest of the daemon stopped,
+    /// so the events of the shutdown itself (`vip.released`) reach the scripts and webhooks.
+    pub async fn finish(mut self, grace: Duration) {
+        self.flush.cancel();
+        if tokio::time::timeout(grace, self.done.recv()).await.is_err() {
+            tracing::warn!(
+                "hooks still running {:.1}s after shutdown began; killing them",
+                grace.as_secs_f64()
+            );
+            self.stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.done.recv()).await;
+        }
+    }
+}
+
 /// Subscribes to the bus now (so no event published after this returns is missed) and
-/// spawns the dispatcher and one task per script/webhook hook into `tasks`.
-pub fn start(ctx: HookContext, tasks: &mut tokio::task::JoinSet<()>) {
+/// spawns the dispatcher and one task per script/webhook hook.
+pub fn start(ctx: HookContext) -> Hooks {
     let cfg = ctx.config.borrow().clone();
     let sub = ctx.bus.subscribe("hooks", cfg.hooks.queue_size.max(16));
     let vip_routes: Vec<VipRoute> = cfg
@@ -144,11 +175,28 @@ pub fn start(ctx: HookContext, tasks: &mut tokio::task::JoinSet<()>) {
         })
         .collect();
     let sem = Arc::new(Semaphore::new(cfg.hooks.script_concurrency.max(1)));
-    let queues = spawn_queues(&cfg, &ctx, &sem);
-    tasks.spawn(dispatch(ctx, sub.rx, vip_routes, queues, sem));
+    let (alive, done) = mpsc::channel(1);
+    let queues = spawn_queues(&cfg, &ctx, &sem, &alive);
+    let flush = CancellationToken::new();
+    let stop = ctx.shutdown.clone();
+    tokio::spawn(dispatch(
+        ctx,
+        sub.rx,
+        vip_routes,
+        queues,
+        sem,
+        flush.clone(),
+        alive,
+    ));
+    Hooks { flush, stop, done }
 }
 
-fn spawn_queues(cfg: &Arc<Config>, ctx: &HookContext, sem: &Arc<Semaphore>) -> Vec<Queue> {
+fn spawn_queues(
+    cfg: &Arc<Config>,
+    ctx: &HookContext,
+    sem: &Arc<Semaphore>,
+    alive: &mpsc::Sender<()>,
+) -> Vec<Queue> {
     let mut out = Vec::new();
     let cap = cfg.hooks.queue_size.max(1);
     let vips = cfg
@@ -169,7 +217,11 @@ fn spawn_queues(cfg: &Arc<Config>, ctx: &HookContext, sem: &Arc<Semaphore>) -> V
             metrics: ctx.metrics.clone(),
             shutdown: ctx.shutdown.clone(),
         };
-        tokio::spawn(script::serve(run, rx));
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            script::serve(run, rx).await;
+            drop(alive);
+        });
         out.push(Queue {
             name: h.name.clone(),
             patterns: h.events.clone(),
@@ -181,7 +233,11 @@ fn spawn_queues(cfg: &Arc<Config>, ctx: &HookContext, sem: &Arc<Semaphore>) -> V
     for h in &cfg.hooks.webhooks {
         let (tx, rx) = mpsc::channel(cap);
         let hook = webhook::Webhook::new(h, ctx.metrics.clone(), ctx.shutdown.clone());
-        tokio::spawn(webhook::serve(hook, rx));
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            webhook::serve(hook, rx).await;
+            drop(alive);
+        });
         out.push(Queue {
             name: h.name.clone(),
             patterns: h.events.clone(),
@@ -199,6 +255,8 @@ async fn dispatch(
     vip_routes: Vec<VipRoute>,
     mut queues: Vec<Queue>,
     sem: Arc<Semaphore>,
+    flush: CancellationToken,
+    alive: mpsc::Sender<()>,
 ) {
     let mut config_live = true;
     let mut fingerprint = hook_fingerprint(&ctx.config.borrow());
@@ -208,6 +266,14 @@ async fn dispatch(
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return,
+            _ = flush.cancelled() => {
+                // Route what is already published; dropping the queues then lets each hook
+                // task finish its backlog and end.
+                while let Ok(ev) = rx.try_recv() {
+                    route(&ctx, &ev, &vip_routes, &queues);
+                }
+                return;
+            }
             changed = ctx.config.changed(), if config_live => {
                 if changed.is_err() {
                     // The daemon dropped the config sender: keep the hooks we have.
@@ -222,7 +288,7 @@ async fn dispatch(
                 }
                 fingerprint = now;
                 // Dropping the old senders lets each old hook task finish its queue and exit.
-                queues = spawn_queues(&cfg, &ctx, &sem);
+                queues = spawn_queues(&cfg, &ctx, &sem, &alive);
                 tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
             }
             ev = rx.recv() => {
