@@ -89,6 +89,10 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     )?;
     // A restarted daemon must be able to bind while old connections sit in TIME_WAIT.
     sock.set_reuse_address(true)?;
+    // Accepted connections inherit TCP_NODELAY (Linux). The HA peer link rides on this
+    // listener: without it the accepting side's small frames (lease acks a DHCPACK waits
+    // for) sit behind Nagle until the other side's delayed ACK.
+    sock.set_nodelay(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
