@@ -232,6 +232,13 @@ pub struct DhcpMetrics {
     pub pool_size: Family<SubnetLabel, Gauge>,
     pub pool_utilization: Family<SubnetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub ack_latency: Histogram,
+    /// With HA: how each wait for the standby before a DHCPACK ended.
+    pub replication: Family<OutcomeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    outcome: &'static str,
 }
 
 impl Default for DhcpMetrics {
@@ -249,6 +256,7 @@ impl Default for DhcpMetrics {
             ack_latency: Histogram::new([
                 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5,
             ]),
+            replication: Family::default(),
         }
     }
 }
@@ -305,6 +313,20 @@ impl DhcpMetrics {
             "From REQUEST received to ACK sent, including commit and replication",
             self.ack_latency.clone(),
         );
+        r.register(
+            "dhcp_replication",
+            "Lease changes handed to HA before their reply, by outcome: acked (the standby \
+             confirmed), peer_down (no standby; sent at reconnect), timeout (max_ack_delay)",
+            self.replication.clone(),
+        );
+    }
+
+    fn replicated(&self, r: crate::lease::Replicated) {
+        self.replication
+            .get_or_create(&OutcomeLabel {
+                outcome: r.as_str(),
+            })
+            .inc();
     }
 
     fn ignored(&self, reason: &'static str) {
@@ -567,7 +589,8 @@ async fn receive_loop(
                         }
                     }
                     if let Some(rep) = &sh.replication {
-                        rep.replicate(committed, sh.max_ack_delay).await;
+                        sh.metrics
+                            .replicated(rep.replicate(committed, sh.max_ack_delay).await);
                     }
                     if let Some(reply) = reply {
                         send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
@@ -671,7 +694,8 @@ async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Pr
                         ));
                     }
                     if let (Some(rep), false) = (&sh.replication, gone.is_empty()) {
-                        rep.replicate(gone, sh.max_ack_delay).await;
+                        sh.metrics
+                            .replicated(rep.replicate(gone, sh.max_ack_delay).await);
                     }
                 }
                 Err(e) => tracing::error!("lease expiry failed: {e}"),

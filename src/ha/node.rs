@@ -385,7 +385,24 @@ impl NodeTask {
                         None => std::future::pending().await,
                     }
                 } => match req {
-                    Some(req) => self.on_replicate(req),
+                    Some(req) => {
+                        // The ACKs of one group commit wake together: let the others queue
+                        // their leases too, so they ride in the same frame (one frame, one
+                        // merge and one fsync on the standby for the burst).
+                        tokio::task::yield_now().await;
+                        let mut batch = vec![req];
+                        let mut n = batch[0].leases.len();
+                        while n < sync::LIVE_BATCH {
+                            match replication.as_mut().map(|r| r.try_recv()) {
+                                Some(Ok(more)) => {
+                                    n += more.leases.len();
+                                    batch.push(more);
+                                }
+                                _ => break,
+                            }
+                        }
+                        self.on_replicate(batch);
+                    }
                     None => replication = None,
                 },
                 _ = tick.tick() => self.on_tick(),
@@ -546,7 +563,7 @@ impl NodeTask {
         }
     }
 
-    fn on_replicate(&mut self, req: crate::lease::ReplicationRequest) {
+    fn on_replicate(&mut self, batch: Vec<crate::lease::ReplicationRequest>) {
         let connected = self.link.is_some()
             && self
                 .m
@@ -554,22 +571,32 @@ impl NodeTask {
                 .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
         match &self.link {
             Some(l) if connected => {
-                let id = self.pending.add(req.done);
-                if l.tx
-                    .try_send(Msg::Leases {
-                        id,
-                        leases: req.leases,
-                    })
-                    .is_err()
+                let mut leases = Vec::with_capacity(batch.len());
+                let mut done = Vec::with_capacity(batch.len());
+                for r in batch {
+                    leases.extend(r.leases);
+                    done.push(r.done);
+                }
+                let id = self.pending.add(done);
+                if let Err(mpsc::error::TrySendError::Full(frame)) =
+                    l.tx.try_send(Msg::Leases { id, leases })
                 {
-                    // The peer is not reading: do not hold the DHCPACK for it.
-                    self.pending.ack(id);
+                    // The writer is behind: queue the frame behind it rather than drop it
+                    // (the standby would miss these leases until the next bulk sync). The
+                    // DHCPACKs keep waiting, bounded by max_ack_delay; the send ends when
+                    // the link does.
+                    let tx = l.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(frame).await;
+                    });
                 }
             }
             _ => {
                 // No peer to wait for: the lease is durable here and goes out in the next
                 // bulk sync.
-                let _ = req.done.send(());
+                for r in batch {
+                    let _ = r.done.send(crate::lease::Replicated::PeerDown);
+                }
             }
         }
     }

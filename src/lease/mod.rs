@@ -86,9 +86,33 @@ pub fn hex_colon(b: &[u8]) -> String {
 /// A batch of lease changes waiting for the standby's acknowledgement.
 pub struct ReplicationRequest {
     pub leases: Vec<Lease>,
-    /// Completed when the peer acknowledged, or dropped when it could not (peer down,
-    /// timeout): either way the DHCP server goes on; the wait is bounded.
-    pub done: oneshot::Sender<()>,
+    /// Completed with `Acked` when the peer acknowledged, `PeerDown` when there is no peer to
+    /// wait for; dropped when the link went away meanwhile. Either way the DHCP server goes
+    /// on; the wait is bounded.
+    pub done: oneshot::Sender<Replicated>,
+}
+
+/// How one replication wait ended (the DHCP server counts these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicated {
+    /// The standby merged the leases durably and said so before the reply left.
+    Acked,
+    /// No standby to wait for (peer down, not standby, or the link dropped during the wait):
+    /// the changes reach it in the bulk sync at reconnect.
+    PeerDown,
+    /// The standby did not answer within `max_ack_delay`.
+    TimedOut,
+}
+
+impl Replicated {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replicated::Acked => "acked",
+            Replicated::PeerDown => "peer_down",
+            Replicated::TimedOut => "timeout",
+        }
+    }
 }
 
 /// DHCP's end of the replication hand-off.
@@ -106,19 +130,26 @@ pub fn replication_channel(capacity: usize) -> (Replication, ReplicationRx) {
 }
 
 impl Replication {
-    /// Sends committed leases to the peer and waits at most `max_wait` for its ack.
-    /// Returns true when acknowledged. Never fails the caller: a DHCPACK must not be lost
+    /// Sends committed leases to the peer and waits at most `max_wait` in all (queueing
+    /// towards HA included) for its ack. Never fails the caller: a DHCPACK must not be lost
     /// because the standby is slow; HA re-sends from the store's watermark on reconnect.
-    pub async fn replicate(&self, leases: Vec<Lease>, max_wait: Duration) -> bool {
+    pub async fn replicate(&self, leases: Vec<Lease>, max_wait: Duration) -> Replicated {
+        let deadline = tokio::time::Instant::now() + max_wait;
         let (done, rx) = oneshot::channel();
-        if self
-            .tx
-            .try_send(ReplicationRequest { leases, done })
-            .is_err()
+        // A full queue means HA is behind: wait for room within the same bound rather than
+        // let the ACK leave unreplicated at once.
+        match tokio::time::timeout_at(deadline, self.tx.send(ReplicationRequest { leases, done }))
+            .await
         {
-            return false;
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Replicated::PeerDown, // HA stopped
+            Err(_) => return Replicated::TimedOut,
         }
-        matches!(tokio::time::timeout(max_wait, rx).await, Ok(Ok(())))
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Replicated::PeerDown,
+            Err(_) => Replicated::TimedOut,
+        }
     }
 }
 
@@ -166,9 +197,45 @@ mod tests {
         tokio::spawn(async move {
             let req = rx.recv().await.expect("request");
             assert_eq!(req.leases.len(), 1);
-            let _ = req.done.send(());
+            let _ = req.done.send(Replicated::Acked);
         });
-        assert!(rep.replicate(vec![lease()], Duration::from_secs(1)).await);
+        assert_eq!(
+            rep.replicate(vec![lease()], Duration::from_secs(1)).await,
+            Replicated::Acked
+        );
+    }
+
+    #[tokio::test]
+    async fn replicate_reports_a_link_lost_during_the_wait_as_peer_down() {
+        let (rep, mut rx) = replication_channel(4);
+        tokio::spawn(async move { drop(rx.recv().await) });
+        assert_eq!(
+            rep.replicate(vec![lease()], Duration::from_secs(5)).await,
+            Replicated::PeerDown
+        );
+    }
+
+    #[tokio::test]
+    async fn replicate_waits_for_room_in_a_full_queue_within_max_wait() {
+        let (rep, _rx) = replication_channel(1);
+        let first = rep.clone();
+        // Fills the queue; nobody reads it.
+        let _held =
+            tokio::spawn(
+                async move { first.replicate(vec![lease()], Duration::from_secs(5)).await },
+            );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let t = std::time::Instant::now();
+        assert_eq!(
+            rep.replicate(vec![lease()], Duration::from_millis(100))
+                .await,
+            Replicated::TimedOut
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -176,9 +243,10 @@ mod tests {
         let (rep, mut rx) = replication_channel(4);
         let hold = tokio::spawn(async move { rx.recv().await.map(|r| std::mem::forget(r.done)) });
         let t = std::time::Instant::now();
-        assert!(
-            !rep.replicate(vec![lease()], Duration::from_millis(50))
-                .await
+        assert_eq!(
+            rep.replicate(vec![lease()], Duration::from_millis(50))
+                .await,
+            Replicated::TimedOut
         );
         assert!(t.elapsed() < Duration::from_millis(500));
         let _ = hold.await;

@@ -152,10 +152,11 @@ async fn primary_serves_secondary_stands_by_and_leases_replicate_before_the_ack(
     // Live replication: acknowledged only once B holds the lease.
     let l = lease(50, 1000);
     a.log.put(l.clone());
-    assert!(
+    assert_eq!(
         a.rep
             .replicate(vec![l.clone()], Duration::from_secs(2))
-            .await
+            .await,
+        crate::lease::Replicated::Acked
     );
     assert_eq!(b.log.get(l.ip), Some(l));
     a.stop.cancel();
