@@ -7,6 +7,7 @@
 #   benches/dhcp.sh                      # all three servers, 10 s steps
 #   STEP=20 SERVERS="athena kea" benches/dhcp.sh
 #   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
+#   SERVERS="athena athena-ha" benches/dhcp.sh          # the cost of HA replication
 #
 # Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
 # bisection steps; a step passes at < 1% lost and >= 97% of the target rate), then a fixed
@@ -17,6 +18,16 @@
 #
 # Lab: namespaces dsrv/dcli joined by a veth created inside dsrv; server 198.18.0.1/15,
 # client 198.18.0.2/15, pool 198.18.1.0 - 198.19.255.254, 50,000 client MACs.
+#
+# `athena-ha` is the same athena-dhcpd server (same config, core 1) as primary of an HA pair:
+# a standby (secondary) runs in a third namespace dpeer, joined to dsrv by its own veth
+# (198.51.100.1/24 - .2/24), pinned to core 0 next to perfdhcp (the machine has 2 cores; on the
+# server's core it would steal the server's time). Every DHCPACK waits for the standby's
+# acknowledgement that the lease is durable there (bounded by max_ack_delay, 250 ms). Before
+# each step the primary must be ACTIVE with the peer connected and the standby STANDBY; after
+# it the step checks the standby holds as many leases as the primary (lease API) and counts
+# ACKs the standby acknowledged and ACKs that left without (DHCP replication metrics). The CPU
+# column is the primary's; the standby's CPU per exchange goes to $OUT/ha.tsv.
 #
 # Needs: perfdhcp (kea-admin), kea-dhcp4 (kea-dhcp4-server), dnsmasq, a release build
 # (cargo build --release). athena-dhcpd runs with every ACK fsync-durable (redb, group
@@ -32,6 +43,8 @@ BIN=${BIN:-target/release/athena-dhcpd}
 OUT=${OUT:-$(mktemp -d /tmp/athena-dhcp-bench.XXXXXX)}
 S=dsrv$$
 C=dcli$$
+P=dpeer$$
+HA_SECRET=bench-secret-0123456789abcdef
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
 for t in perfdhcp kea-dhcp4 dnsmasq taskset; do
@@ -40,10 +53,13 @@ done
 [ -x "$BIN" ] || { echo "missing $BIN: cargo build --release" >&2; exit 1; }
 
 SRV_PID=
+PEER_PID=
 cleanup() {
   [ -n "$SRV_PID" ] && kill -9 "$SRV_PID" 2>/dev/null || true
+  [ -n "$PEER_PID" ] && kill -9 "$PEER_PID" 2>/dev/null || true
   ip netns del "$S" 2>/dev/null || true
   ip netns del "$C" 2>/dev/null || true
+  ip netns del "$P" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -56,6 +72,15 @@ ip -n "$S" addr add 198.18.0.1/15 dev vsrv
 ip -n "$S" link set vsrv up
 ip -n "$C" addr add 198.18.0.2/15 dev vcli
 ip -n "$C" link set vcli up
+case " $SERVERS " in *" athena-ha "*)
+  ip netns add "$P"
+  ip -n "$P" link set lo up
+  ip -n "$S" link add vha type veth peer name vha netns "$P"
+  ip -n "$S" addr add 198.51.100.1/24 dev vha
+  ip -n "$S" link set vha up
+  ip -n "$P" addr add 198.51.100.2/24 dev vha
+  ip -n "$P" link set vha up ;;
+esac
 
 write_configs() {
   local d=$1
@@ -76,6 +101,37 @@ interface = "vsrv"
 range_start = "198.18.1.0"
 range_end = "198.19.255.254"
 EOF
+  # The HA pair: the primary is the standalone config plus [ha]; the standby has the same
+  # subnet on no interface (it never sees a client) and its own database.
+  cp "$d/athena.toml" "$d/primary.toml"
+  cat >"$d/standby.toml" <<EOF
+[server]
+node_name = "standby"
+lease_db = "$d/standby.redb"
+rate_limit_per_mac = 0
+log_level = "warn"
+[defaults]
+lease_time = "1h"
+[[subnet]]
+network = "198.18.0.0/15"
+[[subnet.pool]]
+range_start = "198.18.1.0"
+range_end = "198.19.255.254"
+EOF
+  local role me other
+  for role in primary secondary; do
+    if [ $role = primary ]; then other=198.51.100.2; me=primary; else other=198.51.100.1; me=standby; fi
+    cat >>"$d/$me.toml" <<EOF
+[ha]
+enabled = true
+role = "$role"
+peer_address = "$other:18067"
+listen_address = "0.0.0.0:18067"
+shared_secret = "$HA_SECRET"
+heartbeat_interval = "200ms"
+failover_timeout = "2s"
+EOF
+  done
   cat >"$d/kea.json" <<EOF
 { "Dhcp4": {
   "interfaces-config": { "interfaces": [ "vsrv" ], "dhcp-socket-type": "raw" },
@@ -100,12 +156,29 @@ pid-file=$d/dnsmasq.pid
 EOF
 }
 
-# Starts a fresh server pinned to core 1; sets SRV_PID.
+# GET on the athena API in namespace $1; prints the body.
+api() { ip netns exec "$1" curl -s -m 2 "http://127.0.0.1:18067$2" 2>/dev/null || true; }
+
+# Starts a fresh server pinned to core 1; sets SRV_PID (and PEER_PID for athena-ha).
 start_server() {
   local name=$1 d
   d=$(mktemp -d "$OUT/run.XXXX")
   write_configs "$d"
   case $name in
+    athena-ha)
+      ip netns exec "$P" taskset -c 0 "$BIN" --config "$d/standby.toml" 2>"$d/standby.log" &
+      PEER_PID=$!
+      ip netns exec "$S" env ${ATHENA_ENV:-} taskset -c 1 "$BIN" --config "$d/primary.toml" 2>"$d/athena.log" &
+      SRV_PID=$!
+      local ok=0
+      for _ in $(seq 150); do
+        if api "$S" /api/v1/ha/status | grep -q '"state":"ACTIVE".*"peer_connected":true' &&
+          api "$P" /api/v1/ha/status | grep -q '"state":"STANDBY".*"peer_connected":true'; then
+          ok=1; break
+        fi
+        sleep 0.1
+      done
+      [ $ok = 1 ] || { echo "athena-ha: the pair did not reach ACTIVE/STANDBY (logs in $d)" >&2; exit 1; } ;;
     athena)
       ip netns exec "$S" env ${ATHENA_ENV:-} taskset -c 1 "$BIN" --config "$d/athena.toml" 2>"$d/athena.log" &
       SRV_PID=$!
@@ -129,7 +202,15 @@ stop_server() {
   kill -9 "$SRV_PID" 2>/dev/null || true
   wait "$SRV_PID" 2>/dev/null || true
   SRV_PID=
+  if [ -n "$PEER_PID" ]; then
+    kill -9 "$PEER_PID" 2>/dev/null || true
+    wait "$PEER_PID" 2>/dev/null || true
+    PEER_PID=
+  fi
 }
+
+lease_total() { api "$1" '/api/v1/leases?per_page=1' | sed -n 's/.*"total":\([0-9]*\).*/\1/p'; }
+metric() { awk -v m="$1" '$1 == m {print $2; f=1} END{if (!f) print 0}' "$2"; }
 
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
@@ -139,13 +220,24 @@ step() {
   local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss
   start_server "$name"
   c0=$(cpu_ticks "$SRV_PID")
+  [ -n "$PEER_PID" ] && p0=$(cpu_ticks "$PEER_PID")
   t0=$(date +%s.%N)
   out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -g single 2>&1 || true)
   t1=$(date +%s.%N)
   c1=$(cpu_ticks "$SRV_PID")
   rss=$(rss_kb "$SRV_PID")
-  if [ "$name" = athena ]; then
-    ip netns exec "$S" curl -s -m 2 http://127.0.0.1:18067/metrics >"$OUT/athena-metrics-$rate.txt" 2>/dev/null || true
+  case $name in athena*) api "$S" /metrics >"$OUT/$name-metrics-$rate.txt" ;; esac
+  if [ "$name" = athena-ha ]; then
+    p1=$(cpu_ticks "$PEER_PID")
+    local mine theirs m="$OUT/$name-metrics-$rate.txt" acked unacked standby_cpu
+    # An ACK still waiting for the standby when perfdhcp stopped gets max_ack_delay.
+    sleep 0.3
+    mine=$(lease_total "$S"); theirs=$(lease_total "$P")
+    acked=$(metric 'athena_dhcp_replication_total{outcome="acked"}' "$m")
+    unacked=$(awk '/^athena_dhcp_replication_total/ && !/acked/ {n += $2} END{print n + 0}' "$m")
+    standby_cpu=$(awk -v c="$((p1 - p0))" -v a="$acked" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rate" "${mine:-?}" "${theirs:-?}" "$acked" "$unacked" "$standby_cpu" >>"$OUT/ha.tsv"
+    echo "  athena-ha $rate/s: leases on the primary ${mine:-?}, on the standby ${theirs:-?}; ACKs acknowledged by the standby $acked, sent without its ack $unacked; standby CPU $standby_cpu us per ACK" >&2
   fi
   stop_server
   disc=$(awk '/Statistics for: DISCOVER-OFFER/{f=1} f&&/^sent packets/{print $3; exit}' <<<"$out")
@@ -182,6 +274,7 @@ peak_search() {
 }
 
 printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\n' >"$OUT/steps.tsv"
+printf 'target\tprimary_leases\tstandby_leases\treplication_acked\treplication_unacked\tstandby_cpu_us\n' >"$OUT/ha.tsv"
 declare -A PEAK CPU RSS
 for s in $SERVERS; do
   if [ "${SKIP_PEAK:-0}" = 1 ]; then
@@ -195,12 +288,12 @@ for s in $SERVERS; do
   CPU[$s]=$cpu
   RSS[$s]=$rss
   echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB" >&2
-  if [ "$s" = athena ]; then
-    m="$OUT/athena-metrics-$FIXED_RATE.txt"
+  if [ "$s" = athena ] || [ "$s" = athena-ha ]; then
+    m="$OUT/$s-metrics-$FIXED_RATE.txt"
     commits=$(awk '/^athena_lease_commits_total/{print $2}' "$m")
     writes=$(awk '/^athena_lease_writes_total/{print $2}' "$m")
     p99=$(awk '/^athena_dhcp_ack_latency_seconds_bucket/{split($1,a,"\""); n[++k]=a[2]; c[k]=$2} /^athena_dhcp_ack_latency_seconds_count/{t=$2} END{for(i=1;i<=k;i++) if (c[i] >= 0.99*t) {print n[i]; exit}}' "$m")
-    echo "  athena at $FIXED_RATE/s: $writes leases in $commits durable commits; server-side p99 ACK latency <= ${p99}s" >&2
+    echo "  $s at $FIXED_RATE/s: $writes leases in $commits durable commits; server-side p99 ACK latency <= ${p99}s" >&2
   fi
 done
 
@@ -216,3 +309,8 @@ for s in $SERVERS; do
   if [ -n "$kcpu" ] && [ "$kcpu" != nan ] && [ "${CPU[$s]}" != nan ]; then cr=$(awk -v a="${CPU[$s]}" -v b="$kcpu" 'BEGIN{printf " (%.2fx Kea)", a/b}'); fi
   printf '| %-8s | %-22s | %-30s | %-10s |\n' "$s" "${PEAK[$s]}/s$pr" "${CPU[$s]} us$cr" "$((${RSS[$s]:-0} / 1024)) MB"
 done
+if [ -n "${PEAK[athena-ha]:-}" ] && [ -n "${PEAK[athena]:-}" ]; then
+  awk -v h="${PEAK[athena-ha]}" -v a="${PEAK[athena]}" -v hc="${CPU[athena-ha]}" -v ac="${CPU[athena]}" -v f="$OUT/ha.tsv" 'BEGIN{
+    printf "\nathena-ha / athena: peak %s", (a > 0 ? sprintf("%.2fx", h/a) : "n/a");
+    printf ", primary CPU per exchange %s (standby: %s)\n", (ac > 0 && hc > 0 ? sprintf("%.2fx", hc/ac) : "n/a"), f }'
+fi
