@@ -262,6 +262,8 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             ha: ha_rx.clone(),
             vips: vips.clone(),
             registry: Arc::new(std::mem::take(&mut registry)),
+            bus: bus.clone(),
+            shutdown: shutdown.clone(),
         };
         let app = crate::api::router(state, extra);
         let sd = shutdown.clone();

@@ -913,3 +913,78 @@ fn arp_that_queued_while_the_daemon_was_stopped_is_not_a_conflict_but_a_live_one
         l.log(Node::A).contains("defending floating IP 10.0.0.3/24")
     });
 }
+
+#[test]
+fn the_event_stream_shows_a_vip_claim_live_and_ends_when_the_daemon_stops() {
+    if !require_root("the_event_stream_shows_a_vip_claim_live") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let mut lab = Lab::new("sse");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        vip: true,
+        ..NodeOpts::standalone()
+    };
+    lab.start(Node::A, &opts);
+    lab.wait_for("VIP held", Duration::from_secs(10), vip_held_in_api);
+
+    let (code, body) = lab
+        .api_get(Node::A, "/api/v1/events?events=vip.bogus")
+        .expect("API answers");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("matches no event"), "{body}");
+
+    let addr = Node::A.api();
+    let mut s = lab
+        .ns(Node::A)
+        .in_netns(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .expect("connect");
+    write!(
+        s,
+        "GET /api/v1/events?events=vip.*,ha.* HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+    )
+    .expect("request");
+    let seen = Arc::new(Mutex::new(String::new()));
+    let eof = Arc::new(AtomicBool::new(false));
+    let (seen2, eof2) = (seen.clone(), eof.clone());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen2
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        eof2.store(true, Ordering::SeqCst);
+    });
+    lab.wait_for("stream open", Duration::from_secs(10), |_| {
+        seen.lock().unwrap().contains("text/event-stream")
+    });
+
+    // Someone deletes the VIP: the daemon puts it back, and the stream shows the claim.
+    lab.a.run(&["ip", "addr", "del", VIP_CIDR, "dev", "eth0"]);
+    lab.wait_for("vip.claimed on the stream", Duration::from_secs(10), |_| {
+        let t = seen.lock().unwrap();
+        t.contains("event: vip.claimed") && t.contains("\"address\":\"10.0.0.3/24\"")
+    });
+
+    // An open stream must not hold up the exit.
+    let t = Instant::now();
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}\n{}", lab.log(Node::A));
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "stopping took {:?} with a stream open\n{}",
+        t.elapsed(),
+        lab.log(Node::A)
+    );
+    lab.wait_for("stream closed", Duration::from_secs(5), |_| {
+        eof.load(Ordering::SeqCst)
+    });
+}

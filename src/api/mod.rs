@@ -1,11 +1,14 @@
-//! The HTTP API (axum): health, HA status, metrics; other modules add their routes (leases,
-//! DNS, failover, the peer-link upgrade) through `extra`. JSON is compact on purpose: the
+//! The HTTP API (axum): health, HA status, metrics, the live event stream (server-sent
+//! events); other modules add their routes (leases, DNS, failover, the peer-link upgrade)
+//! through `extra`. JSON is compact on purpose: the
 //! reference keepalived check script greps for `"status":"ok"` and `"state":"ACTIVE"`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -14,6 +17,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{event_matches, EVENT_TYPES};
+use crate::events::EventBus;
 use crate::ha::HaStatus;
 use crate::health::Health;
 use crate::vip::VipBoard;
@@ -26,7 +31,15 @@ pub struct ApiState {
     pub ha: watch::Receiver<HaStatus>,
     pub vips: VipBoard,
     pub registry: Arc<Registry>,
+    /// For `/api/v1/events`; each stream is a bus subscriber while it is open.
+    pub bus: EventBus,
+    /// Ends the event streams, so a watching client never holds up the daemon's exit.
+    pub shutdown: CancellationToken,
 }
+
+/// Events a slow `/api/v1/events` client may fall behind by before it misses some (counted
+/// like any other subscriber's drops).
+const STREAM_QUEUE: usize = 1024;
 
 /// The full router: built-in endpoints merged with the modules' own routes.
 pub fn router(state: ApiState, extra: Router) -> Router {
@@ -34,6 +47,7 @@ pub fn router(state: ApiState, extra: Router) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/ha/status", get(ha_status))
         .route("/metrics", get(metrics))
+        .route("/api/v1/events", get(events))
         .with_state(state)
         .merge(extra)
 }
@@ -106,6 +120,63 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         .into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Comma-separated patterns as in hook `events`: `ha.failover`, `vip.*`, `*` (default).
+    events: Option<String>,
+}
+
+/// Parses the `events` filter; an error names the pattern and lists the event types.
+pub fn event_filter(spec: Option<&str>) -> Result<Vec<String>, String> {
+    let pats: Vec<String> = spec
+        .unwrap_or("*")
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if pats.is_empty() {
+        return Err("empty events filter".into());
+    }
+    for p in &pats {
+        if !EVENT_TYPES.iter().any(|e| event_matches(p, e)) {
+            return Err(format!(
+                "{p:?} matches no event; events: {}",
+                EVENT_TYPES.join(", ")
+            ));
+        }
+    }
+    Ok(pats)
+}
+
+/// `GET /api/v1/events[?events=ha.*,vip.*]`: the events as they are published, one SSE
+/// message each (`event:` the type, `data:` the same JSON a script gets on stdin). Watch a
+/// failover live with `curl -N http://node:8067/api/v1/events?events=ha.*,vip.*`.
+async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> Response {
+    let pats = match event_filter(q.events.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": e}).to_string()),
+    };
+    let sub = state.bus.subscribe("api-events", STREAM_QUEUE);
+    let stream = futures::stream::unfold(
+        (sub.rx, state.shutdown.clone(), pats),
+        |(mut rx, shutdown, pats)| async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    ev = rx.recv() => ev?,
+                };
+                if pats.iter().any(|p| event_matches(p, ev.kind)) {
+                    let msg = SseEvent::default().event(ev.kind).data(ev.to_json());
+                    return Some((Ok::<_, Infallible>(msg), (rx, shutdown, pats)));
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
 /// Checks `Authorization: Bearer <token>` for mutating endpoints. With no token configured
 /// they are refused outright: an open write API on the network is not a safe default.
 #[allow(clippy::result_large_err)]
@@ -161,7 +232,21 @@ mod tests {
             ha: rx,
             vips,
             registry: Arc::new(Registry::default()),
+            bus: EventBus::new(),
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    #[test]
+    fn the_event_filter_takes_hook_patterns_and_names_a_bad_one() {
+        assert_eq!(event_filter(None).unwrap(), vec!["*"]);
+        assert_eq!(
+            event_filter(Some("ha.*, vip.claimed")).unwrap(),
+            vec!["ha.*", "vip.claimed"]
+        );
+        let e = event_filter(Some("ha.*,vip.claim")).unwrap_err();
+        assert!(e.contains("\"vip.claim\" matches no event"), "{e}");
+        assert!(event_filter(Some(",")).is_err());
     }
 
     #[test]
