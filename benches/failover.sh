@@ -4,6 +4,7 @@
 #
 #   sudo benches/failover.sh [--runs 5] [--systems "athena athena-fast keepalived keepalived-tuned hook"]
 #                            [--scenarios "kill host hung stop preempt"] [--tsv FILE] [--no-build]
+#   sudo benches/failover.sh --idle [SECONDS] [--no-build]
 #
 # The lab is shared/lab/lab.sh's: a bridge in its own namespace (the switch), node A 10.0.0.1,
 # node B 10.0.0.2, client 10.0.0.10, VIP 10.0.0.3/24; nothing is configured in the host's own
@@ -31,6 +32,15 @@
 #
 # Every run starts from a fresh lab and fresh daemons, and is bounded (RUN_MAX seconds).
 # Results: one TSV line per run, and a table of min/median/max per system and scenario.
+#
+# Idle mode (--idle, default 600 s): no failure at all, to catch false failovers. Both nodes
+# run athena-fast (heartbeat 50ms, failover_timeout 150ms, witness 50ms), the client probes the
+# VIP every 20 ms, and one busy loop per core (normal priority, pinned, started and killed by
+# the script) keeps the machine's cores busy. At the end it prints the HA state transitions of
+# each node during the window (athena_ha_transitions_total and the `HA X -> Y` log lines), the
+# near misses (peer link closed for silence, split brain averted by the witness), the failed
+# queries (and how many of them were only late) and which node answered. Target: zero
+# transitions and zero failed queries.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +49,7 @@ SYSTEMS="athena athena-fast keepalived keepalived-tuned hook"
 SCENARIOS="kill host hung stop preempt"
 TSV=""
 BUILD=1
+IDLE=
 RUN_MAX=${RUN_MAX:-40}
 INTERVAL=${INTERVAL:-20ms}
 while [ $# -gt 0 ]; do
@@ -48,6 +59,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --tsv) TSV=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --idle) if [[ ${2:-} =~ ^[0-9]+$ ]]; then IDLE=$2; shift 2; else IDLE=600; shift; fi ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -61,7 +73,9 @@ missing=() pkgs=()
 need() { command -v "$1" >/dev/null 2>&1 || { missing+=("$1"); pkgs+=("$2"); }; }
 need ip iproute2; need bridge iproute2; need dig bind9-dnsutils; need arping iputils-arping
 need cargo "cargo (rustup or the Debian package)"
+[ -n "$IDLE" ] && SYSTEMS=athena-fast
 case " $SYSTEMS " in *" keepalived"*) need keepalived keepalived; need dnsmasq dnsmasq ;; esac
+[ -n "$IDLE" ] && need taskset util-linux
 if [ ${#missing[@]} -gt 0 ]; then
   echo "missing: ${missing[*]}" >&2
   echo "install with: apt-get install -y $(printf '%s\n' "${pkgs[@]}" | sort -u | tr '\n' ' ')" >&2
@@ -114,7 +128,11 @@ lab_up() {
   ip -n "$SW" link set br0 up
   port "$A" 10.0.0.1; port "$B" 10.0.0.2; port "$C" 10.0.0.10
 }
-cleanup() { lab_down; }
+HOGS=()
+cleanup() {
+  [ ${#HOGS[@]} -eq 0 ] || kill "${HOGS[@]}" 2>/dev/null
+  lab_down
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
@@ -356,6 +374,74 @@ run_once() {  # SYSTEM SCENARIO RUN
   o=$(sed -n 's/.* outage_ms=\([0-9.]*\).*/\1/p' <<<"$s"); f=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$s")
   echo "$o $f"
 }
+
+# --- idle run: no failure, busy cores; any HA transition is a false failover -------------------
+metric() {  # NODE NAME: the value of one metric line on NODE's API
+  http_get "$(ns_of "$1")" "$(addr_of "$1")" /metrics | awk -v m="$2" '$1 == m {print $2; f=1} END {if (!f) print "?"}'
+}
+ha_state() {  # NODE
+  http_get "$(ns_of "$1")" "$(addr_of "$1")" /api/v1/ha/status | sed -n 's/.*"state":"\([A-Z_]*\)".*/\1/p'
+}
+TRANS='HA [A-Z_]+ -> [A-Z_]+'
+# A witness probe (logged at debug) means the standby heard nothing for failover - witness.
+NEAR='ha\.peer_down|closing the silent peer link|averted|VIP witness at'
+idle_run() {  # SECONDS
+  local secs=$1 n c t0 out stopf
+  RD=$WORK/idle; out=$RD/probe.txt; stopf=$RD/stop
+  lab_up; mkdir -p "$RD/a" "$RD/b"
+  # The HA module at debug: the witness probes (near misses) are logged there; a few lines.
+  export RUST_LOG=${RUST_LOG:-warn,athena_dhcpd=info,athena_dhcpd::ha=debug}
+  athena_up athena-fast || die "idle: the pair did not come up (logs in $RD)"
+  declare -A m0 l0
+  for n in a b; do
+    m0[$n]=$(metric $n athena_ha_transitions_total)
+    l0[$n]=$(wc -l <"$RD/$n/athena.log")  # the window's log starts after this line
+  done
+  # One busy loop per core, each in its own session like any other program on the machine (a
+  # child of this script would share the daemons' scheduler autogroup); not a group leader,
+  # so setsid execs in place and $! is the loop itself.
+  for c in $(seq 0 $(( $(nproc) - 1 ))); do
+    setsid taskset -c "$c" sh -c 'while :; do :; done' &
+    HOGS+=($!)
+  done
+  RUN_MAX=$((secs + 60)) probe_start "$out" "$stopf"
+  t0=$(date +%s)
+  echo "idle: $secs s, A $(ha_state a), B $(ha_state b), ${#HOGS[@]} busy loops (pids ${HOGS[*]}), probe every $INTERVAL" >&2
+  while [ $(( $(date +%s) - t0 )) -lt "$secs" ]; do
+    sleep 10
+    if [ $(( ($(date +%s) - t0) % 60 )) -lt 10 ]; then
+      echo "  t=+$(( $(date +%s) - t0 ))s A $(ha_state a) B $(ha_state b) load $(cut -d' ' -f1 /proc/loadavg)" \
+        "probe: $(grep -c fail "$out") outage(s) so far" >&2
+    fi
+  done
+  probe_stop "$stopf"
+  kill "${HOGS[@]}" 2>/dev/null; wait "${HOGS[@]}" 2>/dev/null; HOGS=()
+  echo
+  echo "Idle run: $secs s at heartbeat_interval 50ms / failover_timeout 150ms / witness_timeout 50ms," \
+    "$(nproc) cores kept busy, one query every $INTERVAL; $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r)"
+  for n in a b; do
+    local m1 win=$RD/$n/window.log
+    m1=$(metric $n athena_ha_transitions_total)
+    tail -n +"$(( ${l0[$n]} + 1 ))" "$RD/$n/athena.log" >"$win"
+    echo "node $n: state $(ha_state $n); HA transitions in the window:" \
+      "athena_ha_transitions_total $(awk -v a="${m0[$n]}" -v b="$m1" 'BEGIN {print b - a}')," \
+      "log $(grep -cE "$TRANS" "$win"); near misses (witness asked, peer lost, link closed for silence, split brain averted):" \
+      "$(grep -cE "$NEAR" "$win"); warnings $(grep -c ' WARN ' "$win")"
+    grep -E "$TRANS|$NEAR| WARN " "$win" | head -20 | cut -c1-220 | sed 's/^/    /'
+  done
+  local sum; sum=$(grep '^summary' "$out")
+  echo "client: $(sed 's/^summary //; s/ outage_ms=.* late=/ late=/' <<<"$sum") (late: answered after $INTERVAL)"
+  echo "answers by node: $(sed -n 's/.* by=//p' <<<"$sum" | sed 's/192.0.2.1/A/; s/192.0.2.2/B/')"
+  awk '$2 == "fail" {f = $1; n++} $2 == "ok" && f {d = ($1 - f) * 1000; if (d > m) m = d; f = 0}
+    END {printf "failure streaks: %d, longest %.0f ms (first failed query to the next answered one)\n", n, m}' "$out"
+  grep -E ' (ok|fail)' "$out" | tail -n +2 | head -20 | sed 's/^/    /'
+  echo "logs and probe output: $RD"
+}
+
+if [ -n "$IDLE" ]; then
+  idle_run "$IDLE"
+  exit 0
+fi
 
 stats() {  # values... -> "min median max"
   [ $# -gt 0 ] || { echo "- - -"; return; }

@@ -8,9 +8,11 @@
 //! times so scripts can line them up with their own events:
 //!   `1732470000.123456 ok 192.0.2.1` / `1732470000.143456 fail`
 //! and at the end
-//!   `summary sent=N failed=M outage_ms=X first_fail=T recovered=T`
+//!   `summary sent=N failed=M outage_ms=X first_fail=T recovered=T late=L by=IP:N,IP:N`
 //! where the outage runs from the first failed query to the first answered query after the
-//! last failure (0 when nothing failed). Stops at `--max-time`, or when `--stop-file` exists.
+//! last failure (0 when nothing failed), `late` counts failed queries whose answer did come,
+//! only after `--timeout` (a slow server or a busy machine, not a missing one), and `by`
+//! counts the answered queries per answering address (who served, in a long run). Stops at `--max-time`, or when `--stop-file` exists.
 //!
 //! Usage: `ip netns exec CLIENT vipprobe --server 10.0.0.3:53 --name who.lab.test
 //!         [--interval 20ms] [--timeout 20ms] [--max-time 60s] [--stop-file PATH]`
@@ -194,6 +196,30 @@ fn main() {
     judge(&sent, &mut outcome, true);
 
     let failed = outcome.iter().filter(|o| o.is_none()).count();
+    let (late, by) = {
+        let r = replies.lock().expect("replies");
+        let late = outcome
+            .iter()
+            .enumerate()
+            .filter(|(i, o)| o.is_none() && r.get(*i).copied().flatten().is_some())
+            .count();
+        let mut by: Vec<(Ipv4Addr, usize)> = Vec::new();
+        for ip in outcome.iter().flatten() {
+            match by.iter_mut().find(|(b, _)| b == ip) {
+                Some((_, n)) => *n += 1,
+                None => by.push((*ip, 1)),
+            }
+        }
+        let by: Vec<String> = by.iter().map(|(ip, n)| format!("{ip}:{n}")).collect();
+        (
+            late,
+            if by.is_empty() {
+                "-".into()
+            } else {
+                by.join(",")
+            },
+        )
+    };
     let first = outcome.iter().position(|o| o.is_none());
     let lastf = outcome.iter().rposition(|o| o.is_none());
     match (first, lastf) {
@@ -201,7 +227,7 @@ fn main() {
             let rec = sent.get(l + 1).copied();
             let end_t = rec.unwrap_or(sent[l]);
             println!(
-                "summary sent={} failed={failed} outage_ms={:.1} first_fail={:.6} recovered={}",
+                "summary sent={} failed={failed} outage_ms={:.1} first_fail={:.6} recovered={} late={late} by={by}",
                 sent.len(),
                 end_t.duration_since(sent[f]).as_secs_f64() * 1000.0,
                 wall(sent[f]),
@@ -210,7 +236,7 @@ fn main() {
             );
         }
         _ => println!(
-            "summary sent={} failed=0 outage_ms=0.0 first_fail=- recovered=-",
+            "summary sent={} failed=0 outage_ms=0.0 first_fail=- recovered=- late=0 by={by}",
             sent.len()
         ),
     }
