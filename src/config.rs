@@ -748,6 +748,9 @@ pub struct WebhookConfig {
     pub url: String,
     /// HMAC-SHA256 key for `X-Athena-Signature`.
     pub secret: Option<String>,
+    /// For `https://`: a PEM file of the CA certificates to trust instead of the system's
+    /// (`/etc/ssl/certs`), e.g. an internal CA.
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Dur,
     #[serde(default = "default_webhook_retries")]
@@ -1531,16 +1534,10 @@ fn validate_hooks(h: &HooksConfig) -> Result<(), Invalid> {
                 format!("{:?} is not an http:// or https:// URL", w.url),
             );
         }
-        // The webhook client speaks plain HTTP only (no TLS stack in the binary yet); refuse
-        // https:// here rather than fail on every delivery.
-        if w.url.starts_with("https://") {
-            return err(
-                format!("{key}.url"),
-                format!(
-                    "{:?}: https:// webhooks are not supported yet; use http:// to a local relay (e.g. a reverse proxy that adds TLS)",
-                    w.url
-                ),
-            );
+        if let Some(ca) = &w.ca_file {
+            if let Err(e) = crate::hooks::webhook::load_ca_file(ca) {
+                return err(format!("{key}.ca_file"), e);
+            }
         }
         if w.timeout.0.is_zero() {
             return err(format!("{key}.timeout"), "must be longer than 0s");

@@ -495,12 +495,23 @@ fn webhook_with_bad_url_is_refused() {
 }
 
 #[test]
-fn https_webhook_is_refused_until_tls_is_supported() {
-    refused(
+fn https_webhooks_load_and_a_bad_ca_file_is_refused_naming_it() {
+    let c = parse_str(
         "[[hooks.webhook]]\nname = \"w\"\nevents = [\"*\"]\nurl = \"https://example.com/x\"\n",
-        4,
-        "hooks.webhook[0].url",
-        "https:// webhooks are not supported yet",
+    )
+    .expect("https webhook loads");
+    assert_eq!(c.hooks.webhooks[0].ca_file, None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("ca.pem");
+    std::fs::write(&bad, "hello\n").expect("write");
+    refused(
+        &format!(
+            "[[hooks.webhook]]\nname = \"w\"\nevents = [\"*\"]\nurl = \"https://h/x\"\nca_file = \"{}\"\n",
+            bad.display()
+        ),
+        5,
+        "hooks.webhook[0].ca_file",
+        "no PEM certificate in it",
     );
 }
 
