@@ -50,6 +50,24 @@ fn script(name: &str, command: String) -> ScriptHookConfig {
     }
 }
 
+/// Starts the hooks of the config behind `config` (no VIP hooks): the bus to publish on, the
+/// stop token, the metrics, and the handle for a shutdown.
+fn start_hooks(
+    config: watch::Receiver<Arc<Config>>,
+) -> (EventBus, CancellationToken, HookMetrics, hooks::Hooks) {
+    let bus = EventBus::new();
+    let shutdown = CancellationToken::new();
+    let metrics = HookMetrics::default();
+    let handle = hooks::start(HookContext {
+        bus: bus.clone(),
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
+        config,
+        vip: None,
+    });
+    (bus, shutdown, metrics, handle)
+}
+
 /// Runs the dispatcher over `scripts` and returns the bus to publish on.
 fn dispatcher(scripts: Vec<ScriptHookConfig>) -> (EventBus, CancellationToken, HookMetrics) {
     let mut cfg = Config::default();
@@ -57,16 +75,7 @@ fn dispatcher(scripts: Vec<ScriptHookConfig>) -> (EventBus, CancellationToken, H
     let (tx, rx) = watch::channel(Arc::new(cfg));
     // The sender stays alive for the test: the dispatcher follows reloads through it.
     std::mem::forget(tx);
-    let bus = EventBus::new();
-    let shutdown = CancellationToken::new();
-    let metrics = HookMetrics::default();
-    hooks::start(HookContext {
-        bus: bus.clone(),
-        shutdown: shutdown.clone(),
-        metrics: metrics.clone(),
-        config: rx,
-        vip: None,
-    });
+    let (bus, shutdown, metrics, _) = start_hooks(rx);
     (bus, shutdown, metrics)
 }
 
@@ -241,15 +250,7 @@ async fn after_a_reload_events_go_to_the_new_hooks() {
     let mut cfg = Config::default();
     cfg.hooks.scripts = vec![script("old", format!("echo x >> {}", old_log.display()))];
     let (tx, rx) = watch::channel(Arc::new(cfg.clone()));
-    let bus = EventBus::new();
-    let shutdown = CancellationToken::new();
-    hooks::start(HookContext {
-        bus: bus.clone(),
-        shutdown: shutdown.clone(),
-        metrics: HookMetrics::default(),
-        config: rx,
-        vip: None,
-    });
+    let (bus, shutdown, _, _) = start_hooks(rx);
     bus.publish(failover("STANDBY", "ACTIVE"));
     wait_for("old hook ran", Duration::from_secs(10), || {
         read(&old_log).lines().count() == 1
@@ -284,15 +285,7 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     );
     cfg.hooks.scripts = vec![script("one", cmd.clone()), script("two", cmd)];
     let (tx, rx) = watch::channel(Arc::new(cfg));
-    let bus = EventBus::new();
-    let shutdown = CancellationToken::new();
-    hooks::start(HookContext {
-        bus: bus.clone(),
-        shutdown: shutdown.clone(),
-        metrics: HookMetrics::default(),
-        config: rx,
-        vip: None,
-    });
+    let (bus, shutdown, _, _) = start_hooks(rx);
     bus.publish(failover("STANDBY", "ACTIVE"));
     bus.publish(failover("ACTIVE", "STANDBY"));
     wait_for("four runs", Duration::from_secs(15), || {
@@ -324,14 +317,7 @@ async fn at_shutdown_published_events_are_delivered_and_a_hung_script_is_killed_
         ),
     ];
     let (_tx, rx) = watch::channel(Arc::new(cfg));
-    let bus = EventBus::new();
-    let hooks = hooks::start(HookContext {
-        bus: bus.clone(),
-        shutdown: CancellationToken::new(),
-        metrics: HookMetrics::default(),
-        config: rx,
-        vip: None,
-    });
+    let (bus, _, _, hooks) = start_hooks(rx);
     bus.publish(failover("STANDBY", "ACTIVE"));
     // Published right before shutdown, as the VIP's release is: it must still run.
     bus.publish(failover("ACTIVE", "STANDBY"));

@@ -244,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn posts_signed_json_and_retries_after_a_server_error() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -253,31 +253,7 @@ mod tests {
             let mut seen = Vec::new();
             for status in ["500 Internal Server Error", "200 OK"] {
                 let (mut s, _) = listener.accept().await.expect("accept");
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read until the whole body (Content-Length) is in.
-                loop {
-                    let n = s.read(&mut chunk).await.expect("read");
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length: ")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break;
-                        }
-                    }
-                }
-                seen.push(String::from_utf8_lossy(&buf).to_string());
+                seen.push(read_request(&mut s).await);
                 let resp =
                     format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 s.write_all(resp.as_bytes()).await.expect("write");
