@@ -4,7 +4,9 @@
 //! A worker proves progress by calling [`Progress::tick`] from its loop (also when idle: the
 //! loop wakes on a short timer), so a worker blocked forever on a lock or a full channel goes
 //! stale even though the process as a whole is still alive. Components can also report a
-//! standing problem (`VIP 10.0.0.3/24: interface "eth9" not found`) that degrades health.
+//! standing problem (`VIP 10.0.0.3/24: interface "eth9" not found`) that degrades health, or
+//! a fault (`eth0 has no carrier`) that also means this node cannot serve: HA then goes FAULT
+//! and leaves the service to its peer, as keepalived does when its interface goes down.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ struct Worker {
 pub struct Health {
     workers: Arc<RwLock<BTreeMap<String, Worker>>>,
     problems: Arc<RwLock<BTreeMap<String, String>>>,
+    faults: Arc<RwLock<BTreeMap<String, String>>>,
 }
 
 impl Health {
@@ -74,6 +77,37 @@ impl Health {
         }
     }
 
+    /// Sets (Some) or clears (None) a fault under `key`: like a problem, and HA gives up the
+    /// service while any fault stands.
+    pub fn set_fault(&self, key: &str, fault: Option<String>) {
+        let mut f = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        match fault {
+            Some(msg) => {
+                f.insert(key.to_string(), msg);
+            }
+            None => {
+                f.remove(key);
+            }
+        }
+    }
+
+    /// Why this node cannot serve now (stuck workers, faults); empty means it can. HA's input.
+    pub fn cannot_serve(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .workers_stuck()
+            .into_iter()
+            .map(|w| format!("{w} worker stuck"))
+            .collect();
+        out.extend(
+            self.faults
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned(),
+        );
+        out
+    }
+
     /// Every reason the node is not healthy now; empty means healthy.
     pub fn problems(&self) -> Vec<String> {
         let now = mono_ms();
@@ -100,11 +134,14 @@ impl Health {
         {
             out.push(format!("{k}: {v}"));
         }
+        for (k, v) in self.faults.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            out.push(format!("{k}: {v}"));
+        }
         out
     }
 
-    /// Are the serving workers (not the standing problems) making progress?
-    /// HA uses this: a VIP problem must not make a node give up the service.
+    /// The serving workers that made no progress (not the problems or faults): the systemd
+    /// watchdog uses this, as a restart cannot cure a missing carrier.
     pub fn workers_stuck(&self) -> Vec<String> {
         let now = mono_ms();
         self.workers
@@ -151,7 +188,32 @@ mod tests {
             vec!["vip dns-vip: interface \"eth9\" not found".to_string()]
         );
         assert!(h.workers_stuck().is_empty());
+        // A problem degrades health but does not stop the node serving.
+        assert!(h.cannot_serve().is_empty());
         h.set_problem("vip dns-vip", None);
         assert!(h.problems().is_empty());
+    }
+
+    #[test]
+    fn faults_and_stuck_workers_are_why_a_node_cannot_serve() {
+        let h = Health::new();
+        let _p = h.worker("dns", Duration::from_millis(20));
+        h.set_fault("vip dns-vip", Some("eth0 has no carrier".into()));
+        assert_eq!(h.cannot_serve(), vec!["eth0 has no carrier".to_string()]);
+        assert_eq!(
+            h.problems(),
+            vec!["vip dns-vip: eth0 has no carrier".to_string()]
+        );
+        assert!(h.workers_stuck().is_empty(), "the watchdog ignores faults");
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            h.cannot_serve(),
+            vec![
+                "dns worker stuck".to_string(),
+                "eth0 has no carrier".to_string()
+            ]
+        );
+        h.set_fault("vip dns-vip", None);
+        assert_eq!(h.cannot_serve(), vec!["dns worker stuck".to_string()]);
     }
 }

@@ -181,7 +181,19 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         log.summary()
     );
 
-    // The host returns: the two ACTIVE nodes meet; exactly one stays, holding the VIP alone.
+    // A sees its link lose carrier: FAULT (it cannot reach its clients) and the VIP let go,
+    // so when the link returns it is B's alone and A comes back as a standby.
+    lab.wait_for("A FAULT without the VIP", SOON, |l| {
+        l.ha_state(Node::A).as_deref() == Some("FAULT") && !l.vip_on(Node::A)
+    });
+    assert!(
+        lab.log(Node::A)
+            .contains("link eth0 of floating IP 10.0.0.3/24 is down (no carrier)"),
+        "{}",
+        lab.dump()
+    );
+
+    // The host returns: exactly one ACTIVE node, holding the VIP alone.
     lab.port_up(Node::A);
     lab.wait_for("exactly one ACTIVE node holding the VIP alone", SOON, |l| {
         let (a, b) = (l.ha_state(Node::A), l.ha_state(Node::B));
@@ -197,6 +209,11 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         };
         one && l.vip_on(holder) && !l.vip_on(holder.other()) && l.who_answers() == Some(holder)
     });
+    assert!(
+        lab.log(Node::A).contains("can serve again"),
+        "{}",
+        lab.dump()
+    );
 }
 
 #[test]

@@ -107,7 +107,7 @@ pub enum Input {
     Peer(Control),
     /// A dial to the peer's port was refused (RST): its host is up, its process is not.
     ReconnectRefused,
-    /// The workers that serve clients: empty = all making progress.
+    /// Why this node cannot serve (stuck workers, a VIP link without carrier); empty = it can.
     Health { stuck: Vec<String> },
     /// SIGTERM/SIGINT.
     Shutdown,
@@ -435,7 +435,7 @@ impl Machine {
                     }
                     self.transition(
                         HaState::Fault,
-                        format!("workers stuck: {}", stuck.join(", ")),
+                        format!("cannot serve: {}", stuck.join(", ")),
                         watermark,
                         &mut out,
                     );
@@ -443,7 +443,7 @@ impl Machine {
                     self.stuck = false;
                     self.transition(
                         HaState::Standby,
-                        "workers are making progress again".to_string(),
+                        "can serve again".to_string(),
                         watermark,
                         &mut out,
                     );

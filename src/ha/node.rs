@@ -7,7 +7,8 @@
 //! one writer and one lease applier per link. Both sides dial and accept; when two links meet,
 //! both ends keep the one dialled by the preferred node (the primary), or the newer of two
 //! dialled by the same node. The heartbeat tick runs on the same runtime as the workers and
-//! first asks [`Health::workers_stuck`], so a wedged node stops heartbeating and goes FAULT.
+//! first asks [`Health::cannot_serve`], so a wedged node (stuck workers) or one that cannot
+//! reach its clients (the VIP's link has no carrier) stops heartbeating and goes FAULT.
 //!
 //! Invariants: only this task calls `Machine::step`; every `ha.failover` action updates the
 //! serving gate and the status in the same step; a link is either the current one or being
@@ -438,7 +439,7 @@ impl NodeTask {
     }
 
     fn on_tick(&mut self) {
-        let stuck = self.p.health.workers_stuck();
+        let stuck = self.p.health.cannot_serve();
         self.step(Input::Health { stuck });
         self.step(Input::Tick);
         self.pending.prune();

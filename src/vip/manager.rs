@@ -227,6 +227,7 @@ pub fn start(
             refresh_at: None,
             defend_at: None,
             rival: None,
+            no_carrier: false,
             defender: Defender::default(),
             net_rx: net_tx.subscribe(),
             conflict_rx,
@@ -344,6 +345,8 @@ struct Worker {
     /// The MAC that sent ARP as the VIP and started the hold-off; reported only if we still
     /// hold the VIP when the hold-off ends (a planned handoff is not a conflict).
     rival: Option<[u8; 6]>,
+    /// The interface exists but has no carrier (a health fault while true).
+    no_carrier: bool,
     defender: Defender,
     net_rx: broadcast::Receiver<NetEvent>,
     conflict_rx: mpsc::Receiver<ArpOnLink>,
@@ -436,6 +439,7 @@ impl Worker {
         }
         match self.nl.link(&self.cfg.interface).await {
             Ok(Some(l)) => {
+                self.note_carrier(&l);
                 self.link = Some(l.clone());
                 Ok(l)
             }
@@ -445,6 +449,30 @@ impl Worker {
                 self.vip()
             )),
             Err(e) => Err(self.describe(&e)),
+        }
+    }
+
+    /// A VIP link without carrier (cable pulled, switch port down) means this node cannot
+    /// reach its clients: a health fault, so HA goes FAULT and the peer takes the service,
+    /// as keepalived does when its interface goes down. Logged on the change only.
+    fn note_carrier(&mut self, info: &LinkInfo) {
+        let lost = !info.up;
+        if lost == self.no_carrier {
+            return;
+        }
+        self.no_carrier = lost;
+        let key = format!("vip {}", self.cfg.name);
+        if lost {
+            let msg = format!(
+                "link {} of floating IP {} is down (no carrier)",
+                self.cfg.interface,
+                self.vip()
+            );
+            tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "{msg}: this node cannot serve its clients");
+            self.ctx.health.set_fault(&key, Some(msg));
+        } else {
+            tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "link {} of floating IP {} is up again", self.cfg.interface, self.vip());
+            self.ctx.health.set_fault(&key, None);
         }
     }
 
@@ -540,6 +568,9 @@ impl Worker {
             Some(l) => Some(l),
             None => match self.nl.link(&self.cfg.interface).await {
                 Ok(l) => {
+                    if let Some(info) = &l {
+                        self.note_carrier(info);
+                    }
                     // Cached, so a later claim skips the lookup (event → GARP latency).
                     self.link = l.clone();
                     l
@@ -725,6 +756,7 @@ impl Worker {
                 }
             }
             NetEvent::Link(info) if info.name == self.cfg.interface => {
+                self.note_carrier(&info);
                 let old = self.link.replace(info.clone());
                 let came_up = info.up && !old.as_ref().is_some_and(|o| o.up);
                 let moved = old.as_ref().is_some_and(|o| o.index != info.index);

@@ -426,7 +426,7 @@ fn every_transition_in_the_table() {
                 let mut m = connected(secondary(), a_active(4), Standby, 0);
                 m.step(
                     Input::Health {
-                        stuck: vec!["dhcp".into()],
+                        stuck: vec!["dhcp worker stuck".into()],
                     },
                     25,
                     0,
@@ -449,12 +449,12 @@ fn every_transition_in_the_table() {
             node: connected(primary(), b_standby.clone(), Active, 1),
             inputs: vec![(
                 Input::Health {
-                    stuck: vec!["dhcp".into()],
+                    stuck: vec!["dhcp worker stuck".into()],
                 },
                 30,
             )],
             want: Fault,
-            reason: "workers stuck: dhcp",
+            reason: "cannot serve: dhcp worker stuck",
             must: vec!["ha.failover", "send_status"],
         },
         Case {
@@ -463,7 +463,7 @@ fn every_transition_in_the_table() {
             inputs: vec![
                 (
                     Input::Health {
-                        stuck: vec!["dns".into()],
+                        stuck: vec!["dns worker stuck".into()],
                     },
                     30,
                 ),
@@ -479,7 +479,7 @@ fn every_transition_in_the_table() {
                 let mut m = primary();
                 m.step(
                     Input::Health {
-                        stuck: vec!["dns".into()],
+                        stuck: vec!["dns worker stuck".into()],
                     },
                     5,
                     0,
@@ -488,7 +488,7 @@ fn every_transition_in_the_table() {
             },
             inputs: vec![(Input::Health { stuck: vec![] }, 30)],
             want: Standby,
-            reason: "making progress again",
+            reason: "can serve again",
             must: vec![],
         },
         Case {
