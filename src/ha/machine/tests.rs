@@ -1151,3 +1151,51 @@ fn simulated_pause_of_the_active_then_resume_steps_it_down() {
         );
     }
 }
+
+#[test]
+fn a_lone_node_back_from_fault_serves_again_within_failover_timeout() {
+    // The peer is gone (host down); our VIP link flaps: FAULT, then healthy again. Nobody
+    // else can serve, so we must not sit in STANDBY for long.
+    let mut m = primary();
+    let mut t = 0;
+    let mut active_at = None;
+    while t < 10 * FO {
+        t += HB;
+        for a in m.step(Input::Tick, t, 0) {
+            if matches!(a, Action::ProbeWitness) {
+                m.step(Input::Witness { answered: false }, t, 0);
+            }
+        }
+        if m.state == HaState::Active {
+            active_at = Some(t);
+            break;
+        }
+    }
+    assert!(active_at.is_some(), "never ACTIVE alone");
+    m.step(
+        Input::Health {
+            stuck: vec!["link eth0 down".into()],
+        },
+        t,
+        0,
+    );
+    assert_eq!(m.state, HaState::Fault);
+    t += 3 * FO;
+    m.step(Input::Health { stuck: vec![] }, t, 0);
+    assert_eq!(m.state, HaState::Standby);
+    let back = t;
+    while m.state != HaState::Active && t < back + 10 * FO {
+        t += HB;
+        for a in m.step(Input::Tick, t, 0) {
+            if matches!(a, Action::ProbeWitness) {
+                m.step(Input::Witness { answered: false }, t, 0);
+            }
+        }
+    }
+    assert_eq!(m.state, HaState::Active, "still not serving");
+    assert!(
+        t - back <= FO + HB,
+        "ACTIVE {} ms after recovering, want ≤ failover_timeout",
+        t - back
+    );
+}
