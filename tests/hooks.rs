@@ -293,6 +293,28 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     })
     .await;
     assert_eq!(read(&log), "start\nend\n".repeat(4), "runs overlapped");
+
+    // A reload to two slots applies at once: the two hooks now run side by side.
+    let log2 = dir.path().join("runs2");
+    let cmd = format!(
+        "echo start >> {0}; sleep 1; echo end >> {0}",
+        log2.display()
+    );
+    let mut cfg = Config::default();
+    cfg.hooks.script_concurrency = 2;
+    cfg.hooks.scripts = vec![script("one", cmd.clone()), script("two", cmd)];
+    tx.send(Arc::new(cfg)).expect("reload");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.publish(failover("STANDBY", "ACTIVE"));
+    wait_for("two runs", Duration::from_secs(15), || {
+        read(&log2).lines().count() == 4
+    })
+    .await;
+    assert_eq!(
+        read(&log2),
+        "start\nstart\nend\nend\n",
+        "the new bound was not applied"
+    );
     drop(tx);
     shutdown.cancel();
 }

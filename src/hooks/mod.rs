@@ -11,8 +11,8 @@
 //! - `[[hooks.vip]]` hooks have no queue: an `ha.failover` sets the VIP worker's latest-wins
 //!   want at once ([`crate::vip::VipControl`]), so nothing can be dropped and flapping ends
 //!   in the final state;
-//! - on SIGHUP the script and webhook hooks follow the new config (old queues drain first);
-//!   VIP hooks need a restart;
+//! - on SIGHUP the script and webhook hooks (and `script_concurrency`) follow the new config
+//!   (old queues drain first); VIP hooks need a restart;
 //! - at shutdown the hooks outlive the rest of the daemon ([`Hooks::finish`]): the events of
 //!   the shutdown itself (the handoff's `ha.failover`, the VIP's `vip.released`) are still
 //!   delivered and running scripts may finish, for a bounded grace period; what still runs
@@ -254,12 +254,13 @@ async fn dispatch(
     mut rx: mpsc::Receiver<Arc<Event>>,
     vip_routes: Vec<VipRoute>,
     mut queues: Vec<Queue>,
-    sem: Arc<Semaphore>,
+    mut sem: Arc<Semaphore>,
     flush: CancellationToken,
     alive: mpsc::Sender<()>,
 ) {
     let mut config_live = true;
     let mut fingerprint = hook_fingerprint(&ctx.config.borrow());
+    let mut concurrency = ctx.config.borrow().hooks.script_concurrency.max(1);
     loop {
         // A reload is applied before events that are already waiting: whoever changed the
         // config and then caused an event expects the new hooks to see it.
@@ -287,6 +288,11 @@ async fn dispatch(
                     continue;
                 }
                 fingerprint = now;
+                if cfg.hooks.script_concurrency.max(1) != concurrency {
+                    // Runs in flight finish under the old bound; new ones take the new one.
+                    concurrency = cfg.hooks.script_concurrency.max(1);
+                    sem = Arc::new(Semaphore::new(concurrency));
+                }
                 // Dropping the old senders lets each old hook task finish its queue and exit.
                 queues = spawn_queues(&cfg, &ctx, &sem, &alive);
                 tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
@@ -302,8 +308,14 @@ async fn dispatch(
 /// What a reload must compare to know whether script/webhook hooks changed.
 fn hook_fingerprint(cfg: &Config) -> String {
     let h = &cfg.hooks;
-    serde_json::to_string(&(&h.scripts, &h.webhooks, h.script_timeout, h.queue_size))
-        .unwrap_or_default()
+    serde_json::to_string(&(
+        &h.scripts,
+        &h.webhooks,
+        h.script_timeout,
+        h.queue_size,
+        h.script_concurrency,
+    ))
+    .unwrap_or_default()
 }
 
 fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]) {
