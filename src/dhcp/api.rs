@@ -56,7 +56,7 @@ impl From<&Lease> for LeaseView {
             mac: l.mac_string(),
             client_id: l.client_id.as_deref().map(hex_colon),
             hostname: l.hostname.clone(),
-            subnet: l.subnet.clone(),
+            subnet: l.subnet.to_string(),
             state: state_name(l.state),
             start: l.start,
             expiry: l.expiry,
@@ -90,7 +90,7 @@ pub fn list(leases: impl Iterator<Item = Lease>, q: &LeaseQuery) -> LeasePage {
                     .is_some_and(|x| x.eq_ignore_ascii_case(h))
             })
         })
-        .filter(|l| q.subnet.as_deref().is_none_or(|s| l.subnet == s))
+        .filter(|l| q.subnet.as_deref().is_none_or(|s| *l.subnet == *s))
         .filter(|l| {
             q.state
                 .as_deref()

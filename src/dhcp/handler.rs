@@ -174,7 +174,7 @@ impl DhcpState {
             .subnets
             .iter()
             .zip(&self.allocs)
-            .map(|(s, a)| (s.name.clone(), a.size()))
+            .map(|(s, a)| (s.name.to_string(), a.size()))
             .collect()
     }
 
@@ -254,7 +254,7 @@ impl DhcpState {
         req: &Request,
     ) -> Option<&'a Lease> {
         let mut best: Option<&Lease> = None;
-        let candidates: Box<dyn Iterator<Item = &Lease>> = match &req.client_id {
+        let candidates: Box<dyn Iterator<Item = &'a Lease> + '_> = match &req.client_id {
             Some(c) => Box::new(leases.by_client_id(c).chain(leases.by_mac(&req.mac()))),
             None => Box::new(leases.by_mac(&req.mac())),
         };

@@ -23,7 +23,7 @@ pub struct Reservation {
 pub struct SubnetPlan {
     pub network: Ipv4Net,
     /// "10.0.0.0/24": the `subnet` of leases and events.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub interface: Option<String>,
     /// Inclusive address ranges as u32.
     pub pools: Vec<(u32, u32)>,
@@ -127,7 +127,7 @@ impl Plan {
                 SubnetPlan {
                     timer_options,
                     network: net,
-                    name: net.to_string(),
+                    name: net.to_string().into(),
                     interface: s.interface.clone(),
                     pools: s
                         .pools

@@ -727,7 +727,7 @@ fn refresh(sh: &Shared, now_ms: u64) {
             .iter()
             .any(|s| s.name == l.subnet && s.in_pool(l.ip));
         if in_pool {
-            *active_by_subnet.entry(l.subnet.as_str()).or_default() += 1;
+            *active_by_subnet.entry(&*l.subnet).or_default() += 1;
         }
     }
     sh.metrics.leases_active.set(active);

@@ -465,7 +465,7 @@ fn relayed_requests_use_giaddr_and_are_answered_to_the_relay_with_option_82() {
         out.commit[0].relay_info, r.relay_info,
         "option 82 kept on the lease"
     );
-    assert_eq!(out.commit[0].subnet, "10.9.0.0/24");
+    assert_eq!(&*out.commit[0].subnet, "10.9.0.0/24");
 }
 
 #[test]

@@ -122,7 +122,7 @@ pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
     };
     let subnet = std::str::from_utf8(r.bytes()?.ok_or_else(|| bad("no subnet"))?)
         .map_err(|_| bad("subnet is not UTF-8"))?
-        .to_string();
+        .into();
     let relay_info = r.bytes()?.map(<[u8]>::to_vec);
     Ok((
         Lease {

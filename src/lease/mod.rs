@@ -6,6 +6,7 @@
 //! nothing of the peer protocol and HA nothing of DHCP packets.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -37,8 +38,9 @@ pub struct Lease {
     pub mac: [u8; 6],
     pub client_id: Option<Vec<u8>>,
     pub hostname: Option<String>,
-    /// The subnet in CIDR form, e.g. "10.0.0.0/24".
-    pub subnet: String,
+    /// The subnet in CIDR form, e.g. "10.0.0.0/24". Shared: every lease of a subnet points at
+    /// one copy (see [`LeaseIndex`]).
+    pub subnet: Arc<str>,
     pub state: LeaseState,
     /// Unix seconds.
     pub start: u64,
@@ -61,7 +63,7 @@ impl Lease {
             mac: self.mac_string(),
             hostname: self.hostname.clone(),
             client_id: self.client_id.as_deref().map(hex_colon),
-            subnet: self.subnet.clone(),
+            subnet: self.subnet.to_string(),
             lease_start: self.start,
             lease_expiry: self.expiry,
             lease_duration: self.expiry.saturating_sub(self.start),
