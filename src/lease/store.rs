@@ -1,12 +1,13 @@
 //! The durable lease store: redb tables plus the in-memory [`LeaseIndex`] the handler reads.
 //!
-//! Tables: `leases` (IP → record), `by_mac` (MAC‖IP), `by_client_id` (len‖client-id‖IP) and
-//! `changes` (sequence → IP), the change log HA reads from a watermark. The change log keeps
-//! only the newest sequence per IP (a re-write deletes the superseded entry), so a bulk sync
-//! sends each lease once and the log never outgrows the leases. The two client indexes are
-//! brought up to date by a checkpoint every few seconds rather than in each ACK's transaction
-//! (see [`INDEX_CHECKPOINT`]); `meta.indexed_seq` says how far they reach, and a start after
-//! a crash rebuilds them from `leases`.
+//! Tables: `leases` (IP → record) and `changes` (sequence → IP), the change log HA reads from
+//! a watermark. The change log keeps only the newest sequence per IP (a re-write deletes the
+//! superseded entry), so a bulk sync sends each lease once and the log never outgrows the
+//! leases. The MAC and client-id indexes live only in memory ([`LeaseIndex`], built from
+//! `leases` at open): nothing reads them from disk, and keeping them on disk meant a
+//! transaction of random-key B-tree writes every second that held the writer 10–50 ms while
+//! ACKs queued behind it. Tables of older versions (`by_mac`, `by_client_id`) are dropped at
+//! open.
 //!
 //! **Group commit.** Every write goes to one writer thread. It takes whatever is queued, writes
 //! it in one redb transaction with `Durability::Immediate`, and only then completes each
@@ -18,7 +19,6 @@
 //! written in the order they were submitted (submission happens under the index lock, so the
 //! disk order is the index order); the watermark only moves after a commit is durable.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,23 +37,12 @@ use super::index::LeaseIndex;
 use super::{Lease, LeaseLog, LeaseLogError, LeaseState};
 
 const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
-const BY_MAC: TableDefinition<&[u8], ()> = TableDefinition::new("by_mac");
-const BY_CLIENT_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_client_id");
 const CHANGES: TableDefinition<u64, u32> = TableDefinition::new("changes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// META key: the change sequence up to which `by_mac` and `by_client_id` are up to date.
-const INDEXED_SEQ: &str = "indexed_seq";
-
-/// How often the client indexes catch up with the leases. They are not written in the ACK's
-/// transaction: a MAC key is random, so indexing each ACK would dirty one more random B-tree
-/// leaf per lease per commit (measured: ~8% of the CPU per exchange). Nothing on the ACK path
-/// reads them (the in-memory index serves lookups); after a crash they are rebuilt from
-/// `leases` at open, so they are never wrong for longer than this.
-const INDEX_CHECKPOINT: std::time::Duration = std::time::Duration::from_secs(1);
-/// Most index moves per checkpoint transaction. A checkpoint holds the writer (redb has one
-/// write transaction at a time), so a bounded one keeps the ACK latency it adds to a few ms;
-/// a backlog bigger than this is worked off one chunk per commit.
-const INDEX_CHUNK: usize = 2048;
+/// Tables and META key of the on-disk client indexes of older versions, dropped at open.
+const LEGACY_BY_MAC: TableDefinition<&[u8], ()> = TableDefinition::new("by_mac");
+const LEGACY_BY_CLIENT_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_client_id");
+const LEGACY_INDEXED_SEQ: &str = "indexed_seq";
 
 /// redb page cache (bytes).
 const REDB_CACHE: usize = 2 << 20;
@@ -62,10 +51,12 @@ const REDB_CACHE: usize = 2 << 20;
 /// hold every waiting ACK for long.
 const MAX_BATCH: usize = 4096;
 
-/// Under load (the previous transaction carried more than one job) the writer waits this
-/// long for more jobs before committing. Each fsync costs the same whatever it carries, so
-/// at thousands of ACKs per second a 1 ms wait halves the transactions (and the CPU per
-/// lease) for about 1 ms more ACK latency; a lone client never waits.
+/// Under load (the previous transaction carried more than one job) the oldest queued job
+/// waits until it is this old before its transaction starts, so more jobs join it. Each
+/// fsync costs the same whatever it carries, so at thousands of ACKs per second this halves
+/// the transactions (and the CPU per lease). Counted from the job's submission, not from when
+/// the writer looks: a job that already waited out a slow commit starts at once, so the
+/// linger never adds to a wait the disk already imposed. A lone client never waits.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +90,18 @@ pub struct StoreMetrics {
     pub commits: Counter,
     pub leases_written: Counter,
     pub commit_seconds: Histogram,
+    /// Time inside redb's commit: the page writes and its one `fdatasync`.
+    pub flush_seconds: Histogram,
+    /// From a job's submission to the start of the transaction that carries it.
+    pub queue_seconds: Histogram,
     pub batch_leases: Histogram,
+}
+
+/// Buckets for the writer's timings: fine below 5 ms (the ACK latency target).
+fn writer_buckets() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.25,
+    ])
 }
 
 impl Default for StoreMetrics {
@@ -107,9 +109,9 @@ impl Default for StoreMetrics {
         StoreMetrics {
             commits: Counter::default(),
             leases_written: Counter::default(),
-            commit_seconds: Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
-            ]),
+            commit_seconds: writer_buckets(),
+            flush_seconds: writer_buckets(),
+            queue_seconds: writer_buckets(),
             batch_leases: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0]),
         }
     }
@@ -119,6 +121,7 @@ type Done = oneshot::Sender<Result<u64, StoreError>>;
 
 struct Job {
     leases: Vec<Lease>,
+    queued: Instant,
     done: Done,
 }
 
@@ -171,19 +174,24 @@ impl LeaseStore {
         {
             txn.open_table(LEASES)
                 .map_err(|e| open_err(e.to_string()))?;
-            txn.open_table(BY_MAC)
-                .map_err(|e| open_err(e.to_string()))?;
-            txn.open_table(BY_CLIENT_ID)
-                .map_err(|e| open_err(e.to_string()))?;
             txn.open_table(CHANGES)
                 .map_err(|e| open_err(e.to_string()))?;
-            txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            let mut meta = txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
+            meta.remove(LEGACY_INDEXED_SEQ)
+                .map_err(|e| open_err(e.to_string()))?;
+        }
+        for legacy in [LEGACY_BY_MAC, LEGACY_BY_CLIENT_ID] {
+            if txn
+                .delete_table(legacy)
+                .map_err(|e| open_err(e.to_string()))?
+            {
+                tracing::info!("dropped the on-disk {legacy} index (kept in memory now)");
+            }
         }
         txn.commit().map_err(|e| open_err(e.to_string()))?;
 
         let mut index;
         let watermark;
-        let indexed;
         {
             let r = db.begin_read().map_err(|e| open_err(e.to_string()))?;
             let t = r.open_table(LEASES).map_err(|e| open_err(e.to_string()))?;
@@ -208,21 +216,6 @@ impl LeaseStore {
                 .map_err(|e| open_err(e.to_string()))?
                 .map(|(k, _)| k.value())
                 .unwrap_or(0);
-            let meta = r.open_table(META).map_err(|e| open_err(e.to_string()))?;
-            indexed = meta
-                .get(INDEXED_SEQ)
-                .map_err(|e| open_err(e.to_string()))?
-                .map(|v| v.value())
-                .unwrap_or(0);
-        }
-        if indexed < watermark {
-            // Stopped (or crashed) between index checkpoints: catch the indexes up.
-            rebuild_indexes(&db, watermark).map_err(|e| open_err(e.to_string()))?;
-            tracing::info!(
-                watermark,
-                indexed,
-                "rebuilt the MAC and client-id indexes from the leases"
-            );
         }
         let db = Arc::new(db);
         let (tx, rx) = std_mpsc::channel();
@@ -269,7 +262,11 @@ impl LeaseStore {
     /// Queues leases (already applied to the index) for the next group commit.
     pub fn submit(&self, leases: Vec<Lease>) -> PendingCommit {
         let (done, rx) = oneshot::channel();
-        let job = Job { leases, done };
+        let job = Job {
+            leases,
+            queued: Instant::now(),
+            done,
+        };
         let refused = match &self.writer {
             Some(w) => w.send(job).err().map(|e| e.0),
             None => Some(job),
@@ -325,26 +322,6 @@ impl LeaseStore {
         }
     }
 
-    /// Leases on disk per the MAC index (used by tests and tooling to check the index; current
-    /// as of the last index checkpoint).
-    pub fn durable_ips_for_mac(&self, mac: &[u8; 6]) -> Result<Vec<Ipv4Addr>, StoreError> {
-        let r = self.db.begin_read().map_err(rd)?;
-        let t = r.open_table(BY_MAC).map_err(rd)?;
-        let mut lo = mac.to_vec();
-        lo.extend_from_slice(&[0; 4]);
-        let mut hi = mac.to_vec();
-        hi.extend_from_slice(&[0xff; 4]);
-        let mut out = Vec::new();
-        for row in t.range(lo.as_slice()..=hi.as_slice()).map_err(rd)? {
-            let (k, _) = row.map_err(rd)?;
-            let k = k.value();
-            if k.len() == 10 {
-                out.push(Ipv4Addr::new(k[6], k[7], k[8], k[9]));
-            }
-        }
-        Ok(out)
-    }
-
     /// Number of lease records on disk.
     pub fn durable_len(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read().map_err(rd)?;
@@ -368,6 +345,16 @@ impl LeaseStore {
             "lease_commit_seconds",
             "Time from transaction start to durable commit",
             m.commit_seconds.clone(),
+        );
+        registry.register(
+            "lease_commit_flush_seconds",
+            "Time in the database commit proper: page writes and one fdatasync",
+            m.flush_seconds.clone(),
+        );
+        registry.register(
+            "lease_commit_queue_seconds",
+            "From a write's submission to the start of the transaction that carries it",
+            m.queue_seconds.clone(),
         );
         registry.register(
             "lease_commit_batch_leases",
@@ -396,44 +383,16 @@ fn writer_loop(
     m: &StoreMetrics,
 ) {
     let mut busy = false;
-    let mut pending: Vec<IndexMove> = Vec::new();
-    let mut last_checkpoint = Instant::now();
-    // Applies the oldest chunk of moves. `indexed_seq` only reaches `seq` with the last chunk.
-    let checkpoint = |pending: &mut Vec<IndexMove>, seq: u64| {
-        let n = pending.len().min(INDEX_CHUNK);
-        let upto = if n == pending.len() { seq } else { 0 };
-        let chunk: Vec<IndexMove> = pending.drain(..n).collect();
-        let r = checkpoint_indexes(db, &chunk, upto);
-        if let Err(e) = r {
-            // The leases are safe; the indexes are rebuilt from them at the next start.
-            tracing::warn!("lease index checkpoint failed, will rebuild at start: {e}");
-            pending.clear();
-        }
-    };
-    loop {
-        let first = if pending.is_empty() {
-            match rx.recv() {
-                Ok(j) => j,
-                Err(_) => break,
-            }
-        } else {
-            let left = INDEX_CHECKPOINT.saturating_sub(last_checkpoint.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(j) => j,
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    checkpoint(&mut pending, seq);
-                    last_checkpoint = Instant::now();
-                    continue;
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        };
+    while let Ok(first) = rx.recv() {
         let mut n = first.leases.len();
         let mut jobs = vec![first];
         if busy {
             // Sleep rather than wait on the channel: a blocked receiver is woken by every
             // send, which would cost a context switch per ACK instead of one per batch.
-            std::thread::sleep(LINGER);
+            let left = LINGER.saturating_sub(jobs[0].queued.elapsed());
+            if !left.is_zero() {
+                std::thread::sleep(left);
+            }
         }
         while n < MAX_BATCH {
             match rx.try_recv() {
@@ -446,9 +405,14 @@ fn writer_loop(
         }
         busy = jobs.len() > 1;
         let t = Instant::now();
+        for j in &jobs {
+            m.queue_seconds
+                .observe(t.saturating_duration_since(j.queued).as_secs_f64());
+        }
         let start_seq = seq;
         match write_batch(db, &jobs, &mut seq) {
-            Ok((ends, moves)) => {
+            Ok((ends, flush)) => {
+                m.flush_seconds.observe(flush.as_secs_f64());
                 watermark.store(seq, Ordering::Release);
                 m.commits.inc();
                 m.leases_written.inc_by(n as u64);
@@ -456,14 +420,6 @@ fn writer_loop(
                 m.batch_leases.observe(n as f64);
                 for (job, end) in jobs.into_iter().zip(ends) {
                     let _ = job.done.send(Ok(end));
-                }
-                if pending.is_empty() {
-                    last_checkpoint = Instant::now();
-                }
-                pending.extend(moves);
-                if last_checkpoint.elapsed() >= INDEX_CHECKPOINT || pending.len() >= INDEX_CHUNK {
-                    checkpoint(&mut pending, seq);
-                    last_checkpoint = Instant::now();
                 }
             }
             Err(e) => {
@@ -478,75 +434,35 @@ fn writer_loop(
             }
         }
     }
-    while !pending.is_empty() {
-        checkpoint(&mut pending, seq);
-    }
 }
-
-fn mac_key(mac: &[u8; 6], ip: u32) -> [u8; 10] {
-    let mut k = [0u8; 10];
-    k[..6].copy_from_slice(mac);
-    k[6..].copy_from_slice(&ip.to_be_bytes());
-    k
-}
-
-fn cid_key(cid: &[u8], ip: u32) -> Vec<u8> {
-    let n = cid.len().min(255);
-    let mut k = Vec::with_capacity(n + 5);
-    k.push(n as u8);
-    k.extend_from_slice(&cid[..n]);
-    k.extend_from_slice(&ip.to_be_bytes());
-    k
-}
-
-/// A lease's entries in the client indexes: (MAC key, client-id key).
-type IndexKeys = (Vec<u8>, Option<Vec<u8>>);
-
-fn index_keys(l: &Lease) -> IndexKeys {
-    let ip = u32::from(l.ip);
-    (
-        mac_key(&l.mac, ip).to_vec(),
-        l.client_id.as_deref().map(|c| cid_key(c, ip)),
-    )
-}
-
-/// Index entries to move at the next checkpoint: (old keys to remove, new keys to insert).
-type IndexMove = (Option<IndexKeys>, IndexKeys);
 
 /// Writes every job in one durable transaction; returns each job's last sequence number and
-/// the client-index moves the checkpoint must apply.
+/// the time the commit proper (page writes and fsync) took.
 fn write_batch(
     db: &Database,
     jobs: &[Job],
     seq: &mut u64,
-) -> Result<(Vec<u64>, Vec<IndexMove>), StoreError> {
+) -> Result<(Vec<u64>, std::time::Duration), StoreError> {
     let txn = db.begin_write().map_err(wr)?;
     let mut ends = Vec::with_capacity(jobs.len());
-    let mut moves = Vec::new();
     {
         let mut leases = txn.open_table(LEASES).map_err(wr)?;
         let mut changes = txn.open_table(CHANGES).map_err(wr)?;
         for job in jobs {
             for lease in &job.leases {
                 let ip = u32::from(lease.ip);
-                let old = leases
+                let old_seq = leases
                     .get(ip)
                     .map_err(wr)?
-                    .and_then(|v| codec::decode(v.value()).ok());
-                let mut old_keys = None;
-                if let Some((o, old_seq)) = old {
+                    .and_then(|v| codec::decode_seq(v.value()).ok());
+                if let Some(old_seq) = old_seq {
                     changes.remove(old_seq).map_err(wr)?;
-                    old_keys = Some(index_keys(&o));
                 }
                 *seq += 1;
                 leases
                     .insert(ip, codec::encode(lease, *seq).as_slice())
                     .map_err(wr)?;
                 changes.insert(*seq, ip).map_err(wr)?;
-                let new_keys = index_keys(lease);
-                if old_keys.as_ref() != Some(&new_keys) {
-                    moves.push((old_keys, new_keys));
-                }
             }
             ends.push(*seq);
         }
@@ -554,87 +470,9 @@ fn write_batch(
     // Durability::Immediate is redb's default; set it anyway: it is the promise we make.
     let mut txn = txn;
     txn.set_durability(redb::Durability::Immediate);
+    let t = Instant::now();
     txn.commit().map_err(wr)?;
-    Ok((ends, moves))
-}
-
-/// Applies index moves and records how far the indexes reach, in one durable transaction.
-fn checkpoint_indexes(db: &Database, moves: &[IndexMove], upto: u64) -> Result<(), StoreError> {
-    // Net effect per key, in key order: redb copies a leaf for every change, so sorted keys
-    // (consecutive changes in one leaf) keep a checkpoint small and short.
-    let mut mac: BTreeMap<&[u8], bool> = BTreeMap::new();
-    let mut cid: BTreeMap<&[u8], bool> = BTreeMap::new();
-    for (old, new) in moves {
-        if let Some((m, c)) = old {
-            mac.insert(m, false);
-            if let Some(c) = c {
-                cid.insert(c, false);
-            }
-        }
-        mac.insert(&new.0, true);
-        if let Some(c) = &new.1 {
-            cid.insert(c, true);
-        }
-    }
-    let txn = db.begin_write().map_err(wr)?;
-    {
-        let mut by_mac = txn.open_table(BY_MAC).map_err(wr)?;
-        let mut by_cid = txn.open_table(BY_CLIENT_ID).map_err(wr)?;
-        let mut meta = txn.open_table(META).map_err(wr)?;
-        for (table, keys) in [(&mut by_mac, &mac), (&mut by_cid, &cid)] {
-            for (k, present) in keys {
-                if *present {
-                    table.insert(*k, ()).map_err(wr)?;
-                } else {
-                    table.remove(*k).map_err(wr)?;
-                }
-            }
-        }
-        // 0: a partial chunk; the recorded position stays where it was.
-        if upto > 0 {
-            meta.insert(INDEXED_SEQ, upto).map_err(wr)?;
-        }
-    }
-    txn.commit().map_err(wr)
-}
-
-/// Rebuilds both client indexes from the `leases` table (after a crash between checkpoints).
-/// The tables are dropped and refilled in key order: inserting random keys one by one into a
-/// big tree in one transaction made redb copy a page per insert (measured: 1.2 s and +130 MB
-/// of file for 32,000 leases; sorted: a fraction of that).
-fn rebuild_indexes(db: &Database, upto: u64) -> Result<(), StoreError> {
-    let mut macs: Vec<Vec<u8>> = Vec::new();
-    let mut cids: Vec<Vec<u8>> = Vec::new();
-    {
-        let r = db.begin_read().map_err(rd)?;
-        let leases = r.open_table(LEASES).map_err(rd)?;
-        for row in leases.iter().map_err(rd)? {
-            let (_, v) = row.map_err(rd)?;
-            if let Ok((l, _)) = codec::decode(v.value()) {
-                let (m, c) = index_keys(&l);
-                macs.push(m);
-                cids.extend(c);
-            }
-        }
-    }
-    macs.sort_unstable();
-    cids.sort_unstable();
-    let txn = db.begin_write().map_err(wr)?;
-    txn.delete_table(BY_MAC).map_err(wr)?;
-    txn.delete_table(BY_CLIENT_ID).map_err(wr)?;
-    {
-        let mut by_mac = txn.open_table(BY_MAC).map_err(wr)?;
-        let mut by_cid = txn.open_table(BY_CLIENT_ID).map_err(wr)?;
-        let mut meta = txn.open_table(META).map_err(wr)?;
-        for k in &macs {
-            by_mac.insert(k.as_slice(), ()).map_err(wr)?;
-        }
-        for k in &cids {
-            by_cid.insert(k.as_slice(), ()).map_err(wr)?;
-        }
-        meta.insert(INDEXED_SEQ, upto).map_err(wr)?;
-    }
-    txn.commit().map_err(wr)
+    Ok((ends, t.elapsed()))
 }
 
 /// Does `remote` replace `local`? The newer change wins; on a tie the local copy stays, so
@@ -772,7 +610,11 @@ mod tests {
         let store = LeaseStore::open(&path).expect("reopen");
         assert_eq!(store.watermark(), 3);
         assert_eq!(store.index().len(), 3);
-        let mut ips = store.durable_ips_for_mac(&[2, 0, 0, 0, 0, 1]).expect("mac");
+        let mut ips: Vec<Ipv4Addr> = store
+            .index()
+            .by_mac(&[2, 0, 0, 0, 0, 1])
+            .map(|l| l.ip)
+            .collect();
         ips.sort();
         assert_eq!(
             ips,
@@ -789,30 +631,43 @@ mod tests {
     }
 
     #[test]
-    fn client_indexes_lost_in_a_crash_are_rebuilt_at_open() {
+    fn index_tables_of_older_versions_are_dropped_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("l.redb");
         {
             let store = LeaseStore::open(&path).expect("open");
             rt().block_on(async { store.put(vec![lease(10, 1, 1)]).await.expect("put") });
         }
-        // What a kill -9 between index checkpoints leaves: leases without index entries.
+        // What an older version left: on-disk client indexes and their checkpoint mark.
         {
             let db = Database::create(&path).expect("raw open");
             let txn = db.begin_write().expect("txn");
             {
-                let mut m = txn.open_table(BY_MAC).expect("by_mac");
-                m.retain(|_, _| false).expect("clear");
+                let mut m = txn.open_table(LEGACY_BY_MAC).expect("by_mac");
+                m.insert([2u8, 0, 0, 0, 0, 1, 10, 0, 0, 10].as_slice(), ())
+                    .expect("by_mac");
+                txn.open_table(LEGACY_BY_CLIENT_ID).expect("by_client_id");
                 let mut meta = txn.open_table(META).expect("meta");
-                meta.insert(INDEXED_SEQ, 0).expect("meta");
+                meta.insert(LEGACY_INDEXED_SEQ, 1).expect("meta");
             }
             txn.commit().expect("commit");
         }
         let store = LeaseStore::open(&path).expect("reopen");
-        assert_eq!(
-            store.durable_ips_for_mac(&[2, 0, 0, 0, 0, 1]).expect("mac"),
-            vec![Ipv4Addr::new(10, 0, 0, 10)]
+        assert_eq!(store.index().by_mac(&[2, 0, 0, 0, 0, 1]).count(), 1);
+        drop(store);
+        let db = Database::create(&path).expect("raw open");
+        let r = db.begin_read().expect("read");
+        let names: Vec<String> = r
+            .list_tables()
+            .expect("tables")
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "by_mac" || n == "by_client_id"),
+            "{names:?}"
         );
+        let meta = r.open_table(META).expect("meta");
+        assert!(meta.get(LEGACY_INDEXED_SEQ).expect("meta").is_none());
     }
 
     #[test]
