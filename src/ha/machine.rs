@@ -103,6 +103,10 @@ pub enum Input {
     LinkUp(PeerStatus),
     /// The link closed (EOF, reset, error, or closed by us).
     LinkDown,
+    /// The link was replaced by a second link to the same peer (the dial tie-break, which
+    /// can land after the pair settled): the peer never went away, but frames in flight on
+    /// the old link may be lost, so a pending handoff is sent again and the sync re-asked.
+    LinkSwapped(PeerStatus),
     /// A control frame from the peer.
     Peer(Control),
     /// A dial to the peer's port was refused (RST): its host is up, its process is not.
@@ -184,6 +188,9 @@ pub struct Machine {
     /// This node handed the service away on request (API): it does not preempt it back
     /// until it is ACTIVE again, or the request would be undone a heartbeat later.
     yielded: bool,
+    /// The sender's epoch of the handoff that made this node ACTIVE: the same handoff sent
+    /// again (its ack was lost with a swapped link) is acknowledged again, not refused.
+    handoff_taken: Option<u64>,
 }
 
 impl Machine {
@@ -208,6 +215,7 @@ impl Machine {
             stuck: false,
             stopping: false,
             yielded: false,
+            handoff_taken: None,
         }
     }
 
@@ -289,6 +297,20 @@ impl Machine {
                 }
                 self.evaluate(now, watermark, &mut out);
             }
+            Input::LinkSwapped(ps) => {
+                if !self.link_up {
+                    return self.step(Input::LinkUp(ps), now, watermark);
+                }
+                self.peer_heard(ps, now, &mut out);
+                if let Some(h) = &self.handoff {
+                    out.push(Action::Send(Control::Handoff {
+                        reason: h.reason.clone(),
+                        epoch: self.epoch,
+                    }));
+                }
+                out.push(Action::StartSync);
+                self.evaluate(now, watermark, &mut out);
+            }
             Input::LinkDown => {
                 if !self.link_up {
                     return out;
@@ -336,6 +358,14 @@ impl Machine {
                 if let Some(p) = self.peer.as_mut() {
                     p.epoch = p.epoch.max(epoch);
                 }
+                if self.state == HaState::Active && self.handoff_taken == Some(epoch) {
+                    // The handoff this node already took, sent again: the first ack was lost.
+                    out.push(Action::Send(Control::HandoffAck {
+                        epoch: self.epoch,
+                        accepted: true,
+                    }));
+                    return out;
+                }
                 let can = matches!(self.state, HaState::Standby | HaState::Syncing)
                     && !self.stuck
                     && !self.stopping;
@@ -347,6 +377,7 @@ impl Machine {
                         watermark,
                         &mut out,
                     );
+                    self.handoff_taken = Some(epoch);
                     if let Some(p) = self.peer.as_mut() {
                         p.state = HaState::Standby;
                     }
@@ -850,6 +881,8 @@ impl Machine {
         if new != HaState::Active {
             self.handoff = None;
         }
+        // Set again by the handoff branch right after its take-over.
+        self.handoff_taken = None;
         out.push(Action::Emit {
             kind: "ha.failover",
             old,

@@ -578,7 +578,7 @@ impl NodeTask {
                     leases.extend(r.leases);
                     done.push(r.done);
                 }
-                let id = self.pending.add(done);
+                let id = self.pending.add(done, leases.clone());
                 if let Err(mpsc::error::TrySendError::Full(frame)) =
                     l.tx.try_send(Msg::Leases { id, leases })
                 {
@@ -611,18 +611,48 @@ impl NodeTask {
                 new.peer.role,
             );
             let keep_new = new.dialer == cur.dialer || new.dialer == preferred;
+            let same_peer =
+                self.m.link_up() && self.m.peer().is_some_and(|p| p.node == new.peer.node);
             if !keep_new {
                 tracing::debug!(peer = %new.addr, "second peer link dialled by {} closed; keeping the one dialled by {}", new.dialer, cur.dialer);
-                new.cancel.cancel();
+                retire(new.cancel);
                 return;
             }
             tracing::debug!(peer = %new.addr, "replacing the peer link dialled by {} with the one dialled by {}", cur.dialer, new.dialer);
             if let Some(old) = self.link.take() {
-                old.cancel.cancel();
+                if same_peer {
+                    retire(old.cancel);
+                } else {
+                    old.cancel.cancel();
+                }
+            }
+            if same_peer {
+                // The tie-break can land after the pair settled (a dial slowed by load): the
+                // peer never went away, so swap the transport under the machine instead of
+                // a link-down/up that would abandon a handoff in flight and release the
+                // DHCPACKs waiting for the standby. What was in flight goes again.
+                let peer = new.peer.clone();
+                self.install_link(new);
+                if let Some(l) = &self.link {
+                    for frame in self.pending.unacked() {
+                        if l.tx.try_send(frame).is_err() {
+                            break; // the ACKs' bounded wait covers the rest
+                        }
+                    }
+                }
+                self.step(Input::LinkSwapped(peer));
+                return;
             }
             self.pending.fail_all();
             self.step(Input::LinkDown);
         }
+        let peer = new.peer.clone();
+        self.install_link(new);
+        self.step(Input::LinkUp(peer));
+    }
+
+    /// Makes `new` the current link, with its own applier.
+    fn install_link(&mut self, new: LinkReady) {
         let id = new.id;
         let tx = self.tx.clone();
         let applier =
@@ -657,7 +687,6 @@ impl NodeTask {
         });
         let _ = self.link_up_tx.send(true);
         self.last_heartbeat_unix = Some(crate::events::now_ms());
-        self.step(Input::LinkUp(new.peer));
     }
 
     fn act(&mut self, a: Action) {
@@ -800,6 +829,17 @@ impl NodeTask {
             }
         });
     }
+}
+
+/// Closes a link that lost the tie-break after a grace period: the peer may still use it as
+/// its current link until it has seen the winner too, and an immediate close would look to
+/// it like the peer going away (link down, handoff abandoned). Frames arriving on it
+/// meanwhile are ignored here; what mattered is sent again on the new link.
+fn retire(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        tokio::time::sleep(HANDSHAKE_LIMIT).await;
+        cancel.cancel();
+    });
 }
 
 /// The node whose dialled link survives when both dial at once: the primary (or, in a pair

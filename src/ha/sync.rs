@@ -37,24 +37,47 @@ pub const LIVE_BATCH: usize = 512;
 #[derive(Default)]
 pub struct Pending {
     next_id: u64,
-    waiting: BTreeMap<u64, (Instant, Vec<oneshot::Sender<Replicated>>)>,
+    waiting: BTreeMap<u64, Frame>,
+}
+
+struct Frame {
+    sent: Instant,
+    done: Vec<oneshot::Sender<Replicated>>,
+    /// Kept until acknowledged: sent again when the link is swapped under it.
+    leases: Vec<Lease>,
 }
 
 impl Pending {
-    /// Registers a frame and the DHCP waiters whose leases it carries; returns its id.
-    pub fn add(&mut self, done: Vec<oneshot::Sender<Replicated>>) -> u64 {
+    /// Registers a frame, its leases and the DHCP waiters of those; returns its id.
+    pub fn add(&mut self, done: Vec<oneshot::Sender<Replicated>>, leases: Vec<Lease>) -> u64 {
         self.next_id += 1;
-        self.waiting.insert(self.next_id, (Instant::now(), done));
+        self.waiting.insert(
+            self.next_id,
+            Frame {
+                sent: Instant::now(),
+                done,
+                leases,
+            },
+        );
         self.next_id
     }
 
     /// The peer acknowledged `id`: those DHCPACKs may leave.
     pub fn ack(&mut self, id: u64) {
-        if let Some((_, done)) = self.waiting.remove(&id) {
-            for d in done {
+        if let Some(f) = self.waiting.remove(&id) {
+            for d in f.done {
                 let _ = d.send(Replicated::Acked);
             }
         }
+    }
+
+    /// Every frame still waiting for its ack, oldest first (to send again on a new link; a
+    /// merge is idempotent, a second ack of an id is ignored).
+    pub fn unacked(&self) -> impl Iterator<Item = Msg> + '_ {
+        self.waiting.iter().map(|(id, f)| Msg::Leases {
+            id: *id,
+            leases: f.leases.clone(),
+        })
     }
 
     /// The link is gone: release every waiter now (`replicate` returns `PeerDown` at once
@@ -74,14 +97,14 @@ impl Pending {
     pub fn oldest_secs(&self) -> f64 {
         self.waiting
             .values()
-            .map(|(t, _)| t.elapsed().as_secs_f64())
+            .map(|f| f.sent.elapsed().as_secs_f64())
             .fold(0.0, f64::max)
     }
 
     /// Drops entries whose waiters all gave up (DHCP's bounded wait ended).
     pub fn prune(&mut self) {
         self.waiting
-            .retain(|_, (_, done)| done.iter().any(|d| !d.is_closed()));
+            .retain(|_, f| f.done.iter().any(|d| !d.is_closed()));
     }
 }
 
@@ -440,8 +463,15 @@ mod tests {
         let mut p = Pending::default();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        let id = p.add(vec![tx1, tx2]);
+        let id = p.add(vec![tx1, tx2], vec![lease(1, 1)]);
         assert_eq!(p.len(), 1);
+        assert_eq!(
+            p.unacked().collect::<Vec<_>>(),
+            vec![Msg::Leases {
+                id,
+                leases: vec![lease(1, 1)]
+            }]
+        );
         p.ack(id);
         assert_eq!(rx1.try_recv().ok(), Some(Replicated::Acked));
         assert_eq!(rx2.try_recv().ok(), Some(Replicated::Acked));

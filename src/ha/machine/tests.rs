@@ -566,6 +566,48 @@ fn every_transition_in_the_table() {
             reason: "",
             must: vec!["close", "ha.peer_down"],
         },
+        Case {
+            name: "link swapped during an API handoff → the handoff is sent again, still ACTIVE",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::ApiFailover, 30),
+                (Input::LinkSwapped(b_standby.clone()), 40),
+            ],
+            want: Active,
+            reason: "",
+            must: vec!["send_handoff", "sync"],
+        },
+        Case {
+            name: "link swapped, no handoff → no transition, sync asked again",
+            node: connected(secondary(), a_active(1), Standby, 0),
+            inputs: vec![(Input::LinkSwapped(a_active(1)), 40)],
+            want: Standby,
+            reason: "",
+            must: vec!["sync"],
+        },
+        Case {
+            name: "the same handoff again (ack lost with a swapped link) → acked again",
+            node: connected(secondary(), a_active(4), Standby, 0),
+            inputs: vec![
+                (
+                    Input::Peer(Control::Handoff {
+                        reason: "API request".into(),
+                        epoch: 4,
+                    }),
+                    30,
+                ),
+                (
+                    Input::Peer(Control::Handoff {
+                        reason: "API request".into(),
+                        epoch: 4,
+                    }),
+                    40,
+                ),
+            ],
+            want: Active,
+            reason: "",
+            must: vec!["send_ack"],
+        },
     ];
     for c in cases {
         let mut m = c.node;

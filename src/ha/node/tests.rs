@@ -11,6 +11,7 @@ const SECRET: &str = "0123456789abcdef-secret";
 
 struct TestNode {
     h: HaHandle,
+    addr: SocketAddr,
     log: Arc<MemoryLog>,
     rep: Replication,
     stop: CancellationToken,
@@ -70,6 +71,7 @@ async fn start(
     });
     TestNode {
         h,
+        addr: me,
         log,
         rep,
         stop,
@@ -106,6 +108,22 @@ async fn pair(secret_b: &str) -> (TestNode, TestNode) {
     (a, b)
 }
 
+/// A ACTIVE and B STANDBY, each as the other sees it too.
+async fn settled(a: &TestNode, b: &TestNode) {
+    wait_until(
+        "A ACTIVE, B STANDBY, both views",
+        Duration::from_secs(5),
+        || {
+            let (sa, sb) = (a.h.status.borrow().clone(), b.h.status.borrow().clone());
+            sa.state == HaState::Active
+                && sb.state == HaState::Standby
+                && sa.peer_state == Some(HaState::Standby)
+                && sb.peer_state == Some(HaState::Active)
+        },
+    )
+    .await;
+}
+
 async fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -136,10 +154,7 @@ fn state(n: &TestNode) -> HaState {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_serves_secondary_stands_by_and_leases_replicate_before_the_ack() {
     let (a, b) = pair(SECRET).await;
-    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
-        state(&a) == HaState::Active && state(&b) == HaState::Standby
-    })
-    .await;
+    settled(&a, &b).await;
     assert_eq!(*a.h.serving.borrow(), HaState::Active);
     assert_eq!(*b.h.serving.borrow(), HaState::Standby);
     let st = a.h.status.borrow().clone();
@@ -211,12 +226,12 @@ async fn bulk_sync_on_connect_merges_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_failover_hands_off_and_the_peer_reports_the_reason() {
     let (a, mut b) = pair(SECRET).await;
-    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
-        state(&a) == HaState::Active && state(&b) == HaState::Standby
-    })
-    .await;
+    settled(&a, &b).await;
     // B refuses: it is not active.
     assert!(b.h.failover().await.is_err());
+    // Only the events of the handoff below count (on a slow start B may have been ACTIVE
+    // alone for a moment).
+    while b.events.rx.try_recv().is_ok() {}
     a.h.failover().await.expect("handoff");
     assert_eq!(state(&b), HaState::Active);
     assert_eq!(state(&a), HaState::Standby);
@@ -236,6 +251,48 @@ async fn api_failover_hands_off_and_the_peer_reports_the_reason() {
     // ...until the admin moves it back.
     b.h.failover().await.expect("handoff back");
     assert_eq!((state(&a), state(&b)), (HaState::Active, HaState::Standby));
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
+/// A dials B once more, as a dial slowed by load does after the pair settled: its link is
+/// the preferred one, so both ends swap to it.
+fn late_dial(a: &TestNode, b: &TestNode) -> tokio::task::JoinHandle<()> {
+    let (h, addr) = (a.h.clone(), b.addr);
+    tokio::spawn(async move {
+        let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        h.establish(s, addr).await.expect("second link");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_tie_break_swap_loses_neither_replication_nor_a_handoff() {
+    let (a, b) = pair(SECRET).await;
+    settled(&a, &b).await;
+    for i in 0..5u8 {
+        let dial = late_dial(&a, &b);
+        let l = lease(60 + i, 2000 + u64::from(i));
+        a.log.put(l.clone());
+        assert_eq!(
+            a.rep
+                .replicate(vec![l.clone()], Duration::from_secs(2))
+                .await,
+            crate::lease::Replicated::Acked,
+            "round {i}"
+        );
+        assert_eq!(b.log.get(l.ip), Some(l));
+        dial.await.expect("dial");
+    }
+    // A handoff racing the swap still completes (sent again on the new link if the first
+    // copy or its ack went down with the old one).
+    let dial = late_dial(&a, &b);
+    a.h.failover().await.expect("handoff across a link swap");
+    dial.await.expect("dial");
+    assert_eq!((state(&a), state(&b)), (HaState::Standby, HaState::Active));
+    wait_until("still linked", Duration::from_secs(2), || {
+        a.h.status.borrow().peer_connected && b.h.status.borrow().peer_connected
+    })
+    .await;
     a.stop.cancel();
     b.stop.cancel();
 }
