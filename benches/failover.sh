@@ -10,8 +10,9 @@
 # node B 10.0.0.2, client 10.0.0.10, VIP 10.0.0.3/24; nothing is configured in the host's own
 # namespace. Each node answers `who.lab.test` with its own address (192.0.2.1 / 192.0.2.2), so
 # every reply says who answered. The client (examples/vipprobe.rs) sends one A query to VIP:53
-# every 20 ms from a connected UDP socket, timeout = interval; outage = first failed query →
-# first answered query after the last failure (BENCH-METHOD.md).
+# every 20 ms from a connected UDP socket, timeout = interval; outage = first failed query sent
+# after the event → first answered query after the last failure (BENCH-METHOD.md); a slow answer
+# before the event (a busy machine) is not counted.
 #
 # Systems
 #   athena            athena-dhcpd, HA defaults (heartbeat_interval 1s, failover_timeout 10s)
@@ -335,36 +336,39 @@ a_return() {  # SYSTEM
   esac
 }
 
-probe_start() {  # OUT STOPFILE
-  rm -f "$2"
+probe_start() {  # OUT STOPFILE [MARKFILE: failures count from when it appears]
+  rm -f "$2" ${3:+"$3"}
   ip netns exec "$C" "$PROBE" --server $VIP:53 --name $WHO --interval "$INTERVAL" --timeout "$INTERVAL" \
-    --max-time "${RUN_MAX}s" --stop-file "$2" >"$1" 2>&1 &
+    --max-time "${RUN_MAX}s" --stop-file "$2" ${3:+--mark-file "$3"} >"$1" 2>&1 &
   PROBE_PID=$!
 }
 probe_stop() {  # STOPFILE
   touch "$1"; wait "$PROBE_PID" 2>/dev/null
 }
 seen() { grep -q "$2" "$1"; }  # FILE PATTERN
+# The probe counts failures from its first query after MARKFILE appears; it looks once per
+# query, so wait a few intervals: every query that could be hit by the event then counts.
+mark_event() { touch "$1"; sleep 0.1; }  # MARKFILE
 
 # One run: prints "outage_ms failed" or "ERR reason".
 run_once() {  # SYSTEM SCENARIO RUN
   local sys=$1 sc=$2
   RD=$WORK/$1-$2-$3
-  local out=$RD/probe.txt stopf=$RD/stop
+  local out=$RD/probe.txt stopf=$RD/stop mark=$RD/event
   lab_up; mkdir -p "$RD/a" "$RD/b"
   if ! up "$sys"; then echo "ERR start"; return; fi
   if [ "$sc" = preempt ]; then
     event "$sys" stop
     wait_until 30 vip_answers b || { echo "ERR no-failover-before-preempt"; return; }
     sleep 2
-    probe_start "$out" "$stopf"; sleep 1
-    a_return "$sys"
+    probe_start "$out" "$stopf" "$mark"; sleep 1
+    mark_event "$mark"; a_return "$sys"
     wait_until "$RUN_MAX" seen "$out" " ok $(who_of a)" || { probe_stop "$stopf"; echo "ERR no-preempt"; return; }
     sleep 3
   else
-    probe_start "$out" "$stopf"; sleep 1
+    probe_start "$out" "$stopf" "$mark"; sleep 1
     seen "$out" " ok $(who_of a)" || { probe_stop "$stopf"; echo "ERR not-serving"; return; }
-    event "$sys" "$sc"
+    mark_event "$mark"; event "$sys" "$sc"
     wait_until "$RUN_MAX" seen "$out" " ok $(who_of b)" || { probe_stop "$stopf"; echo "ERR no-failover"; return; }
     sleep 1
   fi
@@ -472,7 +476,7 @@ done
 lab_down
 
 echo
-echo "Outage = first failed query → first answered query after the last failure; one query every $INTERVAL."
+echo "Outage = first failed query sent after the event → first answered query after the last failure; one query every $INTERVAL."
 printf '| %-16s | %-8s | %-26s | %-20s | %-6s |\n' system scenario "outage ms min / med / max" "failed min / med / max" errors
 printf '|%s|%s|%s|%s|%s|\n' ------------------ ---------- ---------------------------- ---------------------- --------
 for sys in $SYSTEMS; do for sc in $SCENARIOS; do

@@ -8,14 +8,20 @@
 //! times so scripts can line them up with their own events:
 //!   `1732470000.123456 ok 192.0.2.1` / `1732470000.143456 fail`
 //! and at the end
-//!   `summary sent=N failed=M outage_ms=X first_fail=T recovered=T late=L by=IP:N,IP:N`
+//!   `summary sent=N failed=M outage_ms=X first_fail=T recovered=T late=L by=IP:N,IP:N before_mark=B`
 //! where the outage runs from the first failed query to the first answered query after the
 //! last failure (0 when nothing failed), `late` counts failed queries whose answer did come,
 //! only after `--timeout` (a slow server or a busy machine, not a missing one), and `by`
-//! counts the answered queries per answering address (who served, in a long run). Stops at `--max-time`, or when `--stop-file` exists.
+//! counts the answered queries per answering address (who served, in a long run). Stops at
+//! `--max-time`, or when `--stop-file` exists.
+//!
+//! With `--mark-file PATH` only the queries sent after PATH appears count as failed (the
+//! script touches it just before its event): a slow answer *before* the event on a busy
+//! machine is no part of the outage. Those are reported apart, as `before_mark=N`.
 //!
 //! Usage: `ip netns exec CLIENT vipprobe --server 10.0.0.3:53 --name who.lab.test
-//!         [--interval 20ms] [--timeout 20ms] [--max-time 60s] [--stop-file PATH]`
+//!         [--interval 20ms] [--timeout 20ms] [--max-time 60s] [--stop-file PATH]
+//!         [--mark-file PATH]`
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
@@ -32,6 +38,7 @@ struct Args {
     timeout: Duration,
     max_time: Duration,
     stop_file: Option<PathBuf>,
+    mark_file: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -42,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         timeout: Duration::from_millis(20),
         max_time: Duration::from_secs(60),
         stop_file: None,
+        mark_file: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -61,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
             "--timeout" => a.timeout = parse_duration(&v)?,
             "--max-time" => a.max_time = parse_duration(&v)?,
             "--stop-file" => a.stop_file = Some(v.into()),
+            "--mark-file" => a.mark_file = Some(v.into()),
             _ => return Err(format!("unknown option {k}")),
         }
     }
@@ -174,10 +183,15 @@ fn main() {
     };
     let mut next = Instant::now();
     let end = t0 + a.max_time;
+    // The index of the first query that counts (see --mark-file).
+    let mut mark = if a.mark_file.is_some() { None } else { Some(0) };
     // Queries are numbered with a 16-bit id; stop before it wraps (21 min at 20 ms).
     while Instant::now() < end && sent.len() < 65_000 {
         if a.stop_file.as_ref().is_some_and(|p| p.exists()) {
             break;
+        }
+        if mark.is_none() && a.mark_file.as_ref().is_some_and(|p| p.exists()) {
+            mark = Some(sent.len());
         }
         sent.push(Instant::now());
         let _ = sock.send(&query((sent.len() - 1) as u16, &a.name));
@@ -195,13 +209,16 @@ fn main() {
     let _ = receiver.join();
     judge(&sent, &mut outcome, true);
 
-    let failed = outcome.iter().filter(|o| o.is_none()).count();
+    let mark = mark.unwrap_or(outcome.len()).min(outcome.len());
+    let before = outcome[..mark].iter().filter(|o| o.is_none()).count();
+    let counted = &outcome[mark..];
+    let failed = counted.iter().filter(|o| o.is_none()).count();
     let (late, by) = {
         let r = replies.lock().expect("replies");
-        let late = outcome
+        let late = counted
             .iter()
             .enumerate()
-            .filter(|(i, o)| o.is_none() && r.get(*i).copied().flatten().is_some())
+            .filter(|(i, o)| o.is_none() && r.get(mark + *i).copied().flatten().is_some())
             .count();
         let mut by: Vec<(Ipv4Addr, usize)> = Vec::new();
         for ip in outcome.iter().flatten() {
@@ -220,14 +237,14 @@ fn main() {
             },
         )
     };
-    let first = outcome.iter().position(|o| o.is_none());
-    let lastf = outcome.iter().rposition(|o| o.is_none());
+    let first = counted.iter().position(|o| o.is_none()).map(|i| mark + i);
+    let lastf = counted.iter().rposition(|o| o.is_none()).map(|i| mark + i);
     match (first, lastf) {
         (Some(f), Some(l)) => {
             let rec = sent.get(l + 1).copied();
             let end_t = rec.unwrap_or(sent[l]);
             println!(
-                "summary sent={} failed={failed} outage_ms={:.1} first_fail={:.6} recovered={} late={late} by={by}",
+                "summary sent={} failed={failed} outage_ms={:.1} first_fail={:.6} recovered={} late={late} by={by} before_mark={before}",
                 sent.len(),
                 end_t.duration_since(sent[f]).as_secs_f64() * 1000.0,
                 wall(sent[f]),
@@ -236,7 +253,7 @@ fn main() {
             );
         }
         _ => println!(
-            "summary sent={} failed=0 outage_ms=0.0 first_fail=- recovered=- late=0 by={by}",
+            "summary sent={} failed=0 outage_ms=0.0 first_fail=- recovered=- late=0 by={by} before_mark={before}",
             sent.len()
         ),
     }
