@@ -748,6 +748,12 @@ impl Machine {
                     ps.node, ps.state
                 ),
             });
+            // A preempting primary gets the service back later, not in this instant: a
+            // handoff now races the announcement above (both nodes' gratuitous ARPs within a
+            // millisecond, in either order), and clients that follow ours last are sent to
+            // the node that releases the VIP a moment later (a 1 s outage until the new
+            // owner's conflict defence, seen after SIGCONT of a hung primary).
+            self.next_preempt_ms = self.next_preempt_ms.max(now + self.cfg.failover_ms);
         }
         self.last_peer_ms = now;
         self.witness = None;

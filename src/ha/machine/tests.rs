@@ -673,6 +673,45 @@ fn heartbeats_carry_state_epoch_and_watermark() {
 }
 
 #[test]
+fn after_a_dual_active_meeting_the_winner_hands_back_to_the_primary_only_after_failover_ms() {
+    // B (secondary, epoch 2) won against a resumed A (primary, epoch 1); A steps down and,
+    // with preempt, asks for the service back at once.
+    let mut b = connected(
+        secondary(),
+        ps("node-a", Role::Primary, HaState::Active, 1),
+        HaState::Active,
+        2,
+    );
+    let mut a_back = ps("node-a", Role::Primary, HaState::Standby, 1);
+    a_back.wants_active = true;
+    let out = b.step(Input::Peer(Control::Status(a_back.clone())), 1000, 0);
+    let names: Vec<String> = out.iter().map(action_name).collect();
+    assert!(
+        names.contains(&"ha.failover".to_string()),
+        "re-announce: {names:?}"
+    );
+    assert!(
+        !names.contains(&"send_handoff".to_string()),
+        "handoff in the same instant: {names:?}"
+    );
+    let out = b.step(
+        Input::Peer(Control::Status(a_back.clone())),
+        1000 + FO - 1,
+        0,
+    );
+    assert!(
+        !out.iter().any(|a| action_name(a) == "send_handoff"),
+        "handoff before failover_ms"
+    );
+    let out = b.step(Input::Peer(Control::Status(a_back)), 1000 + FO, 0);
+    assert!(
+        out.iter().any(|a| action_name(a) == "send_handoff"),
+        "no preemption after failover_ms"
+    );
+    assert_eq!(b.state(), HaState::Active);
+}
+
+#[test]
 fn a_synced_primary_asks_for_the_service_only_with_preempt() {
     let m = connected(
         primary(),
