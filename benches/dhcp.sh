@@ -8,11 +8,16 @@
 #   STEP=20 SERVERS="athena kea" benches/dhcp.sh
 #   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
 #   SERVERS="athena athena-ha" benches/dhcp.sh          # the cost of HA replication
+#   PERF_FSYNC=1 SKIP_PEAK=1 SERVERS=athena STEP=20 benches/dhcp.sh
+#       # also times every fdatasync of the fixed-rate run (perf tracepoints): the disk alone,
+#       # printed under the ACK latency and the lease writer's queue and commit times
 #
 # Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
 # bisection steps; a step passes at < 1% lost and >= 97% of the target rate), then a fixed
 # 4,000/s run for the server's CPU time per exchange (Δ utime+stime of the server process
-# from /proc/PID/stat over the run, divided by ACKs). Every step starts a fresh server with a
+# from /proc/PID/stat over the run, divided by ACKs) and, for athena, the latency split:
+# REQUEST to ACK, submission to the lease writer's transaction, redb's commit with its
+# fdatasync. Every step starts a fresh server with a
 # fresh lease database. Each step's figures go to $OUT/steps.tsv; the table is printed at
 # the end with ratios to Kea.
 #
@@ -219,12 +224,28 @@ rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 step() {
   local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss
   start_server "$name"
+  local perf_pid=
+  case $name in athena*)
+    if [ "${PERF_FSYNC:-0}" = 1 ] && [ "$rate" = "$FIXED_RATE" ]; then
+      perf record -q -e syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync -p "$SRV_PID" \
+        -o "$OUT/$name-fdatasync.perf" >/dev/null 2>&1 &
+      perf_pid=$!
+    fi ;;
+  esac
   c0=$(cpu_ticks "$SRV_PID")
   [ -n "$PEER_PID" ] && p0=$(cpu_ticks "$PEER_PID")
   t0=$(date +%s.%N)
   out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -g single 2>&1 || true)
   t1=$(date +%s.%N)
   c1=$(cpu_ticks "$SRV_PID")
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    # Pair each thread's enter and exit: one duration (s) per fdatasync.
+    perf script -i "$OUT/$name-fdatasync.perf" -F tid,time,event 2>/dev/null |
+      awk '{t=$2; sub(":","",t); if ($3 ~ /enter/) s[$1]=t; else if ($1 in s) {print t-s[$1]; delete s[$1]}}' \
+        >"$OUT/$name-fdatasync-$rate.txt"
+  fi
   rss=$(rss_kb "$SRV_PID")
   case $name in athena*) api "$S" /metrics >"$OUT/$name-metrics-$rate.txt" ;; esac
   if [ "$name" = athena-ha ]; then
@@ -248,6 +269,21 @@ step() {
   cpu=$(awk -v c="$((c1 - c0))" -v a="$acks" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
   echo "$rate $ach $lost $cpu $acks $rss"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" >>"$OUT/steps.tsv"
+}
+
+# "    NAME  n=  p50<=  p90<=  p99<=  p99.9<=" of a Prometheus histogram in a metrics dump.
+percentiles() {
+  awk -v h="$1" '$1 ~ "^"h"_bucket" {split($1,a,"\""); n[++k]=a[2]; c[k]=$2} $1==h"_count"{t=$2}
+    END{ printf "    %-36s n=%6d", h, t; split("0.5 0.9 0.99 0.999",q," ");
+         for(j=1;j<=4;j++) for(i=1;i<=k;i++) if (c[i]>=q[j]*t) {printf "  p%s<=%s", q[j]*100, n[i]; break}
+         print "" }' "$2"
+}
+
+# The same for raw fdatasync durations (seconds, one a line) recorded with perf.
+fsync_percentiles() {
+  sort -n "$1" | awk '{a[NR]=$1} END{n=NR; if (n==0) exit;
+    printf "    %-36s n=%6d  p50=%.2fms  p90=%.2fms  p99=%.2fms  p99.9=%.2fms  max=%.2fms\n", "fdatasync (perf: the disk alone)", n,
+      a[int(n*.5)+1]*1e3, a[int(n*.9)+1]*1e3, a[int(n*.99)+1]*1e3, a[int(n*.999)+1]*1e3, a[n]*1e3}'
 }
 
 passes() { # target achieved lost
@@ -292,8 +328,11 @@ for s in $SERVERS; do
     m="$OUT/$s-metrics-$FIXED_RATE.txt"
     commits=$(awk '/^athena_lease_commits_total/{print $2}' "$m")
     writes=$(awk '/^athena_lease_writes_total/{print $2}' "$m")
-    p99=$(awk '/^athena_dhcp_ack_latency_seconds_bucket/{split($1,a,"\""); n[++k]=a[2]; c[k]=$2} /^athena_dhcp_ack_latency_seconds_count/{t=$2} END{for(i=1;i<=k;i++) if (c[i] >= 0.99*t) {print n[i]; exit}}' "$m")
-    echo "  $s at $FIXED_RATE/s: $writes leases in $commits durable commits; server-side p99 ACK latency <= ${p99}s" >&2
+    echo "  $s at $FIXED_RATE/s: $writes leases in $commits durable commits; latency percentiles (upper bounds of histogram buckets, s):" >&2
+    for h in dhcp_ack_latency lease_commit_queue lease_commit_flush; do
+      percentiles "athena_${h}_seconds" "$m" >&2
+    done
+    [ -s "$OUT/$s-fdatasync-$FIXED_RATE.txt" ] && fsync_percentiles "$OUT/$s-fdatasync-$FIXED_RATE.txt" >&2
   fi
 done
 
