@@ -700,3 +700,90 @@ fn full_stack_host_loss_takeover_after_failover_timeout() {
         },
     );
 }
+
+const TOKEN: &str = "failover-token-0123456789";
+
+/// `POST /api/v1/ha/failover` over real HTTP: refused without the bearer token or with a
+/// wrong one (nothing moves), with the right one the active node hands off and the peer is
+/// ACTIVE when the answer arrives; the node that is now STANDBY cannot hand off.
+#[test]
+fn api_failover_over_http_needs_the_token_and_hands_off() {
+    if !require_root("api_failover_over_http_needs_the_token_and_hands_off") {
+        return;
+    }
+    let with_token = NodeOpts {
+        api_extra: format!("auth_token = \"{TOKEN}\""),
+        ..opts(true)
+    };
+    let mut lab = Lab::new("haapi");
+    lab.start(Node::A, &with_token);
+    lab.start(Node::B, &with_token);
+    lab.wait_for(
+        "A ACTIVE and B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+        },
+    );
+    let failover = |headers: &[&str]| {
+        lab.api_post(Node::A, "/api/v1/ha/failover", headers)
+            .expect("API answers")
+    };
+    let (code, body) = failover(&[]);
+    assert_eq!(code, 401, "no token: {body}");
+    let (code, body) = failover(&["Authorization: Bearer not-the-token-0123456789"]);
+    assert_eq!(code, 401, "wrong token: {body}");
+    let (code, body) = failover(&[&format!("Authorization: Basic {TOKEN}")]);
+    assert_eq!(code, 401, "not a bearer token: {body}");
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("STANDBY"));
+
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    let (code, body) = failover(&[&bearer]);
+    assert_eq!(code, 200, "right token: {body}\n{}", lab.dump());
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["ok"], true, "{body}");
+    // The handoff is acknowledged only after B took over: no waiting needed.
+    assert_eq!(
+        lab.ha_state(Node::B).as_deref(),
+        Some("ACTIVE"),
+        "{}",
+        lab.dump()
+    );
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("STANDBY"));
+    assert!(
+        lab.log(Node::B)
+            .contains("handoff from node-a (API request)"),
+        "{}",
+        lab.dump()
+    );
+    // A is STANDBY now: it has nothing to hand off.
+    let (code, body) = failover(&[&bearer]);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("only the ACTIVE node can hand off"), "{body}");
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("ACTIVE"));
+}
+
+/// Without `[api] auth_token` the mutating endpoints are off: even a request carrying a
+/// bearer token is refused (403) and nothing moves.
+#[test]
+fn api_failover_without_a_configured_token_is_refused() {
+    if !require_root("api_failover_without_a_configured_token_is_refused") {
+        return;
+    }
+    let lab = pair("hanotok", true);
+    let (code, body) = lab
+        .api_post(
+            Node::A,
+            "/api/v1/ha/failover",
+            &[&format!("Authorization: Bearer {TOKEN}")],
+        )
+        .expect("API answers");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("auth_token"), "{body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("STANDBY"));
+}

@@ -109,6 +109,8 @@ pub struct NodeOpts {
     pub lease_time: String,
     /// Extra lines inside `[server]` (e.g. `drop_privileges = false`).
     pub server_extra: String,
+    /// Extra lines inside `[api]` (e.g. `auth_token = "..."`).
+    pub api_extra: String,
     /// Extra TOML appended at the end (e.g. a `[[hooks.script]]`).
     pub extra: String,
 }
@@ -126,6 +128,7 @@ impl Default for NodeOpts {
             dhcp: true,
             lease_time: "1h".into(),
             server_extra: String::new(),
+            api_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -162,6 +165,9 @@ pub fn node_config(node: Node, opts: &NodeOpts, dir: &Path) -> String {
     line(w, "");
     line(w, "[api]");
     line(w, &format!("listen = \"{}\"", node.api()));
+    if !opts.api_extra.is_empty() {
+        line(w, &opts.api_extra);
+    }
     line(w, "");
     if opts.ha {
         line(w, "[ha]");
@@ -590,6 +596,11 @@ impl Lab {
         http_get(self.ns(node), node.api(), path).ok()
     }
 
+    /// `POST path` on the node's API with extra header lines (e.g. `Authorization: ...`).
+    pub fn api_post(&self, node: Node, path: &str, headers: &[&str]) -> Option<(u16, String)> {
+        http_request(self.ns(node), node.api(), "POST", path, headers).ok()
+    }
+
     /// `/api/v1/ha/status` as JSON.
     pub fn ha_status(&self, node: Node) -> Option<serde_json::Value> {
         let (code, body) = self.api_get(node, "/api/v1/ha/status")?;
@@ -742,14 +753,31 @@ impl Drop for Lab {
 
 /// Plain HTTP/1.1 GET over a TCP socket opened inside `ns`.
 pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let path = path.to_string();
+    http_request(ns, addr, "GET", path, &[])
+}
+
+/// One HTTP/1.1 request without a body from inside `ns`; the status code and the body.
+pub fn http_request(
+    ns: &Netns,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> std::io::Result<(u16, String)> {
     let sock = ns.in_netns(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?;
     let mut s = sock;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // A POST that waits for a handoff takes up to the handoff bound.
+    s.set_read_timeout(Some(Duration::from_secs(6)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let length = if method == "GET" {
+        ""
+    } else {
+        "Content-Length: 0\r\n"
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}{length}Connection: close\r\n\r\n"
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
