@@ -284,6 +284,9 @@ impl Machine {
                     let name = self.peer_name();
                     self.emit(&mut out, "ha.peer_up", format!("peer link to {name} is up"));
                 }
+                // The hello was written before this node saw the link up, and its state may
+                // have changed since (a resumed ACTIVE that just stepped down): say it now.
+                out.push(Action::Send(Control::Status(self.status(watermark))));
                 out.push(Action::StartSync);
                 if self.state == HaState::Standby && !self.stopping {
                     let name = self.peer_name();
@@ -302,6 +305,9 @@ impl Machine {
                     return self.step(Input::LinkUp(ps), now, watermark);
                 }
                 self.peer_heard(ps, now, &mut out);
+                // Frames on the retired link are ignored by the peer: our current status
+                // (e.g. a step-down the peer waits for to announce again) goes now.
+                out.push(Action::Send(Control::Status(self.status(watermark))));
                 if let Some(h) = &self.handoff {
                     out.push(Action::Send(Control::Handoff {
                         reason: h.reason.clone(),

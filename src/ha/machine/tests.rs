@@ -578,12 +578,12 @@ fn every_transition_in_the_table() {
             must: vec!["send_handoff", "sync"],
         },
         Case {
-            name: "link swapped, no handoff → no transition, sync asked again",
+            name: "link swapped, no handoff → no transition, status sent, sync asked again",
             node: connected(secondary(), a_active(1), Standby, 0),
             inputs: vec![(Input::LinkSwapped(a_active(1)), 40)],
             want: Standby,
             reason: "",
-            must: vec!["sync"],
+            must: vec!["send_status", "sync"],
         },
         Case {
             name: "the same handoff again (ack lost with a swapped link) → acked again",
