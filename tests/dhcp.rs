@@ -2,7 +2,8 @@
 //! `udhcpc` get leases with the configured router, DNS (the VIP) and domain; renewal keeps
 //! the address; release frees it; a reservation is honoured; a relay (a test socket with
 //! giaddr and option 82) is answered; bad datagrams are dropped and counted while the server
-//! keeps answering; and every ACKed lease survives `kill -9`.
+//! keeps answering; every ACKed lease survives `kill -9`; and a client that leaves the
+//! broadcast bit clear gets its OFFER and ACK unicast to its new address (RFC 2131 §4.1).
 //!
 //! Lab: namespace `srv` runs the daemon (s0 10.0.0.1/24, VIP 10.0.0.3/24 claimed by its own
 //! `[[hooks.vip]]`; r0 10.1.0.1/24 towards the relay), `cli` holds the client end c0, `rly`
@@ -430,6 +431,83 @@ fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_f
     );
 }
 
+/// Records the DHCP replies (UDP 67 -> 68) that reach a namespace, with their IP destination,
+/// from an AF_PACKET socket: what the client's own raw socket sees.
+struct ReplyCapture {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Ipv4Addr, Option<MessageType>)>>,
+}
+
+impl ReplyCapture {
+    fn start(ns: &Netns) -> ReplyCapture {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let name = ns.name.clone();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            common::netns::enter_netns(&name).expect("enter the client namespace");
+            let proto = (libc::ETH_P_IP as u16).to_be();
+            // SAFETY: plain socket(2); the fd is owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, i32::from(proto)) };
+            assert!(
+                fd >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fd is a fresh socket nobody else owns.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            // SAFETY: SO_RCVTIMEO reads one timeval that outlives the call.
+            let r = unsafe {
+                libc::setsockopt(
+                    raw,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    std::ptr::from_ref(&tv).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(r, 0, "SO_RCVTIMEO");
+            let _ = ready_tx.send(());
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; 2048];
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                // SAFETY: recv(2) into a buffer of buf.len() bytes.
+                let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                let Ok(n) = usize::try_from(n) else { continue };
+                let p = &buf[..n];
+                if n < 28 || p[9] != 17 {
+                    continue;
+                }
+                let ihl = usize::from(p[0] & 15) * 4;
+                if n < ihl + 8 || p[ihl..ihl + 4] != [0, 67, 0, 68] {
+                    continue;
+                }
+                let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+                let kind = Message::decode(&mut Decoder::new(&p[ihl + 8..]))
+                    .ok()
+                    .as_ref()
+                    .and_then(msg_type);
+                out.push((dst, kind));
+            }
+            out
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("capture started");
+        ReplyCapture { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(Ipv4Addr, Option<MessageType>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().expect("capture thread")
+    }
+}
+
 fn udhcpc(lab: &Lab, dir: &Path) -> String {
     let script = client_script(dir);
     let out = lab
@@ -457,9 +535,24 @@ fn udhcpc_gets_a_lease_and_a_reserved_mac_gets_its_reserved_address() {
     let lab = Lab::new("udh", "1h");
     let d1 = lab.dir.path().join("u1");
     std::fs::create_dir_all(&d1).expect("dir");
+    let capture = ReplyCapture::start(&lab.cli);
     let env = udhcpc(&lab, &d1);
+    let replies = capture.stop();
     let ip: Ipv4Addr = env_var(&env, "ip").expect("ip").parse().expect("ip");
     assert!((100..=199).contains(&ip.octets()[3]), "{ip}");
+    // udhcpc leaves the broadcast bit clear: RFC 2131 §4.1 unicasts OFFER and ACK to yiaddr
+    // at its MAC (the server put the ARP entry in), never to 255.255.255.255.
+    for kind in [MessageType::Offer, MessageType::Ack] {
+        assert!(
+            replies.contains(&(ip, Some(kind))),
+            "no {kind:?} unicast to {ip}: {replies:?}\n{}",
+            lab.log()
+        );
+    }
+    assert!(
+        !replies.iter().any(|(d, _)| d.is_broadcast()),
+        "a reply was broadcast: {replies:?}"
+    );
     assert_eq!(env_var(&env, "router").as_deref(), Some("10.0.0.1"));
     assert_eq!(
         env_var(&env, "dns").as_deref().map(str::trim),

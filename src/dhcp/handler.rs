@@ -690,8 +690,13 @@ fn build_reply(
         Dest::Relay(req.giaddr)
     } else if !req.ciaddr.is_unspecified() {
         Dest::Unicast(req.ciaddr)
+    } else if !req.broadcast_flag && req.htype == 1 && req.hlen == 6 && !yiaddr.is_unspecified() {
+        // Ethernet client without an address that can take a unicast (RFC 2131 §4.1).
+        Dest::Hardware {
+            ip: yiaddr,
+            mac: req.mac(),
+        }
     } else {
-        // Without a packet socket an unconfigured client can only be reached by broadcast.
         Dest::Broadcast
     };
     Reply {

@@ -291,6 +291,11 @@ pub enum Dest {
     Unicast(Ipv4Addr),
     /// To 255.255.255.255:68 out of the interface the request came in on.
     Broadcast,
+    /// To yiaddr:68 at the client's hardware address (RFC 2131 §4.1): the client has no
+    /// address yet and left the broadcast bit clear, so it can take a unicast. The sender
+    /// first gives the kernel the address's MAC (no ARP query could be answered yet) and
+    /// broadcasts instead when it cannot.
+    Hardware { ip: Ipv4Addr, mac: [u8; 6] },
 }
 
 /// A reply to encode: the header fields and options in the order to send them.

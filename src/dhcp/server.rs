@@ -613,16 +613,34 @@ async fn send_reply(
     src: Option<Ipv4Addr>,
 ) {
     let bytes = reply.encode();
+    let fd = sock.as_raw_fd();
+    let broadcast = (
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, sh.client_port),
+        ifindex,
+    );
     let (dst, ifx) = match reply.dest {
         Dest::Relay(g) => (SocketAddrV4::new(g, sh.relay_port), 0),
         Dest::Unicast(c) => (SocketAddrV4::new(c, sh.client_port), 0),
-        Dest::Broadcast => (
-            SocketAddrV4::new(Ipv4Addr::BROADCAST, sh.client_port),
-            ifindex,
-        ),
+        Dest::Broadcast => broadcast,
+        Dest::Hardware { ip, mac } => {
+            let ifname = sh
+                .ifaces
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .by_index
+                .get(&ifindex)
+                .map(|(n, _)| n.clone());
+            match ifname.map(|n| set_neighbour(fd, &n, ip, mac)) {
+                Some(Ok(())) => (SocketAddrV4::new(ip, sh.client_port), ifindex),
+                Some(Err(e)) => {
+                    tracing::debug!(ip = %ip, "no ARP entry for {ip}, broadcasting instead: {e}");
+                    broadcast
+                }
+                None => broadcast,
+            }
+        }
     };
     let from = src.unwrap_or(reply.server_id);
-    let fd = sock.as_raw_fd();
     let addr = SockaddrIn::from(dst);
     let attempt = |spec: Ipv4Addr| {
         let pi = libc::in_pktinfo {
@@ -663,6 +681,51 @@ async fn send_reply(
             tracing::debug!(dest = %dst, "sending DHCP {} to {dst} failed: {e}", type_name(reply.msg_type))
         }
     }
+}
+
+/// Tells the kernel that `ip` is at `mac` on `ifname` (SIOCSARP, needs CAP_NET_ADMIN), so a
+/// unicast to a client that has no address yet needs no ARP exchange it could not answer.
+/// The entry is an ordinary one (not permanent): the kernel ages it out like a learned one.
+fn set_neighbour(fd: i32, ifname: &str, ip: Ipv4Addr, mac: [u8; 6]) -> std::io::Result<()> {
+    // SAFETY: arpreq is plain old data; all-zero is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    let pa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in fits in a sockaddr (16 bytes each); both are plain old data.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::from_ref(&pa).cast::<u8>(),
+            std::ptr::from_mut(&mut req.arp_pa).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr_in>(),
+        );
+    }
+    req.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (d, m) in req.arp_ha.sa_data.iter_mut().zip(mac) {
+        *d = m as libc::c_char;
+    }
+    req.arp_flags = libc::ATF_COM;
+    let name = ifname.as_bytes();
+    if name.len() >= req.arp_dev.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {ifname:?} too long"),
+        ));
+    }
+    for (d, b) in req.arp_dev.iter_mut().zip(name) {
+        *d = *b as libc::c_char;
+    }
+    // SAFETY: SIOCSARP reads one arpreq, which lives until the call returns.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCSARP, &req) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Progress) {

@@ -162,7 +162,14 @@ fn discover_gets_an_offer_with_the_subnet_options_and_the_vip_as_server_id() {
     assert_eq!(r.option(OPT_LEASE_TIME), Some(&3600u32.to_be_bytes()[..]));
     assert_eq!(r.option(OPT_T1), Some(&1800u32.to_be_bytes()[..]));
     assert_eq!(r.option(OPT_T2), Some(&3150u32.to_be_bytes()[..]));
-    assert_eq!(r.dest, Dest::Broadcast);
+    // No broadcast bit, no address yet: unicast to the offered address at the client's MAC.
+    assert_eq!(
+        r.dest,
+        Dest::Hardware {
+            ip: r.yiaddr,
+            mac: mac(1)
+        }
+    );
     assert!(
         out.commit.is_empty(),
         "an offer must not be written as a lease"
@@ -210,6 +217,28 @@ fn selecting_request_for_our_offer_is_acked_and_committed() {
     assert_eq!(lease.expiry - lease.start, 3600);
     assert_eq!(l.ix.get(a).map(|x| x.state), Some(LeaseState::Active));
     assert_eq!(out.events[0].0, "lease.ack");
+}
+
+#[test]
+fn replies_to_an_unconfigured_client_are_broadcast_only_when_it_cannot_take_a_unicast() {
+    let mut l = lab();
+    // RFC 2131 §4.1: the broadcast bit asks for a broadcast.
+    let mut d = req(MessageType::Discover, 1);
+    d.broadcast_flag = true;
+    let out = l.run(&d, &eth0());
+    assert_eq!(out.reply.map(|r| r.dest), Some(Dest::Broadcast));
+    // Not Ethernet: no MAC to unicast to.
+    let mut d = req(MessageType::Discover, 2);
+    d.htype = 6;
+    let out = l.run(&d, &eth0());
+    assert_eq!(out.reply.map(|r| r.dest), Some(Dest::Broadcast));
+    // The ACK of a selecting client without the bit: unicast like its OFFER.
+    let a = l.offer(3);
+    let out = l.select(3, a);
+    assert_eq!(
+        out.reply.map(|r| r.dest),
+        Some(Dest::Hardware { ip: a, mac: mac(3) })
+    );
 }
 
 #[test]
