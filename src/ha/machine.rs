@@ -484,7 +484,11 @@ impl Machine {
                         watermark,
                         &mut out,
                     );
-                    self.evaluate(now, watermark, &mut out);
+                    // What we last heard from the peer may predate the fault (it may have
+                    // taken over meanwhile): decide on its next status, not on that one.
+                    if now.saturating_sub(self.last_peer_ms) <= self.cfg.heartbeat_ms * 2 {
+                        self.evaluate(now, watermark, &mut out);
+                    }
                 }
             }
             Input::Shutdown => {
@@ -660,18 +664,25 @@ impl Machine {
                 self.witness = None;
             }
         }
-        if self.stuck {
-            // A node whose workers are stuck stops heartbeating (the transition to FAULT
-            // already told the peer).
-            return;
-        }
-        if self.link_up {
+        // A node that cannot serve stops heartbeating (the transition to FAULT already told
+        // the peer) but still notices a silent peer and closes the link, so it never leaves
+        // FAULT trusting a link that died meanwhile.
+        if self.link_up && !self.stuck {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
         if frozen {
             return;
         }
         let silent_ms = now.saturating_sub(self.last_peer_ms);
+        if self.stuck {
+            if silent_ms >= self.cfg.failover_ms && self.link_up {
+                let name = self.peer_name();
+                self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
+                self.link_up = false;
+                out.push(Action::CloseLink);
+            }
+            return;
+        }
         if silent_ms >= self.cfg.failover_ms {
             let name = self.peer_name();
             self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);

@@ -1280,3 +1280,46 @@ fn a_lone_node_back_from_fault_serves_again_within_failover_timeout() {
         t - back
     );
 }
+
+#[test]
+fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
+    // A was ACTIVE with B standby; A's VIP link lost carrier (FAULT), which also cut the
+    // peer link; B took over meanwhile. When A can serve again it must not act on B's old
+    // "STANDBY": it waits for fresh news, and the witness sees the VIP served.
+    let b = ps("node-b", Role::Secondary, HaState::Standby, 0);
+    let mut m = connected(primary(), b, HaState::Active, 1);
+    m.step(
+        Input::Health {
+            stuck: vec!["link eth0 down".into()],
+        },
+        30,
+        0,
+    );
+    assert_eq!(m.state, HaState::Fault);
+    let out = m.step(Input::Tick, 30 + FO + HB, 0);
+    assert!(
+        out.iter().any(|a| matches!(a, Action::CloseLink)),
+        "a silent peer link is closed even in FAULT: {out:?}"
+    );
+    m.step(Input::LinkDown, 30 + FO + HB, 0);
+    let mut t = 30 + FO + HB;
+    while t < 30 + 2 * FO {
+        t += HB;
+        m.step(Input::Tick, t, 0);
+    }
+    m.step(Input::Health { stuck: vec![] }, t, 0);
+    assert_eq!(m.state, HaState::Standby, "went ACTIVE on stale peer news");
+    let mut asked = false;
+    for _ in 0..3 {
+        t += HB;
+        for a in m.step(Input::Tick, t, 0) {
+            asked |= matches!(a, Action::ProbeWitness);
+        }
+        if asked {
+            break;
+        }
+    }
+    assert!(asked, "a lone standby asks the witness");
+    m.step(Input::Witness { answered: true }, t, 0);
+    assert_eq!(m.state, HaState::Standby, "took the VIP the peer serves");
+}
