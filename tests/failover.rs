@@ -18,7 +18,11 @@ const SOON: Duration = Duration::from_secs(15);
 /// A and B up with the default (fast) options: A ACTIVE holding the VIP, B STANDBY, and the
 /// VIP answering DNS as node A.
 fn pair(tag: &str, a: NodeOpts, b: NodeOpts) -> Lab {
-    let mut lab = Lab::new(tag);
+    start_pair(Lab::new(tag), a, b)
+}
+
+/// [`pair`] on a lab prepared by the caller (e.g. with a dedicated peer link).
+fn start_pair(mut lab: Lab, a: NodeOpts, b: NodeOpts) -> Lab {
     lab.start(Node::A, &a);
     lab.start(Node::B, &b);
     lab.wait_state(Node::A, "ACTIVE", SOON);
@@ -193,8 +197,12 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         lab.dump()
     );
 
-    // The host returns: exactly one ACTIVE node, holding the VIP alone.
+    // The host returns: A leaves FAULT, and exactly one ACTIVE node holds the VIP alone.
     lab.port_up(Node::A);
+    lab.wait_for("A out of FAULT", SOON, |l| {
+        l.log(Node::A).contains("can serve again")
+            && l.ha_state(Node::A).is_some_and(|s| s != "FAULT")
+    });
     lab.wait_for("exactly one ACTIVE node holding the VIP alone", SOON, |l| {
         let (a, b) = (l.ha_state(Node::A), l.ha_state(Node::B));
         let one = [&a, &b]
@@ -209,11 +217,6 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         };
         one && l.vip_on(holder) && !l.vip_on(holder.other()) && l.who_answers() == Some(holder)
     });
-    assert!(
-        lab.log(Node::A).contains("can serve again"),
-        "{}",
-        lab.dump()
-    );
 }
 
 #[test]
@@ -475,5 +478,73 @@ fn a_full_l2_partition_heals_to_one_active_node_holding_the_vip_alone() {
                 && !l.vip_on(holder.other())
                 && l.who_answers() == Some(holder)
         },
+    );
+}
+
+#[test]
+fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_back_without_loss()
+{
+    if !require_root("with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service") {
+        return;
+    }
+    // The peer link on its own cable; the clients' network is the switch. A long
+    // failover_timeout shows that B moves on A's FAULT, not on silence.
+    let opts = NodeOpts {
+        ha_link: true,
+        failover_timeout: "3s".into(),
+        ..NodeOpts::default()
+    };
+    let lab = Lab::new("track");
+    lab.add_ha_link();
+    let lab = start_pair(lab, opts.clone(), opts);
+    assert_eq!(
+        lab.ha_status(Node::A).map(|s| s["peer_connected"].clone()),
+        Some(serde_json::Value::Bool(true)),
+        "peer link over ha0{}",
+        lab.dump()
+    );
+
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.port_down(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", SOON);
+    let took = t.elapsed();
+    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    let log = probe.stop();
+    eprintln!("VIP link lost: B ACTIVE after {took:?}; {}", log.summary());
+    assert!(
+        took < Duration::from_secs(2),
+        "B took over after {took:?}: it should on A's FAULT, not after the 3 s timeout{}",
+        lab.dump()
+    );
+    assert!(
+        lab.log(Node::B).contains("node-a reports FAULT"),
+        "{}",
+        lab.dump()
+    );
+    lab.wait_for("A FAULT without the VIP", SOON, |l| {
+        l.ha_state(Node::A).as_deref() == Some("FAULT") && !l.vip_on(Node::A)
+    });
+
+    // The cable is back: A is a standby again and takes the service back in a planned
+    // handoff (it is the primary), with no query lost.
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    lab.port_up(Node::A);
+    wait_served_by(&lab, Node::A);
+    lab.wait_state(Node::B, "STANDBY", SOON);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    eprintln!("VIP link back, preemption: {}", log.summary());
+    assert_eq!(
+        log.failed_after(t),
+        0,
+        "queries failed while A took the service back: {}{}",
+        log.summary(),
+        lab.dump()
     );
 }

@@ -84,6 +84,16 @@ impl Node {
     pub fn api(self) -> SocketAddr {
         SocketAddr::new(self.addr().into(), API_PORT)
     }
+    /// The node's address on the dedicated A–B cable ([`Lab::add_ha_link`]).
+    pub fn ha_link_addr(self) -> Ipv4Addr {
+        match self {
+            Node::A => Ipv4Addr::new(192, 168, 77, 1),
+            Node::B => Ipv4Addr::new(192, 168, 77, 2),
+        }
+    }
+    pub fn ha_link_api(self) -> SocketAddr {
+        SocketAddr::new(self.ha_link_addr().into(), API_PORT)
+    }
     fn idx(self) -> usize {
         match self {
             Node::A => 0,
@@ -113,6 +123,9 @@ pub struct NodeOpts {
     pub api_extra: String,
     /// Extra TOML appended at the end (e.g. a `[[hooks.script]]`).
     pub extra: String,
+    /// The peer link runs over the dedicated A–B cable of [`Lab::add_ha_link`] instead of
+    /// the switch; the API still answers on every address.
+    pub ha_link: bool,
 }
 
 impl Default for NodeOpts {
@@ -130,6 +143,7 @@ impl Default for NodeOpts {
             server_extra: String::new(),
             api_extra: String::new(),
             extra: String::new(),
+            ha_link: false,
         }
     }
 }
@@ -178,8 +192,16 @@ pub fn node_config(node: Node, opts: &NodeOpts, dir: &Path) -> String {
             "secondary"
         };
         line(w, &format!("role = \"{role}\""));
-        line(w, &format!("peer_address = \"{}\"", node.other().api()));
-        line(w, &format!("listen_address = \"{}\"", node.api()));
+        if opts.ha_link {
+            line(
+                w,
+                &format!("peer_address = \"{}\"", node.other().ha_link_api()),
+            );
+            line(w, "listen_address = \"0.0.0.0:8067\"");
+        } else {
+            line(w, &format!("peer_address = \"{}\"", node.other().api()));
+            line(w, &format!("listen_address = \"{}\"", node.api()));
+        }
         line(
             w,
             &format!("heartbeat_interval = \"{}\"", opts.heartbeat_interval),
@@ -296,6 +318,18 @@ impl Lab {
         lab.plug(&lab.b, "p-b", Some("10.0.0.2/24"));
         lab.plug(&lab.c, "p-c", Some("10.0.0.10/24"));
         lab
+    }
+
+    /// A dedicated cable between A and B (`ha0`, 192.168.77.1/30 and .2/30), outside the
+    /// switch, for a peer link that does not share the clients' network
+    /// ([`NodeOpts::ha_link`]).
+    pub fn add_ha_link(&self) {
+        netns::veth(&self.a, "ha0", &self.b, "ha0");
+        for node in [Node::A, Node::B] {
+            let cidr = format!("{}/30", node.ha_link_addr());
+            self.ns(node)
+                .run(&["ip", "addr", "add", &cidr, "dev", "ha0"]);
+        }
     }
 
     /// Connects `ns` to the switch: the veth is made inside the switch namespace and its
@@ -719,6 +753,12 @@ impl Lab {
             for l in tail.into_iter().rev() {
                 s.push_str(l);
                 s.push('\n');
+            }
+            for path in ["/api/v1/ha/status", "/api/v1/health"] {
+                let got = self
+                    .api_get(n, path)
+                    .map_or("no answer".to_string(), |(c, b)| format!("{c} {b}"));
+                s.push_str(&format!("----- {} {path}: {got}\n", n.name()));
             }
             let addrs = self.ns(n).try_run(&["ip", "-4", "-br", "addr"]);
             s.push_str(&format!(
