@@ -198,6 +198,7 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
     );
 
     // The host returns: A leaves FAULT, and exactly one ACTIVE node holds the VIP alone.
+    let before_return = lab.log(Node::A).len();
     lab.port_up(Node::A);
     lab.wait_for("A out of FAULT", SOON, |l| {
         l.log(Node::A).contains("can serve again")
@@ -217,6 +218,19 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         };
         one && l.vip_on(holder) && !l.vip_on(holder.other()) && l.who_answers() == Some(holder)
     });
+    // Back as a standby, A may take the service back only through B's handoff (preemption),
+    // never on what it knew from before its link went down (it once went ACTIVE on B's
+    // pre-loss "STANDBY" while B held the service: two ACTIVE nodes).
+    let returned = lab.log(Node::A)[before_return..].to_string();
+    let took: Vec<&str> = returned
+        .lines()
+        .filter(|l| l.contains(" -> ACTIVE") && !l.contains("handoff from"))
+        .collect();
+    assert!(
+        took.is_empty(),
+        "A took the service after its return other than by a handoff: {took:?}{}",
+        lab.dump()
+    );
 }
 
 #[test]
