@@ -199,15 +199,16 @@ log_time() {  # PATTERN: time of the first line of B's log matching it, after th
   done < <(grep -E "$1" "$WORK/b.log")
 }
 rel() { awk -v a="$1" -v b="$t0" 'BEGIN{printf "t=%+.3f", a-b}'; }
-t_active=$(log_time 'ACTIVE')
+t_active=$(log_time 'HA [A-Z]+ -> ACTIVE')
 t_vip=$(log_time 'claimed floating IP')
 t_fail=$(awk '$2=="fail"{print $1; exit}' "$WORK/probe.txt")
 t_b=$(awk '$2=="ok" && $3=="192.0.2.2"{print $1; exit}' "$WORK/probe.txt")
 say "timeline"
 {
   echo "$t0 node A killed (kill -9)"
-  [ -n "$t_active" ] && echo "$t_active node B ACTIVE      ($(grep -E 'ACTIVE' "$WORK/b.log" | tail -1 | cut -c1-160 | sed 's/^[^ ]* *//'))"
-  [ -n "$t_vip" ] && echo "$t_vip VIP claimed by node B ($(grep 'claimed floating IP' "$WORK/b.log" | tail -1 | sed 's/.*claimed/claimed/'))"
+  # The message only: B's log also says ACTIVE elsewhere, and the structured fields repeat it.
+  [ -n "$t_active" ] && echo "$t_active node B ACTIVE      ($(grep -E 'HA [A-Z]+ -> ACTIVE' "$WORK/b.log" | tail -1 | sed 's/^[^ ]* *INFO *//; s/ event=.*//'))"
+  [ -n "$t_vip" ] && echo "$t_vip VIP claimed by node B ($(grep 'claimed floating IP' "$WORK/b.log" | tail -1 | sed 's/.*claimed/claimed/; s/ vip=.*//'))"
   [ -n "$t_fail" ] && echo "$t_fail first DNS query without an answer"
   [ -n "$t_b" ] && echo "$t_b first DNS answer from node B"
 } | sort -n | while read -r t rest; do echo "$(rel "$t") $rest"; done
