@@ -75,6 +75,13 @@ impl Desired {
     }
 }
 
+/// An announcement this late means the process was not running when it was due (SIGSTOP,
+/// a stall): the peer may have taken the VIP meanwhile, and HA settles that within a
+/// heartbeat of resuming. Announcing at once would pull clients to a node that is about to
+/// let go (one lost query after SIGCONT in the e2e test), so it waits this long first; a
+/// release meanwhile cancels it.
+pub const LATE: Duration = Duration::from_millis(300);
+
 /// The announcements of one claim (or re-announcement).
 #[derive(Debug, Clone, Default)]
 pub struct Burst {
@@ -100,9 +107,14 @@ impl Burst {
     }
 
     /// At `now`: should an announcement go out? Advances the schedule when it does.
+    /// One overdue by more than [`LATE`] is put off by `LATE` instead (see there).
     pub fn fire(&mut self, now: Instant) -> bool {
         match self.next_at {
             Some(t) if now >= t && self.remaining > 0 => {
+                if now.duration_since(t) > LATE {
+                    self.next_at = Some(now + LATE);
+                    return false;
+                }
                 self.remaining -= 1;
                 self.next_at = (self.remaining > 0).then(|| t + self.interval);
                 true
@@ -229,6 +241,24 @@ mod tests {
         assert!(b.fire(t + 2 * iv + Duration::from_millis(5)));
         assert_eq!(b.due(), None);
         assert!(!b.fire(t + 10 * iv));
+    }
+
+    #[test]
+    fn an_announcement_found_long_overdue_waits_a_moment_instead_of_going_out_blindly() {
+        let t = Instant::now();
+        let iv = Duration::from_secs(1);
+        let mut b = Burst::start(t, 3, iv);
+        // Stopped for 2 s: the second announcement is 1 s late when the process resumes.
+        let resumed = t + 2 * iv;
+        assert!(!b.fire(resumed), "fired blindly after a stop");
+        assert_eq!(b.due(), Some(resumed + LATE));
+        assert!(
+            b.fire(resumed + LATE),
+            "still held: it goes out after the wait"
+        );
+        // Slightly late (a busy machine) is not a stop: it fires.
+        let mut b = Burst::start(t, 2, iv);
+        assert!(b.fire(t + iv + LATE / 2));
     }
 
     #[test]

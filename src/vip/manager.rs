@@ -729,7 +729,12 @@ impl Worker {
                 self.announce(&link);
             }
         }
-        if self.refresh_at.is_some_and(|t| now >= t) {
+        if let Some(t) = self.refresh_at.filter(|t| now >= *t) {
+            if now.duration_since(t) > super::claim::LATE {
+                // Resumed after a stop: let HA settle who holds the VIP first.
+                self.refresh_at = Some(now + super::claim::LATE);
+                return;
+            }
             self.schedule_refresh(now);
             // The periodic check doubles as a safety net for a missed RTM_DELADDR.
             match self.nl.present(link.index, self.net.addr()).await {
