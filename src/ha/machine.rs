@@ -191,6 +191,9 @@ pub struct Machine {
     /// The sender's epoch of the handoff that made this node ACTIVE: the same handoff sent
     /// again (its ack was lost with a swapped link) is acknowledged again, not refused.
     handoff_taken: Option<u64>,
+    /// This node took a handoff and the old owner has not yet said it let go: when it
+    /// does, announce the VIP once more (see `peer_heard`).
+    reannounce_on_release: bool,
 }
 
 impl Machine {
@@ -216,6 +219,7 @@ impl Machine {
             stopping: false,
             yielded: false,
             handoff_taken: None,
+            reannounce_on_release: false,
         }
     }
 
@@ -384,6 +388,7 @@ impl Machine {
                         &mut out,
                     );
                     self.handoff_taken = Some(epoch);
+                    self.reannounce_on_release = true;
                     if let Some(p) = self.peer.as_mut() {
                         p.state = HaState::Standby;
                     }
@@ -748,11 +753,8 @@ impl Machine {
             .peer
             .as_ref()
             .is_some_and(|p| p.state == HaState::Active);
-        if was_active
-            && ps.state != HaState::Active
-            && self.state == HaState::Active
-            && self.handoff.is_none()
-        {
+        let let_go = ps.state != HaState::Active && self.state == HaState::Active;
+        if let_go && was_active && self.handoff.is_none() {
             // Two ACTIVE nodes met and the peer just let go: clients may have followed its
             // last announcement, so claim the VIP again now instead of after a conflict
             // hold-off. Same state on both sides of the event: only the reason is news.
@@ -771,6 +773,22 @@ impl Machine {
             // the node that releases the VIP a moment later (a 1 s outage until the new
             // owner's conflict defence, seen after SIGCONT of a hung primary).
             self.next_preempt_ms = self.next_preempt_ms.max(now + self.cfg.failover_ms);
+            self.reannounce_on_release = false;
+        } else if let_go && self.reannounce_on_release {
+            // We took a handoff. The old owner's VIP worker may have sent an announcement
+            // (the next GARP of its claim burst, a defence) between our claim and its
+            // release; clients that followed it would reach a node without the VIP until
+            // our conflict hold-off (1 s) ends. Its status says it let go: announce last.
+            self.reannounce_on_release = false;
+            out.push(Action::Emit {
+                kind: "ha.failover",
+                old: HaState::Active,
+                new: HaState::Active,
+                reason: format!(
+                    "{} let go after the handoff; announcing the service again",
+                    ps.node
+                ),
+            });
         }
         self.last_peer_ms = now;
         self.witness = None;
@@ -906,6 +924,7 @@ impl Machine {
         }
         // Set again by the handoff branch right after its take-over.
         self.handoff_taken = None;
+        self.reannounce_on_release = false;
         out.push(Action::Emit {
             kind: "ha.failover",
             old,

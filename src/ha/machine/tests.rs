@@ -673,6 +673,61 @@ fn heartbeats_carry_state_epoch_and_watermark() {
 }
 
 #[test]
+fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
+    let mut a = connected(
+        primary(),
+        ps("node-b", Role::Secondary, HaState::Active, 2),
+        HaState::Standby,
+        1,
+    );
+    let out = a.step(
+        Input::Peer(Control::Handoff {
+            reason: "preemption by primary node-a".into(),
+            epoch: 2,
+        }),
+        1000,
+        0,
+    );
+    assert_eq!(a.state(), HaState::Active, "{:?}", failovers(&out));
+    let again = |out: &[Action]| {
+        out.iter().any(|x| {
+            matches!(
+                x,
+                Action::Emit {
+                    kind: "ha.failover",
+                    old: HaState::Active,
+                    new: HaState::Active,
+                    ..
+                }
+            )
+        })
+    };
+    let out = a.step(
+        Input::Peer(Control::Status(ps(
+            "node-b",
+            Role::Secondary,
+            HaState::Standby,
+            2,
+        ))),
+        1002,
+        0,
+    );
+    // The ack made B release and say STANDBY at once (no ACTIVE status in between).
+    assert!(again(&out), "no announcement after the old owner let go");
+    let out = a.step(
+        Input::Peer(Control::Status(ps(
+            "node-b",
+            Role::Secondary,
+            HaState::Standby,
+            2,
+        ))),
+        1100,
+        0,
+    );
+    assert!(!again(&out), "announced twice");
+}
+
+#[test]
 fn after_a_dual_active_meeting_the_winner_hands_back_to_the_primary_only_after_failover_ms() {
     // B (secondary, epoch 2) won against a resumed A (primary, epoch 1); A steps down and,
     // with preempt, asks for the service back at once.
