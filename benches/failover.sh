@@ -435,7 +435,7 @@ idle_run() {  # SECONDS
   done
   local sum; sum=$(grep '^summary' "$out")
   echo "client: $(sed 's/^summary //; s/ outage_ms=.* late=/ late=/' <<<"$sum") (late: answered after $INTERVAL)"
-  echo "answers by node: $(sed -n 's/.* by=//p' <<<"$sum" | sed 's/192.0.2.1/A/; s/192.0.2.2/B/')"
+  echo "answers by node: $(sed -n 's/.* by=\([^ ]*\).*/\1/p' <<<"$sum" | sed 's/192.0.2.1/A/; s/192.0.2.2/B/')"
   awk '$2 == "fail" {f = $1; n++} $2 == "ok" && f {d = ($1 - f) * 1000; if (d > m) m = d; f = 0}
     END {printf "failure streaks: %d, longest %.0f ms (first failed query to the next answered one)\n", n, m}' "$out"
   grep -E ' (ok|fail)' "$out" | tail -n +2 | head -20 | sed 's/^/    /'
