@@ -8,7 +8,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::lab::{dhclient_once, Lab, Node, NodeOpts, Udhcpc, DOMAIN, POOL, VIP, WHO};
+use common::lab::{dhclient_once, Lab, Node, NodeOpts, ProbeLog, Udhcpc, DOMAIN, POOL, VIP, WHO};
 use common::netns::require_root;
 
 const FT: Duration = Duration::from_secs(1);
@@ -40,6 +40,48 @@ fn start_pair(mut lab: Lab, a: NodeOpts, b: NodeOpts) -> Lab {
 
 fn default_pair(tag: &str) -> Lab {
     pair(tag, NodeOpts::default(), NodeOpts::default())
+}
+
+/// With A serving and a client probing the VIP, does `fail` to A; waits until B is ACTIVE
+/// and answers through the VIP. Returns when `fail` began, how long until B was ACTIVE, and
+/// the client's record.
+fn b_takes_over_when(lab: &Lab, fail: impl FnOnce(&Lab)) -> (Instant, Duration, ProbeLog) {
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    fail(lab);
+    lab.wait_state(Node::B, "ACTIVE", SOON);
+    let took = t.elapsed();
+    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
+        l.who_answers() == Some(Node::B)
+    });
+    (t, took, probe.stop())
+}
+
+/// With B serving, brings A back with `bring_back` while a client probes the VIP, and
+/// checks that A (the primary) takes the service back in a planned handoff, losing nothing.
+fn a_takes_the_service_back_losing_nothing(
+    lab: &mut Lab,
+    what: &str,
+    bring_back: impl FnOnce(&mut Lab),
+) {
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    bring_back(lab);
+    wait_served_by(lab, Node::A);
+    lab.wait_state(Node::B, "STANDBY", SOON);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = probe.stop();
+    eprintln!("{what}: {}", log.summary());
+    assert_eq!(
+        log.failed_after(t),
+        0,
+        "{what}: queries failed while A took the service back: {}{}",
+        log.summary(),
+        lab.dump()
+    );
+    assert_eq!(log.last_node(), Some(Node::A));
 }
 
 fn in_pool(ip: Ipv4Addr) -> bool {
@@ -160,16 +202,7 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
         return;
     }
     let lab = default_pair("host");
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    lab.port_down(Node::A);
-    lab.wait_state(Node::B, "ACTIVE", SOON);
-    let took = t.elapsed();
-    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
-        l.who_answers() == Some(Node::B)
-    });
-    let log = probe.stop();
+    let (t, took, log) = b_takes_over_when(&lab, |l| l.port_down(Node::A));
     let outage = log.outage_after(t).unwrap_or_default();
     eprintln!(
         "host loss: B ACTIVE after {took:?}, DNS outage {outage:?}; {}",
@@ -342,23 +375,7 @@ fn returning_primary_syncs_and_preempts_back_with_zero_failed_queries() {
     lab.wait_exit(Node::A, SOON);
     wait_served_by(&lab, Node::B);
 
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    lab.restart(Node::A);
-    wait_served_by(&lab, Node::A);
-    lab.wait_state(Node::B, "STANDBY", SOON);
-    std::thread::sleep(Duration::from_millis(500));
-    let log = probe.stop();
-    eprintln!("preemption: {}", log.summary());
-    assert_eq!(
-        log.failed_after(t),
-        0,
-        "queries failed during preemption: {}{}",
-        log.summary(),
-        lab.dump()
-    );
-    assert_eq!(log.last_node(), Some(Node::A));
+    a_takes_the_service_back_losing_nothing(&mut lab, "preemption", |l| l.restart(Node::A));
     assert!(
         !lab.log(Node::B).contains("address conflict"),
         "a preemption was logged as a conflict on B:{}",
@@ -514,7 +531,7 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
     };
     let lab = Lab::new("track");
     lab.add_ha_link();
-    let lab = start_pair(lab, opts.clone(), opts);
+    let mut lab = start_pair(lab, opts.clone(), opts);
     assert_eq!(
         lab.ha_status(Node::A).map(|s| s["peer_connected"].clone()),
         Some(serde_json::Value::Bool(true)),
@@ -522,16 +539,7 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
         lab.dump()
     );
 
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    lab.port_down(Node::A);
-    lab.wait_state(Node::B, "ACTIVE", SOON);
-    let took = t.elapsed();
-    lab.wait_for("DNS via the VIP answered by B", SOON, |l| {
-        l.who_answers() == Some(Node::B)
-    });
-    let log = probe.stop();
+    let (_, took, log) = b_takes_over_when(&lab, |l| l.port_down(Node::A));
     eprintln!("VIP link lost: B ACTIVE after {took:?}; {}", log.summary());
     assert!(
         took < Duration::from_secs(2),
@@ -549,20 +557,5 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
 
     // The cable is back: A is a standby again and takes the service back in a planned
     // handoff (it is the primary), with no query lost.
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t = Instant::now();
-    lab.port_up(Node::A);
-    wait_served_by(&lab, Node::A);
-    lab.wait_state(Node::B, "STANDBY", SOON);
-    std::thread::sleep(Duration::from_millis(500));
-    let log = probe.stop();
-    eprintln!("VIP link back, preemption: {}", log.summary());
-    assert_eq!(
-        log.failed_after(t),
-        0,
-        "queries failed while A took the service back: {}{}",
-        log.summary(),
-        lab.dump()
-    );
+    a_takes_the_service_back_losing_nothing(&mut lab, "VIP link back", |l| l.port_up(Node::A));
 }
