@@ -83,6 +83,12 @@ impl Desired {
 pub const LATE: Duration = Duration::from_millis(300);
 
 /// The announcements of one claim (or re-announcement).
+/// For an announcement due at `due` and found at `now`: the new time when it is more than
+/// [`LATE`] overdue (the burst's and the periodic re-announcement's rule alike).
+pub fn put_off_if_late(due: Instant, now: Instant) -> Option<Instant> {
+    (now.saturating_duration_since(due) > LATE).then(|| now + LATE)
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Burst {
     remaining: u32,
@@ -111,8 +117,8 @@ impl Burst {
     pub fn fire(&mut self, now: Instant) -> bool {
         match self.next_at {
             Some(t) if now >= t && self.remaining > 0 => {
-                if now.duration_since(t) > LATE {
-                    self.next_at = Some(now + LATE);
+                if let Some(later) = put_off_if_late(t, now) {
+                    self.next_at = Some(later);
                     return false;
                 }
                 self.remaining -= 1;

@@ -642,12 +642,24 @@ impl Worker {
 
     /// Sends one announcement now; a failed send is logged, not fatal (the address is
     /// held; the next announcement or the link coming up tries again).
+    /// One announcement of the VIP: a gratuitous ARP, or an unsolicited neighbour
+    /// advertisement for an IPv6 VIP.
     fn announce(&mut self, link: &LinkInfo) -> bool {
-        let IpAddr::V4(ip) = self.net.addr() else {
-            return self.announce_v6(link);
+        let (proto, dst, frame, what) = match self.net.addr() {
+            IpAddr::V4(ip) => (
+                arp::ETH_P_ARP,
+                [0xff; 6],
+                arp::garp_frame(link.mac, ip).to_vec(),
+                "gratuitous ARP",
+            ),
+            IpAddr::V6(ip) => (
+                super::ndp::ETH_P_IPV6,
+                super::ndp::ALL_NODES_MAC,
+                super::ndp::unsolicited_na(link.mac, ip).to_vec(),
+                "neighbour advertisement",
+            ),
         };
-        let frame = arp::garp_frame(link.mac, ip);
-        match packet::send_frame(&self.send, link.index, arp::ETH_P_ARP, [0xff; 6], &frame) {
+        match packet::send_frame(&self.send, link.index, proto, dst, &frame) {
             Ok(()) => {
                 self.ctx
                     .metrics
@@ -657,34 +669,7 @@ impl Worker {
                 true
             }
             Err(e) => {
-                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "gratuitous ARP for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
-                false
-            }
-        }
-    }
-
-    fn announce_v6(&mut self, link: &LinkInfo) -> bool {
-        let IpAddr::V6(ip) = self.net.addr() else {
-            return false;
-        };
-        let frame = super::ndp::unsolicited_na(link.mac, ip);
-        match packet::send_frame(
-            &self.send,
-            link.index,
-            super::ndp::ETH_P_IPV6,
-            super::ndp::ALL_NODES_MAC,
-            &frame,
-        ) {
-            Ok(()) => {
-                self.ctx
-                    .metrics
-                    .announcements
-                    .get_or_create(&self.labels())
-                    .inc();
-                true
-            }
-            Err(e) => {
-                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "neighbour advertisement for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "{what} for {} on {} not sent: {e}", self.vip(), self.cfg.interface);
                 false
             }
         }
@@ -730,9 +715,8 @@ impl Worker {
             }
         }
         if let Some(t) = self.refresh_at.filter(|t| now >= *t) {
-            if now.duration_since(t) > super::claim::LATE {
-                // Resumed after a stop: let HA settle who holds the VIP first.
-                self.refresh_at = Some(now + super::claim::LATE);
+            if let Some(later) = super::claim::put_off_if_late(t, now) {
+                self.refresh_at = Some(later);
                 return;
             }
             self.schedule_refresh(now);
