@@ -308,7 +308,14 @@ impl Machine {
                 if !self.link_up {
                     return self.step(Input::LinkUp(ps), now, watermark);
                 }
-                self.peer_heard(ps, now, &mut out);
+                // The hello on the new link is no news: the peer wrote it before it saw the
+                // swap, and frames on the old link may be younger (a handoff it took since
+                // says ACTIVE there, its hello still STANDBY). Deciding on it could take the
+                // service back from a peer that just took it; its current status follows on
+                // the new link. It does prove the peer alive.
+                let _ = ps;
+                self.last_peer_ms = now;
+                self.witness = None;
                 // Frames on the retired link are ignored by the peer: our current status
                 // (e.g. a step-down the peer waits for to announce again) goes now.
                 out.push(Action::Send(Control::Status(self.status(watermark))));
@@ -319,7 +326,6 @@ impl Machine {
                     }));
                 }
                 out.push(Action::StartSync);
-                self.evaluate(now, watermark, &mut out);
             }
             Input::LinkDown => {
                 if !self.link_up {

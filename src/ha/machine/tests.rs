@@ -578,6 +578,25 @@ fn every_transition_in_the_table() {
             must: vec!["send_handoff", "sync"],
         },
         Case {
+            name: "link swapped after our handoff, its hello still says STANDBY → stays STANDBY",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::ApiFailover, 30),
+                (
+                    Input::Peer(Control::HandoffAck {
+                        epoch: 2,
+                        accepted: true,
+                    }),
+                    35,
+                ),
+                // B wrote this hello before it took the handoff.
+                (Input::LinkSwapped(b_standby.clone()), 40),
+            ],
+            want: Standby,
+            reason: "",
+            must: vec!["send_status", "sync"],
+        },
+        Case {
             name: "link swapped, no handoff → no transition, status sent, sync asked again",
             node: connected(secondary(), a_active(1), Standby, 0),
             inputs: vec![(Input::LinkSwapped(a_active(1)), 40)],
