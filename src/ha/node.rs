@@ -166,6 +166,8 @@ enum NodeMsg {
 struct LinkReady {
     id: u64,
     dialer: String,
+    /// The dialler's number for the link (see [`Shared::dial_number`]).
+    dial: u64,
     addr: SocketAddr,
     peer: PeerStatus,
     tx: mpsc::Sender<Msg>,
@@ -175,6 +177,7 @@ struct LinkReady {
 struct CurrentLink {
     id: u64,
     dialer: String,
+    dial: u64,
     addr: SocketAddr,
     tx: mpsc::Sender<Msg>,
     cancel: CancellationToken,
@@ -201,6 +204,7 @@ struct Shared {
     secret: Vec<u8>,
     my_status: watch::Receiver<PeerStatus>,
     next_link: AtomicU64,
+    last_dial: AtomicU64,
     metrics: Arc<HaMetrics>,
     handshakes: Semaphore,
     api_token: Option<String>,
@@ -209,6 +213,22 @@ struct Shared {
 }
 
 impl Shared {
+    /// A number for a link this node dials, higher than any it dialled before, across
+    /// restarts too (microseconds of the wall clock, kept strictly increasing): the peer
+    /// may still hold a link from this node's previous life when the new one arrives.
+    fn dial_number(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let prev = self
+            .last_dial
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+
     fn log_link_error(&self, addr: SocketAddr, dir: &str, e: &LinkError) {
         self.metrics.link_error(e.kind());
         let quiet = matches!(e, LinkError::Closed | LinkError::Io(_));
@@ -262,6 +282,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         secret: ha.shared_secret.clone().unwrap_or_default().into_bytes(),
         my_status: my_rx,
         next_link: AtomicU64::new(1),
+        last_dial: AtomicU64::new(0),
         metrics: metrics.clone(),
         handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
         api_token: cfg.api.auth_token.clone(),
@@ -610,7 +631,7 @@ impl NodeTask {
                 &new.peer.node,
                 new.peer.role,
             );
-            let keep_new = new.dialer == cur.dialer || new.dialer == preferred;
+            let keep_new = replaces((&new.dialer, new.dial), (&cur.dialer, cur.dial), &preferred);
             let same_peer =
                 self.m.link_up() && self.m.peer().is_some_and(|p| p.node == new.peer.node);
             if !keep_new {
@@ -678,6 +699,7 @@ impl NodeTask {
         self.link = Some(CurrentLink {
             id,
             dialer: new.dialer,
+            dial: new.dial,
             addr: new.addr,
             tx: new.tx,
             cancel: new.cancel,
@@ -840,6 +862,17 @@ fn retire(cancel: CancellationToken) {
         tokio::time::sleep(HANDSHAKE_LIMIT).await;
         cancel.cancel();
     });
+}
+
+/// Whether link `new` (dialler, dial number) replaces the current one. Both ends must end
+/// on the same link whatever order they saw the links in: the preferred dialler's, and of
+/// two from one dialler the later dialled.
+fn replaces(new: (&str, u64), cur: (&str, u64), preferred: &str) -> bool {
+    if new.0 == cur.0 {
+        new.1 > cur.1
+    } else {
+        new.0 == preferred
+    }
 }
 
 /// The node whose dialled link survives when both dial at once: the primary (or, in a pair
@@ -1005,13 +1038,19 @@ impl HaHandle {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let mine = self.inner.my_status.borrow().clone();
+        let my_dial = if dialer { self.inner.dial_number() } else { 0 };
         w.send(&Msg::Hello {
             version: peer::VERSION,
             status: mine,
+            dial: my_dial,
         })
         .await?;
-        let peer = match r.recv().await? {
-            Msg::Hello { version, status } if version == peer::VERSION => status,
+        let (peer, dial) = match r.recv().await? {
+            Msg::Hello {
+                version,
+                status,
+                dial,
+            } if version == peer::VERSION => (status, if dialer { my_dial } else { dial }),
             Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
             other => {
                 return Err(LinkError::Malformed {
@@ -1038,6 +1077,7 @@ impl HaHandle {
             .send(NodeMsg::Link(LinkReady {
                 id,
                 dialer: dialer_name,
+                dial,
                 addr,
                 peer,
                 tx,

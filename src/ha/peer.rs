@@ -47,6 +47,10 @@ pub enum Msg {
     Hello {
         version: u32,
         status: PeerStatus,
+        /// The dialler's number for this link (0 from the acceptor): both ends keep the
+        /// highest when two links from one dialler overlap, whatever order they saw them in.
+        #[serde(default)]
+        dial: u64,
     },
     Control(Control),
     /// Lease changes from the active node; answered with `LeasesAck` once durable.
@@ -485,6 +489,7 @@ mod tests {
         let hello = Msg::Hello {
             version: VERSION,
             status: status(),
+            dial: 1,
         };
         dw.send(&hello).await.expect("send");
         assert_eq!(ar.recv().await.expect("recv"), hello);

@@ -335,3 +335,43 @@ async fn a_wrong_secret_never_links_and_is_counted() {
     a.stop.cancel();
     b.stop.cancel();
 }
+
+#[test]
+fn both_ends_keep_the_same_link_whatever_order_they_see_them_in() {
+    // Links as (dialler, dial number); node-a is the preferred dialler.
+    let links = [
+        ("node-a", 5),
+        ("node-b", 9),
+        ("node-a", 7),
+        ("node-a", 6),
+        ("node-b", 3),
+    ];
+    let keep = |order: &[usize]| {
+        let mut cur = links[order[0]];
+        for &i in &order[1..] {
+            if replaces(links[i], cur, "node-a") {
+                cur = links[i];
+            }
+        }
+        cur
+    };
+    // Every order of the five: the end result is always the latest of the preferred's.
+    let mut order = [0, 1, 2, 3, 4];
+    let mut seen = 0;
+    permute(&mut order, 0, &mut |o| {
+        assert_eq!(keep(o), ("node-a", 7), "order {o:?}");
+        seen += 1;
+    });
+    assert_eq!(seen, 120);
+}
+
+fn permute(v: &mut [usize; 5], k: usize, f: &mut dyn FnMut(&[usize])) {
+    if k == v.len() {
+        return f(v);
+    }
+    for i in k..v.len() {
+        v.swap(k, i);
+        permute(v, k + 1, f);
+        v.swap(k, i);
+    }
+}
