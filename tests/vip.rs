@@ -302,6 +302,49 @@ fn claim_adds_the_vip_and_sends_exactly_garp_count_announcements_then_release_re
 }
 
 #[test]
+fn yielding_to_a_serving_peer_stops_announcing_at_once_and_removes_the_vip_a_moment_later() {
+    if !require_root("yielding_to_a_serving_peer_stops_announcing_at_once") {
+        return;
+    }
+    let r = rig("yield");
+    let cap = Capture::start(&r.b);
+    // A long burst, so announcements would still be due after the yield.
+    let m = Running::start(&r.a, vec![vip_cfg("eth0", 10, 200)]);
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    wait_until("first GARP captured", Duration::from_secs(10), || {
+        !cap.garps().is_empty()
+    });
+
+    let t = Instant::now();
+    m.ctl.want("dns-vip", Want::Yield, t);
+    m.wait_event("vip.released", Duration::from_secs(10));
+    let kept = t.elapsed();
+    assert!(
+        kept >= vip::claim::YIELD_LINGER,
+        "the VIP stays for queries in flight: released after {kept:?}"
+    );
+    assert!(!has_vip(&r.a, "eth0"), "VIP gone after the linger");
+    assert!(!m.held());
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<_> = cap.garps().into_iter().filter(|g| g.0 > t).collect();
+    assert!(after.is_empty(), "announced after yielding: {after:?}");
+
+    // Taken back within the linger: kept, and announced again.
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    m.ctl.want("dns-vip", Want::Yield, Instant::now());
+    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.wait_event("vip.claimed", Duration::from_secs(10));
+    std::thread::sleep(vip::claim::YIELD_LINGER * 2);
+    assert!(
+        has_vip(&r.a, "eth0") && m.held(),
+        "a hold cancels the yield"
+    );
+    m.stop();
+}
+
+#[test]
 fn flapping_wants_end_in_the_final_state_without_a_stale_claim() {
     if !require_root("flapping_wants_end_in_the_final_state_without_a_stale_claim") {
         return;

@@ -323,7 +323,11 @@ fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]
     if let (EventData::Ha(ha), Some(ctl)) = (&ev.data, &ctx.vip) {
         if ev.kind == "ha.failover" {
             for v in vips.iter().filter(|v| hook_wants(&v.patterns, &[], ev)) {
-                ctl.want(&v.name, Want::for_ha_state(&ha.new_state), now);
+                ctl.want(
+                    &v.name,
+                    Want::for_ha_state(&ha.new_state, ha.peer_state.as_deref()),
+                    now,
+                );
             }
         }
     }

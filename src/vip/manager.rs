@@ -226,6 +226,7 @@ pub fn start(
             retry_at: None,
             refresh_at: None,
             defend_at: None,
+            release_at: None,
             rival: None,
             no_carrier: false,
             defender: Defender::default(),
@@ -342,6 +343,8 @@ struct Worker {
     retry_at: Option<Instant>,
     refresh_at: Option<Instant>,
     defend_at: Option<Instant>,
+    /// Yielded to the serving peer: the address goes then (see [`super::claim::YIELD_LINGER`]).
+    release_at: Option<Instant>,
     /// The MAC that sent ARP as the VIP and started the hold-off; reported only if we still
     /// hold the VIP when the hold-off ends (a planned handoff is not a conflict).
     rival: Option<[u8; 6]>,
@@ -372,6 +375,7 @@ impl Worker {
                 self.retry_at,
                 self.refresh_at,
                 self.defend_at,
+                self.release_at,
             ]
             .into_iter()
             .flatten()
@@ -409,17 +413,32 @@ impl Worker {
 
     async fn apply(&mut self, want: Want, at: Instant) {
         self.retry_at = None;
+        self.release_at = None;
         match want {
             Want::Hold => {
                 self.want_hold = true;
                 self.claim(at).await;
             }
-            Want::Release => {
+            Want::Yield if self.held => {
+                self.want_hold = false;
+                self.fall_silent();
+                self.release_at = Some(Instant::now() + super::claim::YIELD_LINGER);
+                tracing::debug!(vip = %self.vip(), "peer serves: no more announcements of {}, removing it in {:?}", self.vip(), super::claim::YIELD_LINGER);
+            }
+            Want::Release | Want::Yield => {
                 self.want_hold = false;
                 self.release(false).await;
             }
         }
         self.startup = false;
+    }
+
+    /// No more announcements, defences or refresh checks of this VIP.
+    fn fall_silent(&mut self) {
+        self.burst.cancel();
+        self.refresh_at = None;
+        self.defend_at = None;
+        self.rival = None;
     }
 
     /// Has a release been asked for since this worker last took its want?
@@ -429,7 +448,7 @@ impl Worker {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .latest()
-            == Want::Release
+            != Want::Hold
     }
 
     /// Looks the interface up unless it is cached.
@@ -557,10 +576,8 @@ impl Worker {
 
     /// Removes the address. `shutdown`: the daemon is stopping (logged as such).
     async fn release(&mut self, shutdown: bool) {
-        self.burst.cancel();
-        self.refresh_at = None;
-        self.defend_at = None;
-        self.rival = None;
+        self.fall_silent();
+        self.release_at = None;
         let was_held = self.held;
         // Before the netlink call: the resulting RTM_DELADDR must not look like an intruder.
         self.held = false;
@@ -691,11 +708,12 @@ impl Worker {
             }
             return;
         }
-        if !self.held {
-            self.burst.cancel();
-            self.refresh_at = None;
-            self.defend_at = None;
-            self.rival = None;
+        if self.release_at.is_some_and(|t| now >= t) {
+            self.release(false).await;
+            return;
+        }
+        if !self.held || !self.want_hold {
+            self.fall_silent();
             return;
         }
         let Some(link) = self.link.clone() else {
@@ -738,7 +756,10 @@ impl Worker {
         match ev {
             NetEvent::AddressRemoved { index, addr } => {
                 let ours = self.link.as_ref().is_some_and(|l| l.index == index);
-                if self.held && ours && addr == self.net.addr() {
+                if self.held && !self.want_hold && ours && addr == self.net.addr() {
+                    // Removed by someone else while yielding: it is gone either way.
+                    self.release(false).await;
+                } else if self.held && ours && addr == self.net.addr() {
                     tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} was removed from {} while held; adding it back", self.vip(), self.cfg.interface);
                     self.held = false;
                     self.claim(Instant::now()).await;
@@ -785,6 +806,7 @@ impl Worker {
     fn on_conflict(&mut self, c: ArpOnLink) {
         let Some(link) = &self.link else { return };
         if !self.held
+            || !self.want_hold
             || c.ifindex != link.index
             || !arp::is_conflict(&c.seen, ip4(self.net), link.mac)
         {
