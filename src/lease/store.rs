@@ -451,17 +451,15 @@ fn write_batch(
         for job in jobs {
             for lease in &job.leases {
                 let ip = u32::from(lease.ip);
+                *seq += 1;
+                // The replaced value names the change-log entry to drop: no separate lookup.
                 let old_seq = leases
-                    .get(ip)
+                    .insert(ip, codec::encode(lease, *seq).as_slice())
                     .map_err(wr)?
                     .and_then(|v| codec::decode_seq(v.value()).ok());
                 if let Some(old_seq) = old_seq {
                     changes.remove(old_seq).map_err(wr)?;
                 }
-                *seq += 1;
-                leases
-                    .insert(ip, codec::encode(lease, *seq).as_slice())
-                    .map_err(wr)?;
                 changes.insert(*seq, ip).map_err(wr)?;
             }
             ends.push(*seq);
