@@ -213,11 +213,9 @@ pub fn spawn_applier(
 }
 
 async fn merge(log: Arc<dyn LeaseLog>, leases: Vec<Lease>) -> Result<usize, String> {
-    match tokio::task::spawn_blocking(move || log.apply_remote(&leases)).await {
-        Ok(Ok(changed)) => Ok(changed.len()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(format!("merge task failed: {e}")),
-    }
+    log.apply_remote_async(leases)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Answers a peer's `SyncRequest{since}`: streams every change after `since`, then `done`.

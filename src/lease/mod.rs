@@ -166,7 +166,22 @@ pub trait LeaseLog: Send + Sync + 'static {
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError>;
     /// Merges leases from the peer durably; returns those that changed the local view.
     fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, LeaseLogError>;
+
+    /// [`apply_remote`](LeaseLog::apply_remote) for callers on the runtime; resolves to how
+    /// many leases changed. By default it runs on the blocking pool; a store that can wait
+    /// for its disk without a thread of its own overrides it.
+    fn apply_remote_async(self: Arc<Self>, leases: Vec<Lease>) -> RemoteMerge {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.apply_remote(&leases).map(|c| c.len()))
+                .await
+                .map_err(|e| LeaseLogError::Store(format!("merge task failed: {e}")))?
+        })
+    }
 }
+
+/// The future of [`LeaseLog::apply_remote_async`].
+pub type RemoteMerge =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, LeaseLogError>> + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseLogError {

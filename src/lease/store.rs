@@ -513,7 +513,31 @@ impl LeaseLog for LeaseStore {
     }
 
     fn apply_remote(&self, remote: &[Lease]) -> Result<Vec<Lease>, LeaseLogError> {
-        let (pending, changed) = {
+        let (changed, pending) = self.stage_remote(remote);
+        if let Some(p) = pending {
+            p.wait_blocking()?;
+        }
+        Ok(changed)
+    }
+
+    /// The standby's live merge: decided at once under the index lock, then the durable
+    /// commit awaited like a DHCP ACK's, with no blocking-pool thread in between.
+    fn apply_remote_async(self: Arc<Self>, leases: Vec<Lease>) -> super::RemoteMerge {
+        let (changed, pending) = self.stage_remote(&leases);
+        Box::pin(async move {
+            if let Some(p) = pending {
+                p.wait().await?;
+            }
+            Ok(changed.len())
+        })
+    }
+}
+
+impl LeaseStore {
+    /// Merges `remote` into the index (newest change wins; one address per client) and
+    /// submits what changed to the writer; the commit is the caller's to wait for.
+    fn stage_remote(&self, remote: &[Lease]) -> (Vec<Lease>, Option<PendingCommit>) {
+        {
             let mut ix = self.index();
             let mut changed: Vec<Lease> = Vec::new();
             for r in remote {
@@ -553,12 +577,11 @@ impl LeaseLog for LeaseStore {
                 changed.push(r.clone());
             }
             if changed.is_empty() {
-                return Ok(changed);
+                return (changed, None);
             }
-            (self.submit(changed.clone()), changed)
-        };
-        pending.wait_blocking()?;
-        Ok(changed)
+            let pending = self.submit(changed.clone());
+            (changed, Some(pending))
+        }
     }
 }
 
