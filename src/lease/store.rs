@@ -59,6 +59,14 @@ const MAX_BATCH: usize = 4096;
 /// linger never adds to a wait the disk already imposed. A lone client never waits.
 const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// What the linger waits for: about this many jobs per transaction. At the arrival rate of
+/// the last transactions that takes `LINGER_JOBS / rate`; the linger is that, at most
+/// [`LINGER`]. Below ~6,000 ACKs/s nothing changes (the full 2 ms); above, batches fill
+/// sooner and the wait shrinks with them (1 ms at 12,000/s), where a fixed 2 ms only added
+/// latency (p99 5-7.5 ms at 11,500/s; 4 ms with 1 ms). A fixed 1 ms instead cost 30 us more
+/// CPU per exchange at 4,000/s.
+const LINGER_JOBS: f64 = 12.0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("lease database {path}: {msg}")]
@@ -383,13 +391,21 @@ fn writer_loop(
     m: &StoreMetrics,
 ) {
     let mut busy = false;
+    // Jobs per second arriving, smoothed over the last transactions (0: unknown).
+    let mut rate = 0.0f64;
+    let mut last_start: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut n = first.leases.len();
         let mut jobs = vec![first];
         if busy {
             // Sleep rather than wait on the channel: a blocked receiver is woken by every
             // send, which would cost a context switch per ACK instead of one per batch.
-            let left = LINGER.saturating_sub(jobs[0].queued.elapsed());
+            let linger = if rate > 0.0 {
+                LINGER.min(std::time::Duration::from_secs_f64(LINGER_JOBS / rate))
+            } else {
+                LINGER
+            };
+            let left = linger.saturating_sub(jobs[0].queued.elapsed());
             if !left.is_zero() {
                 std::thread::sleep(left);
             }
@@ -405,6 +421,18 @@ fn writer_loop(
         }
         busy = jobs.len() > 1;
         let t = Instant::now();
+        if let Some(prev) = last_start {
+            let dt = t.saturating_duration_since(prev).as_secs_f64();
+            if dt > 0.0 {
+                let now_rate = jobs.len() as f64 / dt;
+                rate = if rate == 0.0 {
+                    now_rate
+                } else {
+                    0.7 * rate + 0.3 * now_rate
+                };
+            }
+        }
+        last_start = Some(t);
         for j in &jobs {
             m.queue_seconds
                 .observe(t.saturating_duration_since(j.queued).as_secs_f64());
