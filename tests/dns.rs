@@ -72,9 +72,20 @@ fn upstream_reply(query: &[u8], mode: Mode, answers: usize, over_tcp: bool) -> O
 }
 
 async fn upstream(mode: Mode, answers: usize, delay: Duration) -> Upstream {
-    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The same port for UDP and TCP, as a real server has: the kernel picks a free UDP port,
+    // which another test (or the daemon's own upstream sockets) may hold over TCP; try again.
+    let (udp, tcp) = {
+        let mut tries = 0;
+        loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            match TcpListener::bind(udp.local_addr().unwrap()).await {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => tries += 1,
+                Err(e) => panic!("upstream TCP listener: {e}"),
+            }
+        }
+    };
     let addr = udp.local_addr().unwrap();
-    let tcp = TcpListener::bind(addr).await.unwrap();
     let udp_queries = Arc::new(AtomicUsize::new(0));
     let tcp_queries = Arc::new(AtomicUsize::new(0));
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
