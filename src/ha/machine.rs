@@ -313,7 +313,6 @@ impl Machine {
                 // says ACTIVE there, its hello still STANDBY). Deciding on it could take the
                 // service back from a peer that just took it; its current status follows on
                 // the new link. It does prove the peer alive.
-                let _ = ps;
                 self.last_peer_ms = now;
                 self.witness = None;
                 // Frames on the retired link are ignored by the peer: our current status

@@ -546,10 +546,9 @@ impl NodeTask {
         match msg {
             Msg::Hello { .. } => {} // only valid as the first frame; handled by the link
             Msg::Control(c) => {
-                if let Control::Status(ps) = &c {
+                if matches!(c, Control::Status(_)) {
                     self.metrics.heartbeats_received.inc();
                     self.last_heartbeat_unix = Some(crate::events::now_ms());
-                    let _ = ps;
                 }
                 let was_pending = self.m.handoff_pending();
                 let is_ack = matches!(c, Control::HandoffAck { .. });

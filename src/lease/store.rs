@@ -565,51 +565,49 @@ impl LeaseStore {
     /// Merges `remote` into the index (newest change wins; one address per client) and
     /// submits what changed to the writer; the commit is the caller's to wait for.
     fn stage_remote(&self, remote: &[Lease]) -> (Vec<Lease>, Option<PendingCommit>) {
-        {
-            let mut ix = self.index();
-            let mut changed: Vec<Lease> = Vec::new();
-            for r in remote {
-                if !remote_wins(ix.get(r.ip), r) {
-                    continue;
-                }
-                // The same client cannot hold two active addresses in one subnet: the older
-                // binding on this side gives way to the newer one from the peer.
-                if r.state == LeaseState::Active {
-                    let stale: Vec<Lease> = ix
-                        .by_mac(&r.mac)
-                        .chain(r.client_id.as_deref().map_or_else(
-                            || Box::new(std::iter::empty()) as Box<dyn Iterator<Item = &Lease>>,
-                            |c| Box::new(ix.by_client_id(c)),
-                        ))
-                        .filter(|l| {
-                            l.ip != r.ip
-                                && l.state == LeaseState::Active
-                                && l.subnet == r.subnet
-                                && same_client(l, r)
-                                && l.updated_ms < r.updated_ms
-                        })
-                        .cloned()
-                        .collect();
-                    for mut s in stale {
-                        if changed.iter().any(|c| c.ip == s.ip) {
-                            continue;
-                        }
-                        s.state = LeaseState::Released;
-                        s.updated_ms = r.updated_ms;
-                        ix.upsert(s.clone());
-                        changed.push(s);
+        let mut ix = self.index();
+        let mut changed: Vec<Lease> = Vec::new();
+        for r in remote {
+            if !remote_wins(ix.get(r.ip), r) {
+                continue;
+            }
+            // The same client cannot hold two active addresses in one subnet: the older
+            // binding on this side gives way to the newer one from the peer.
+            if r.state == LeaseState::Active {
+                let stale: Vec<Lease> = ix
+                    .by_mac(&r.mac)
+                    .chain(r.client_id.as_deref().map_or_else(
+                        || Box::new(std::iter::empty()) as Box<dyn Iterator<Item = &Lease>>,
+                        |c| Box::new(ix.by_client_id(c)),
+                    ))
+                    .filter(|l| {
+                        l.ip != r.ip
+                            && l.state == LeaseState::Active
+                            && l.subnet == r.subnet
+                            && same_client(l, r)
+                            && l.updated_ms < r.updated_ms
+                    })
+                    .cloned()
+                    .collect();
+                for mut s in stale {
+                    if changed.iter().any(|c| c.ip == s.ip) {
+                        continue;
                     }
+                    s.state = LeaseState::Released;
+                    s.updated_ms = r.updated_ms;
+                    ix.upsert(s.clone());
+                    changed.push(s);
                 }
-                ix.upsert(r.clone());
-                changed.retain(|c| c.ip != r.ip);
-                changed.push(r.clone());
             }
-            if changed.is_empty() {
-                return (changed, None);
-            }
-            let pending = self.submit(changed.clone());
-            (changed, Some(pending))
+            ix.upsert(r.clone());
+            changed.retain(|c| c.ip != r.ip);
+            changed.push(r.clone());
         }
+        if changed.is_empty() {
+            return (changed, None);
+        }
+        let pending = self.submit(changed.clone());
+        (changed, Some(pending))
     }
 }
 

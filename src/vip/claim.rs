@@ -43,10 +43,6 @@ impl Want {
             Want::Release
         }
     }
-
-    pub fn holds(self) -> bool {
-        self == Want::Hold
-    }
 }
 
 /// Latest-wins mailbox. A fresh one holds a pending `Release`: at start-up the VIP is
