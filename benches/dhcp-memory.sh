@@ -37,15 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$S"
-ip netns add "$C"
-ip -n "$S" link set lo up
-ip -n "$C" link set lo up
-ip -n "$S" link add vsrv type veth peer name vcli netns "$C"
-ip -n "$S" addr add 198.18.0.1/15 dev vsrv
-ip -n "$S" link set vsrv up
-ip -n "$C" addr add 198.18.0.2/15 dev vcli
-ip -n "$C" link set vcli up
+. benches/dhcp-lab.sh  # cwd is the repository (cd above)
+dhcp_lab "$S" "$C"
 
 cat >"$OUT/athena.toml" <<EOF
 [server]
