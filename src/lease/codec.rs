@@ -1,9 +1,9 @@
 //! The on-disk form of a [`Lease`]: a small versioned binary record.
 //!
 //! Binary rather than JSON because every DHCPACK writes one, inside the group-commit
-//! transaction; the record also carries the change-log sequence number of its last change so
-//! a re-write can remove the superseded change-log entry. Decoding never panics: a record that
-//! does not parse is reported with its length, never trusted.
+//! transaction. The record carries the sequence number of the change that wrote it (the key
+//! of its log entry; also what the store's older layout keyed its change log by). Decoding
+//! never panics: a record that does not parse is reported with its length, never trusted.
 
 use std::net::Ipv4Addr;
 
@@ -88,8 +88,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The sequence number alone (the writer needs only this of the record it replaces).
-pub fn decode_seq(b: &[u8]) -> Result<u64, CodecError> {
+fn header<'a>(b: &'a [u8]) -> Result<Reader<'a>, CodecError> {
     let mut r = Reader { b, len: b.len() };
     if r.take(1)?[0] != VERSION {
         return Err(CodecError {
@@ -97,7 +96,20 @@ pub fn decode_seq(b: &[u8]) -> Result<u64, CodecError> {
             what: "unknown version",
         });
     }
-    r.u64()
+    Ok(r)
+}
+
+/// The sequence number alone (migrating the older layout needs only this).
+pub fn decode_seq(b: &[u8]) -> Result<u64, CodecError> {
+    header(b)?.u64()
+}
+
+/// The address alone: the log's compaction reads it for every record it passes.
+pub fn decode_ip(b: &[u8]) -> Result<Ipv4Addr, CodecError> {
+    let mut r = header(b)?;
+    r.u64()?;
+    let ip = r.take(4)?;
+    Ok(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]))
 }
 
 /// Decodes a record into the lease and its sequence number.
@@ -177,6 +189,7 @@ mod tests {
         let l = lease();
         assert_eq!(decode(&encode(&l, 77)), Ok((l.clone(), 77)));
         assert_eq!(decode_seq(&encode(&l, 77)), Ok(77));
+        assert_eq!(decode_ip(&encode(&l, 77)), Ok(l.ip));
         let mut bare = l;
         bare.client_id = None;
         bare.hostname = None;
@@ -189,6 +202,12 @@ mod tests {
         let b = encode(&lease(), 5);
         for n in 0..b.len() {
             assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+        for n in 0..13 {
+            assert!(
+                decode_ip(&b[..n]).is_err(),
+                "prefix of {n} bytes gave an address"
+            );
         }
     }
 }

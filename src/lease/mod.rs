@@ -168,8 +168,11 @@ pub trait LeaseLog: Send + Sync + 'static {
     fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, LeaseLogError>;
 
     /// [`apply_remote`](LeaseLog::apply_remote) for callers on the runtime; resolves to how
-    /// many leases changed. By default it runs on the blocking pool; a store that can wait
-    /// for its disk without a thread of its own overrides it.
+    /// many leases changed, once durable. By default it runs on the blocking pool when first
+    /// polled; a store that can wait for its disk without a thread of its own overrides it.
+    /// Either way merges take effect in the order of the calls when the futures are polled in
+    /// that order (the store decides each merge in the call itself and queues its commit
+    /// behind the earlier ones, so several can share one durable commit).
     fn apply_remote_async(self: Arc<Self>, leases: Vec<Lease>) -> RemoteMerge {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || self.apply_remote(&leases).map(|c| c.len()))

@@ -1,13 +1,21 @@
-//! The durable lease store: redb tables plus the in-memory [`LeaseIndex`] the handler reads.
+//! The durable lease store: an append-only redb log plus the in-memory [`LeaseIndex`] the
+//! handler reads.
 //!
-//! Tables: `leases` (IP → record) and `changes` (sequence → IP), the change log HA reads from
-//! a watermark. The change log keeps only the newest sequence per IP (a re-write deletes the
-//! superseded entry), so a bulk sync sends each lease once and the log never outgrows the
-//! leases. The MAC and client-id indexes live only in memory ([`LeaseIndex`], built from
-//! `leases` at open): nothing reads them from disk, and keeping them on disk meant a
-//! transaction of random-key B-tree writes every second that held the writer 10–50 ms while
-//! ACKs queued behind it. Tables of older versions (`by_mac`, `by_client_id`) are dropped at
-//! open.
+//! **Layout.** One table, `lease_log`: sequence number → lease record. Every change appends
+//! the whole record under the next sequence number; the newest record of an address is its
+//! lease. The log is also the change log HA reads from a watermark (`changes_since`), skipping
+//! records a newer one superseded. Why a log and not a table keyed by address: redb is a
+//! copy-on-write B-tree, so each commit rewrites every page it touches. Keyed by address, 20
+//! leases of random addresses dirtied ~20 leaf pages, and the change log's removal of each
+//! superseded entry ~20 more: ~200 KiB of page copies, checksums, writes and writeback per
+//! commit, most of the CPU of a DHCPACK (and of the HA standby's merge). Appends touch the
+//! tail page only. Superseded records are deleted by a sweep that runs inside the regular
+//! commits whenever the log holds more than twice the live records (plus
+//! [`COMPACT_SLACK`]): it walks the log from the oldest end a bounded number of records per
+//! commit ([`SWEEP_PER_LEASE`] per lease written), so the file stays within about twice the
+//! live set and no commit is held up by a big clean-up. The MAC and client-id indexes live
+//! only in memory ([`LeaseIndex`], built from the log at open). Databases of the older layout
+//! (`leases` keyed by address, `changes`) are converted at open, keeping every sequence number.
 //!
 //! **Group commit.** Every write goes to one writer thread. It takes whatever is queued, writes
 //! it in one redb transaction with `Durability::Immediate`, and only then completes each
@@ -15,10 +23,16 @@
 //! cost of an fsync is shared by every ACK that arrived meanwhile, and a caller that sends its
 //! DHCPACK after `commit` returns never acknowledges a lease that is not on disk.
 //!
-//! Invariants: the index equals the tables plus the jobs queued to the writer; jobs are
-//! written in the order they were submitted (submission happens under the index lock, so the
-//! disk order is the index order); the watermark only moves after a commit is durable.
+//! Invariants: the index equals the log's newest records plus the jobs queued to the writer;
+//! jobs are written in the order they were submitted (submission happens under the index
+//! lock, so the disk order is the index order); the watermark only moves after a commit is
+//! durable; the sweep never deletes the newest record of an address (so the last record of
+//! the log is always live and the watermark survives a restart). `Durable::newest` is
+//! updated after each commit under its lock, and readers take that lock before they open
+//! their read transaction: a record a reader skips as superseded has its successor in the
+//! reader's snapshot.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -36,9 +51,11 @@ use super::codec;
 use super::index::LeaseIndex;
 use super::{Lease, LeaseLog, LeaseLogError, LeaseState};
 
-const LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
-const CHANGES: TableDefinition<u64, u32> = TableDefinition::new("changes");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The older layout, converted into `LOG` at open: address → record, and sequence → address.
+const LEGACY_LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
+const LEGACY_CHANGES: TableDefinition<u64, u32> = TableDefinition::new("changes");
 /// Tables and META key of the on-disk client indexes of older versions, dropped at open.
 const LEGACY_BY_MAC: TableDefinition<&[u8], ()> = TableDefinition::new("by_mac");
 const LEGACY_BY_CLIENT_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by_client_id");
@@ -47,12 +64,25 @@ const LEGACY_INDEXED_SEQ: &str = "indexed_seq";
 /// redb page cache (bytes).
 const REDB_CACHE: usize = 2 << 20;
 
+/// The sweep starts when the log holds more than twice the live records plus this many.
+const COMPACT_SLACK: u64 = 1024;
+
+/// Records the sweep examines per commit: this many per lease the commit writes, plus
+/// [`SWEEP_MIN`]. Four times the append rate: one pass over a log of twice the live set
+/// takes half as many writes as filled it.
+const SWEEP_PER_LEASE: usize = 4;
+const SWEEP_MIN: usize = 64;
+
 /// Most leases written in one transaction; a bigger backlog is split so one commit cannot
 /// hold every waiting ACK for long.
 const MAX_BATCH: usize = 4096;
 
-/// Under load (the previous transaction carried more than one job) the oldest queued job
-/// waits until it is this old before its transaction starts, so more jobs join it. Each
+/// Under load (the previous transaction carried more than one job, or this one's first job
+/// came less than this long after the previous commit ended) the oldest queued job waits
+/// until it is this old before its transaction starts, so more jobs join it. The second
+/// condition is the HA standby's case: its jobs are the primary's frames, one per burst of
+/// ACKs, and at ~1,000 frames/s each used to arrive just after the previous commit and get a
+/// commit (and an fsync) of its own. Each
 /// fsync costs the same whatever it carries, so at thousands of ACKs per second this halves
 /// the transactions (and the CPU per lease). Counted from the job's submission, not from when
 /// the writer looks: a job that already waited out a slow commit starts at once, so the
@@ -103,6 +133,10 @@ pub struct StoreMetrics {
     /// From a job's submission to the start of the transaction that carries it.
     pub queue_seconds: Histogram,
     pub batch_leases: Histogram,
+    /// Records in the append-only log (live and superseded).
+    pub log_records: Gauge,
+    /// Superseded records the sweep deleted.
+    pub compacted: Counter,
 }
 
 /// Buckets for the writer's timings: fine below 5 ms (the ACK latency target).
@@ -121,6 +155,8 @@ impl Default for StoreMetrics {
             flush_seconds: writer_buckets(),
             queue_seconds: writer_buckets(),
             batch_leases: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0]),
+            log_records: Gauge::default(),
+            compacted: Counter::default(),
         }
     }
 }
@@ -131,6 +167,139 @@ struct Job {
     leases: Vec<Lease>,
     queued: Instant,
     done: Done,
+}
+
+/// Hashes an IPv4 address (as `u32`) with one multiply. The writer updates its map for every
+/// lease it writes, where SipHash cost more than the B-tree insert. Seeded per process, and
+/// addresses come from the configured pools, so nobody can line up collisions.
+#[derive(Clone, Copy)]
+struct IpHash(u64);
+
+impl std::hash::BuildHasher for IpHash {
+    type Hasher = IpHasher;
+    fn build_hasher(&self) -> IpHasher {
+        IpHasher(self.0)
+    }
+}
+
+impl Default for IpHash {
+    fn default() -> Self {
+        IpHash(rand::random::<u64>() | 1)
+    }
+}
+
+struct IpHasher(u64);
+
+impl std::hash::Hasher for IpHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u32(u32::from(*b));
+        }
+    }
+    fn write_u32(&mut self, x: u32) {
+        let h = (u64::from(x) ^ self.0).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 29);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type NewestMap = HashMap<u32, u64, IpHash>;
+
+/// What is on disk, as the writer left it after its last commit.
+struct Durable {
+    /// Address → sequence number of its newest record in the log.
+    newest: NewestMap,
+    /// Records in the log, superseded ones included.
+    records: u64,
+}
+
+fn durable_lock(d: &Mutex<Durable>) -> MutexGuard<'_, Durable> {
+    d.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Converts the older layout (`leases` keyed by address plus the `changes` log) into `LOG`,
+/// keeping each record's sequence number, so a peer's watermark stays valid. A record whose
+/// sequence cannot be read was skipped at every open before; it is dropped with a warning.
+/// Errors of open-time work, as text for [`StoreError::Open`].
+fn es<E: std::fmt::Display>(e: E) -> String {
+    e.to_string()
+}
+
+fn migrate_legacy(txn: &redb::WriteTransaction, path: &Path) -> Result<(), String> {
+    let has_legacy = txn
+        .list_tables()
+        .map_err(es)?
+        .any(|t| redb::TableHandle::name(&t) == "leases");
+    if !has_legacy {
+        return Ok(());
+    }
+    let mut moved = 0u64;
+    {
+        let old = txn.open_table(LEGACY_LEASES).map_err(es)?;
+        let mut log = txn.open_table(LOG).map_err(es)?;
+        for row in old.iter().map_err(es)? {
+            let (k, v) = row.map_err(es)?;
+            match codec::decode_seq(v.value()) {
+                Ok(seq) => {
+                    log.insert(seq, v.value()).map_err(es)?;
+                    moved += 1;
+                }
+                Err(e) => tracing::warn!(
+                    ip = %Ipv4Addr::from(k.value()),
+                    "dropping unreadable lease record of {} while converting: {e}",
+                    Ipv4Addr::from(k.value())
+                ),
+            }
+        }
+    }
+    txn.delete_table(LEGACY_LEASES).map_err(es)?;
+    txn.delete_table(LEGACY_CHANGES).map_err(es)?;
+    tracing::info!(
+        path = %path.display(),
+        leases = moved,
+        "lease database {} converted to the append-only log ({moved} leases)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Reads the log into the index (newest record per address) and the writer's view of it;
+/// returns them and the watermark (the last sequence number).
+fn load(db: &Database) -> Result<(LeaseIndex, Durable, u64), String> {
+    let r = db.begin_read().map_err(es)?;
+    let log = r.open_table(LOG).map_err(es)?;
+    // First the newest record of each address (the address alone is cheap to read), so the
+    // index is sized once for the live set, not for a log up to twice as long.
+    let mut newest = NewestMap::default();
+    let mut records = 0u64;
+    for row in log.iter().map_err(es)? {
+        let (k, v) = row.map_err(es)?;
+        records += 1;
+        if let Ok(ip) = codec::decode_ip(v.value()) {
+            newest.insert(u32::from(ip), k.value());
+        }
+    }
+    newest.shrink_to_fit();
+    let mut index = LeaseIndex::with_capacity(newest.len());
+    for (&ip, &seq) in &newest {
+        let Some(v) = log.get(seq).map_err(es)? else {
+            continue;
+        };
+        match codec::decode(v.value()) {
+            Ok((lease, _)) => {
+                index.upsert(lease);
+            }
+            Err(e) => tracing::warn!(
+                ip = %Ipv4Addr::from(ip),
+                "skipping lease {}: {e}",
+                Ipv4Addr::from(ip)
+            ),
+        }
+    }
+    let watermark = log.last().map_err(es)?.map(|(k, _)| k.value()).unwrap_or(0);
+    Ok((index, Durable { newest, records }, watermark))
 }
 
 /// A commit in flight; resolves to the sequence number of its last lease once durable.
@@ -151,6 +320,7 @@ impl PendingCommit {
 pub struct LeaseStore {
     db: Arc<Database>,
     index: Mutex<LeaseIndex>,
+    durable: Arc<Mutex<Durable>>,
     /// `None` only while dropping.
     writer: Option<std_mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -180,10 +350,7 @@ impl LeaseStore {
         // Create the tables once so readers never see "table does not exist".
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         {
-            txn.open_table(LEASES)
-                .map_err(|e| open_err(e.to_string()))?;
-            txn.open_table(CHANGES)
-                .map_err(|e| open_err(e.to_string()))?;
+            txn.open_table(LOG).map_err(|e| open_err(e.to_string()))?;
             let mut meta = txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
             meta.remove(LEGACY_INDEXED_SEQ)
                 .map_err(|e| open_err(e.to_string()))?;
@@ -196,46 +363,26 @@ impl LeaseStore {
                 tracing::info!("dropped the on-disk {legacy} index (kept in memory now)");
             }
         }
+        migrate_legacy(&txn, path).map_err(open_err)?;
         txn.commit().map_err(|e| open_err(e.to_string()))?;
 
-        let mut index;
-        let watermark;
-        {
-            let r = db.begin_read().map_err(|e| open_err(e.to_string()))?;
-            let t = r.open_table(LEASES).map_err(|e| open_err(e.to_string()))?;
-            let n = t.len().map_err(|e| open_err(e.to_string()))?;
-            index = LeaseIndex::with_capacity(usize::try_from(n).unwrap_or(0));
-            for row in t.iter().map_err(|e| open_err(e.to_string()))? {
-                let (k, v) = row.map_err(|e| open_err(e.to_string()))?;
-                match codec::decode(v.value()) {
-                    Ok((lease, _)) => {
-                        index.upsert(lease);
-                    }
-                    Err(e) => tracing::warn!(
-                        ip = %Ipv4Addr::from(k.value()),
-                        "skipping lease {}: {e}",
-                        Ipv4Addr::from(k.value())
-                    ),
-                }
-            }
-            let c = r.open_table(CHANGES).map_err(|e| open_err(e.to_string()))?;
-            watermark = c
-                .last()
-                .map_err(|e| open_err(e.to_string()))?
-                .map(|(k, _)| k.value())
-                .unwrap_or(0);
-        }
+        let (index, durable, watermark) = load(&db).map_err(open_err)?;
         let db = Arc::new(db);
+        let durable = Arc::new(Mutex::new(durable));
         let (tx, rx) = std_mpsc::channel();
         let wm = Arc::new(AtomicU64::new(watermark));
         let metrics = StoreMetrics::default();
+        metrics
+            .log_records
+            .set(durable_lock(&durable).records as i64);
         let writer_thread = {
             let db = db.clone();
             let wm = wm.clone();
             let m = metrics.clone();
+            let durable = durable.clone();
             std::thread::Builder::new()
                 .name("lease-writer".into())
-                .spawn(move || writer_loop(&db, rx, watermark, &wm, &m))
+                .spawn(move || writer_loop(&db, rx, watermark, &wm, &durable, &m))
                 .map_err(|e| open_err(format!("cannot start the writer thread: {e}")))?
         };
         tracing::info!(
@@ -249,6 +396,7 @@ impl LeaseStore {
         Ok(Arc::new(LeaseStore {
             db,
             index: Mutex::new(index),
+            durable,
             writer: Some(tx),
             writer_thread: Some(writer_thread),
             watermark: wm,
@@ -322,19 +470,38 @@ impl LeaseStore {
 
     /// Reads one lease from disk (not the index): what a restart would see.
     pub fn read_durable(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        let d = durable_lock(&self.durable);
+        let Some(&seq) = d.newest.get(&u32::from(ip)) else {
+            return Ok(None);
+        };
         let r = self.db.begin_read().map_err(rd)?;
-        let t = r.open_table(LEASES).map_err(rd)?;
-        match t.get(u32::from(ip)).map_err(rd)? {
+        let t = r.open_table(LOG).map_err(rd)?;
+        match t.get(seq).map_err(rd)? {
             Some(v) => codec::decode(v.value()).map(|(l, _)| Some(l)).map_err(rd),
             None => Ok(None),
         }
     }
 
-    /// Number of lease records on disk.
+    /// Number of addresses with a lease record on disk (read from the log itself).
     pub fn durable_len(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read().map_err(rd)?;
-        let t = r.open_table(LEASES).map_err(rd)?;
-        t.len().map_err(rd)
+        let t = r.open_table(LOG).map_err(rd)?;
+        let mut ips = std::collections::HashSet::new();
+        for row in t.iter().map_err(rd)? {
+            let (_, v) = row.map_err(rd)?;
+            ips.insert(codec::decode_ip(v.value()).map_err(rd)?);
+        }
+        Ok(ips.len() as u64)
+    }
+
+    /// Records in the log, superseded ones included (on disk, not the writer's count).
+    pub fn log_len(&self) -> Result<u64, StoreError> {
+        let r = self.db.begin_read().map_err(rd)?;
+        r.open_table(LOG).map_err(rd)?.len().map_err(rd)
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {
@@ -369,6 +536,16 @@ impl LeaseStore {
             "Leases per group-commit transaction",
             m.batch_leases.clone(),
         );
+        registry.register(
+            "lease_log_records",
+            "Records in the lease log, superseded ones included (compaction keeps it under about twice the leases)",
+            m.log_records.clone(),
+        );
+        registry.register(
+            "lease_log_compacted",
+            "Superseded lease records deleted by the log's compaction",
+            m.compacted.clone(),
+        );
     }
 }
 
@@ -388,16 +565,22 @@ fn writer_loop(
     rx: std_mpsc::Receiver<Job>,
     mut seq: u64,
     watermark: &AtomicU64,
+    durable: &Mutex<Durable>,
     m: &StoreMetrics,
 ) {
+    // Where the compaction sweep goes on (sequence numbers; 0: from the oldest record).
+    let mut sweep = 0u64;
     let mut busy = false;
     // Jobs per second arriving, smoothed over the last transactions (0: unknown).
     let mut rate = 0.0f64;
     let mut last_start: Option<Instant> = None;
+    let mut last_end: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut n = first.leases.len();
+        let streaming =
+            last_end.is_some_and(|e| first.queued.saturating_duration_since(e) < LINGER);
         let mut jobs = vec![first];
-        if busy {
+        if busy || streaming {
             // Sleep rather than wait on the channel: a blocked receiver is woken by every
             // send, which would cost a context switch per ACK instead of one per batch.
             let linger = if rate > 0.0 {
@@ -438,8 +621,19 @@ fn writer_loop(
                 .observe(t.saturating_duration_since(j.queued).as_secs_f64());
         }
         let start_seq = seq;
-        match write_batch(db, &jobs, &mut seq) {
-            Ok((ends, flush)) => {
+        match write_batch(db, &jobs, &mut seq, durable, sweep) {
+            Ok(w) => {
+                {
+                    let mut d = durable_lock(durable);
+                    for (ip, s) in w.written {
+                        d.newest.insert(ip, s);
+                    }
+                    d.records = d.records + n as u64 - w.deleted;
+                    m.log_records.set(d.records as i64);
+                }
+                sweep = w.sweep;
+                m.compacted.inc_by(w.deleted);
+                let (ends, flush) = (w.ends, w.flush);
                 m.flush_seconds.observe(flush.as_secs_f64());
                 watermark.store(seq, Ordering::Release);
                 m.commits.inc();
@@ -449,6 +643,7 @@ fn writer_loop(
                 for (job, end) in jobs.into_iter().zip(ends) {
                     let _ = job.done.send(Ok(end));
                 }
+                last_end = Some(Instant::now());
             }
             Err(e) => {
                 seq = start_seq;
@@ -464,33 +659,85 @@ fn writer_loop(
     }
 }
 
-/// Writes every job in one durable transaction; returns each job's last sequence number and
-/// the time the commit proper (page writes and fsync) took.
+/// What one transaction did.
+struct Written {
+    /// Each job's last sequence number.
+    ends: Vec<u64>,
+    /// The commit proper: page writes and fsync.
+    flush: std::time::Duration,
+    /// (address, sequence) of every record appended, in order.
+    written: Vec<(u32, u64)>,
+    /// Superseded records the sweep deleted, and where it goes on next time.
+    deleted: u64,
+    sweep: u64,
+}
+
+/// Appends every job's leases to the log in one durable transaction, sweeping superseded
+/// records on the way when the log has grown past twice the live set.
 fn write_batch(
     db: &Database,
     jobs: &[Job],
     seq: &mut u64,
-) -> Result<(Vec<u64>, std::time::Duration), StoreError> {
+    durable: &Mutex<Durable>,
+    mut sweep: u64,
+) -> Result<Written, StoreError> {
     let txn = db.begin_write().map_err(wr)?;
     let mut ends = Vec::with_capacity(jobs.len());
+    let mut written = Vec::new();
+    let mut deleted = 0u64;
     {
-        let mut leases = txn.open_table(LEASES).map_err(wr)?;
-        let mut changes = txn.open_table(CHANGES).map_err(wr)?;
+        let mut log = txn.open_table(LOG).map_err(wr)?;
         for job in jobs {
             for lease in &job.leases {
-                let ip = u32::from(lease.ip);
                 *seq += 1;
-                // The replaced value names the change-log entry to drop: no separate lookup.
-                let old_seq = leases
-                    .insert(ip, codec::encode(lease, *seq).as_slice())
-                    .map_err(wr)?
-                    .and_then(|v| codec::decode_seq(v.value()).ok());
-                if let Some(old_seq) = old_seq {
-                    changes.remove(old_seq).map_err(wr)?;
-                }
-                changes.insert(*seq, ip).map_err(wr)?;
+                log.insert(*seq, codec::encode(lease, *seq).as_slice())
+                    .map_err(wr)?;
+                written.push((u32::from(lease.ip), *seq));
             }
             ends.push(*seq);
+        }
+        let (live, records) = {
+            let d = durable_lock(durable);
+            (d.newest.len() as u64, d.records + written.len() as u64)
+        };
+        if records > 2 * live + COMPACT_SLACK {
+            let budget = SWEEP_MIN + SWEEP_PER_LEASE * written.len();
+            let mut seen: Vec<(u64, Option<u32>)> = Vec::with_capacity(budget);
+            for row in log.range(sweep..).map_err(wr)?.take(budget) {
+                let (k, v) = row.map_err(wr)?;
+                let ip = codec::decode_ip(v.value()).ok().map(u32::from);
+                seen.push((k.value(), ip));
+            }
+            // Past the end: the next pass starts again from the oldest record.
+            sweep = if seen.len() < budget {
+                0
+            } else {
+                seen.last().map_or(0, |(s, _)| s + 1)
+            };
+            // A record is stale when a newer one of its address is durable, or is one of
+            // this batch's (they commit together with the deletion). The sweep stops short
+            // of this batch, so every record of the batch is newer than what it looks at.
+            let first_new = written.first().map_or(u64::MAX, |(_, s)| *s);
+            let mut mine: Vec<u32> = written.iter().map(|(ip, _)| *ip).collect();
+            mine.sort_unstable();
+            let stale: Vec<u64> = {
+                let d = durable_lock(durable);
+                seen.into_iter()
+                    .filter(|(s, ip)| {
+                        // An unreadable record is kept: nothing says it was superseded.
+                        *s < first_new
+                            && ip.is_some_and(|ip| {
+                                mine.binary_search(&ip).is_ok()
+                                    || d.newest.get(&ip).is_some_and(|n| n > s)
+                            })
+                    })
+                    .map(|(s, _)| s)
+                    .collect()
+            };
+            for s in stale {
+                log.remove(s).map_err(wr)?;
+                deleted += 1;
+            }
         }
     }
     // Durability::Immediate is redb's default; set it anyway: it is the promise we make.
@@ -498,7 +745,13 @@ fn write_batch(
     txn.set_durability(redb::Durability::Immediate);
     let t = Instant::now();
     txn.commit().map_err(wr)?;
-    Ok((ends, t.elapsed()))
+    Ok(Written {
+        ends,
+        flush: t.elapsed(),
+        written,
+        deleted,
+        sweep,
+    })
 }
 
 /// Does `remote` replace `local`? The newer change wins; on a tie the local copy stays, so
@@ -523,19 +776,24 @@ impl LeaseLog for LeaseStore {
     }
 
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError> {
+        // Taken before the snapshot: a record skipped as superseded below has its successor
+        // in the snapshot (the writer records a commit here only after it is durable).
+        let d = durable_lock(&self.durable);
         let r = self.db.begin_read().map_err(rd)?;
-        let changes = r.open_table(CHANGES).map_err(rd)?;
-        let leases = r.open_table(LEASES).map_err(rd)?;
+        let log = r.open_table(LOG).map_err(rd)?;
         let mut out = Vec::new();
-        for row in changes.range(seq.saturating_add(1)..).map_err(rd)? {
+        for row in log.range(seq.saturating_add(1)..).map_err(rd)? {
             if out.len() >= limit {
                 break;
             }
-            let (s, ip) = row.map_err(rd)?;
-            if let Some(v) = leases.get(ip.value()).map_err(rd)? {
-                let (lease, _) = codec::decode(v.value()).map_err(rd)?;
-                out.push((s.value(), lease));
+            let (s, v) = row.map_err(rd)?;
+            let s = s.value();
+            let ip = codec::decode_ip(v.value()).map_err(rd)?;
+            if d.newest.get(&u32::from(ip)).is_some_and(|n| *n > s) {
+                continue;
             }
+            let (lease, _) = codec::decode(v.value()).map_err(rd)?;
+            out.push((s, lease));
         }
         Ok(out)
     }
@@ -568,12 +826,17 @@ impl LeaseStore {
         let mut ix = self.index();
         let mut changed: Vec<Lease> = Vec::new();
         for r in remote {
-            if !remote_wins(ix.get(r.ip), r) {
+            let local = ix.get(r.ip);
+            if !remote_wins(local, r) {
                 continue;
             }
+            // A renewal of what this side already has (the address bound to the same client)
+            // cannot leave the client with a second active address: any other one would
+            // already have been released when this binding was merged.
+            let renewal = local.is_some_and(|l| l.state == LeaseState::Active && same_client(l, r));
             // The same client cannot hold two active addresses in one subnet: the older
             // binding on this side gives way to the newer one from the peer.
-            if r.state == LeaseState::Active {
+            if r.state == LeaseState::Active && !renewal {
                 let stale: Vec<Lease> = ix
                     .by_mac(&r.mac)
                     .chain(r.client_id.as_deref().map_or_else(
@@ -715,6 +978,104 @@ mod tests {
         );
         let meta = r.open_table(META).expect("meta");
         assert!(meta.get(LEGACY_INDEXED_SEQ).expect("meta").is_none());
+    }
+
+    #[test]
+    fn a_database_of_the_older_layout_is_converted_keeping_sequence_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("old.redb");
+        // What the previous version wrote: records keyed by address, the change log by
+        // sequence. .10 was written at 1 and again at 3, .11 at 2.
+        {
+            let db = Database::create(&path).expect("raw open");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut leases = txn.open_table(LEGACY_LEASES).expect("leases");
+                let mut changes = txn.open_table(LEGACY_CHANGES).expect("changes");
+                let ten = lease(10, 1, 30);
+                let eleven = lease(11, 2, 20);
+                leases
+                    .insert(u32::from(ten.ip), codec::encode(&ten, 3).as_slice())
+                    .expect("insert");
+                leases
+                    .insert(u32::from(eleven.ip), codec::encode(&eleven, 2).as_slice())
+                    .expect("insert");
+                changes.insert(3, u32::from(ten.ip)).expect("insert");
+                changes.insert(2, u32::from(eleven.ip)).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let store = LeaseStore::open(&path).expect("open converts");
+        assert_eq!(store.watermark(), 3);
+        assert_eq!(store.index().len(), 2);
+        let all = store.changes_since(0, 100).expect("changes");
+        assert_eq!(
+            all.iter().map(|(s, l)| (*s, l.ip)).collect::<Vec<_>>(),
+            vec![
+                (2, Ipv4Addr::new(10, 0, 0, 11)),
+                (3, Ipv4Addr::new(10, 0, 0, 10))
+            ]
+        );
+        assert_eq!(all[1].1, lease(10, 1, 30));
+        // New writes continue after the old sequence numbers.
+        rt().block_on(async { store.put(vec![lease(12, 3, 40)]).await.expect("put") });
+        assert_eq!(store.watermark(), 4);
+        drop(store);
+        let db = Database::create(&path).expect("raw open");
+        let r = db.begin_read().expect("read");
+        let names: Vec<String> = r
+            .list_tables()
+            .expect("tables")
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "leases" || n == "changes"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn rewrites_are_compacted_and_the_newest_of_each_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.redb");
+        let live = 20u8;
+        let rounds = 150u64; // 3,000 records written for 20 addresses
+        {
+            let store = LeaseStore::open(&path).expect("open");
+            rt().block_on(async {
+                for r in 1..=rounds {
+                    let batch: Vec<Lease> = (0..live).map(|i| lease(i + 1, i, r)).collect();
+                    store.put(batch).await.expect("put");
+                }
+            });
+            let on_disk = store.log_len().expect("log");
+            // Bounded by the trigger (2 x live + slack) plus one commit's appends.
+            assert!(
+                on_disk <= 2 * u64::from(live) + COMPACT_SLACK + u64::from(live),
+                "{on_disk} records on disk for {live} leases: compaction did not keep up"
+            );
+            assert!(store.metrics.compacted.get() > 0);
+            assert_eq!(store.durable_len().expect("len"), u64::from(live));
+            let all = store.changes_since(0, 1000).expect("changes");
+            assert_eq!(all.len(), usize::from(live), "each lease once");
+            assert!(all.iter().all(|(_, l)| l.updated_ms == rounds));
+        }
+        let store = LeaseStore::open(&path).expect("reopen");
+        assert_eq!(store.watermark(), rounds * u64::from(live));
+        assert_eq!(store.index().len(), usize::from(live));
+        for i in 0..live {
+            let l = store
+                .index()
+                .get(Ipv4Addr::new(10, 0, 0, i + 1))
+                .cloned()
+                .expect("present");
+            assert_eq!(
+                l.updated_ms,
+                rounds,
+                "an older record came back at .{}",
+                i + 1
+            );
+        }
     }
 
     #[test]
