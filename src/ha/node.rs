@@ -52,6 +52,9 @@ const MAX_PENDING_HANDSHAKES: usize = 8;
 /// Frames queued towards the peer before heartbeats are dropped (a paused peer reads nothing).
 const LINK_QUEUE: usize = 1024;
 
+/// Most queued frames the link's writer sends in one write.
+const LINK_WRITE_BATCH: usize = 32;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
@@ -1091,7 +1094,17 @@ impl HaHandle {
                 tokio::select! {
                     _ = c.cancelled() => return,
                     m = out_rx.recv() => match m {
-                        Some(m) => if w.send(&m).await.is_err() { c.cancel(); return },
+                        Some(m) => {
+                            // Whatever else queued meanwhile goes in the same write.
+                            let mut batch = vec![m];
+                            while batch.len() < LINK_WRITE_BATCH {
+                                match out_rx.try_recv() {
+                                    Ok(m) => batch.push(m),
+                                    Err(_) => break,
+                                }
+                            }
+                            if w.send_all(&batch).await.is_err() { c.cancel(); return }
+                        }
                         None => return,
                     },
                 }

@@ -315,15 +315,20 @@ where
 
 /// The receiving half: checks length, MAC and sequence of every frame.
 pub struct Reader<R> {
-    r: R,
+    /// Buffered: a frame is a length prefix and a body, and the active node's acks are tiny
+    /// frames that arrive in bursts; unbuffered, each cost two read(2) calls.
+    r: tokio::io::BufReader<R>,
     key: [u8; 32],
     next_seq: u64,
 }
 
+/// Read buffer of a link.
+const READ_BUF: usize = 64 << 10;
+
 impl<R: AsyncRead + Unpin> Reader<R> {
     fn new(r: R, key: [u8; 32]) -> Self {
         Reader {
-            r,
+            r: tokio::io::BufReader::with_capacity(READ_BUF, r),
             key,
             next_seq: 1,
         }
@@ -376,19 +381,33 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     pub async fn send(&mut self, msg: &Msg) -> Result<(), LinkError> {
-        let payload = serde_json::to_vec(msg).map_err(|e| LinkError::Malformed {
-            what: "outgoing message",
-            detail: e.to_string(),
-        })?;
-        if payload.len() > MAX_FRAME {
-            return Err(LinkError::Oversize {
-                len: payload.len(),
-                max: MAX_FRAME,
-            });
+        self.send_all(std::slice::from_ref(msg)).await
+    }
+
+    /// Seals each message as its own frame (own sequence number and MAC) and writes them all
+    /// with one write: the link's writer sends whatever queued meanwhile together.
+    pub async fn send_all(&mut self, msgs: &[Msg]) -> Result<(), LinkError> {
+        let mut buf = Vec::new();
+        for msg in msgs {
+            let payload = serde_json::to_vec(msg).map_err(|e| LinkError::Malformed {
+                what: "outgoing message",
+                detail: e.to_string(),
+            })?;
+            if payload.len() > MAX_FRAME {
+                return Err(LinkError::Oversize {
+                    len: payload.len(),
+                    max: MAX_FRAME,
+                });
+            }
+            self.seq += 1;
+            let body = seal_frame(&self.key, self.seq, &payload);
+            // The body is at most MAX_FRAME plus its header: it fits the u32 prefix.
+            buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            buf.extend_from_slice(&body);
         }
-        self.seq += 1;
-        let body = seal_frame(&self.key, self.seq, &payload);
-        write_frame(&mut self.w, &body).await
+        self.w.write_all(&buf).await?;
+        self.w.flush().await?;
+        Ok(())
     }
 }
 
