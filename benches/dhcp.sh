@@ -210,6 +210,11 @@ stop_server() {
 lease_total() { api "$1" '/api/v1/leases?per_page=1' | sed -n 's/.*"total":\([0-9]*\).*/\1/p'; }
 metric() { awk -v m="$1" '$1 == m {print $2; f=1} END{if (!f) print 0}' "$2"; }
 
+# UDP datagrams a namespace's kernel dropped for a full socket receive buffer.
+udp_rcvbuf_errors() {
+  ip netns exec "$1" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) if ($i == "RcvbufErrors") c = i; h = 1 } else print $c }' /proc/net/snmp
+}
+
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
@@ -228,7 +233,14 @@ step() {
   c0=$(cpu_ticks "$SRV_PID")
   [ -n "$PEER_PID" ] && p0=$(cpu_ticks "$PEER_PID")
   t0=$(date +%s.%N)
+  local rcv0 rcv1
+  rcv0=$(udp_rcvbuf_errors "$C")
   out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -g single 2>&1 || true)
+  rcv1=$(udp_rcvbuf_errors "$C")
+  printf '%s\n' "$out" >"$OUT/$name-perfdhcp-$rate.txt"
+  # Replies the client's kernel dropped because perfdhcp's socket buffer was full (perfdhcp
+  # did not get its core in time): they count as lost, but the server did send them.
+  [ "$rcv1" -gt "$rcv0" ] && echo "  $name $rate/s: $((rcv1 - rcv0)) replies dropped at perfdhcp's full socket buffer" >&2
   t1=$(date +%s.%N)
   c1=$(cpu_ticks "$SRV_PID")
   if [ -n "$perf_pid" ]; then
@@ -243,7 +255,8 @@ step() {
   case $name in athena*) api "$S" /metrics >"$OUT/$name-metrics-$rate.txt" ;; esac
   if [ "$name" = athena-ha ]; then
     p1=$(cpu_ticks "$PEER_PID")
-    local mine theirs m="$OUT/$name-metrics-$rate.txt" acked unacked standby_cpu
+    api "$P" /metrics >"$OUT/$name-standby-metrics-$rate.txt"
+    local mine theirs m="$OUT/$name-metrics-$rate.txt" acked unacked standby_cpu commits
     # An ACK still waiting for the standby when perfdhcp stopped gets max_ack_delay.
     sleep 0.3
     mine=$(lease_total "$S"); theirs=$(lease_total "$P")
@@ -251,7 +264,8 @@ step() {
     unacked=$(awk '/^athena_dhcp_replication_total/ && !/acked/ {n += $2} END{print n + 0}' "$m")
     standby_cpu=$(awk -v c="$((p1 - p0))" -v a="$acked" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$rate" "${mine:-?}" "${theirs:-?}" "$acked" "$unacked" "$standby_cpu" >>"$OUT/ha.tsv"
-    echo "  athena-ha $rate/s: leases on the primary ${mine:-?}, on the standby ${theirs:-?}; ACKs acknowledged by the standby $acked, sent without its ack $unacked; standby CPU $standby_cpu us per ACK" >&2
+    commits=$(metric athena_lease_commits_total "$OUT/$name-standby-metrics-$rate.txt")
+    echo "  athena-ha $rate/s: leases on the primary ${mine:-?}, on the standby ${theirs:-?}; ACKs acknowledged by the standby $acked, sent without its ack $unacked; standby CPU $standby_cpu us per ACK, $commits durable commits" >&2
   fi
   stop_server
   disc=$(awk '/Statistics for: DISCOVER-OFFER/{f=1} f&&/^sent packets/{print $3; exit}' <<<"$out")
