@@ -144,6 +144,14 @@ impl LeaseIndex {
     /// Inserts or replaces the lease for `lease.ip`; returns the one it replaced.
     pub fn upsert(&mut self, mut lease: Lease) -> Option<Lease> {
         let ip = lease.ip;
+        lease.subnet = self.intern(lease.subnet);
+        // A renewal (same address, same client) leaves the client indexes as they are: one
+        // lookup instead of six, and at 50,000 leases each is a cache miss.
+        if let Some(slot) = self.by_ip.get_mut(&ip) {
+            if slot.mac == lease.mac && slot.client_id == lease.client_id {
+                return Some(std::mem::replace(slot, lease));
+            }
+        }
         let old = self.by_ip.remove(&ip);
         if let Some(o) = &old {
             self.by_mac.remove(o.mac, ip);
@@ -155,14 +163,17 @@ impl LeaseIndex {
         if let Some(c) = &lease.client_id {
             self.by_client_id.insert(self.cid_hash.hash_one(c), ip);
         }
-        lease.subnet = self.intern(lease.subnet);
         self.by_ip.insert(ip, lease);
         old
     }
 
     /// The shared copy of a subnet name (a linear search: there are few subnets).
     fn intern(&mut self, name: Arc<str>) -> Arc<str> {
-        if let Some(s) = self.subnets.iter().find(|s| *s == &name) {
+        if let Some(s) = self
+            .subnets
+            .iter()
+            .find(|s| Arc::ptr_eq(s, &name) || *s == &name)
+        {
             return s.clone();
         }
         self.subnets.push(name.clone());
@@ -234,6 +245,24 @@ mod tests {
         assert_eq!(ix.by_mac(&[0, 0, 0, 0, 0, 1]).count(), 0);
         assert_eq!(ix.by_client_id(&[7]).count(), 0);
         assert_eq!(ix.by_mac(&[0, 0, 0, 0, 0, 2]).count(), 1);
+        assert_eq!(ix.len(), 1);
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_lease_and_keeps_it_findable_by_client() {
+        let mut ix = LeaseIndex::new();
+        ix.upsert(lease(10, 1, Some(7)));
+        let mut renewed = lease(10, 1, Some(7));
+        renewed.expiry += 3600;
+        let old = ix.upsert(renewed.clone()).expect("replaced");
+        assert_eq!(old.expiry + 3600, renewed.expiry);
+        assert_eq!(ix.get(renewed.ip), Some(&renewed));
+        assert_eq!(ix.by_mac(&[0, 0, 0, 0, 0, 1]).count(), 1);
+        assert_eq!(ix.by_client_id(&[7]).collect::<Vec<_>>(), vec![&renewed]);
+        // Same MAC, another client-id: not a renewal, the client-id index follows.
+        ix.upsert(lease(10, 1, Some(8)));
+        assert_eq!(ix.by_client_id(&[7]).count(), 0);
+        assert_eq!(ix.by_client_id(&[8]).count(), 1);
         assert_eq!(ix.len(), 1);
     }
 
