@@ -182,6 +182,9 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         let store = crate::lease::LeaseStore::open(&cfg.server.lease_db)
             .context("opening the lease database")?;
         store.register_metrics(&mut registry);
+        if cfg.ha.enabled {
+            store.set_batch_target(crate::lease::store::BATCH_TARGET_REPLICATED);
+        }
         Some(store)
     };
     if let (Some(dns), Some(store), true) = (&dns_server, &lease_store, cfg.dns.register_leases) {
