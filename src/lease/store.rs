@@ -62,7 +62,7 @@ const LEGACY_BY_CLIENT_ID: TableDefinition<&[u8], ()> = TableDefinition::new("by
 const LEGACY_INDEXED_SEQ: &str = "indexed_seq";
 
 /// redb page cache (bytes).
-const REDB_CACHE: usize = 2 << 20;
+const REDB_CACHE: usize = 1 << 20;
 
 /// The sweep starts when the log holds more than twice the live records plus this many.
 const COMPACT_SLACK: u64 = 1024;
