@@ -1,21 +1,25 @@
 //! The durable lease store: an append-only redb log plus the in-memory [`LeaseIndex`] the
 //! handler reads.
 //!
-//! **Layout.** One table, `lease_log`: sequence number → lease record. Every change appends
-//! the whole record under the next sequence number; the newest record of an address is its
-//! lease. The log is also the change log HA reads from a watermark (`changes_since`), skipping
-//! records a newer one superseded. Why a log and not a table keyed by address: redb is a
-//! copy-on-write B-tree, so each commit rewrites every page it touches. Keyed by address, 20
-//! leases of random addresses dirtied ~20 leaf pages, and the change log's removal of each
-//! superseded entry ~20 more: ~200 KiB of page copies, checksums, writes and writeback per
-//! commit, most of the CPU of a DHCPACK (and of the HA standby's merge). Appends touch the
-//! tail page only. Superseded records are deleted by a sweep that runs inside the regular
-//! commits whenever the log holds more than twice the live records (plus
-//! [`COMPACT_SLACK`]): it walks the log from the oldest end a bounded number of records per
-//! commit ([`SWEEP_PER_LEASE`] per lease written), so the file stays within about twice the
+//! **Layout.** One table, `lease_batches`: one entry per commit, keyed by the commit's first
+//! sequence number, holding that commit's records (each change is the whole lease under the
+//! next sequence number); the newest record of an address is its lease. The log is also the
+//! change log HA reads from a watermark (`changes_since`), skipping records a newer one
+//! superseded. Why a log and not a table keyed by address: redb is a copy-on-write B-tree, so
+//! each commit rewrites every page it touches. Keyed by address, 20 leases of random
+//! addresses dirtied ~20 leaf pages, and the change log's removal of each superseded entry ~20
+//! more: ~200 KiB of page copies, checksums, writes and writeback per commit, most of the CPU
+//! of a DHCPACK (and of the HA standby's merge). Appends touch the tail page only. And one
+//! entry per commit, not per record: each B-tree insert or delete costs about a microsecond,
+//! two per lease were a quarter of the HA standby's CPU. Superseded records are deleted by a
+//! sweep that runs inside the regular commits whenever the log holds more than twice the live
+//! records (plus [`COMPACT_SLACK`]): it walks the entries from the oldest end, a bounded
+//! number of records per commit ([`SWEEP_PER_LEASE`] per lease written), and rewrites each
+//! entry without its stale records (or deletes it), so the file stays within about twice the
 //! live set and no commit is held up by a big clean-up. The MAC and client-id indexes live
-//! only in memory ([`LeaseIndex`], built from the log at open). Databases of the older layout
-//! (`leases` keyed by address, `changes`) are converted at open, keeping every sequence number.
+//! only in memory ([`LeaseIndex`], built from the log at open). Databases of the older
+//! layouts (`leases` keyed by address with `changes`; `lease_log`, an entry per record) are
+//! converted at open, keeping every sequence number.
 //!
 //! **Group commit.** Every write goes to one writer thread. It takes whatever is queued, writes
 //! it in one redb transaction with `Durability::Immediate`, and only then completes each
@@ -44,14 +48,17 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::codec;
 use super::index::LeaseIndex;
 use super::{Lease, LeaseLog, LeaseLogError, LeaseState};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_log");
+/// First sequence number of a commit → that commit's records (see [`push_record`]).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_batches");
+/// The first log layout (one entry per record), converted into `LOG` at open.
+const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// The older layout, converted into `LOG` at open: address → record, and sequence → address.
 const LEGACY_LEASES: TableDefinition<u32, &[u8]> = TableDefinition::new("leases");
@@ -223,33 +230,52 @@ fn durable_lock(d: &Mutex<Durable>) -> MutexGuard<'_, Durable> {
     d.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Converts the older layout (`leases` keyed by address plus the `changes` log) into `LOG`,
-/// keeping each record's sequence number, so a peer's watermark stays valid. A record whose
-/// sequence cannot be read was skipped at every open before; it is dropped with a warning.
 /// Errors of open-time work, as text for [`StoreError::Open`].
 fn es<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
+/// Appends one record to a log entry: its length (u32, big-endian), then the record.
+fn push_record(entry: &mut Vec<u8>, record: &[u8]) {
+    entry.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    entry.extend_from_slice(record);
+}
+
+/// The records of a log entry, in sequence order. A truncated tail ends the list (the
+/// records before it are still good; each is checked when decoded).
+fn records(mut entry: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = u32::from_be_bytes(entry.get(..4)?.try_into().ok()?) as usize;
+        let rec = entry.get(4..4 + len)?;
+        entry = &entry[4 + len..];
+        Some(rec)
+    })
+}
+
+/// Records per entry when converting an older layout.
+const CONVERT_BATCH: usize = 256;
+
+/// Converts the older layouts into `LOG`, keeping each record's sequence number so a peer's
+/// watermark stays valid: `leases` keyed by address plus the `changes` log (the first
+/// version), and `lease_log`, one entry per record. A record whose sequence cannot be read
+/// was skipped at every open before; it is dropped with a warning.
 fn migrate_legacy(txn: &redb::WriteTransaction, path: &Path) -> Result<(), String> {
-    let has_legacy = txn
+    let names: Vec<String> = txn
         .list_tables()
         .map_err(es)?
-        .any(|t| redb::TableHandle::name(&t) == "leases");
-    if !has_legacy {
+        .map(|t| redb::TableHandle::name(&t).to_string())
+        .collect();
+    let has = |n: &str| names.iter().any(|x| x == n);
+    if !has("leases") && !has("lease_log") {
         return Ok(());
     }
-    let mut moved = 0u64;
-    {
-        let old = txn.open_table(LEGACY_LEASES).map_err(es)?;
-        let mut log = txn.open_table(LOG).map_err(es)?;
-        for row in old.iter().map_err(es)? {
+    let mut old: Vec<(u64, Vec<u8>)> = Vec::new();
+    if has("leases") {
+        let t = txn.open_table(LEGACY_LEASES).map_err(es)?;
+        for row in t.iter().map_err(es)? {
             let (k, v) = row.map_err(es)?;
             match codec::decode_seq(v.value()) {
-                Ok(seq) => {
-                    log.insert(seq, v.value()).map_err(es)?;
-                    moved += 1;
-                }
+                Ok(seq) => old.push((seq, v.value().to_vec())),
                 Err(e) => tracing::warn!(
                     ip = %Ipv4Addr::from(k.value()),
                     "dropping unreadable lease record of {} while converting: {e}",
@@ -258,12 +284,32 @@ fn migrate_legacy(txn: &redb::WriteTransaction, path: &Path) -> Result<(), Strin
             }
         }
     }
+    if has("lease_log") {
+        let t = txn.open_table(LEGACY_LOG).map_err(es)?;
+        for row in t.iter().map_err(es)? {
+            let (k, v) = row.map_err(es)?;
+            old.push((k.value(), v.value().to_vec()));
+        }
+    }
+    old.sort_by_key(|(seq, _)| *seq);
+    let moved = old.len();
+    {
+        let mut log = txn.open_table(LOG).map_err(es)?;
+        for chunk in old.chunks(CONVERT_BATCH) {
+            let mut entry = Vec::new();
+            for (_, rec) in chunk {
+                push_record(&mut entry, rec);
+            }
+            log.insert(chunk[0].0, entry.as_slice()).map_err(es)?;
+        }
+    }
     txn.delete_table(LEGACY_LEASES).map_err(es)?;
     txn.delete_table(LEGACY_CHANGES).map_err(es)?;
+    txn.delete_table(LEGACY_LOG).map_err(es)?;
     tracing::info!(
         path = %path.display(),
         leases = moved,
-        "lease database {} converted to the append-only log ({moved} leases)",
+        "lease database {} converted to the current append-only log ({moved} records)",
         path.display()
     );
     Ok(())
@@ -274,36 +320,49 @@ fn migrate_legacy(txn: &redb::WriteTransaction, path: &Path) -> Result<(), Strin
 fn load(db: &Database) -> Result<(LeaseIndex, Durable, u64), String> {
     let r = db.begin_read().map_err(es)?;
     let log = r.open_table(LOG).map_err(es)?;
-    // First the newest record of each address (the address alone is cheap to read), so the
-    // index is sized once for the live set, not for a log up to twice as long.
+    // First the newest record of each address (sequence and address are cheap to read), so
+    // the index is sized once for the live set, not for a log up to twice as long.
     let mut newest = NewestMap::default();
-    let mut records = 0u64;
+    let mut count = 0u64;
+    let mut watermark = 0u64;
     for row in log.iter().map_err(es)? {
-        let (k, v) = row.map_err(es)?;
-        records += 1;
-        if let Ok(ip) = codec::decode_ip(v.value()) {
-            newest.insert(u32::from(ip), k.value());
+        let (_, v) = row.map_err(es)?;
+        for rec in records(v.value()) {
+            count += 1;
+            if let (Ok(seq), Ok(ip)) = (codec::decode_seq(rec), codec::decode_ip(rec)) {
+                newest.insert(u32::from(ip), seq);
+                watermark = watermark.max(seq);
+            }
         }
     }
     newest.shrink_to_fit();
     let mut index = LeaseIndex::with_capacity(newest.len());
-    for (&ip, &seq) in &newest {
-        let Some(v) = log.get(seq).map_err(es)? else {
-            continue;
-        };
-        match codec::decode(v.value()) {
-            Ok((lease, _)) => {
-                index.upsert(lease);
+    for row in log.iter().map_err(es)? {
+        let (_, v) = row.map_err(es)?;
+        for rec in records(v.value()) {
+            let (Ok(seq), Ok(ip)) = (codec::decode_seq(rec), codec::decode_ip(rec)) else {
+                tracing::warn!("skipping an unreadable lease record of {} bytes", rec.len());
+                continue;
+            };
+            if newest.get(&u32::from(ip)) != Some(&seq) {
+                continue;
             }
-            Err(e) => tracing::warn!(
-                ip = %Ipv4Addr::from(ip),
-                "skipping lease {}: {e}",
-                Ipv4Addr::from(ip)
-            ),
+            match codec::decode(rec) {
+                Ok((lease, _)) => {
+                    index.upsert(lease);
+                }
+                Err(e) => tracing::warn!(ip = %ip, "skipping lease {ip}: {e}"),
+            }
         }
     }
-    let watermark = log.last().map_err(es)?.map(|(k, _)| k.value()).unwrap_or(0);
-    Ok((index, Durable { newest, records }, watermark))
+    Ok((
+        index,
+        Durable {
+            newest,
+            records: count,
+        },
+        watermark,
+    ))
 }
 
 /// A commit in flight; resolves to the sequence number of its last lease once durable.
@@ -509,10 +568,16 @@ impl LeaseStore {
         };
         let r = self.db.begin_read().map_err(rd)?;
         let t = r.open_table(LOG).map_err(rd)?;
-        match t.get(seq).map_err(rd)? {
-            Some(v) => codec::decode(v.value()).map(|(l, _)| Some(l)).map_err(rd),
-            None => Ok(None),
+        let Some(row) = t.range(..=seq).map_err(rd)?.next_back() else {
+            return Ok(None);
+        };
+        let (_, v) = row.map_err(rd)?;
+        for rec in records(v.value()) {
+            if codec::decode_seq(rec).map_err(rd)? == seq {
+                return codec::decode(rec).map(|(l, _)| Some(l)).map_err(rd);
+            }
         }
+        Ok(None)
     }
 
     /// Number of addresses with a lease record on disk (read from the log itself).
@@ -522,15 +587,22 @@ impl LeaseStore {
         let mut ips = std::collections::HashSet::new();
         for row in t.iter().map_err(rd)? {
             let (_, v) = row.map_err(rd)?;
-            ips.insert(codec::decode_ip(v.value()).map_err(rd)?);
+            for rec in records(v.value()) {
+                ips.insert(codec::decode_ip(rec).map_err(rd)?);
+            }
         }
         Ok(ips.len() as u64)
     }
 
-    /// Records in the log, superseded ones included (on disk, not the writer's count).
+    /// Records in the log, superseded ones included (read from disk, not the writer's count).
     pub fn log_len(&self) -> Result<u64, StoreError> {
         let r = self.db.begin_read().map_err(rd)?;
-        r.open_table(LOG).map_err(rd)?.len().map_err(rd)
+        let t = r.open_table(LOG).map_err(rd)?;
+        let mut n = 0u64;
+        for row in t.iter().map_err(rd)? {
+            n += records(row.map_err(rd)?.1.value()).count() as u64;
+        }
+        Ok(n)
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -742,8 +814,10 @@ struct Written {
     sweep: u64,
 }
 
-/// Appends every job's leases to the log in one durable transaction, sweeping superseded
-/// records on the way when the log has grown past twice the live set.
+/// Appends every job's leases to the log as one entry, in one durable transaction, sweeping
+/// superseded records on the way when the log has grown past twice the live set. One entry
+/// per commit, not per lease: each B-tree insert and delete cost about a microsecond, two per
+/// lease were a quarter of the HA standby's CPU.
 fn write_batch(
     db: &Database,
     jobs: &[Job],
@@ -757,56 +831,82 @@ fn write_batch(
     let mut deleted = 0u64;
     {
         let mut log = txn.open_table(LOG).map_err(wr)?;
+        let first_new = *seq + 1;
+        let mut entry = Vec::new();
         for job in jobs {
             for lease in &job.leases {
                 *seq += 1;
-                log.insert(*seq, codec::encode(lease, *seq).as_slice())
-                    .map_err(wr)?;
+                push_record(&mut entry, &codec::encode(lease, *seq));
                 written.push((u32::from(lease.ip), *seq));
             }
             ends.push(*seq);
         }
-        let (live, records) = {
+        if !written.is_empty() {
+            log.insert(first_new, entry.as_slice()).map_err(wr)?;
+        }
+        let (live, total) = {
             let d = durable_lock(durable);
             (d.newest.len() as u64, d.records + written.len() as u64)
         };
-        if records > 2 * live + COMPACT_SLACK {
+        if total > 2 * live + COMPACT_SLACK {
             let budget = SWEEP_MIN + SWEEP_PER_LEASE * written.len();
-            let mut seen: Vec<(u64, Option<u32>)> = Vec::with_capacity(budget);
-            for row in log.range(sweep..).map_err(wr)?.take(budget) {
+            // Older entries only: this commit's own entry holds only its newest records.
+            let mut seen: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut examined = 0;
+            let mut more = false;
+            for row in log.range(sweep..first_new).map_err(wr)? {
+                if examined >= budget {
+                    more = true;
+                    break;
+                }
                 let (k, v) = row.map_err(wr)?;
-                let ip = codec::decode_ip(v.value()).ok().map(u32::from);
-                seen.push((k.value(), ip));
+                examined += records(v.value()).count();
+                seen.push((k.value(), v.value().to_vec()));
             }
-            // Past the end: the next pass starts again from the oldest record.
-            sweep = if seen.len() < budget {
-                0
-            } else {
-                seen.last().map_or(0, |(s, _)| s + 1)
+            // Past the end: the next pass starts again from the oldest entry.
+            sweep = match (more, seen.last()) {
+                (true, Some((k, _))) => k + 1,
+                _ => 0,
             };
-            // A record is stale when a newer one of its address is durable, or is one of
-            // this batch's (they commit together with the deletion). The sweep stops short
-            // of this batch, so every record of the batch is newer than what it looks at.
-            let first_new = written.first().map_or(u64::MAX, |(_, s)| *s);
+            // A record is stale when a newer one of its address is durable or is in this
+            // commit (it commits together with the deletion).
             let mut mine: Vec<u32> = written.iter().map(|(ip, _)| *ip).collect();
             mine.sort_unstable();
-            let stale: Vec<u64> = {
-                let d = durable_lock(durable);
-                seen.into_iter()
-                    .filter(|(s, ip)| {
-                        // An unreadable record is kept: nothing says it was superseded.
-                        *s < first_new
-                            && ip.is_some_and(|ip| {
-                                mine.binary_search(&ip).is_ok()
-                                    || d.newest.get(&ip).is_some_and(|n| n > s)
-                            })
-                    })
-                    .map(|(s, _)| s)
-                    .collect()
+            let d = durable_lock(durable);
+            let stale = |rec: &[u8]| {
+                // An unreadable record is kept: nothing says it was superseded.
+                match (codec::decode_seq(rec), codec::decode_ip(rec)) {
+                    (Ok(s), Ok(ip)) => {
+                        let ip = u32::from(ip);
+                        mine.binary_search(&ip).is_ok() || d.newest.get(&ip).is_some_and(|n| *n > s)
+                    }
+                    _ => false,
+                }
             };
-            for s in stale {
-                log.remove(s).map_err(wr)?;
-                deleted += 1;
+            let mut rewrites: Vec<(u64, Option<Vec<u8>>)> = Vec::new();
+            for (k, v) in &seen {
+                let all = records(v).count();
+                let mut kept = Vec::new();
+                let mut n_kept = 0;
+                for rec in records(v).filter(|r| !stale(r)) {
+                    push_record(&mut kept, rec);
+                    n_kept += 1;
+                }
+                if n_kept < all {
+                    deleted += (all - n_kept) as u64;
+                    rewrites.push((*k, (n_kept > 0).then_some(kept)));
+                }
+            }
+            drop(d);
+            for (k, kept) in rewrites {
+                match kept {
+                    Some(kept) => {
+                        log.insert(k, kept.as_slice()).map_err(wr)?;
+                    }
+                    None => {
+                        log.remove(k).map_err(wr)?;
+                    }
+                }
             }
         }
     }
@@ -851,19 +951,30 @@ impl LeaseLog for LeaseStore {
         let d = durable_lock(&self.durable);
         let r = self.db.begin_read().map_err(rd)?;
         let log = r.open_table(LOG).map_err(rd)?;
+        let after = seq.saturating_add(1);
+        // The entry holding `after` may start before it.
+        let start = match log.range(..=after).map_err(rd)?.next_back() {
+            Some(row) => row.map_err(rd)?.0.value(),
+            None => 0,
+        };
         let mut out = Vec::new();
-        for row in log.range(seq.saturating_add(1)..).map_err(rd)? {
-            if out.len() >= limit {
-                break;
+        for row in log.range(start..).map_err(rd)? {
+            let (_, v) = row.map_err(rd)?;
+            for rec in records(v.value()) {
+                let s = codec::decode_seq(rec).map_err(rd)?;
+                if s <= seq {
+                    continue;
+                }
+                let ip = codec::decode_ip(rec).map_err(rd)?;
+                if d.newest.get(&u32::from(ip)).is_some_and(|n| *n > s) {
+                    continue;
+                }
+                let (lease, _) = codec::decode(rec).map_err(rd)?;
+                out.push((s, lease));
+                if out.len() >= limit {
+                    return Ok(out);
+                }
             }
-            let (s, v) = row.map_err(rd)?;
-            let s = s.value();
-            let ip = codec::decode_ip(v.value()).map_err(rd)?;
-            if d.newest.get(&u32::from(ip)).is_some_and(|n| *n > s) {
-                continue;
-            }
-            let (lease, _) = codec::decode(v.value()).map_err(rd)?;
-            out.push((s, lease));
         }
         Ok(out)
     }
@@ -1101,6 +1212,75 @@ mod tests {
         assert!(
             !names.iter().any(|n| n == "leases" || n == "changes"),
             "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_database_of_the_first_log_layout_is_converted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.redb");
+        {
+            let db = Database::create(&path).expect("raw open");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut log = txn.open_table(LEGACY_LOG).expect("lease_log");
+                // .10 at 1 (superseded) and 3, .11 at 2.
+                for (seq, l) in [
+                    (1, lease(10, 1, 10)),
+                    (2, lease(11, 2, 20)),
+                    (3, lease(10, 1, 30)),
+                ] {
+                    log.insert(seq, codec::encode(&l, seq).as_slice())
+                        .expect("insert");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        let store = LeaseStore::open(&path).expect("open converts");
+        assert_eq!(store.watermark(), 3);
+        assert_eq!(
+            store.index().get(Ipv4Addr::new(10, 0, 0, 10)),
+            Some(&lease(10, 1, 30))
+        );
+        let seqs: Vec<u64> = store
+            .changes_since(0, 100)
+            .expect("changes")
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(seqs, vec![2, 3]);
+    }
+
+    #[test]
+    fn one_commit_is_one_entry_and_reads_start_inside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LeaseStore::open(&dir.path().join("l.redb")).expect("open");
+        rt().block_on(async {
+            store
+                .put(vec![lease(10, 1, 1), lease(11, 2, 1), lease(12, 3, 1)])
+                .await
+                .expect("put")
+        });
+        assert_eq!(store.log_len().expect("len"), 3);
+        let r = store.db.begin_read().expect("read");
+        assert_eq!(
+            redb::ReadableTableMetadata::len(&r.open_table(LOG).expect("log")).expect("len"),
+            1,
+            "one entry per commit"
+        );
+        let after_one: Vec<u64> = store
+            .changes_since(1, 100)
+            .expect("changes")
+            .iter()
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(after_one, vec![2, 3]);
+        assert_eq!(store.changes_since(0, 2).expect("changes").len(), 2);
+        assert_eq!(
+            store
+                .read_durable(Ipv4Addr::new(10, 0, 0, 11))
+                .expect("read"),
+            Some(lease(11, 2, 1))
         );
     }
 
