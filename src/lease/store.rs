@@ -1005,7 +1005,17 @@ impl LeaseStore {
     /// submits what changed to the writer; the commit is the caller's to wait for.
     fn stage_remote(&self, remote: &[Lease]) -> (Vec<Lease>, Option<PendingCommit>) {
         let mut ix = self.index();
-        let mut changed: Vec<Lease> = Vec::new();
+        let mut changed: Vec<Lease> = Vec::with_capacity(remote.len());
+        // Where each address sits in `changed`: a later change of it replaces the earlier
+        // one there (a retain per lease made a frame of 48 leases cost O(n²)).
+        let mut at: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(remote.len());
+        let mut put = |changed: &mut Vec<Lease>, l: Lease| match at.get(&l.ip) {
+            Some(&i) => changed[i] = l,
+            None => {
+                at.insert(l.ip, changed.len());
+                changed.push(l);
+            }
+        };
         for r in remote {
             let local = ix.get(r.ip);
             if !remote_wins(local, r) {
@@ -1040,12 +1050,11 @@ impl LeaseStore {
                     s.state = LeaseState::Released;
                     s.updated_ms = r.updated_ms;
                     ix.upsert(s.clone());
-                    changed.push(s);
+                    put(&mut changed, s);
                 }
             }
             ix.upsert(r.clone());
-            changed.retain(|c| c.ip != r.ip);
-            changed.push(r.clone());
+            put(&mut changed, r.clone());
         }
         if changed.is_empty() {
             return (changed, None);
