@@ -1058,6 +1058,7 @@ impl HaHandle {
             version: peer::VERSION,
             status: mine,
             dial: my_dial,
+            lease_codec: peer::LEASE_CODEC,
         })
         .await?;
         let (peer, dial) = match r.recv().await? {
@@ -1065,7 +1066,11 @@ impl HaHandle {
                 version,
                 status,
                 dial,
-            } if version == peer::VERSION => (status, if dialer { my_dial } else { dial }),
+                lease_codec,
+            } if version == peer::VERSION => {
+                w.use_binary_leases(lease_codec >= peer::LEASE_CODEC);
+                (status, if dialer { my_dial } else { dial })
+            }
             Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
             other => {
                 return Err(LinkError::Malformed {
