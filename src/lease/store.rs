@@ -1083,6 +1083,25 @@ mod tests {
         }
     }
 
+    /// Writes into a database file directly, as an older version (or another tool) would.
+    fn write_raw(path: &Path, f: impl FnOnce(&redb::WriteTransaction)) {
+        let db = Database::create(path).expect("raw open");
+        let txn = db.begin_write().expect("txn");
+        f(&txn);
+        txn.commit().expect("commit");
+    }
+
+    fn table_names(path: &Path) -> Vec<String> {
+        let db = Database::create(path).expect("raw open");
+        let r = db.begin_read().expect("read");
+        let names = r
+            .list_tables()
+            .expect("tables")
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        names
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1139,33 +1158,24 @@ mod tests {
             rt().block_on(async { store.put(vec![lease(10, 1, 1)]).await.expect("put") });
         }
         // What an older version left: on-disk client indexes and their checkpoint mark.
-        {
-            let db = Database::create(&path).expect("raw open");
-            let txn = db.begin_write().expect("txn");
-            {
-                let mut m = txn.open_table(LEGACY_BY_MAC).expect("by_mac");
-                m.insert([2u8, 0, 0, 0, 0, 1, 10, 0, 0, 10].as_slice(), ())
-                    .expect("by_mac");
-                txn.open_table(LEGACY_BY_CLIENT_ID).expect("by_client_id");
-                let mut meta = txn.open_table(META).expect("meta");
-                meta.insert(LEGACY_INDEXED_SEQ, 1).expect("meta");
-            }
-            txn.commit().expect("commit");
-        }
+        write_raw(&path, |txn| {
+            let mut m = txn.open_table(LEGACY_BY_MAC).expect("by_mac");
+            m.insert([2u8, 0, 0, 0, 0, 1, 10, 0, 0, 10].as_slice(), ())
+                .expect("by_mac");
+            txn.open_table(LEGACY_BY_CLIENT_ID).expect("by_client_id");
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(LEGACY_INDEXED_SEQ, 1).expect("meta");
+        });
         let store = LeaseStore::open(&path).expect("reopen");
         assert_eq!(store.index().by_mac(&[2, 0, 0, 0, 0, 1]).count(), 1);
         drop(store);
-        let db = Database::create(&path).expect("raw open");
-        let r = db.begin_read().expect("read");
-        let names: Vec<String> = r
-            .list_tables()
-            .expect("tables")
-            .map(|t| redb::TableHandle::name(&t).to_string())
-            .collect();
+        let names = table_names(&path);
         assert!(
             !names.iter().any(|n| n == "by_mac" || n == "by_client_id"),
             "{names:?}"
         );
+        let db = Database::create(&path).expect("raw open");
+        let r = db.begin_read().expect("read");
         let meta = r.open_table(META).expect("meta");
         assert!(meta.get(LEGACY_INDEXED_SEQ).expect("meta").is_none());
     }
@@ -1176,25 +1186,20 @@ mod tests {
         let path = dir.path().join("old.redb");
         // What the previous version wrote: records keyed by address, the change log by
         // sequence. .10 was written at 1 and again at 3, .11 at 2.
-        {
-            let db = Database::create(&path).expect("raw open");
-            let txn = db.begin_write().expect("txn");
-            {
-                let mut leases = txn.open_table(LEGACY_LEASES).expect("leases");
-                let mut changes = txn.open_table(LEGACY_CHANGES).expect("changes");
-                let ten = lease(10, 1, 30);
-                let eleven = lease(11, 2, 20);
-                leases
-                    .insert(u32::from(ten.ip), codec::encode(&ten, 3).as_slice())
-                    .expect("insert");
-                leases
-                    .insert(u32::from(eleven.ip), codec::encode(&eleven, 2).as_slice())
-                    .expect("insert");
-                changes.insert(3, u32::from(ten.ip)).expect("insert");
-                changes.insert(2, u32::from(eleven.ip)).expect("insert");
-            }
-            txn.commit().expect("commit");
-        }
+        write_raw(&path, |txn| {
+            let mut leases = txn.open_table(LEGACY_LEASES).expect("leases");
+            let mut changes = txn.open_table(LEGACY_CHANGES).expect("changes");
+            let ten = lease(10, 1, 30);
+            let eleven = lease(11, 2, 20);
+            leases
+                .insert(u32::from(ten.ip), codec::encode(&ten, 3).as_slice())
+                .expect("insert");
+            leases
+                .insert(u32::from(eleven.ip), codec::encode(&eleven, 2).as_slice())
+                .expect("insert");
+            changes.insert(3, u32::from(ten.ip)).expect("insert");
+            changes.insert(2, u32::from(eleven.ip)).expect("insert");
+        });
         let store = LeaseStore::open(&path).expect("open converts");
         assert_eq!(store.watermark(), 3);
         assert_eq!(store.index().len(), 2);
@@ -1211,13 +1216,7 @@ mod tests {
         rt().block_on(async { store.put(vec![lease(12, 3, 40)]).await.expect("put") });
         assert_eq!(store.watermark(), 4);
         drop(store);
-        let db = Database::create(&path).expect("raw open");
-        let r = db.begin_read().expect("read");
-        let names: Vec<String> = r
-            .list_tables()
-            .expect("tables")
-            .map(|t| redb::TableHandle::name(&t).to_string())
-            .collect();
+        let names = table_names(&path);
         assert!(
             !names.iter().any(|n| n == "leases" || n == "changes"),
             "{names:?}"
@@ -1228,23 +1227,18 @@ mod tests {
     fn a_database_of_the_first_log_layout_is_converted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log.redb");
-        {
-            let db = Database::create(&path).expect("raw open");
-            let txn = db.begin_write().expect("txn");
-            {
-                let mut log = txn.open_table(LEGACY_LOG).expect("lease_log");
-                // .10 at 1 (superseded) and 3, .11 at 2.
-                for (seq, l) in [
-                    (1, lease(10, 1, 10)),
-                    (2, lease(11, 2, 20)),
-                    (3, lease(10, 1, 30)),
-                ] {
-                    log.insert(seq, codec::encode(&l, seq).as_slice())
-                        .expect("insert");
-                }
+        write_raw(&path, |txn| {
+            let mut log = txn.open_table(LEGACY_LOG).expect("lease_log");
+            // .10 at 1 (superseded) and 3, .11 at 2.
+            for (seq, l) in [
+                (1, lease(10, 1, 10)),
+                (2, lease(11, 2, 20)),
+                (3, lease(10, 1, 30)),
+            ] {
+                log.insert(seq, codec::encode(&l, seq).as_slice())
+                    .expect("insert");
             }
-            txn.commit().expect("commit");
-        }
+        });
         let store = LeaseStore::open(&path).expect("open converts");
         assert_eq!(store.watermark(), 3);
         assert_eq!(
@@ -1258,6 +1252,8 @@ mod tests {
             .map(|(s, _)| *s)
             .collect();
         assert_eq!(seqs, vec![2, 3]);
+        drop(store);
+        assert!(!table_names(&path).iter().any(|n| n == "lease_log"));
     }
 
     #[test]
