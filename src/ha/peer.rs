@@ -25,7 +25,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::ha::machine::{Control, PeerStatus};
-use crate::lease::Lease;
+use crate::lease::{codec, Lease};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -51,9 +51,7 @@ fn encode_leases(id: u64, leases: &[Lease]) -> Vec<u8> {
     out.push(BIN_LEASES);
     out.extend_from_slice(&id.to_be_bytes());
     for l in leases {
-        let rec = crate::lease::codec::encode(l, 0);
-        out.extend_from_slice(&(rec.len() as u32).to_be_bytes());
-        out.extend_from_slice(&rec);
+        codec::push_record(&mut out, &codec::encode(l, 0));
     }
     out
 }
@@ -68,23 +66,16 @@ fn decode_leases(p: &[u8]) -> Result<Msg, LinkError> {
         .and_then(|b| b.try_into().ok())
         .map(u64::from_be_bytes)
         .ok_or_else(|| bad(format!("{} bytes, shorter than its header", p.len())))?;
-    let mut rest = &p[9..];
-    let mut leases = Vec::new();
-    while !rest.is_empty() {
-        let len = rest
-            .get(..4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_be_bytes)
-            .ok_or_else(|| bad("truncated record length".into()))? as usize;
-        let rec = rest
-            .get(4..4 + len)
-            .ok_or_else(|| bad(format!("record of {len} bytes runs past the frame")))?;
-        let (lease, _) = crate::lease::codec::decode(rec).map_err(|e| bad(e.to_string()))?;
-        leases.push(lease);
-        rest = &rest[4 + len..];
-    }
+    let leases = codec::records(&p[9..])
+        .map(|rec| {
+            let (lease, _) = codec::decode(rec?)?;
+            Ok(lease)
+        })
+        .collect::<Result<Vec<Lease>, codec::CodecError>>()
+        .map_err(|e| bad(e.to_string()))?;
     Ok(Msg::Leases { id, leases })
 }
+
 /// Largest handshake frame: a nonce and a proof in JSON.
 pub const MAX_HANDSHAKE: usize = 1024;
 const MAC_LEN: usize = 32;

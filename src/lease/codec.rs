@@ -112,6 +112,42 @@ pub fn decode_ip(b: &[u8]) -> Result<Ipv4Addr, CodecError> {
     Ok(Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]))
 }
 
+/// Appends one record to a list of records: its length (u32, big-endian), then the record.
+/// The store keeps a commit's records as one such list; the peer link sends lease frames as
+/// one.
+pub fn push_record(list: &mut Vec<u8>, record: &[u8]) {
+    list.extend_from_slice(&(record.len() as u32).to_be_bytes());
+    list.extend_from_slice(record);
+}
+
+/// The records of a list written by [`push_record`], in order; a truncated tail is one
+/// error at the end (the records before it are still good).
+pub fn records(mut list: &[u8]) -> impl Iterator<Item = Result<&[u8], CodecError>> {
+    let total = list.len();
+    std::iter::from_fn(move || {
+        if list.is_empty() {
+            return None;
+        }
+        let rec = list
+            .get(..4)
+            .map(|n| u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+            .and_then(|n| list.get(4..4 + n));
+        match rec {
+            Some(rec) => {
+                list = &list[4 + rec.len()..];
+                Some(Ok(rec))
+            }
+            None => {
+                list = &[];
+                Some(Err(CodecError {
+                    len: total,
+                    what: "record list truncated",
+                }))
+            }
+        }
+    })
+}
+
 /// Decodes a record into the lease and its sequence number.
 pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
     let len = b.len();
@@ -195,6 +231,21 @@ mod tests {
         bare.hostname = None;
         bare.relay_info = Some(Vec::new());
         assert_eq!(decode(&encode(&bare, 1)), Ok((bare, 1)));
+    }
+
+    #[test]
+    fn a_record_list_yields_its_records_then_one_error_for_a_cut_tail() {
+        let (a, b) = (encode(&lease(), 1), encode(&lease(), 2));
+        let mut list = Vec::new();
+        push_record(&mut list, &a);
+        push_record(&mut list, &b);
+        let all: Vec<_> = records(&list).collect();
+        assert_eq!(all, vec![Ok(a.as_slice()), Ok(b.as_slice())]);
+        let cut: Vec<_> = records(&list[..list.len() - 1]).collect();
+        assert_eq!(cut.len(), 2);
+        assert_eq!(cut[0], Ok(a.as_slice()));
+        assert!(cut[1].is_err());
+        assert_eq!(records(&[]).count(), 0);
     }
 
     #[test]

@@ -51,11 +51,11 @@ use prometheus_client::registry::Registry;
 use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
-use super::codec;
+use super::codec::{self, push_record};
 use super::index::LeaseIndex;
 use super::{Lease, LeaseLog, LeaseLogError, LeaseState};
 
-/// First sequence number of a commit → that commit's records (see [`push_record`]).
+/// First sequence number of a commit → that commit's records (see [`codec::push_record`]).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_batches");
 /// The first log layout (one entry per record), converted into `LOG` at open.
 const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("lease_log");
@@ -235,21 +235,10 @@ fn es<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// Appends one record to a log entry: its length (u32, big-endian), then the record.
-fn push_record(entry: &mut Vec<u8>, record: &[u8]) {
-    entry.extend_from_slice(&(record.len() as u32).to_be_bytes());
-    entry.extend_from_slice(record);
-}
-
 /// The records of a log entry, in sequence order. A truncated tail ends the list (the
 /// records before it are still good; each is checked when decoded).
-fn records(mut entry: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        let len = u32::from_be_bytes(entry.get(..4)?.try_into().ok()?) as usize;
-        let rec = entry.get(4..4 + len)?;
-        entry = &entry[4 + len..];
-        Some(rec)
-    })
+fn records(entry: &[u8]) -> impl Iterator<Item = &[u8]> {
+    codec::records(entry).map_while(Result::ok)
 }
 
 /// Records per entry when converting an older layout.
@@ -592,17 +581,6 @@ impl LeaseStore {
             }
         }
         Ok(ips.len() as u64)
-    }
-
-    /// Records in the log, superseded ones included (read from disk, not the writer's count).
-    pub fn log_len(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read().map_err(rd)?;
-        let t = r.open_table(LOG).map_err(rd)?;
-        let mut n = 0u64;
-        for row in t.iter().map_err(rd)? {
-            n += records(row.map_err(rd)?.1.value()).count() as u64;
-        }
-        Ok(n)
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -1009,13 +987,15 @@ impl LeaseStore {
         // Where each address sits in `changed`: a later change of it replaces the earlier
         // one there (a retain per lease made a frame of 48 leases cost O(n²)).
         let mut at: HashMap<Ipv4Addr, usize> = HashMap::with_capacity(remote.len());
-        let mut put = |changed: &mut Vec<Lease>, l: Lease| match at.get(&l.ip) {
-            Some(&i) => changed[i] = l,
-            None => {
-                at.insert(l.ip, changed.len());
-                changed.push(l);
+        fn put(changed: &mut Vec<Lease>, at: &mut HashMap<Ipv4Addr, usize>, l: Lease) {
+            match at.get(&l.ip) {
+                Some(&i) => changed[i] = l,
+                None => {
+                    at.insert(l.ip, changed.len());
+                    changed.push(l);
+                }
             }
-        };
+        }
         for r in remote {
             let local = ix.get(r.ip);
             if !remote_wins(local, r) {
@@ -1044,17 +1024,17 @@ impl LeaseStore {
                     .cloned()
                     .collect();
                 for mut s in stale {
-                    if changed.iter().any(|c| c.ip == s.ip) {
+                    if at.contains_key(&s.ip) {
                         continue;
                     }
                     s.state = LeaseState::Released;
                     s.updated_ms = r.updated_ms;
                     ix.upsert(s.clone());
-                    put(&mut changed, s);
+                    put(&mut changed, &mut at, s);
                 }
             }
             ix.upsert(r.clone());
-            put(&mut changed, r.clone());
+            put(&mut changed, &mut at, r.clone());
         }
         if changed.is_empty() {
             return (changed, None);
@@ -1100,6 +1080,16 @@ mod tests {
             .map(|t| redb::TableHandle::name(&t).to_string())
             .collect();
         names
+    }
+
+    /// Records in the log, superseded ones included (read from disk, not the writer's count).
+    fn log_len(store: &LeaseStore) -> u64 {
+        let r = store.db.begin_read().expect("read");
+        let t = r.open_table(LOG).expect("log");
+        t.iter()
+            .expect("iter")
+            .map(|row| records(row.expect("row").1.value()).count() as u64)
+            .sum()
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -1266,7 +1256,7 @@ mod tests {
                 .await
                 .expect("put")
         });
-        assert_eq!(store.log_len().expect("len"), 3);
+        assert_eq!(log_len(&store), 3);
         let r = store.db.begin_read().expect("read");
         assert_eq!(
             redb::ReadableTableMetadata::len(&r.open_table(LOG).expect("log")).expect("len"),
@@ -1303,7 +1293,7 @@ mod tests {
                     store.put(batch).await.expect("put");
                 }
             });
-            let on_disk = store.log_len().expect("log");
+            let on_disk = log_len(&store);
             // Bounded by the trigger (2 x live + slack) plus one commit's appends.
             assert!(
                 on_disk <= 2 * u64::from(live) + COMPACT_SLACK + u64::from(live),
