@@ -10,10 +10,20 @@ use std::time::{Duration, Instant};
 
 use common::lab::{dhclient_once, Lab, Node, NodeOpts, ProbeLog, Udhcpc, DOMAIN, POOL, VIP, WHO};
 use common::netns::require_root;
+use common::timing_lock;
 
 const FT: Duration = Duration::from_secs(1);
 /// Generous deadline for anything that should happen "soon" on a busy 2-core machine.
 const SOON: Duration = Duration::from_secs(15);
+
+/// The bounds below are README's targets plus a stated margin for a debug build on a 2-core
+/// CI machine; the prober counts a reply later than `PROBE_TIMEOUT` (100 ms) as failed, so a
+/// stall of answers cannot hide inside a long timeout.
+///
+/// README: a killed process costs < 100 ms of DNS. Margin 150 ms.
+const KILL_OUTAGE_MAX: Duration = Duration::from_millis(250);
+/// README: a lost host or a hang costs < failover_timeout + 100 ms. Margin 200 ms.
+const SILENCE_MARGIN: Duration = Duration::from_millis(300);
 
 /// A and B up with the default (fast) options: A ACTIVE holding the VIP, B STANDBY, and the
 /// VIP answering DNS as node A.
@@ -66,8 +76,9 @@ fn assert_taken_over_on_silence(took: Duration, outage: Duration, log: &ProbeLog
         "B took over after {took:?}, before failover_timeout {FT:?}"
     );
     assert!(
-        outage < FT + Duration::from_secs(2),
-        "outage {outage:?}; {}",
+        outage < FT + SILENCE_MARGIN,
+        "outage {outage:?}, README promises < failover_timeout {FT:?} + 100 ms (test margin \
+         {SILENCE_MARGIN:?}); {}",
         log.summary()
     );
 }
@@ -129,6 +140,7 @@ fn lease_names_the_vip_as_dns_and_server_id_and_dig_resolves_through_it() {
     if !require_root("lease_names_the_vip_as_dns_and_server_id_and_dig_resolves_through_it") {
         return;
     }
+    let _serial = timing_lock();
     let mut lab = default_pair("lease");
     let dir = lab.dir.path().to_path_buf();
     let cl = lab.add_client("d1");
@@ -168,6 +180,7 @@ fn kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b() 
     if !require_root("kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b") {
         return;
     }
+    let _serial = timing_lock();
     let mut lab = default_pair("kill");
     let dir = lab.dir.path().to_path_buf();
     let cl = lab.add_client("u1");
@@ -198,8 +211,9 @@ fn kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b() 
     eprintln!("kill -9: DNS outage {outage:?}; probes: {}", log.summary());
     // The refused reconnect is the fast path: well under failover_timeout.
     assert!(
-        outage < FT,
-        "outage {outage:?} not under failover_timeout; {}{}",
+        outage < KILL_OUTAGE_MAX,
+        "outage {outage:?} after kill -9, README promises < 100 ms (test bound \
+         {KILL_OUTAGE_MAX:?}); {}{}",
         log.summary(),
         lab.dump()
     );
@@ -229,6 +243,7 @@ fn host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return() {
     if !require_root("host_loss_b_takes_over_after_failover_timeout_and_one_active_after_return") {
         return;
     }
+    let _serial = timing_lock();
     let lab = default_pair("host");
     let (t, took, log) = b_takes_over_when(&lab, |l| l.port_down(Node::A));
     let outage = log.outage_after(t).unwrap_or_default();
@@ -291,6 +306,7 @@ fn sigstop_b_takes_over_and_sigcont_steps_a_down_without_a_second_outage() {
     if !require_root("sigstop_b_takes_over_and_sigcont_steps_a_down_without_a_second_outage") {
         return;
     }
+    let _serial = timing_lock();
     let lab = default_pair("hung");
     let probe = lab.prober();
     std::thread::sleep(Duration::from_millis(300));
@@ -323,7 +339,7 @@ fn sigstop_b_takes_over_and_sigcont_steps_a_down_without_a_second_outage() {
     std::thread::sleep(Duration::from_secs(2));
     let log = probe.stop();
     // The outage ends with B's first answer: the stopped A answers the queries that queued
-    // meanwhile on SIGCONT, up to a second late, which the prober's timeout still counts.
+    // meanwhile on SIGCONT (late, so counted failed), which is not part of the takeover.
     let outage = log
         .first_answer_from(Node::B, t)
         .map_or(Duration::MAX, |b| b.duration_since(t));
@@ -353,6 +369,7 @@ fn sigterm_on_the_active_node_hands_off_with_zero_failed_queries() {
     if !require_root("sigterm_on_the_active_node_hands_off_with_zero_failed_queries") {
         return;
     }
+    let _serial = timing_lock();
     let mut lab = default_pair("term");
     let probe = lab.prober();
     std::thread::sleep(Duration::from_millis(300));
@@ -386,6 +403,7 @@ fn returning_primary_syncs_and_preempts_back_with_zero_failed_queries() {
     if !require_root("returning_primary_syncs_and_preempts_back_with_zero_failed_queries") {
         return;
     }
+    let _serial = timing_lock();
     let mut lab = default_pair("preempt");
     lab.sigterm(Node::A);
     lab.wait_exit(Node::A, SOON);
@@ -406,6 +424,7 @@ fn with_preempt_false_the_secondary_stays_active_and_a_stale_vip_is_removed_at_r
     ) {
         return;
     }
+    let _serial = timing_lock();
     let no_preempt = NodeOpts {
         preempt: false,
         ..Default::default()
@@ -456,6 +475,7 @@ fn cutting_only_a_b_gives_no_double_vip_and_one_active_after_the_heal() {
     if !require_root("cutting_only_a_b_gives_no_double_vip_and_one_active_after_the_heal") {
         return;
     }
+    let _serial = timing_lock();
     let lab = default_pair("cut");
     let probe = lab.prober();
     std::thread::sleep(Duration::from_millis(300));
@@ -504,6 +524,7 @@ fn a_full_l2_partition_heals_to_one_active_node_holding_the_vip_alone() {
     if !require_root("a_full_l2_partition_heals_to_one_active_node_holding_the_vip_alone") {
         return;
     }
+    let _serial = timing_lock();
     let lab = default_pair("split");
     // B cannot reach A at all, not even the VIP: it cannot tell a dead A from a cut and
     // takes over (two ACTIVE nodes while the partition lasts is the price of no third party).
@@ -538,6 +559,7 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
     if !require_root("with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service") {
         return;
     }
+    let _serial = timing_lock();
     // The peer link on its own cable; the clients' network is the switch. A long
     // failover_timeout shows that B moves on A's FAULT, not on silence.
     let opts = NodeOpts {

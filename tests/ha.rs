@@ -53,6 +53,7 @@ fn kill9_of_the_active_is_taken_over_at_once_through_the_refused_reconnect() {
     if !require_root("kill9_of_the_active_is_taken_over_at_once_through_the_refused_reconnect") {
         return;
     }
+    let _serial = common::timing_lock();
     let mut lab = pair("hak9", true);
     let e0 = epoch(&lab, Node::A);
     let t = Instant::now();
@@ -91,6 +92,7 @@ fn sigstop_is_taken_over_after_failover_timeout_and_sigcont_steps_down() {
     if !require_root("sigstop_is_taken_over_after_failover_timeout_and_sigcont_steps_down") {
         return;
     }
+    let _serial = common::timing_lock();
     let lab = pair("hastop", false);
     let t = Instant::now();
     lab.sigstop(Node::A);

@@ -5,7 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::lab::{dhclient_once, http_get, Lab, Node, NodeOpts, Prober, DOMAIN, POOL, VIP, WHO};
+use common::lab::{
+    dhclient_once, http_get, Lab, Node, NodeOpts, Prober, DOMAIN, POOL, PROBE_INTERVAL,
+    PROBE_TIMEOUT, VIP, WHO,
+};
 use common::netns::require_root;
 
 /// Does `arping` from `ns` get an answer from `ip` within a second?
@@ -136,10 +139,11 @@ fn lab_namespaces_are_gone_after_drop_even_on_panic() {
 }
 
 #[test]
-fn lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one() {
-    if !require_root("lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one") {
+fn lab_prober_sees_every_answer_and_counts_late_and_dead_ones_as_failed() {
+    if !require_root("lab_prober_sees_every_answer_and_counts_late_and_dead_ones_as_failed") {
         return;
     }
+    let _serial = common::timing_lock();
     let mut lab = Lab::new("dns");
     lab.start(Node::A, &NodeOpts::standalone());
     let a = Node::A.addr();
@@ -148,13 +152,16 @@ fn lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one() {
     });
 
     let server = std::net::SocketAddr::new(a.into(), 53);
-    let probe = Prober::start(
-        &lab.c,
-        server,
-        WHO,
-        Duration::from_millis(20),
-        Duration::from_secs(1),
-    );
+    let probe = Prober::start(&lab.c, server, WHO, PROBE_INTERVAL, PROBE_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(500));
+    // A stall: the queries sent meanwhile queue in A's socket and are answered on SIGCONT,
+    // hundreds of ms late. The prober must count them failed, not answered: a test that
+    // asserts "0 failed" must catch a stall, not only a dead server.
+    let t_stop = Instant::now();
+    lab.sigstop(Node::A);
+    std::thread::sleep(Duration::from_millis(400));
+    lab.sigcont(Node::A);
+    let t_cont = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
     let t_kill = Instant::now();
     lab.kill9(Node::A);
@@ -162,11 +169,32 @@ fn lab_prober_sees_every_answer_from_a_standalone_node_and_counts_a_dead_one() {
     let log = probe.stop();
     // A query sent just before the kill may be lost with the process: leave a margin.
     let margin = t_kill - Duration::from_millis(100);
-    let before: Vec<_> = log.probes.iter().filter(|p| p.sent < margin).collect();
+    let before: Vec<_> = log.probes.iter().filter(|p| p.sent < t_stop).collect();
     assert!(before.len() >= 10, "too few probes: {}", log.summary());
     assert!(
         before.iter().all(|p| p.node() == Some(Node::A)),
         "{}",
+        log.summary()
+    );
+    // Sent while A was stopped, more than PROBE_TIMEOUT before SIGCONT: answered late.
+    let stalled: Vec<_> = log
+        .probes
+        .iter()
+        .filter(|p| p.sent > t_stop && p.sent + PROBE_TIMEOUT + PROBE_INTERVAL < t_cont)
+        .collect();
+    assert!(
+        stalled.len() >= 5 && stalled.iter().all(|p| p.answer.is_none()),
+        "late answers during a 400 ms stall must count as failed: {}",
+        log.summary()
+    );
+    let resumed: Vec<_> = log
+        .probes
+        .iter()
+        .filter(|p| p.sent > t_cont + PROBE_TIMEOUT && p.sent < margin)
+        .collect();
+    assert!(
+        resumed.len() >= 10 && resumed.iter().all(|p| p.node() == Some(Node::A)),
+        "A answers again after SIGCONT: {}",
         log.summary()
     );
     let after = log.after(t_kill).count();
