@@ -548,7 +548,8 @@ fn request(
     for mut o in others {
         o.state = LeaseState::Released;
         o.expiry = now_s;
-        o.updated_ms = now_ms;
+        // Like every local change, later than the version it replaces (see `Lease::updated_ms`).
+        o.updated_ms = now_ms.max(o.updated_ms + 1);
         leases.upsert(o.clone());
         for a in &mut st.allocs {
             a.mark(o.ip, false);

@@ -656,3 +656,24 @@ mod fuzz {
 
     use super::super::packet::tests;
 }
+
+#[test]
+fn a_binding_moved_to_another_address_releases_the_old_one_as_the_later_change() {
+    let mut l = lab();
+    let old = l.bind(1);
+    // The old binding as the peer stamped it, its clock a minute ahead of ours: the release
+    // must still be the later change, or the peer would keep the address bound in a merge.
+    let mut ahead = l.ix.get(old).cloned().expect("bound");
+    ahead.updated_ms = T0 + 60_000;
+    l.ix.upsert(ahead);
+    let new = if old == ip(101) { ip(102) } else { ip(101) };
+    let out = l.select(1, new);
+    assert_eq!(kind(&out), Some(MessageType::Ack));
+    let released = out
+        .commit
+        .iter()
+        .find(|c| c.ip == old)
+        .expect("old released");
+    assert_eq!(released.state, LeaseState::Released);
+    assert!(released.updated_ms > T0 + 60_000, "{released:?}");
+}

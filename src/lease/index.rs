@@ -201,7 +201,9 @@ impl LeaseIndex {
             if let Some(l) = self.by_ip.get_mut(&ip) {
                 let was_active = l.state == LeaseState::Active;
                 l.state = LeaseState::Expired;
-                l.updated_ms = updated_ms;
+                // Later than the version it replaces even when the peer's clock (which
+                // stamped it) runs ahead of ours: else the peer would keep that version.
+                l.updated_ms = updated_ms.max(l.updated_ms + 1);
                 out.push((l.clone(), was_active));
             }
         }
@@ -340,5 +342,15 @@ mod tests {
             Some(LeaseState::Expired)
         );
         assert_eq!(ix.active_count(100), 1);
+    }
+
+    #[test]
+    fn expiry_of_a_lease_stamped_ahead_of_our_clock_is_still_the_later_change() {
+        let mut ix = LeaseIndex::new();
+        let mut ahead = lease(10, 1, None);
+        ahead.updated_ms = 5_000; // the peer's clock runs ahead of ours (now: 900)
+        ix.upsert(ahead);
+        let out = ix.expire_due(100, 900);
+        assert_eq!(out[0].0.updated_ms, 5_001);
     }
 }

@@ -14,7 +14,11 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod codec;
 pub mod index;
+#[cfg(test)]
+mod merge_tests;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use index::LeaseIndex;
 pub use store::{LeaseStore, StoreError};
@@ -45,13 +49,49 @@ pub struct Lease {
     /// Unix seconds.
     pub start: u64,
     pub expiry: u64,
-    /// Unix milliseconds of the last change; the newer side wins when two nodes merge.
+    /// Unix milliseconds of the last change; the newer side wins when two nodes merge (ties:
+    /// [`Lease::merge_order`]). Each local change of an address moves it forward by at least
+    /// 1 ms, so a change always wins over the version it replaced, on either node.
     pub updated_ms: u64,
     /// Relay agent information (option 82) as received, echoed on renewals.
     pub relay_info: Option<Vec<u8>>,
 }
 
 impl Lease {
+    /// Which of two versions of one address wins a merge (`Greater`: `self` does). Both nodes
+    /// of a pair must pick the same winner from the lease contents alone, or after a split
+    /// brain (both ACTIVE, both changing an address in the same millisecond) each would keep
+    /// its own version and the two views would differ for good. The order compares, in turn:
+    ///
+    /// 1. `updated_ms`: the newer change wins;
+    /// 2. the state: `Active` > `Declined` > `Expired` > `Released`. An address a client may
+    ///    be using stays bound rather than being handed out again (a duplicate address is
+    ///    worse than a lost release), and a declined one stays held;
+    /// 3. then every other field, as a canonical encoding compared bytewise: the address
+    ///    (network order), the MAC, the client-id, `expiry`, `start`, the hostname, the
+    ///    subnet name, the relay information (an absent optional field sorts first).
+    ///
+    /// It is a total order, and `Equal` only for identical leases, so merging is
+    /// idempotent and its result does not depend on the order changes arrive in. The store's
+    /// "one active address per client" rule uses it too, to pick which binding stays.
+    pub fn merge_order(&self, other: &Lease) -> std::cmp::Ordering {
+        fn key(l: &Lease) -> impl Ord + '_ {
+            (
+                l.updated_ms,
+                state_rank(l.state),
+                u32::from(l.ip),
+                l.mac,
+                l.client_id.as_deref(),
+                l.expiry,
+                l.start,
+                l.hostname.as_deref().map(str::as_bytes),
+                l.subnet.as_bytes(),
+                l.relay_info.as_deref(),
+            )
+        }
+        key(self).cmp(&key(other))
+    }
+
     pub fn mac_string(&self) -> String {
         hex_colon(&self.mac)
     }
@@ -68,6 +108,16 @@ impl Lease {
             lease_expiry: self.expiry,
             lease_duration: self.expiry.saturating_sub(self.start),
         }
+    }
+}
+
+/// A state's weight in [`Lease::merge_order`] on a tie of `updated_ms`.
+fn state_rank(s: LeaseState) -> u8 {
+    match s {
+        LeaseState::Released => 0,
+        LeaseState::Expired => 1,
+        LeaseState::Declined => 2,
+        LeaseState::Active => 3,
     }
 }
 
@@ -157,8 +207,8 @@ impl Replication {
 
 /// What HA needs from the lease store to replicate it: a sequence number that grows with
 /// every local change, the changes after a sequence (bulk sync from a watermark), and a way
-/// to merge the peer's leases (the newer `updated_ms` wins; an address is never left bound to
-/// two clients). Synchronous: redb is; callers on the runtime use `spawn_blocking`.
+/// to merge the peer's leases (the greater in [`Lease::merge_order`] wins; a client is never
+/// left with two active addresses in a subnet). Synchronous: redb is; callers on the runtime use `spawn_blocking`.
 pub trait LeaseLog: Send + Sync + 'static {
     /// The sequence number of the newest local change (0 when empty).
     fn watermark(&self) -> u64;

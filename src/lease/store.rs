@@ -902,12 +902,22 @@ fn write_batch(
     })
 }
 
-/// Does `remote` replace `local`? The newer change wins; on a tie the local copy stays, so
-/// merging the same lease twice changes nothing.
+/// Does `remote` replace `local`? The greater in [`Lease::merge_order`] wins: the newer
+/// change, and on a tie of `updated_ms` the same winner on both nodes. An identical copy
+/// changes nothing, so merging the same lease twice is a no-op.
 fn remote_wins(local: Option<&Lease>, remote: &Lease) -> bool {
-    match local {
-        None => true,
-        Some(l) => remote.updated_ms > l.updated_ms,
+    local.is_none_or(|l| remote.merge_order(l) == std::cmp::Ordering::Greater)
+}
+
+/// `loser` released because the same client's `winner` binding stays. Later than `loser` by
+/// at least 1 ms, so it wins over `loser` on the peer as well, whatever the tie-break; and
+/// computed from the two leases alone, so both nodes that meet the pair derive the same
+/// release.
+fn released_by(loser: &Lease, winner: &Lease) -> Lease {
+    Lease {
+        state: LeaseState::Released,
+        updated_ms: winner.updated_ms.max(loser.updated_ms + 1),
+        ..loser.clone()
     }
 }
 
@@ -979,8 +989,9 @@ impl LeaseLog for LeaseStore {
 }
 
 impl LeaseStore {
-    /// Merges `remote` into the index (newest change wins; one address per client) and
-    /// submits what changed to the writer; the commit is the caller's to wait for.
+    /// Merges `remote` into the index (the greater in [`Lease::merge_order`] wins; one active
+    /// address per client and subnet) and submits what changed to the writer; the commit is
+    /// the caller's to wait for.
     fn stage_remote(&self, remote: &[Lease]) -> (Vec<Lease>, Option<PendingCommit>) {
         let mut ix = self.index();
         let mut changed: Vec<Lease> = Vec::with_capacity(remote.len());
@@ -1005,10 +1016,12 @@ impl LeaseStore {
             // cannot leave the client with a second active address: any other one would
             // already have been released when this binding was merged.
             let renewal = local.is_some_and(|l| l.state == LeaseState::Active && same_client(l, r));
-            // The same client cannot hold two active addresses in one subnet: the older
-            // binding on this side gives way to the newer one from the peer.
+            // The same client cannot hold two active addresses in one subnet: of its bindings
+            // here and the incoming one, the greatest in merge order stays and the others are
+            // released, whichever of them arrived first, so both nodes keep the same one.
+            let mut incoming = r.clone();
             if r.state == LeaseState::Active && !renewal {
-                let stale: Vec<Lease> = ix
+                let rivals: Vec<Lease> = ix
                     .by_mac(&r.mac)
                     .chain(r.client_id.as_deref().map_or_else(
                         || Box::new(std::iter::empty()) as Box<dyn Iterator<Item = &Lease>>,
@@ -1019,22 +1032,26 @@ impl LeaseStore {
                             && l.state == LeaseState::Active
                             && l.subnet == r.subnet
                             && same_client(l, r)
-                            && l.updated_ms < r.updated_ms
                     })
                     .cloned()
                     .collect();
-                for mut s in stale {
-                    if at.contains_key(&s.ip) {
-                        continue;
+                let stronger = rivals
+                    .iter()
+                    .filter(|l| l.merge_order(r) == std::cmp::Ordering::Greater)
+                    .max_by(|a, b| a.merge_order(b));
+                match stronger {
+                    Some(w) => incoming = released_by(r, w),
+                    None => {
+                        for s in &rivals {
+                            let s = released_by(s, r);
+                            ix.upsert(s.clone());
+                            put(&mut changed, &mut at, s);
+                        }
                     }
-                    s.state = LeaseState::Released;
-                    s.updated_ms = r.updated_ms;
-                    ix.upsert(s.clone());
-                    put(&mut changed, &mut at, s);
                 }
             }
-            ix.upsert(r.clone());
-            put(&mut changed, &mut at, r.clone());
+            ix.upsert(incoming.clone());
+            put(&mut changed, &mut at, incoming);
         }
         if changed.is_empty() {
             return (changed, None);
