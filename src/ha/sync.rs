@@ -11,8 +11,9 @@
 //! the next bulk sync. **Bulk**: on every (re)connect each side asks the other for
 //! its changes after the last sequence it applied (`SyncRequest{since}`), the other streams
 //! `SyncBatch`es from its [`LeaseLog`], and the receiver merges them with `apply_remote`
-//! (newest `updated_ms` wins; the store never leaves one address with two clients). Both
-//! sides do this, so after a split brain both merge.
+//! (the greater in [`Lease::merge_order`] wins: the newest `updated_ms`, then a tie-break
+//! both nodes compute alike; a client keeps one active address per subnet). Both sides do
+//! this, so after a split brain both merge and end with the same leases.
 //!
 //! Invariants: an ack is sent only after `apply_remote` returned; batches of one link are
 //! applied in arrival order by one task per link; a failed merge closes nothing but is
@@ -270,96 +271,26 @@ pub fn spawn_bulk_sender(log: Option<Arc<dyn LeaseLog>>, since: u64, link_tx: mp
     });
 }
 
-/// An in-memory [`LeaseLog`] for tests and for running HA before a store exists: newest
-/// `updated_ms` wins per address.
-#[derive(Default)]
-pub struct MemoryLog {
-    inner: std::sync::Mutex<MemInner>,
-}
-
-#[derive(Default)]
-struct MemInner {
-    seq: u64,
-    by_ip: BTreeMap<std::net::Ipv4Addr, (u64, Lease)>,
-}
-
-impl MemoryLog {
-    /// A local change (what the DHCP server's commit does).
-    pub fn put(&self, lease: Lease) -> u64 {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.seq += 1;
-        let s = g.seq;
-        g.by_ip.insert(lease.ip, (s, lease));
-        s
-    }
-    pub fn get(&self, ip: std::net::Ipv4Addr) -> Option<Lease> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.by_ip.get(&ip).map(|(_, l)| l.clone())
-    }
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_ip
-            .len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl LeaseLog for MemoryLog {
-    fn watermark(&self) -> u64 {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).seq
-    }
-    fn changes_since(
-        &self,
-        seq: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Lease)>, crate::lease::LeaseLogError> {
-        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<(u64, Lease)> = g
-            .by_ip
-            .values()
-            .filter(|(s, _)| *s > seq)
-            .cloned()
-            .collect();
-        v.sort_by_key(|(s, _)| *s);
-        v.truncate(limit);
-        Ok(v)
-    }
-    fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, crate::lease::LeaseLogError> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut changed = Vec::new();
-        for l in leases {
-            let newer = g
-                .by_ip
-                .get(&l.ip)
-                .is_none_or(|(_, old)| l.updated_ms > old.updated_ms);
-            if newer {
-                g.seq += 1;
-                let s = g.seq;
-                g.by_ip.insert(l.ip, (s, l.clone()));
-                changed.push(l.clone());
-            }
-        }
-        Ok(changed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lease::testing::TempStore;
     use crate::lease::LeaseState;
     use std::net::Ipv4Addr;
 
     fn lease(last: u8, updated_ms: u64) -> Lease {
+        numbered(u32::from(last), updated_ms)
+    }
+
+    /// The `n`th lease of a big set: 10.0.0.0 + n, a client of its own.
+    fn numbered(n: u32, updated_ms: u64) -> Lease {
+        let b = n.to_be_bytes();
         Lease {
-            ip: Ipv4Addr::new(10, 0, 0, last),
-            mac: [0, 1, 2, 3, 4, last],
+            ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 0)) + n),
+            mac: [0, 1, b[0], b[1], b[2], b[3]],
             client_id: None,
             hostname: None,
-            subnet: "10.0.0.0/24".into(),
+            subnet: "10.0.0.0/16".into(),
             state: LeaseState::Active,
             start: 0,
             expiry: 3600,
@@ -368,52 +299,160 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn bulk_sync_streams_every_change_then_done() {
-        let log = Arc::new(MemoryLog::default());
-        for i in 0..(BATCH as u8 + 10).min(250) {
-            log.put(lease(i, 1));
+    /// More than two batches' worth, committed in several entries with some leases
+    /// rewritten, so pages start inside entries and skip superseded records.
+    const MANY: u32 = 2 * BATCH as u32 + 10;
+
+    async fn store_with_many() -> TempStore {
+        let store = TempStore::new();
+        let all: Vec<Lease> = (1..=MANY).map(|n| numbered(n, 10)).collect();
+        for chunk in all.chunks(100) {
+            store.put(chunk.to_vec()).await.expect("put");
         }
-        let (tx, mut rx) = mpsc::channel(8);
-        spawn_bulk_sender(Some(log.clone()), 0, tx);
-        let mut got = 0;
-        loop {
-            match rx.recv().await.expect("batch") {
-                Msg::SyncBatch { changes, done } => {
-                    got += changes.len();
-                    if done {
-                        break;
-                    }
-                }
+        store
+            .put((1..=20).map(|n| numbered(n, 20)).collect())
+            .await
+            .expect("put");
+        assert_eq!(store.len(), MANY as usize);
+        store
+    }
+
+    /// Reads a bulk sync off the link until the sender is gone.
+    async fn batches(rx: &mut mpsc::Receiver<Msg>) -> Vec<(Vec<(u64, Lease)>, bool)> {
+        let mut out = Vec::new();
+        while let Some(m) = rx.recv().await {
+            match m {
+                Msg::SyncBatch { changes, done } => out.push((changes, done)),
                 m => panic!("unexpected {m:?}"),
             }
         }
-        assert_eq!(got, log.len());
+        out
+    }
+
+    #[tokio::test]
+    async fn bulk_sync_pages_through_every_change_and_says_done_once_at_the_end() {
+        let store = store_with_many().await;
+        let (tx, mut rx) = mpsc::channel(8);
+        spawn_bulk_sender(Some(store.log()), 0, tx);
+        let got = batches(&mut rx).await;
+        assert_eq!(got.len(), 3, "two full batches and the rest");
+        assert!(got.iter().all(|(c, _)| c.len() <= BATCH));
+        let dones: Vec<bool> = got.iter().map(|(_, d)| *d).collect();
+        assert_eq!(dones, vec![false, false, true]);
+        let seqs: Vec<u64> = got
+            .iter()
+            .flat_map(|(c, _)| c.iter().map(|(s, _)| *s))
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "sequences not increasing"
+        );
+        let mut leases: Vec<Lease> = got
+            .into_iter()
+            .flat_map(|(c, _)| c)
+            .map(|(_, l)| l)
+            .collect();
+        leases.sort_by_key(|l| l.ip);
+        assert_eq!(
+            leases,
+            store.all(),
+            "each lease once, at its newest version"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_bulk_sync_resumes_from_the_receivers_watermark() {
+        let sender = store_with_many().await;
+        let receiver = TempStore::new();
+        let (link_tx, _acks) = mpsc::channel(8);
+        let (report_tx, mut reports) = mpsc::unbounded_channel();
+        let jobs = spawn_applier(Some(receiver.log()), link_tx, move |a| {
+            let _ = report_tx.send(a);
+        });
+        // What the node keeps: the highest peer sequence it merged.
+        let mut synced = 0u64;
+        let apply = |changes: Vec<(u64, Lease)>, done: bool| {
+            let _ = jobs.send(ApplyJob::Bulk { changes, done });
+        };
+
+        // The link goes down after the first batch: the receiver drops its end.
+        let (tx, mut rx) = mpsc::channel(1);
+        spawn_bulk_sender(Some(sender.log()), 0, tx);
+        match rx.recv().await {
+            Some(Msg::SyncBatch { changes, done }) => {
+                assert!(!done, "the first batch cannot be the last");
+                apply(changes, done);
+            }
+            m => panic!("unexpected {m:?}"),
+        }
+        drop(rx);
+        match reports.recv().await {
+            Some(Applied::Batch { upto, received, .. }) => {
+                assert_eq!(received, BATCH);
+                synced = synced.max(upto);
+            }
+            r => panic!("unexpected {r:?}"),
+        }
+        assert_eq!(receiver.len(), BATCH);
+
+        // Meanwhile the sender changes leases the receiver already has and adds new ones.
+        sender
+            .put(vec![numbered(1, 30), numbered(MANY + 1, 30)])
+            .await
+            .expect("put");
+
+        // Reconnect: ask again from the watermark.
+        let (tx, mut rx) = mpsc::channel(1);
+        spawn_bulk_sender(Some(sender.log()), synced, tx);
+        let rest = batches(&mut rx).await;
+        assert_eq!(rest.iter().filter(|(_, d)| *d).count(), 1);
+        let sent: usize = rest.iter().map(|(c, _)| c.len()).sum();
+        assert!(
+            sent < MANY as usize,
+            "{sent} changes sent again: the resumed sync started over"
+        );
+        for (changes, done) in rest {
+            apply(changes, done);
+        }
+        loop {
+            match reports.recv().await {
+                Some(Applied::Batch { done: true, .. }) => break,
+                Some(Applied::Batch { .. }) => {}
+                r => panic!("unexpected {r:?}"),
+            }
+        }
+        assert_eq!(receiver.all(), sender.all());
+        assert_eq!(receiver.len(), MANY as usize + 1);
     }
 
     #[tokio::test]
     async fn applier_merges_before_it_acknowledges() {
-        let log = Arc::new(MemoryLog::default());
+        let store = TempStore::new();
         let (tx, mut rx) = mpsc::channel(8);
-        let jobs = spawn_applier(Some(log.clone() as Arc<dyn LeaseLog>), tx, |_| {});
+        let jobs = spawn_applier(Some(store.log()), tx, |_| {});
         let _ = jobs.send(ApplyJob::Live {
             id: 5,
             leases: vec![lease(9, 10)],
         });
         assert_eq!(rx.recv().await, Some(Msg::LeasesAck { id: 5 }));
-        assert_eq!(log.get(Ipv4Addr::new(10, 0, 0, 9)), Some(lease(9, 10)));
+        assert_eq!(
+            store
+                .read_durable(Ipv4Addr::new(10, 0, 0, 9))
+                .expect("read"),
+            Some(lease(9, 10))
+        );
     }
 
     #[test]
     fn merge_keeps_the_newest_update() {
-        let log = MemoryLog::default();
-        log.put(lease(1, 50));
-        let changed = log
+        let store = TempStore::new();
+        store.put_blocking(vec![lease(1, 50)]);
+        let changed = store
             .apply_remote(&[lease(1, 40), lease(2, 1)])
             .expect("merge");
         assert_eq!(changed, vec![lease(2, 1)]);
         assert_eq!(
-            log.get(Ipv4Addr::new(10, 0, 0, 1)).map(|l| l.updated_ms),
+            store.get(Ipv4Addr::new(10, 0, 0, 1)).map(|l| l.updated_ms),
             Some(50)
         );
     }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::Dur;
-use crate::ha::sync::MemoryLog;
+use crate::lease::testing::TempStore;
 use crate::lease::{replication_channel, Lease, LeaseState, Replication};
 use std::net::Ipv4Addr;
 
@@ -12,7 +12,8 @@ const SECRET: &str = "0123456789abcdef-secret";
 struct TestNode {
     h: HaHandle,
     addr: SocketAddr,
-    log: Arc<MemoryLog>,
+    /// A real store: the node replicates with the merge rules the daemon has.
+    log: Arc<TempStore>,
     rep: Replication,
     stop: CancellationToken,
     events: crate::events::Subscription,
@@ -37,7 +38,7 @@ async fn start(
     listener: tokio::net::TcpListener,
     peer: SocketAddr,
     secret: &str,
-    log: Arc<MemoryLog>,
+    log: Arc<TempStore>,
 ) -> TestNode {
     let me = listener.local_addr().expect("addr");
     let cfg = Arc::new(config(role, me, peer, secret));
@@ -53,7 +54,7 @@ async fn start(
             bus,
             health: Health::new(),
             vips: Default::default(),
-            lease_log: Some(log.clone() as Arc<dyn LeaseLog>),
+            lease_log: Some(log.log()),
             replication: Some(rep_rx),
             shutdown: stop.clone(),
         },
@@ -93,7 +94,7 @@ async fn pair(secret_b: &str) -> (TestNode, TestNode) {
         la,
         ab,
         SECRET,
-        Arc::new(MemoryLog::default()),
+        Arc::new(TempStore::new()),
     )
     .await;
     let b = start(
@@ -102,7 +103,7 @@ async fn pair(secret_b: &str) -> (TestNode, TestNode) {
         lb,
         aa,
         secret_b,
-        Arc::new(MemoryLog::default()),
+        Arc::new(TempStore::new()),
     )
     .await;
     (a, b)
@@ -166,7 +167,7 @@ async fn primary_serves_secondary_stands_by_and_leases_replicate_before_the_ack(
 
     // Live replication: acknowledged only once B holds the lease.
     let l = lease(50, 1000);
-    a.log.put(l.clone());
+    a.log.put(vec![l.clone()]).await.expect("put");
     assert_eq!(
         a.rep
             .replicate(vec![l.clone()], Duration::from_secs(2))
@@ -187,14 +188,17 @@ async fn bulk_sync_on_connect_merges_both_ways() {
         .await
         .expect("bind");
     let (aa, ab) = (la.local_addr().expect("a"), lb.local_addr().expect("b"));
-    let la_log = Arc::new(MemoryLog::default());
-    let lb_log = Arc::new(MemoryLog::default());
-    for i in 1..=40 {
-        la_log.put(lease(i, 10));
-    }
-    for i in 30..=60 {
-        lb_log.put(lease(i, 20)); // newer for 30..=40
-    }
+    let la_log = Arc::new(TempStore::new());
+    let lb_log = Arc::new(TempStore::new());
+    la_log
+        .put((1..=40).map(|i| lease(i, 10)).collect())
+        .await
+        .expect("put");
+    // Newer for 30..=40.
+    lb_log
+        .put((30..=60).map(|i| lease(i, 20)).collect())
+        .await
+        .expect("put");
     let a = start("node-a", Role::Primary, la, ab, SECRET, la_log.clone()).await;
     let mut b = start("node-b", Role::Secondary, lb, aa, SECRET, lb_log.clone()).await;
     wait_until("both hold all 60 leases", Duration::from_secs(5), || {
@@ -272,7 +276,7 @@ async fn a_late_tie_break_swap_loses_neither_replication_nor_a_handoff() {
     for i in 0..5u8 {
         let dial = late_dial(&a, &b);
         let l = lease(60 + i, 2000 + u64::from(i));
-        a.log.put(l.clone());
+        a.log.put(vec![l.clone()]).await.expect("put");
         assert_eq!(
             a.rep
                 .replicate(vec![l.clone()], Duration::from_secs(2))
