@@ -1,14 +1,14 @@
-//! Two real daemons (an HA pair) in lab namespaces, no VIP, no DNS, no DHCP: only the peer
+//! Two real daemons (an HA pair) in lab namespaces, mostly with no VIP, no DNS, no DHCP: the peer
 //! link and the state machine. Process kill, SIGSTOP/SIGCONT, SIGTERM handoff, a wrong
-//! secret, and hostile input on the peer port.
+//! secret, hostile input on the peer port, and a split brain with DHCP served on both sides.
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::lab::{Lab, Node, NodeOpts, SECRET};
+use common::lab::{dhclient_once, Lab, Node, NodeOpts, SECRET};
 use common::netns::require_root;
 
 fn opts(preempt: bool) -> NodeOpts {
@@ -488,4 +488,135 @@ fn api_failover_without_a_configured_token_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
     assert_eq!(lab.ha_state(Node::B).as_deref(), Some("STANDBY"));
+}
+
+/// A node's active leases as (address, MAC), from its API.
+fn active_leases(lab: &Lab, n: Node) -> Option<Vec<(String, String)>> {
+    let (code, body) = lab.api_get(n, "/api/v1/leases?state=active&per_page=1000")?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut out: Vec<(String, String)> = v["leases"]
+        .as_array()?
+        .iter()
+        .map(|l| {
+            (
+                l["ip"].as_str().unwrap_or_default().to_string(),
+                l["mac"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}
+
+/// A fresh DISCOVER from `client` (its earlier lease forgotten), answered by `expect`;
+/// returns the leased address.
+fn lease_from(lab: &Lab, client: usize, expect: Node) -> Ipv4Addr {
+    let ns = &lab.clients()[client];
+    let dir = lab.dir.path();
+    let _ = std::fs::remove_file(dir.join(format!("dhclient-{}.leases", ns.name)));
+    let lease = dhclient_once(ns, dir, &format!("sb{client}"))
+        .unwrap_or_else(|| panic!("client {client} got no lease{}", lab.dump()));
+    assert_eq!(
+        lease.server_id,
+        Some(expect.addr()),
+        "client {client} served by the wrong node{}",
+        lab.dump()
+    );
+    lease.ip.expect("leased address")
+}
+
+#[test]
+fn a_split_brain_with_dhcp_on_both_sides_heals_to_the_same_leases_on_both() {
+    if !require_root("a_split_brain_with_dhcp_on_both_sides_heals_to_the_same_leases_on_both") {
+        return;
+    }
+    let o = NodeOpts {
+        vip: false,
+        dns: false,
+        dhcp: true,
+        ..Default::default()
+    };
+    let mut lab = Lab::new("hasb");
+    for c in ["s0", "s1", "s2"] {
+        lab.add_client(c);
+    }
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_for(
+        "A ACTIVE, B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY" && b["peer_connected"] == true)
+        },
+    );
+
+    // Both ACTIVE: neither can reach the other, the clients reach both.
+    lab.isolate_ab();
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+
+    // A serves s0 and s1; then B, knowing nothing of them, serves s2 and s0 again from the
+    // same pool: the same addresses go to other clients, and s0 ends with one on each side.
+    lab.mute(Node::B);
+    let a0 = lease_from(&lab, 0, Node::A);
+    let a1 = lease_from(&lab, 1, Node::A);
+    lab.unmute(Node::B);
+    lab.mute(Node::A);
+    let b2 = lease_from(&lab, 2, Node::B);
+    let b0 = lease_from(&lab, 0, Node::B);
+    lab.unmute(Node::A);
+    eprintln!("split brain: A gave s0 {a0}, s1 {a1}; B gave s2 {b2}, s0 {b0}");
+    let (la, lb) = (active_leases(&lab, Node::A), active_leases(&lab, Node::B));
+    assert_ne!(la, lb, "the two sides should disagree before the heal");
+
+    lab.unisolate_ab();
+    lab.wait_for(
+        "one ACTIVE node, linked, both with the same active leases",
+        Duration::from_secs(15),
+        |l| {
+            let states = [l.ha_state(Node::A), l.ha_state(Node::B)];
+            let one_active = states
+                .iter()
+                .filter(|s| s.as_deref() == Some("ACTIVE"))
+                .count()
+                == 1;
+            let (a, b) = (active_leases(l, Node::A), active_leases(l, Node::B));
+            one_active && a.is_some() && a == b
+        },
+    );
+    let leases = active_leases(&lab, Node::A).expect("leases");
+    let mut ips: Vec<&String> = leases.iter().map(|(ip, _)| ip).collect();
+    let mut macs: Vec<&String> = leases.iter().map(|(_, mac)| mac).collect();
+    ips.sort();
+    ips.dedup();
+    macs.sort();
+    macs.dedup();
+    assert_eq!(ips.len(), leases.len(), "an address held twice: {leases:?}");
+    assert_eq!(
+        macs.len(),
+        leases.len(),
+        "a client with two addresses: {leases:?}"
+    );
+    // The latest binding of each address won: s2's and s0's from B.
+    assert!(
+        leases.contains(&(b2.to_string(), mac_of(&lab, 2))),
+        "{leases:?}"
+    );
+    assert!(
+        leases.contains(&(b0.to_string(), mac_of(&lab, 0))),
+        "{leases:?}"
+    );
+}
+
+/// The MAC of a client namespace's eth0, as the API writes it.
+fn mac_of(lab: &Lab, client: usize) -> String {
+    let out = lab.clients()[client].run(&["ip", "-br", "link", "show", "dev", "eth0"]);
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
 }

@@ -366,6 +366,11 @@ impl Lab {
         self.clients.last().expect("just pushed")
     }
 
+    /// The namespaces of [`Lab::add_client`], in the order they were added.
+    pub fn clients(&self) -> &[Netns] {
+        &self.clients
+    }
+
     pub fn ns(&self, node: Node) -> &Netns {
         match node {
             Node::A => &self.a,
@@ -625,6 +630,35 @@ impl Lab {
                 "off",
             ]);
         }
+    }
+
+    /// Drops everything `node` sends into the switch (an nftables bridge filter in the switch
+    /// namespace) while its link stays up: clients hear only the other node, and `node` sees
+    /// no carrier loss (no FAULT). To choose which of two ACTIVE nodes serves a client.
+    pub fn mute(&self, node: Node) {
+        let port = if node == Node::A { "p-a" } else { "p-b" };
+        let rules = format!(
+            "table bridge labmute_{n} {{\n\
+             chain mute {{\n\
+             type filter hook forward priority 0; policy accept;\n\
+             iifname \"{port}\" drop\n\
+             }}\n}}\n",
+            n = &port[2..]
+        );
+        let path = self.dir.path().join(format!("labmute_{port}.nft"));
+        fs::write(&path, rules).expect("write nft rules");
+        self.sw.run(&["nft", "-f", &path.to_string_lossy()]);
+    }
+
+    pub fn unmute(&self, node: Node) {
+        let port = if node == Node::A { "p-a" } else { "p-b" };
+        self.sw.run(&[
+            "nft",
+            "delete",
+            "table",
+            "bridge",
+            &format!("labmute_{}", &port[2..]),
+        ]);
     }
 
     /// The daemon's log so far.
