@@ -618,18 +618,99 @@ mod fuzz {
     use super::*;
     use proptest::prelude::*;
 
+    /// The lab subnet plus optional options worth 3 × 200 bytes: a reply with everything in
+    /// it is bigger than the 548-byte payload every client accepts, so the size limit has
+    /// something to cut.
+    fn big_lab() -> Lab {
+        let mut cfg = CFG.to_string();
+        let at = cfg
+            .find("\n[[subnet]]\nnetwork = \"10.9")
+            .expect("second subnet");
+        let mut extra = String::new();
+        for code in [224, 225, 226] {
+            extra.push_str(&format!(
+                "[[subnet.option]]\ncode = {code}\ntype = \"string\"\nvalue = \"{}\"\n",
+                "x".repeat(200)
+            ));
+        }
+        cfg.insert_str(at + 1, &extra);
+        let cfg = config::parse(&cfg, Path::new("test.toml")).expect("config");
+        let ix = LeaseIndex::new();
+        Lab {
+            st: DhcpState::new(Plan::from_config(&cfg), &ix, T0),
+            ix,
+            now: T0,
+        }
+    }
+
+    /// What RFC 2131 asks of a reply's size: at most the client's limit (option 57, never
+    /// below 576), unless the options that cannot be left out are alone bigger; and nothing
+    /// left out when everything fits.
+    fn check_size(reply: &Reply) -> Result<(), TestCaseError> {
+        let bytes = reply.encode();
+        let mandatory = HEADER_LEN
+            + 4
+            + 3
+            + reply
+                .options
+                .iter()
+                .filter(|o| o.2)
+                .map(|(_, v, _)| v.len() + 2 * v.len().div_ceil(255).max(1))
+                .sum::<usize>()
+            + 1;
+        prop_assert!(bytes.len() >= 300);
+        prop_assert!(
+            bytes.len() <= reply.max_payload.max(mandatory),
+            "{} bytes for a {}-byte limit ({mandatory} mandatory)",
+            bytes.len(),
+            reply.max_payload
+        );
+        let unlimited = Reply {
+            max_payload: usize::MAX,
+            ..reply.clone()
+        }
+        .encode();
+        if unlimited.len() <= reply.max_payload {
+            prop_assert_eq!(&bytes, &unlimited, "an option was dropped though all fit");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_reply_would_not_fit_the_minimum_size() {
+        // The premise of `replies_fit_the_clients_size_limit`: without a limit the OFFER is
+        // too big for a client that sent no option 57, so the limit is what keeps it small.
+        let mut l = big_lab();
+        let offer = l
+            .run(&req(MessageType::Discover, 1), &eth0())
+            .reply
+            .expect("offer");
+        let unlimited = Reply {
+            max_payload: usize::MAX,
+            ..offer.clone()
+        }
+        .encode();
+        assert!(unlimited.len() > 548, "{} bytes", unlimited.len());
+        assert!(
+            offer.encode().len() <= 548,
+            "{} bytes",
+            offer.encode().len()
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
         /// Random bytes, and random mutations of a valid request, through the decoder and
-        /// the handler: never a panic, and a decoded request always gets a verdict.
+        /// the handler: never a panic, a decoded request always gets a verdict, and a reply
+        /// always respects the client's size limit.
         #[test]
         fn decoder_and_handler_never_panic(
             noise in proptest::collection::vec(any::<u8>(), 0..700),
             flips in proptest::collection::vec((0usize..400, any::<u8>()), 0..12),
             t in 1u8..9,
         ) {
-            let mut l = lab();
+            let mut l = big_lab();
             let _ = parse(&noise);
             let mut b = tests::raw_request(t, [2, 0, 0, 0, 0, 1], &[
                 (OPT_REQUESTED_IP, vec![10, 0, 0, 101]),
@@ -645,11 +726,45 @@ mod fuzz {
                     let out = l.run(&r, &eth0());
                     prop_assert!(out.reply.is_some() || out.ignored.is_some() || !out.commit.is_empty());
                     if let Some(reply) = out.reply {
-                        let bytes = reply.encode();
-                        prop_assert!(bytes.len() >= 300);
-                        prop_assert!(bytes.len() <= reply.max_payload.max(300) || reply.options.iter().filter(|o| o.2).count() > 0);
+                        check_size(&reply)?;
                     }
                 }
+            }
+        }
+
+        /// DISCOVERs and INFORMs with any option 57 (absent, below 576, or large), any
+        /// parameter list over the configured options, and echoed client ids and relay
+        /// information of any length: every reply fits the limit the client announced.
+        #[test]
+        fn replies_fit_the_clients_size_limit(
+            inform in any::<bool>(),
+            max_size in proptest::option::of(any::<u16>()),
+            prl in proptest::option::of(proptest::sample::subsequence(
+                vec![1u8, 3, 6, 15, 28, 51, 58, 59, 224, 225, 226, 252], 0..12)),
+            client_id in proptest::option::of(proptest::collection::vec(any::<u8>(), 2..255)),
+            relay in proptest::option::of(proptest::collection::vec(any::<u8>(), 1..255)),
+        ) {
+            let mut l = big_lab();
+            let mut opts = Vec::new();
+            if let Some(m) = max_size {
+                opts.push((OPT_MAX_SIZE, m.to_be_bytes().to_vec()));
+            }
+            if let Some(p) = prl {
+                opts.push((OPT_PRL, p));
+            }
+            if let Some(c) = client_id {
+                opts.push((OPT_CLIENT_ID, c));
+            }
+            if let Some(r) = relay {
+                opts.push((OPT_RELAY_INFO, r));
+            }
+            let t = if inform { 8 } else { 1 };
+            let r = parse(&tests::raw_request(t, [2, 0, 0, 0, 0, 1], &opts)).expect("valid");
+            let reply = l.run(&r, &eth0()).reply;
+            prop_assert!(reply.is_some(), "no reply");
+            if let Some(reply) = reply {
+                prop_assert_eq!(reply.max_payload, usize::from(max_size.unwrap_or(0).max(576)) - 28);
+                check_size(&reply)?;
             }
         }
     }
