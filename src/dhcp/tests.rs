@@ -549,19 +549,38 @@ fn an_exhausted_pool_offers_nothing_until_an_address_is_released() {
 
 #[test]
 fn expired_offers_and_leases_return_to_the_pool() {
+    let no_offer_for_9 = |l: &mut Lab| {
+        l.run(&req(MessageType::Discover, 9), &eth0())
+            .reply
+            .is_none()
+    };
+    // Four OFFERs hold the four pool addresses for offer_hold (30 s), not a millisecond more.
     let mut l = lab();
-    for m in 1..=4 {
-        l.offer(m);
-    }
-    assert!(l
-        .run(&req(MessageType::Discover, 9), &eth0())
-        .reply
-        .is_none());
-    l.now += 31_000;
-    assert!(l
-        .run(&req(MessageType::Discover, 9), &eth0())
-        .reply
-        .is_some());
+    let offered: Vec<Ipv4Addr> = (1..=4).map(|m| l.offer(m)).collect();
+    assert!(no_offer_for_9(&mut l));
+    l.now += 29_999;
+    assert!(no_offer_for_9(&mut l), "offers held until the hold ends");
+    l.now += 1;
+    assert!(offered.contains(&l.offer(9)));
+
+    // Four ACKed leases of lease_time (1 h): the pool is theirs until the expiry second,
+    // then free again, before and after the expiry sweep has turned them into Expired.
+    let mut l = lab();
+    let bound: Vec<Ipv4Addr> = (1..=4).map(|m| l.bind(m)).collect();
+    l.now += 3_599_999;
+    assert!(no_offer_for_9(&mut l), "leases live until their expiry");
+    assert!(l.ix.expire_due(l.now / 1000, l.now).is_empty());
+    l.now += 1;
+    let again = l.offer(9);
+    assert!(bound.contains(&again), "{again} is not one of {bound:?}");
+    let swept = l.ix.expire_due(l.now / 1000, l.now);
+    assert_eq!(swept.len(), 4);
+    assert!(swept
+        .iter()
+        .all(|(x, was_active)| *was_active && x.state == LeaseState::Expired));
+    l.st.rebuild(&l.ix, l.now);
+    let ip = l.offer(10);
+    assert!(bound.contains(&ip) && ip != again, "{ip}");
 }
 
 #[test]
