@@ -251,36 +251,58 @@ fn link_errors(lab: &Lab, kind: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// HMAC-SHA256 of the parts under `key`, as the peer link computes its proofs and tags.
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
 /// A dialer handshake done by hand with the right secret, so the frames after it can be
 /// forged. Returns the stream, ready for the first authenticated frame.
 fn authenticated(lab: &Lab) -> TcpStream {
-    use hmac::{Hmac, Mac};
-    type H = Hmac<sha2::Sha256>;
-    let mac = |parts: &[&[u8]]| {
-        let mut m = H::new_from_slice(SECRET.as_bytes()).expect("key");
-        for p in parts {
-            m.update(p);
-        }
-        m.finalize().into_bytes().to_vec()
-    };
+    authenticated_session(lab).0
+}
+
+/// [`authenticated`], plus the session keys (dialer→acceptor, acceptor→dialer) derived from
+/// the two nonces as the link does, so the test can seal frames that verify.
+fn authenticated_session(lab: &Lab) -> (TcpStream, Vec<u8>, Vec<u8>) {
     let mut s = upgraded(lab, Node::A);
     let nd = [7u8; 32];
     s.write_all(&frame(
         format!("{{\"v\":1,\"nonce\":\"{}\"}}", hex::encode(nd)).as_bytes(),
     ))
     .expect("challenge");
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).expect("reply len");
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).expect("reply");
+    let body = read_frame(&mut s);
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let na = hex::decode(v["nonce"].as_str().expect("nonce")).expect("hex");
-    let proof = mac(&[b"athena-ha/1 dialer", &na, &nd]);
+    let proof = hmac(SECRET.as_bytes(), &[b"athena-ha/1 dialer", &na, &nd]);
     s.write_all(&frame(
         format!("{{\"proof\":\"{}\"}}", hex::encode(proof)).as_bytes(),
     ))
     .expect("proof");
-    s
+    let d2a = hmac(SECRET.as_bytes(), &[b"athena-ha/1 d2a", &nd, &na]);
+    let a2d = hmac(SECRET.as_bytes(), &[b"athena-ha/1 a2d", &nd, &na]);
+    (s, d2a, a2d)
+}
+
+fn read_frame(s: &mut TcpStream) -> Vec<u8> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).expect("frame length");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).expect("frame body");
+    body
+}
+
+/// An authenticated frame body: `seq ‖ HMAC(key, seq ‖ payload) ‖ payload`.
+fn sealed(key: &[u8], seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = seq.to_be_bytes().to_vec();
+    body.extend_from_slice(&hmac(key, &[&seq.to_be_bytes(), payload]));
+    body.extend_from_slice(payload);
+    body
 }
 
 #[test]
@@ -356,23 +378,24 @@ fn hostile_input_on_the_peer_port_changes_nothing() {
         closed_within(&mut s, Duration::from_secs(5)),
         "bad MAC: not closed"
     );
-    assert!(link_errors(&lab, "bad_mac") >= 1);
+    assert_eq!(link_errors(&lab, "bad_mac"), 1);
 
-    // A frame replayed from another session: sealed with a key this session never had.
+    // A frame sealed with another session's key (the right secret, other nonces): the
+    // per-session key makes its MAC fail. (A replay within one session is
+    // `a_frame_replayed_on_its_own_session_is_refused_as_replay`.)
     let mut s = authenticated(&lab);
-    let mut m = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(&[1u8; 32]).expect("key");
-    hmac::Mac::update(&mut m, &1u64.to_be_bytes());
-    hmac::Mac::update(&mut m, payload);
-    let tag = hmac::Mac::finalize(m).into_bytes();
-    let mut body = 1u64.to_be_bytes().to_vec();
-    body.extend_from_slice(&tag);
-    body.extend_from_slice(payload);
-    s.write_all(&frame(&body)).expect("write");
+    let other_session = hmac(
+        SECRET.as_bytes(),
+        &[b"athena-ha/1 d2a", &[9u8; 32], &[8u8; 32]],
+    );
+    s.write_all(&frame(&sealed(&other_session, 1, payload)))
+        .expect("write");
     assert!(
         closed_within(&mut s, Duration::from_secs(5)),
-        "replayed frame: not closed"
+        "frame from another session: not closed"
     );
-    assert!(link_errors(&lab, "bad_mac") >= 2);
+    assert_eq!(link_errors(&lab, "bad_mac"), 2);
+    assert_eq!(link_errors(&lab, "replay"), 0);
 
     // Nothing moved: same states, same epochs, the real link still up.
     std::thread::sleep(Duration::from_millis(300));
@@ -389,6 +412,66 @@ fn hostile_input_on_the_peer_port_changes_nothing() {
         "{a} {b}"
     );
     assert!(!lab.log(Node::B).contains("forged"));
+}
+
+/// A frame captured off a live authenticated session and sent again on that session: its MAC
+/// verifies (same session key), only its sequence number is old. The link is closed and the
+/// refusal is counted as `replay`, not as `bad_mac`.
+#[test]
+fn a_frame_replayed_on_its_own_session_is_refused_as_replay() {
+    if !require_root("a_frame_replayed_on_its_own_session_is_refused_as_replay") {
+        return;
+    }
+    // A alone: the test plays B, so the real B cannot race it for the link.
+    let mut lab = Lab::new("harep");
+    lab.start(Node::A, &opts(true));
+    lab.wait_state(Node::A, "ACTIVE", Duration::from_secs(10));
+    let e0 = epoch(&lab, Node::A);
+    let (mut s, d2a, a2d) = authenticated_session(&lab);
+
+    // A's hello opens with the acceptor→dialer key: the keys the test derived are the link's.
+    let theirs = read_frame(&mut s);
+    assert_eq!(&theirs[..8], &1u64.to_be_bytes());
+    assert_eq!(
+        hmac(&a2d, &[&theirs[..8], &theirs[40..]]),
+        &theirs[8..40],
+        "acceptor hello does not verify"
+    );
+
+    // Frame 1, the hello, correctly sealed: accepted, A sees its peer.
+    let hello = serde_json::json!({"Hello": {
+        "version": 1,
+        "status": {"node": Node::B.name(), "role": "secondary", "state": "STANDBY",
+                   "epoch": 0, "watermark": 0, "wants_active": false},
+        "dial": 1, "lease_codec": 0}});
+    let captured = frame(&sealed(&d2a, 1, hello.to_string().as_bytes()));
+    s.write_all(&captured).expect("hello");
+    lab.wait_for("A linked to the test's B", Duration::from_secs(5), |l| {
+        l.ha_status(Node::A)
+            .is_some_and(|a| a["peer_connected"] == true)
+    });
+
+    // The same bytes again: right MAC, sequence 1 where 2 is due.
+    s.write_all(&captured).expect("replay");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "replayed frame: not closed\n{}",
+        lab.dump()
+    );
+    assert_eq!(link_errors(&lab, "replay"), 1, "{}", lab.dump());
+    assert_eq!(link_errors(&lab, "bad_mac"), 0);
+    assert!(
+        lab.log(Node::A).contains("sequence 1, expected 2"),
+        "{}",
+        lab.dump()
+    );
+    lab.wait_for("A drops the link", Duration::from_secs(5), |l| {
+        l.ha_status(Node::A)
+            .is_some_and(|a| a["peer_connected"] == false)
+    });
+    let a = lab.ha_status(Node::A).expect("A");
+    assert_eq!(a["state"], "ACTIVE", "{a}");
+    assert_eq!(epoch(&lab, Node::A), e0);
 }
 
 fn closed_peek(s: &TcpStream) -> bool {
