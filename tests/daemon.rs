@@ -1,5 +1,6 @@
 //! The daemon as an admin meets it: a broken config is refused before anything binds, the
-//! capability drop really happens on every thread, the API answers, SIGTERM stops it cleanly.
+//! capability drop really happens on every thread, the API answers, SIGHUP reloads what it
+//! can and refuses a broken file, SIGTERM stops it cleanly.
 
 mod common;
 
@@ -212,26 +213,6 @@ fn root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm() {
         .all(|c| c == "0000000000000000"));
     assert!(thread_field(pid, "NoNewPrivs:").iter().all(|c| c == "1"));
 
-    // SIGHUP: a broken file is refused and the running config kept; a valid one with a
-    // [server] change is applied where it can be and the rest is named.
-    std::fs::write(&cfg, "[server]\nlog_levle = \"debug\"\n").expect("write");
-    nix_kill(pid, 1);
-    wait_for_log(&log, "reload refused, keeping the running config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nnode_name = \"capstest\"\nlog_level = \"debug\"\nlease_db = \"{}/leases.redb\"\n[api]\nlisten = \"127.0.0.1:8067\"\n",
-            dir.path().display()
-        ),
-    )
-    .expect("write");
-    nix_kill(pid, 1);
-    wait_for_log(&log, "changes to [server] take effect after a restart");
-    assert!(
-        child.try_wait().expect("wait").is_none(),
-        "SIGHUP must not stop the daemon"
-    );
-
     nix_kill(pid, 15);
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
@@ -255,6 +236,121 @@ fn root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm() {
         text.contains("SIGTERM received") && text.contains("stopped"),
         "{text}"
     );
+}
+
+/// The config of `sighup_applies_dns_records_and_a_broken_file_changes_nothing`: one static
+/// record, `nas.home.lan` → `nas`, plus `extra` (appended inside the record).
+fn hup_config(dir: &std::path::Path, log_level: &str, nas: &str, extra: &str) -> String {
+    format!(
+        "[server]\nnode_name = \"huptest\"\nlog_level = \"{log_level}\"\nlease_db = \"{}/leases.redb\"\n\
+         [api]\nlisten = \"127.0.0.1:8067\"\n\
+         [dns]\nenabled = true\nlisten_udp = \"127.0.0.1:53\"\ndomain = \"home.lan\"\n\
+         [[dns.record]]\nname = \"nas.home.lan\"\ntype = \"A\"\nvalue = \"{nas}\"\nttl = 60\n{extra}",
+        dir.display()
+    )
+}
+
+/// `dig +short` for an A record against the daemon's DNS port inside `ns`.
+fn dig_a(ns: &Netns, name: &str) -> String {
+    let out = ns.try_run(&[
+        "dig",
+        "@127.0.0.1",
+        "+short",
+        "+time=1",
+        "+tries=1",
+        name,
+        "A",
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The real signal to a daemon the test started. Reload applies DNS static records (and
+/// hooks) at once: a broken file changes nothing, the daemon keeps answering from the
+/// running config and logs why (file, line, key); a good file's records are served, and a
+/// change reload cannot apply is named.
+#[test]
+fn sighup_applies_dns_records_and_a_broken_file_changes_nothing() {
+    if !require_root("sighup_applies_dns_records_and_a_broken_file_changes_nothing") {
+        return;
+    }
+    let ns = Netns::new("hup");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(&cfg, hup_config(dir.path(), "info", "10.0.0.8", "")).expect("write");
+    let log = dir.path().join("daemon.log");
+    let mut child = ns
+        .cmd(BIN)
+        .args(["--log-format", "text", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn daemon");
+    let pid = child.id();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dig_a(&ns, "nas.home.lan") != "10.0.0.8" {
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("daemon exited early ({st}): {}", text());
+        }
+        assert!(Instant::now() < deadline, "DNS never answered: {}", text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Broken: the record moves to .9 but a key is misspelt. Refused as a whole.
+    std::fs::write(
+        &cfg,
+        hup_config(dir.path(), "info", "10.0.0.9", "tll = 30\n"),
+    )
+    .expect("write");
+    nix_kill(pid, 1);
+    wait_for_log(&log, "reload refused, keeping the running config");
+    let why = text()
+        .lines()
+        .find(|l| l.contains("reload refused"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        why.contains(&format!("{}:", cfg.display())) && why.contains("tll"),
+        "the refusal names the file and the key: {why}"
+    );
+    // A second after the refusal the old record is still what is served.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(dig_a(&ns, "nas.home.lan"), "10.0.0.8", "{}", text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Good: the record moves to .9, a new one appears, and [server] changes too.
+    std::fs::write(
+        &cfg,
+        hup_config(
+            dir.path(),
+            "debug",
+            "10.0.0.9",
+            "[[dns.record]]\nname = \"cam.home.lan\"\ntype = \"A\"\nvalue = \"10.0.0.44\"\n",
+        ),
+    )
+    .expect("write");
+    nix_kill(pid, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (dig_a(&ns, "nas.home.lan"), dig_a(&ns, "cam.home.lan"))
+        != ("10.0.0.9".into(), "10.0.0.44".into())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded records are not served: {}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_log(&log, "changes to [server] take effect after a restart");
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "SIGHUP must not stop the daemon"
+    );
+    nix_kill(pid, 15);
+    let _ = child.wait();
 }
 
 fn nix_kill(pid: u32, sig: i32) {

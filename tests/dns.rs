@@ -472,6 +472,9 @@ async fn lease_names_are_loaded_from_the_store_at_start_and_on_becoming_active()
     assert_eq!(m.response_code(), ResponseCode::NXDomain);
 }
 
+/// The DNS side of a reload: a new config on the channel the daemon's SIGHUP handler sends
+/// to. The signal itself: `sighup_applies_dns_records_and_a_broken_file_changes_nothing`
+/// in tests/daemon.rs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_replaces_the_static_records() {
     let cfg = config(&[]);

@@ -243,6 +243,8 @@ async fn a_failing_hook_does_not_affect_the_others() {
     shutdown.cancel();
 }
 
+/// The hooks' side of a reload: a new config on the channel the daemon's SIGHUP handler
+/// sends to (the signal itself is exercised in tests/daemon.rs).
 #[tokio::test]
 async fn after_a_reload_events_go_to_the_new_hooks() {
     let dir = tempfile::tempdir().expect("tmp");
