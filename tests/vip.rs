@@ -139,6 +139,9 @@ struct Running {
     board: VipBoard,
     health: Health,
     events: Mutex<mpsc::Receiver<Arc<Event>>>,
+    metrics: vip::VipMetrics,
+    /// Started with `net_admin: false`: gives the manager's thread CAP_NET_ADMIN back.
+    restore_net_admin: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -155,6 +158,9 @@ impl Running {
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let sd = shutdown.clone();
+        let metrics = vip::VipMetrics::default();
+        let restore_net_admin = Arc::new(tokio::sync::Notify::new());
+        let (m, restore) = (metrics.clone(), restore_net_admin.clone());
         let thread = std::thread::spawn(move || {
             netns::enter_netns(&name).expect("enter netns");
             // The packet sockets need CAP_NET_RAW; open them before any drop, as the daemon does.
@@ -172,6 +178,19 @@ impl Running {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
+                if !net_admin {
+                    // A task of this current-thread runtime: the raise lands on the thread
+                    // the manager runs on.
+                    tokio::spawn(async move {
+                        restore.notified().await;
+                        caps::raise(
+                            None,
+                            caps::CapSet::Effective,
+                            caps::Capability::CAP_NET_ADMIN,
+                        )
+                        .expect("raise CAP_NET_ADMIN");
+                    });
+                }
                 let bus = EventBus::new();
                 let sub = bus.subscribe("test", 256);
                 let board: VipBoard = Default::default();
@@ -182,7 +201,7 @@ impl Running {
                     health: health.clone(),
                     board: board.clone(),
                     shutdown: sd.clone(),
-                    metrics: Default::default(),
+                    metrics: m,
                 };
                 let mut tasks = tokio::task::JoinSet::new();
                 let ctl = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
@@ -198,6 +217,8 @@ impl Running {
             board,
             health,
             events: Mutex::new(events),
+            metrics,
+            restore_net_admin,
             shutdown,
             thread: Some(thread),
         }
@@ -842,6 +863,12 @@ fn without_cap_net_admin_the_claim_fails_naming_vip_interface_and_capability_and
     }
     let r = rig("eperm");
     let m = Running::start_with(&r.a, vec![vip_cfg("eth0", 1, 100)], false);
+    let failures = || {
+        m.metrics
+            .errors
+            .get_or_create(&vec![("vip".to_string(), VIP_CIDR.to_string())])
+            .get()
+    };
     m.ctl.want("dns-vip", Want::Hold, Instant::now());
     let err = m.wait_event("vip.error", Duration::from_secs(10));
     let detail = err.detail.unwrap_or_default();
@@ -853,14 +880,31 @@ fn without_cap_net_admin_the_claim_fails_naming_vip_interface_and_capability_and
         .problems()
         .iter()
         .any(|p| p.contains("CAP_NET_ADMIN")));
-    // Retried with backoff, and still failing: the error stays on the board, not held.
+    // Retried with backoff (200 ms, then 400 ms): attempts at 0, 0.2 and 0.6 s, all failing;
+    // the error stays on the board and the VIP is not held.
     std::thread::sleep(Duration::from_millis(700));
+    assert!(failures() >= 3, "{} failed attempts in 0.7 s", failures());
     assert!(!m.held());
     assert!(!has_vip(&r.a, "eth0"));
     assert!(m.board.read().unwrap()[0]
         .last_error
         .as_deref()
         .is_some_and(|e| e.contains("CAP_NET_ADMIN")));
+
+    // The cause goes away: the next retry (0.8 s later) claims the VIP, with no new request.
+    let before = failures();
+    m.restore_net_admin.notify_one();
+    let t = Instant::now();
+    while !(m.held() && has_vip(&r.a, "eth0")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not claimed after the capability came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(failures() <= before + 1, "{before} -> {}", failures());
+    assert!(m.board.read().unwrap()[0].last_error.is_none());
+    assert!(m.health.problems().is_empty(), "{:?}", m.health.problems());
     m.stop();
 }
 
