@@ -1366,11 +1366,17 @@ mod tests {
         });
         assert_eq!(store.durable_len().expect("len"), 200);
         assert_eq!(store.watermark(), 200);
+        // The burst queues while the first transaction's fsync runs, and everything queued
+        // goes into the next one (MAX_BATCH is far above 200): a couple of transactions.
+        // A tenth of the jobs leaves room for a loaded machine preempting the spawning
+        // loop for a commit's length a dozen times; one transaction per few jobs is a
+        // batching that does not work.
         let commits = store.metrics.commits.get();
         assert!(
-            commits < 200,
-            "200 concurrent commits took {commits} transactions: no batching"
+            (1..=20).contains(&commits),
+            "200 concurrent commits took {commits} transactions"
         );
+        assert_eq!(store.metrics.leases_written.get(), 200);
     }
 
     #[test]
