@@ -274,14 +274,30 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 async fn forwarded_answers_are_cached_so_upstream_sees_one_query_for_two() {
     let up = upstream(Mode::Answer, 1, Duration::ZERO).await;
     let p = start(config(&[up.addr]), Duration::from_secs(10));
+    let asked = Instant::now();
     let first = ask(p.server.udp_addr(), "www.example.com", RecordType::A).await;
+    let answered = Instant::now();
     assert_eq!(first.response_code(), ResponseCode::NoError);
     assert_eq!(a_records(&first), vec![Ipv4Addr::new(192, 0, 2, 1)]);
     assert!(!first.authoritative());
+    assert_eq!(
+        first.answers()[0].ttl(),
+        300,
+        "the upstream's TTL, untouched"
+    );
+    // Over a second later the cached copy's TTL has counted down by its age in whole
+    // seconds: at least the time between the two queries, at most the whole exchange.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let min_age = answered.elapsed().as_secs() as u32;
     let second = ask(p.server.udp_addr(), "WWW.Example.com", RecordType::A).await;
+    let max_age = asked.elapsed().as_secs() as u32;
     assert_eq!(a_records(&second), vec![Ipv4Addr::new(192, 0, 2, 1)]);
     assert_eq!(second.queries()[0].name().to_ascii(), "WWW.Example.com.");
-    assert!(second.answers()[0].ttl() <= 300);
+    let ttl = second.answers()[0].ttl();
+    assert!(
+        (300 - max_age..=300 - min_age).contains(&ttl),
+        "TTL {ttl} after {min_age}..{max_age} s in the cache"
+    );
     assert_eq!(
         up.udp_queries.load(Ordering::SeqCst),
         1,
