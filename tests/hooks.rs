@@ -207,7 +207,9 @@ async fn a_hook_printing_10_mb_does_not_grow_memory_and_still_finishes() {
         grown_kb < 8 * 1024,
         "peak memory grew by {grown_kb} kB while 20 MB went through the hook's pipes"
     );
-    assert!(t0.elapsed() < Duration::from_secs(30));
+    // Well inside the 30 s hook timeout (it takes well under a second here): the pipes are
+    // drained as fast as the hook writes, not in small bites that make it time out.
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
 }
 
 #[tokio::test]
