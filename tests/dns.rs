@@ -38,6 +38,8 @@ struct Upstream {
     addr: SocketAddr,
     udp_queries: Arc<AtomicUsize>,
     tcp_queries: Arc<AtomicUsize>,
+    /// The DNS ID and the UDP source port of every query received, in arrival order.
+    udp_seen: Arc<std::sync::Mutex<Vec<(u16, u16)>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -88,8 +90,9 @@ async fn upstream(mode: Mode, answers: usize, delay: Duration) -> Upstream {
     let addr = udp.local_addr().unwrap();
     let udp_queries = Arc::new(AtomicUsize::new(0));
     let tcp_queries = Arc::new(AtomicUsize::new(0));
+    let udp_seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-    let (uq, tq) = (udp_queries.clone(), tcp_queries.clone());
+    let (uq, tq, seen) = (udp_queries.clone(), tcp_queries.clone(), udp_seen.clone());
     tokio::spawn(async move {
         let udp = Arc::new(udp);
         let mut buf = vec![0u8; 4096];
@@ -99,6 +102,10 @@ async fn upstream(mode: Mode, answers: usize, delay: Duration) -> Upstream {
                 r = udp.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { return };
                     uq.fetch_add(1, Ordering::SeqCst);
+                    if n >= 2 {
+                        let id = u16::from_be_bytes([buf[0], buf[1]]);
+                        seen.lock().unwrap().push((id, from.port()));
+                    }
                     if let Some(reply) = upstream_reply(&buf[..n], mode, answers, false) {
                         let udp = udp.clone();
                         tokio::spawn(async move {
@@ -130,6 +137,7 @@ async fn upstream(mode: Mode, answers: usize, delay: Duration) -> Upstream {
         addr,
         udp_queries,
         tcp_queries,
+        udp_seen,
         _stop: stop,
     }
 }
@@ -556,6 +564,144 @@ async fn an_idle_server_keeps_its_health_worker_fresh() {
         p.health.problems()
     );
     ask(p.server.udp_addr(), "router.home.lan", RecordType::A).await;
+}
+
+/// Every forwarded query gets an ID and a UDP source port an off-path attacker cannot guess
+/// (RFC 5452): a fixed port, a counter (of any stride) or the client's own ID passed through
+/// (the client here counts up) would fail. Random 16-bit values among 64 collide about 3% of
+/// the time and ephemeral ports (28,000 of them) less, so "at most 3 repeats" never flakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_queries_carry_random_ids_from_random_source_ports() {
+    const N: usize = 64;
+    let up = upstream(Mode::Answer, 1, Duration::ZERO).await;
+    let p = start(config(&[up.addr]), Duration::from_secs(10));
+    for i in 0..N {
+        let mut q = query(&format!("host{i}.example.com"), RecordType::A, None);
+        q[..2].copy_from_slice(&(i as u16 + 1).to_be_bytes());
+        let m = ask_raw(p.server.udp_addr(), &q)
+            .await
+            .unwrap_or_else(|| panic!("no answer for host{i}"));
+        assert_eq!(a_records(&m), vec![Ipv4Addr::new(192, 0, 2, 1)]);
+    }
+    let seen = up.udp_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), N, "one upstream query per name");
+    let ids: Vec<u16> = seen.iter().map(|(id, _)| *id).collect();
+    let ports: Vec<u16> = seen.iter().map(|(_, port)| *port).collect();
+    for (what, values) in [("ID", &ids), ("source port", &ports)] {
+        let distinct: std::collections::HashSet<u16> = values.iter().copied().collect();
+        assert!(
+            distinct.len() >= N - 3,
+            "only {} distinct upstream {what}s among {N} queries: {values:?}",
+            distinct.len()
+        );
+        // A counter, whatever its step, repeats its step.
+        let steps: std::collections::HashSet<u16> =
+            values.windows(2).map(|w| w[1].wrapping_sub(w[0])).collect();
+        assert!(
+            steps.len() >= N - 4,
+            "upstream {what}s follow a pattern ({} distinct steps): {values:?}",
+            steps.len()
+        );
+    }
+    let passed_through = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, id)| **id == *i as u16 + 1)
+        .count();
+    assert!(passed_through <= 2, "client IDs reused upstream: {ids:?}");
+}
+
+/// One HTTP/1.1 POST without a body; the status code and the body.
+async fn http_post(addr: SocketAddr, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect to the API");
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("send request");
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("the API answers")
+        .expect("read the answer");
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+/// `POST /api/v1/dns/cache/flush` over real HTTP, served by the routes the daemon mounts:
+/// 401 without the bearer token or with a wrong one, 403 once no token is configured (a
+/// reload removed it), and in each refusal the cache stays; with the token it answers 200
+/// and the next query goes upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_flush_api_needs_the_token_and_then_really_empties_the_cache() {
+    const TOKEN: &str = "flush-token-0123456789abcdef";
+    let up = upstream(Mode::Answer, 1, Duration::ZERO).await;
+    let dns_cfg = config(&[up.addr]);
+    let p = start(dns_cfg.clone(), Duration::from_secs(10));
+    let mut full = athena_dhcpd::config::Config {
+        dns: dns_cfg,
+        ..Default::default()
+    };
+    full.api.auth_token = Some(TOKEN.into());
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(full.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(athena_dhcpd::api::serve(
+        listener,
+        p.server.routes(rx),
+        stop.clone(),
+    ));
+    let dns = p.server.udp_addr();
+    let asked_upstream = || up.udp_queries.load(Ordering::SeqCst);
+    let flush = "/api/v1/dns/cache/flush";
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+
+    ask(dns, "www.example.com", RecordType::A).await;
+    ask(dns, "www.example.com", RecordType::A).await;
+    assert_eq!(asked_upstream(), 1, "the second answer came from the cache");
+
+    let basic = format!("Authorization: Basic {TOKEN}");
+    for (headers, why) in [
+        (vec![], "no token"),
+        (
+            vec!["Authorization: Bearer wrong-token-0123456789abcde"],
+            "wrong token",
+        ),
+        (vec![basic.as_str()], "not a bearer token"),
+    ] {
+        let (code, body) = http_post(api, flush, &headers).await;
+        assert_eq!(code, 401, "{why}: {body}");
+    }
+    ask(dns, "www.example.com", RecordType::A).await;
+    assert_eq!(asked_upstream(), 1, "a refused flush emptied the cache");
+
+    let (code, body) = http_post(api, flush, &[&bearer]).await;
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["flushed"], 1, "{body}");
+    ask(dns, "www.example.com", RecordType::A).await;
+    assert_eq!(
+        asked_upstream(),
+        2,
+        "after the flush the query went upstream"
+    );
+
+    // No token configured: mutations are off, even for a request carrying the old token.
+    full.api.auth_token = None;
+    tx.send(Arc::new(full)).unwrap();
+    let (code, body) = http_post(api, flush, &[&bearer]).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("auth_token"), "says what to set: {body}");
+    ask(dns, "www.example.com", RecordType::A).await;
+    assert_eq!(asked_upstream(), 2, "a refused flush emptied the cache");
+    stop.cancel();
 }
 
 // ---------------------------------------------------------------------------------------------
