@@ -267,9 +267,20 @@ fn authenticated(lab: &Lab) -> TcpStream {
     authenticated_session(lab).0
 }
 
+/// A dialer handshake done by hand with `secret`, up to and including the dialer's proof.
+fn dial_with_secret(lab: &Lab, secret: &str) -> TcpStream {
+    session_with_secret(lab, secret).0
+}
+
 /// [`authenticated`], plus the session keys (dialer→acceptor, acceptor→dialer) derived from
 /// the two nonces as the link does, so the test can seal frames that verify.
 fn authenticated_session(lab: &Lab) -> (TcpStream, Vec<u8>, Vec<u8>) {
+    session_with_secret(lab, SECRET)
+}
+
+/// The handshake with `secret` and the session keys it would give.
+fn session_with_secret(lab: &Lab, secret: &str) -> (TcpStream, Vec<u8>, Vec<u8>) {
+    let key = secret.as_bytes();
     let mut s = upgraded(lab, Node::A);
     let nd = [7u8; 32];
     s.write_all(&frame(
@@ -279,13 +290,13 @@ fn authenticated_session(lab: &Lab) -> (TcpStream, Vec<u8>, Vec<u8>) {
     let body = read_frame(&mut s);
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     let na = hex::decode(v["nonce"].as_str().expect("nonce")).expect("hex");
-    let proof = hmac(SECRET.as_bytes(), &[b"athena-ha/1 dialer", &na, &nd]);
+    let proof = hmac(key, &[b"athena-ha/1 dialer", &na, &nd]);
     s.write_all(&frame(
         format!("{{\"proof\":\"{}\"}}", hex::encode(proof)).as_bytes(),
     ))
     .expect("proof");
-    let d2a = hmac(SECRET.as_bytes(), &[b"athena-ha/1 d2a", &nd, &na]);
-    let a2d = hmac(SECRET.as_bytes(), &[b"athena-ha/1 a2d", &nd, &na]);
+    let d2a = hmac(key, &[b"athena-ha/1 d2a", &nd, &na]);
+    let a2d = hmac(key, &[b"athena-ha/1 a2d", &nd, &na]);
     (s, d2a, a2d)
 }
 
@@ -702,4 +713,82 @@ fn mac_of(lab: &Lab, client: usize) -> String {
         .nth(2)
         .unwrap_or_default()
         .to_string()
+}
+
+/// A node alone (its peer never came) serves, and a failover asked for through the API has
+/// nobody to go to: 409 with the reason, and the node keeps serving at the same epoch.
+#[test]
+fn api_failover_without_a_standby_is_refused_with_409_and_the_node_stays_active() {
+    if !require_root("api_failover_without_a_standby_is_refused_with_409") {
+        return;
+    }
+    let mut lab = Lab::new("ha409");
+    lab.start(
+        Node::A,
+        &NodeOpts {
+            api_extra: format!("auth_token = \"{TOKEN}\""),
+            ..opts(true)
+        },
+    );
+    lab.wait_state(Node::A, "ACTIVE", Duration::from_secs(10));
+    let e0 = epoch(&lab, Node::A);
+    let (code, body) = lab
+        .api_post(
+            Node::A,
+            "/api/v1/ha/failover",
+            &[&format!("Authorization: Bearer {TOKEN}")],
+        )
+        .expect("API answers");
+    assert_eq!(code, 409, "{body}\n{}", lab.dump());
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(answer["ok"], false, "{body}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no connected standby peer (peer not connected)")),
+        "the reason: {body}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+    assert_eq!(epoch(&lab, Node::A), e0);
+}
+
+/// A peer with the wrong key that keeps retrying (here 20 times in a row) fills no log: one
+/// line per peer and kind, while the metric counts every attempt.
+#[test]
+fn a_wrong_key_peer_retrying_is_logged_once_per_kind_and_counted_every_time() {
+    if !require_root("a_wrong_key_peer_retrying_is_logged_once_per_kind") {
+        return;
+    }
+    const TRIES: u64 = 20;
+    let mut lab = Lab::new("haonce");
+    lab.start(Node::A, &opts(true));
+    for i in 0..TRIES {
+        let mut s = dial_with_secret(&lab, "a-completely-different-secret-42");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "wrong key, try {i}: not closed"
+        );
+    }
+    // Another kind from the same peer is a line of its own.
+    for i in 0..3 {
+        let mut s = upgraded(&lab, Node::A);
+        s.write_all(&frame(b"\xff\xfenot json at all"))
+            .expect("write");
+        assert!(
+            closed_within(&mut s, Duration::from_secs(5)),
+            "garbage challenge, try {i}: not closed"
+        );
+    }
+    lab.wait_for("every attempt counted", Duration::from_secs(10), |l| {
+        link_errors(l, "wrong_key") == TRIES && link_errors(l, "malformed") == 3
+    });
+    let log = lab.log(Node::A);
+    let lines = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains("peer link from 10.0.0.10:") && l.contains(what))
+            .count()
+    };
+    assert_eq!(lines("refused: wrong shared_secret"), 1, "{log}");
+    assert_eq!(lines("refused: malformed challenge"), 1, "{log}");
 }
