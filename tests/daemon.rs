@@ -451,3 +451,69 @@ fn missing_cap_net_admin_is_named_with_the_setcap_line() {
         "{err}"
     );
 }
+
+/// A valid config that fails at run time (the lease database's directory is not writable by
+/// the daemon once it dropped to CAP_NET_ADMIN) exits with status 1, naming the file and why.
+#[test]
+fn a_runtime_failure_after_a_valid_config_exits_1_and_says_what_failed() {
+    if !require_root("a_runtime_failure_after_a_valid_config_exits_1") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let ns = Netns::new("exit1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let db = locked.join("leases.redb");
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nnode_name = \"exit1\"\nlease_db = \"{}\"\n[api]\nlisten = \"127.0.0.1:8067\"\n\
+             [[subnet]]\nnetwork = \"10.0.0.0/24\"\n[[subnet.pool]]\nrange_start = \"10.0.0.100\"\nrange_end = \"10.0.0.199\"\n",
+            db.display()
+        ),
+    )
+    .expect("write");
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(
+        check.status.success(),
+        "the config itself is valid: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut child = ns
+        .cmd(BIN)
+        .args(["--log-format", "text", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the daemon kept running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(1), "exit status {status}: {err}");
+    assert!(
+        err.contains("opening the lease database")
+            && err.contains(&db.display().to_string())
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+}
