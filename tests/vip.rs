@@ -1075,3 +1075,66 @@ fn the_event_stream_shows_a_vip_claim_live_and_ends_when_the_daemon_stops() {
         eof.load(Ordering::SeqCst)
     });
 }
+
+/// The daemon itself with an IPv6 VIP: after the drop to CAP_NET_ADMIN it adds the address
+/// without DAD, announces it with `garp_count` unsolicited NAs (from the packet socket it
+/// opened while privileged) that a host on the switch receives, and removes it on SIGTERM.
+#[test]
+fn the_daemon_claims_an_ipv6_vip_without_dad_announces_it_and_releases_it_on_sigterm() {
+    if !require_root("the_daemon_claims_an_ipv6_vip_without_dad") {
+        return;
+    }
+    let target: std::net::Ipv6Addr = "fd00::3".parse().expect("v6");
+    let mut lab = Lab::new("vip6d");
+    let opts = NodeOpts {
+        dns: false,
+        dhcp: false,
+        vip: false,
+        extra: "[[hooks.vip]]\nname = \"dns-vip6\"\naddress = \"fd00::3/64\"\ninterface = \"eth0\"\ngarp_count = 2\ngarp_interval = \"100ms\"\n".into(),
+        ..NodeOpts::standalone()
+    };
+    let cap = capture_na(&lab.c, target, 2);
+    lab.start(Node::A, &opts);
+    let frames = cap.join().expect("capture");
+    let mac = mac_of(&lab.a, "eth0");
+    assert_eq!(
+        frames.len(),
+        2,
+        "NAs seen on the switch (garp_count 2)\n{}",
+        lab.log(Node::A)
+    );
+    for f in &frames {
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0, 0, 0, 1], "to all nodes");
+        assert_eq!(&f[6..12], &mac, "from node A");
+        assert_eq!(f[58] & 0x20, 0x20, "Override flag");
+        assert_eq!(&f[80..86], &mac, "target link-layer address option");
+    }
+    let addrs = lab.a.run(&["ip", "-6", "addr", "show", "dev", "eth0"]);
+    let line = addrs
+        .lines()
+        .find(|l| l.contains("fd00::3/64"))
+        .unwrap_or_else(|| panic!("VIP not on eth0: {addrs}"));
+    assert!(!line.contains("tentative"), "added without DAD: {line}");
+    lab.wait_for("API shows the VIP held", Duration::from_secs(10), |l| {
+        vip_held_in_api(l)
+    });
+    assert!(
+        lab.log(Node::A)
+            .contains("claimed floating IP fd00::3/64 on eth0 (2 "),
+        "{}",
+        lab.log(Node::A)
+    );
+
+    lab.sigterm(Node::A);
+    let st = lab.wait_exit(Node::A, Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}\n{}", lab.log(Node::A));
+    assert!(
+        !lab.a
+            .run(&["ip", "-6", "addr", "show", "dev", "eth0"])
+            .contains("fd00::3"),
+        "VIP released on SIGTERM"
+    );
+    assert!(lab
+        .log(Node::A)
+        .contains("released floating IP fd00::3/64 from eth0"));
+}
