@@ -2,14 +2,14 @@
 //! `udhcpc` get leases with the configured router, DNS (the VIP) and domain; renewal keeps
 //! the address; release frees it; a reservation is honoured; a relay (a test socket with
 //! giaddr and option 82) is answered; bad datagrams are dropped and counted while the server
-//! keeps answering; and a client that leaves the
-//! broadcast bit clear gets its OFFER and ACK unicast to its new address (RFC 2131 §4.1).
-//! The lab is `common::dhcp_lab`; durability (fsync before ACK, `kill -9`) is
-//! `tests/durability.rs`.
+//! keeps answering; a client that leaves the broadcast bit clear gets its OFFER and ACK
+//! unicast to its new address (RFC 2131 §4.1); a unicast request is answered from the address
+//! it reached, the VIP or the node's own. The lab is `common::dhcp_lab`; durability (fsync
+//! before ACK, `kill -9`) is `tests/durability.rs`.
 
 mod common;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -379,6 +379,75 @@ fn a_relay_is_answered_at_giaddr_and_bad_datagrams_are_counted_while_service_goe
                 &format!("athena_dhcp_malformed_total{{reason=\"{reason}\"}}")
             ) >= 1.0,
             "{reason} not counted:\n{m}"
+        );
+    }
+}
+
+/// A unicast DHCP request to `server` from `s`; the reply with this xid and where it came
+/// from (retried a few times).
+fn unicast_exchange(
+    s: &UdpSocket,
+    pkt: &[u8],
+    server: SocketAddrV4,
+    xid: u32,
+) -> Option<(Message, std::net::SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        s.send_to(pkt, server).expect("send");
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            let Ok((n, from)) = s.recv_from(&mut buf) else {
+                continue;
+            };
+            if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
+                if m.xid() == xid {
+                    return Some((m, from));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// RFC 2131 §4.1 and the README: a reply leaves from the address the request reached. The
+/// server has 10.0.0.1 and the VIP 10.0.0.3 (its server identifier) on one interface; an
+/// INFORM unicast to either is answered from that same address, which is what a client's
+/// connected socket or a firewall's state expects. Neither "always the server identifier" nor
+/// "whatever the kernel picks" (10.0.0.1, the primary) passes both.
+#[test]
+fn a_unicast_request_is_answered_from_the_address_it_reached() {
+    if !require_root("a_unicast_request_is_answered_from_the_address_it_reached") {
+        return;
+    }
+    let lab = Lab::new("src", "1h");
+    lab.cli.addr("c0", "10.0.0.20/24");
+    let client = Ipv4Addr::new(10, 0, 0, 20);
+    let s = lab.cli.in_netns(move || {
+        let s = UdpSocket::bind(SocketAddrV4::new(client, 68)).expect("bind client port");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        s
+    });
+    let mac = [2, 0, 0, 0, 0x55, 1];
+    for (i, server) in [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 3)]
+        .into_iter()
+        .enumerate()
+    {
+        let xid = 0x5300 + i as u32;
+        let mut inform = request(8, mac, xid, Ipv4Addr::UNSPECIFIED, &[]);
+        inform[12..16].copy_from_slice(&client.octets());
+        let (reply, from) = unicast_exchange(&s, &inform, SocketAddrV4::new(server, 67), xid)
+            .unwrap_or_else(|| panic!("no answer to an INFORM sent to {server}\n{}", lab.log()));
+        assert_eq!(msg_type(&reply), Some(MessageType::Ack), "{reply:?}");
+        assert_eq!(
+            server_id(&reply),
+            Ipv4Addr::new(10, 0, 0, 3),
+            "the VIP is the server id"
+        );
+        assert_eq!(
+            from,
+            std::net::SocketAddr::from(SocketAddrV4::new(server, 67)),
+            "the INFORM sent to {server} was answered from {from}"
         );
     }
 }
