@@ -1,6 +1,8 @@
-//! Two real daemons (an HA pair) in lab namespaces, mostly with no VIP, no DNS, no DHCP: the peer
+//! Two real daemons (an HA pair) in lab namespaces, mostly without VIP, DNS or DHCP: the peer
 //! link and the state machine. Process kill, SIGSTOP/SIGCONT, SIGTERM handoff, a wrong
-//! secret, hostile input on the peer port, and a split brain with DHCP served on both sides.
+//! secret (logged once per peer and kind), hostile input on the peer port, the failover API
+//! (409 without a standby). Two tests run the whole product: a split brain with DHCP served on
+//! both sides, and a lease's expiry reaching the hooks, the standby and DNS.
 
 mod common;
 
@@ -8,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::lab::{dhclient_once, Lab, Node, NodeOpts, SECRET};
+use common::lab::{dhclient_once, Lab, Node, NodeOpts, DOMAIN, SECRET, VIP};
 use common::netns::require_root;
 
 fn opts(preempt: bool) -> NodeOpts {
@@ -791,4 +793,105 @@ fn a_wrong_key_peer_retrying_is_logged_once_per_kind_and_counted_every_time() {
     };
     assert_eq!(lines("refused: wrong shared_secret"), 1, "{log}");
     assert_eq!(lines("refused: malformed challenge"), 1, "{log}");
+}
+
+/// A lease's state (`active`, `expired`, ...) in the node's lease API.
+fn lease_state(lab: &Lab, node: Node, ip: std::net::Ipv4Addr) -> Option<String> {
+    let (code, body) = lab.api_get(node, &format!("/api/v1/leases/{ip}"))?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(v["state"].as_str()?.to_string())
+}
+
+/// Lease expiry end to end: a real client (ISC dhclient, sending a host name) takes a 10 s
+/// lease from the pair and dies without releasing it. At expiry the active node publishes
+/// `lease.expire` (a script hook receives it), the standby's lease API shows the lease
+/// expired (replicated), and the name no longer resolves through the VIP.
+#[test]
+fn an_abandoned_lease_expires_with_an_event_is_replicated_and_its_name_leaves_dns() {
+    if !require_root("an_abandoned_lease_expires_with_an_event_is_replicated") {
+        return;
+    }
+    let mut lab = Lab::new("haexp");
+    let events = lab.dir.path().join("expire-events");
+    let full = NodeOpts {
+        lease_time: "10s".into(),
+        ..NodeOpts::default()
+    };
+    lab.start(
+        Node::A,
+        &NodeOpts {
+            extra: format!(
+                "[[hooks.script]]\nname = \"expired\"\nevents = [\"lease.expire\"]\ncommand = \"cat >> {}; echo >> {}\"\n",
+                events.display(),
+                events.display()
+            ),
+            ..full.clone()
+        },
+    );
+    lab.start(Node::B, &full);
+    lab.wait_for(
+        "A ACTIVE and B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+        },
+    );
+
+    let dir = lab.dir.path().to_path_buf();
+    let client = lab.add_client("laptop");
+    let lease = dhclient_once(client, &dir, "laptop").expect("dhclient got a lease");
+    let bound = Instant::now();
+    // The client dies without a RELEASE and never renews (T1 is 5 s away).
+    for pid in client.pids() {
+        // SAFETY: kill(2) on processes in a namespace this test made.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let ip = lease.ip.expect("leased address");
+    let name = format!("laptop.{DOMAIN}");
+
+    lab.wait_for("the name resolves", Duration::from_secs(5), |l| {
+        l.dig(VIP, &name) == vec![ip]
+    });
+    assert_eq!(lease_state(&lab, Node::A, ip).as_deref(), Some("active"));
+    assert_eq!(
+        lease_state(&lab, Node::B, ip).as_deref(),
+        Some("active"),
+        "the ACK was replicated\n{}",
+        lab.dump()
+    );
+
+    lab.wait_for("lease.expire on the hook", Duration::from_secs(15), |_| {
+        std::fs::read_to_string(&events).is_ok_and(|t| t.contains(&ip.to_string()))
+    });
+    // Not at T1 or earlier: the clock is the lease's (whole seconds), `bound` is after the ACK.
+    let waited = bound.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7),
+        "expired after {waited:?} of a 10 s lease"
+    );
+    let text = std::fs::read_to_string(&events).expect("events");
+    let event: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("one event")).expect("event JSON");
+    assert_eq!(event["type"], "lease.expire", "{text}");
+    assert_eq!(event["node"], "node-a", "{text}");
+    assert_eq!(event["lease"]["ip"], ip.to_string(), "{text}");
+    assert_eq!(event["lease"]["hostname"], "laptop", "{text}");
+
+    lab.wait_for("the standby has it expired", Duration::from_secs(5), |l| {
+        lease_state(l, Node::B, ip).as_deref() == Some("expired")
+    });
+    assert_eq!(lease_state(&lab, Node::A, ip).as_deref(), Some("expired"));
+    lab.wait_for("the name is gone", Duration::from_secs(5), |l| {
+        l.dig(VIP, &name).is_empty()
+    });
+    let out = lab
+        .c
+        .try_run(&["dig", "+time=1", "+tries=1", &format!("@{VIP}"), &name, "A"]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("status: NXDOMAIN"), "{out}");
 }
