@@ -4,6 +4,7 @@
 #
 #   benches/dhcp-memory.sh                    # 50,000 leases
 #   LEASES=20000 benches/dhcp-memory.sh
+#   CHECK=1 benches/dhcp-memory.sh            # exit 1 when RSS goes over the 30 MB target
 #
 # Steps, each printing VmRSS and the split from /proc/PID/smaps_rollup (anonymous = heap and
 # stacks, file = binary and redb's mmap):
@@ -91,6 +92,8 @@ report() {
   fi
   printf '%-8s RSS %6d kB  anon %6d kB  file %6d kB  threads %2d  active leases %s\n' \
     "$label" "$rss" "$anon" "$file" "$thr" "${leases:-?}"
+  # README's target: under 30 MB with 50,000 leases, at every point of the run.
+  [ "$rss" -lt 30720 ] || { echo "CHECK: $label RSS $rss kB is over the 30 MB target" >&2; OVER=1; }
 }
 
 start_server
@@ -108,3 +111,6 @@ sleep 6
 report load
 stop_server
 echo "raw: $OUT" >&2
+if [ "${CHECK:-0}" = 1 ] && [ "${OVER:-0}" = 1 ]; then
+  echo "CHECK FAILED: RSS over 30 MB (above)"; exit 1
+fi

@@ -8,6 +8,7 @@
 #   STEP=20 SERVERS="athena kea" benches/dhcp.sh
 #   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
 #   SERVERS="athena athena-ha" benches/dhcp.sh          # the cost of HA replication
+#   CHECK=1 benches/dhcp.sh             # exit 1 when a figure misses README's target
 #   PERF_FSYNC=1 SKIP_PEAK=1 SERVERS=athena STEP=20 benches/dhcp.sh
 #       # also times every fdatasync of the fixed-rate run (perf tracepoints): the disk alone,
 #       # printed under the ACK latency and the lease writer's queue and commit times
@@ -365,4 +366,28 @@ if [ -n "${PEAK[athena-ha]:-}" ] && [ -n "${PEAK[athena]:-}" ]; then
   awk -v h="${PEAK[athena-ha]}" -v a="${PEAK[athena]}" -v hc="${CPU[athena-ha]}" -v ac="${CPU[athena]}" -v f="$OUT/ha.tsv" 'BEGIN{
     printf "\nathena-ha / athena: peak %s", (a > 0 ? sprintf("%.2fx", h/a) : "n/a");
     printf ", primary CPU per exchange %s (standby: %s)\n", (ac > 0 && hc > 0 ? sprintf("%.2fx", hc/ac) : "n/a"), f }'
+fi
+
+# CHECK=1: README's targets, from this run's figures (each needs both of its servers run).
+# athena's peak above Kea's; athena's CPU per exchange at most 0.7x Kea's; with HA the
+# primary's peak at least 0.8x the standalone one.
+if [ "${CHECK:-0}" = 1 ]; then
+  bad=0
+  target() { # what value op limit
+    if awk -v v="$2" -v l="$4" -v op="$3" 'BEGIN {exit !((op == ">" && v > l) || (op == "<=" && v <= l) || (op == ">=" && v >= l))}'; then
+      echo "check: $1 $2, target $3 $4"
+    else
+      echo "CHECK FAILED: $1 $2, target $3 $4"; bad=1
+    fi
+  }
+  if [ -n "${PEAK[athena]:-}" ] && [ -n "$kpeak" ] && [ "${SKIP_PEAK:-0}" != 1 ]; then
+    target "athena peak/s vs Kea's" "${PEAK[athena]}" ">" "$kpeak"
+  fi
+  if [ -n "${CPU[athena]:-}" ] && [ -n "$kcpu" ]; then
+    target "athena CPU us/exchange vs 0.7x Kea's" "${CPU[athena]}" "<=" "$(awk -v k="$kcpu" 'BEGIN {printf "%.1f", 0.7 * k}')"
+  fi
+  if [ -n "${PEAK[athena-ha]:-}" ] && [ -n "${PEAK[athena]:-}" ] && [ "${SKIP_PEAK:-0}" != 1 ]; then
+    target "athena-ha peak/s vs 0.8x athena's" "${PEAK[athena-ha]}" ">=" "$(awk -v a="${PEAK[athena]}" 'BEGIN {printf "%d", 0.8 * a}')"
+  fi
+  exit "$bad"
 fi

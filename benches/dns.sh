@@ -15,6 +15,7 @@
 #
 # Usage (root): benches/dns.sh            # builds the release binary first
 #   SKIP_BUILD=1 PEAK_SECS=5 RATE_SECS=5 REPEATS=3 MODE=local benches/dns.sh
+#   CHECK=1 benches/dns.sh   # exit 1 when athena misses README's targets against unbound
 # Every step's figures go to a TSV (OUT, default /tmp/dns-bench-<time>.tsv); a table with
 # ratios to unbound is printed at the end.
 set -euo pipefail
@@ -247,3 +248,26 @@ awk -F'\t' -v rate="rate$RATE" '
     }
     printf "(medians of the repeats; p99 [min-max]; ratios to %s; CPU = server CPU time per query)\n", ref
   }' "$OUT"
+
+# CHECK=1: README's targets (medians of the repeats): more QPS than unbound at peak, less CPU
+# per query than unbound at peak and at RATE, p99 under 1 ms at RATE.
+if [ "${CHECK:-0}" = 1 ]; then
+  awk -F'\t' -v rate="rate$RATE" '
+    function med(list,   n, arr, i, j, t) {
+      n = split(list, arr, " ")
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (arr[j] + 0 < arr[i] + 0) { t = arr[i]; arr[i] = arr[j]; arr[j] = t }
+      return n ? arr[int((n + 1) / 2)] : 0
+    }
+    function want(what, ok, detail) { printf "%s: %s (%s)\n", ok ? "check" : "CHECK FAILED", what, detail; if (!ok) bad = 1 }
+    NR == 1 { next }
+    $3 == "peak" { pq[$1] = pq[$1] " " $5; pc[$1] = pc[$1] " " $8 }
+    $3 == rate   { rc[$1] = rc[$1] " " $8; rp[$1] = rp[$1] " " $9 }
+    END {
+      if (!("athena" in pq) || !("unbound" in pq)) { print "CHECK FAILED: needs athena and unbound in SERVERS"; exit 1 }
+      want("peak QPS above unbound", med(pq["athena"]) > med(pq["unbound"]), med(pq["athena"]) " vs " med(pq["unbound"]))
+      want("CPU per query at peak below unbound", med(pc["athena"]) < med(pc["unbound"]), med(pc["athena"]) " vs " med(pc["unbound"]) " us")
+      want("CPU per query at " substr(rate, 5) " QPS below unbound", med(rc["athena"]) < med(rc["unbound"]), med(rc["athena"]) " vs " med(rc["unbound"]) " us")
+      want("p99 at " substr(rate, 5) " QPS under 1 ms", med(rp["athena"]) < 1, med(rp["athena"]) " ms")
+      exit bad
+    }' "$OUT" || exit 1
+fi

@@ -5,6 +5,8 @@
 #   sudo benches/failover.sh [--runs 5] [--systems "athena athena-fast keepalived keepalived-tuned hook"]
 #                            [--scenarios "kill host hung stop preempt"] [--tsv FILE] [--no-build]
 #   sudo benches/failover.sh --idle [SECONDS] [--no-build]
+#   add --check to either: exit 1 when an athena-dhcpd figure misses README's target (the
+#   table is printed first, then one "CHECK FAILED" line per miss)
 #
 # The lab is shared/lab/lab.sh's: a bridge in its own namespace (the switch), node A 10.0.0.1,
 # node B 10.0.0.2, client 10.0.0.10, VIP 10.0.0.3/24; nothing is configured in the host's own
@@ -51,6 +53,7 @@ SCENARIOS="kill host hung stop preempt"
 TSV=""
 BUILD=1
 IDLE=
+CHECK=0
 RUN_MAX=${RUN_MAX:-40}
 INTERVAL=${INTERVAL:-20ms}
 while [ $# -gt 0 ]; do
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --tsv) TSV=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    --check) CHECK=1; shift ;;
     --idle) if [[ ${2:-} =~ ^[0-9]+$ ]]; then IDLE=$2; shift 2; else IDLE=600; shift; fi ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -440,11 +444,21 @@ idle_run() {  # SECONDS
     END {printf "failure streaks: %d, longest %.0f ms (first failed query to the next answered one)\n", n, m}' "$out"
   grep -E ' (ok|fail)' "$out" | tail -n +2 | head -20 | sed 's/^/    /'
   echo "logs and probe output: $RD"
+  if [ "$CHECK" = 1 ]; then  # README's target: no transition, no unanswered query
+    local bad=0 f
+    for n in a b; do
+      [ "$(grep -cE "$TRANS" "$RD/$n/window.log")" = 0 ] ||
+        { echo "CHECK FAILED: node $n changed HA state during the idle run (target: 0)"; bad=1; }
+    done
+    f=$(sed -n 's/.* failed=\([0-9]*\).*/\1/p' <<<"$sum")
+    [ "${f:-x}" = 0 ] || { echo "CHECK FAILED: ${f:-?} queries unanswered during the idle run (target: 0)"; bad=1; }
+    return $bad
+  fi
 }
 
 if [ -n "$IDLE" ]; then
   idle_run "$IDLE"
-  exit 0
+  exit $?
 fi
 
 stats() {  # values... -> "min median max"
@@ -486,3 +500,30 @@ for sys in $SYSTEMS; do for sc in $SCENARIOS; do
     "$(echo $f | tr ' ' '/' | sed 's#/# / #g')" "$(echo $e)"
 done; done
 echo "per-run figures: $TSV"
+
+# --check: README's targets for athena-dhcpd, on the worst run (max), and no run in error.
+# kill < 100 ms; host lost and hung < failover_timeout + 100 ms; SIGTERM and preemption 0 failed.
+if [ "$CHECK" = 1 ]; then
+  bad=0
+  for sys in athena athena-fast; do
+    case "$sys" in athena) ft=10000 ;; athena-fast) ft=150 ;; esac
+    for sc in $SCENARIOS; do
+      row=${ROWS[$sys/$sc]:-}
+      case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
+      [ -n "$row" ] || continue
+      IFS='|' read -r o f e <<<"$row"
+      read -r _ _ omax <<<"$o"; read -r _ _ fmax <<<"$f"; e=$(echo $e)
+      case "$sc" in
+        kill) limit=100; what="outage ms" val=$omax ;;
+        host|hung) limit=$((ft + 100)); what="outage ms" val=$omax ;;
+        stop|preempt) limit=1; what="failed queries" val=$fmax ;;
+      esac
+      if [ "$e" != 0 ]; then echo "CHECK FAILED: $sys $sc: $e run(s) in error"; bad=1
+      elif [ "$val" = - ] || awk -v v="$val" -v l="$limit" 'BEGIN {exit !(v >= l)}'; then
+        echo "CHECK FAILED: $sys $sc: worst $what $val, target < $limit"; bad=1
+      fi
+    done
+  done
+  [ "$bad" = 0 ] && echo "check: every athena-dhcpd figure meets README's target"
+  exit "$bad"
+fi
