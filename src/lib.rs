@@ -17,4 +17,6 @@ pub mod hooks;
 pub mod lease;
 pub mod logging;
 pub mod privileges;
+#[cfg(test)]
+mod proptest_seed;
 pub mod vip;

@@ -718,7 +718,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #![proptest_config(crate::proptest_seed::config(2000))]
 
         /// Random bytes, and random mutations of a valid request, through the decoder and
         /// the handler: never a panic, a decoded request always gets a verdict, and a reply

@@ -220,7 +220,7 @@ fn clients_with_two_addresses(leases: &[Lease]) -> Vec<(String, Vec<Ipv4Addr>)> 
 proptest! {
     // Failures print the minimal scenario and are kept in proptest-regressions/lease/ (its
     // seed is replayed first on every later run).
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(crate::proptest_seed::config(40))]
 
     #[test]
     fn two_stores_converge_after_a_split_brain(steps in proptest::collection::vec(step(), 1..40)) {

@@ -1240,7 +1240,7 @@ fn simulate(faults: Vec<(u64, Fault)>, witness: bool, preempt: bool) -> Result<(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(crate::proptest_seed::config(300))]
 
     #[test]
     fn two_nodes_converge_to_one_active_under_random_faults(
