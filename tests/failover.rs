@@ -597,3 +597,86 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
     // handoff (it is the primary), with no query lost.
     a_takes_the_service_back_losing_nothing(&mut lab, "VIP link back", |l| l.port_up(Node::A));
 }
+
+/// One busy loop per core, each pinned and in its own session (like any other program on the
+/// machine), killed on drop, also when the test fails.
+struct BusyCores(Vec<std::process::Child>);
+
+impl BusyCores {
+    fn start() -> BusyCores {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        BusyCores(
+            (0..cores)
+                .map(|c| {
+                    std::process::Command::new("setsid")
+                        .args(["taskset", "-c", &c.to_string(), "sh", "-c"])
+                        .arg("while :; do :; done")
+                        .spawn()
+                        .expect("spawn a busy loop")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `HA X -> Y` lines a node logged after byte `from` of its log.
+fn transitions_since(lab: &Lab, node: Node, from: usize) -> Vec<String> {
+    lab.log(node)
+        .get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("HA ") && l.contains(" -> "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn no_false_failover_at_the_fast_setting_while_every_core_is_busy() {
+    if !require_root("no_false_failover_at_the_fast_setting_while_every_core_is_busy") {
+        return;
+    }
+    let _serial = timing_lock();
+    // README's fast setting, the one `benches/failover.sh --idle` runs for 10 minutes.
+    let fast = NodeOpts {
+        heartbeat_interval: "50ms".into(),
+        failover_timeout: "150ms".into(),
+        witness_timeout: Some("50ms".into()),
+        ..NodeOpts::default()
+    };
+    let lab = pair("busy", fast.clone(), fast);
+    let from = [lab.log(Node::A).len(), lab.log(Node::B).len()];
+    let probe = lab.prober();
+    let busy = BusyCores::start();
+    std::thread::sleep(Duration::from_secs(15));
+    drop(busy);
+    let log = probe.stop();
+    eprintln!("busy cores, fast setting: {}", log.summary());
+    for (n, from) in [(Node::A, from[0]), (Node::B, from[1])] {
+        let t = transitions_since(&lab, n, from);
+        assert!(
+            t.is_empty(),
+            "{} changed HA state with busy cores: {t:?}{}",
+            n.name(),
+            lab.dump()
+        );
+    }
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+    assert_eq!(lab.ha_state(Node::B).as_deref(), Some("STANDBY"));
+    assert_eq!(
+        log.failed(),
+        0,
+        "queries unanswered within {:?} with busy cores: {}",
+        common::lab::PROBE_TIMEOUT,
+        log.summary()
+    );
+    assert!(log.probes.len() > 500, "{}", log.summary());
+}
