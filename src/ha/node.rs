@@ -493,8 +493,7 @@ impl NodeTask {
             NodeMsg::LinkClosed { id, err } => {
                 if self.link.as_ref().is_some_and(|l| l.id == id) {
                     let l = self.link.take();
-                    if let (Some(l), Some(e)) = (l, err) {
-                        self.inner.log_link_error(l.addr, "to", &e);
+                    if let (Some(l), Some(_)) = (l, err) {
                         l.cancel.cancel();
                     }
                     self.pending.fail_all();
@@ -1131,6 +1130,7 @@ impl HaHandle {
         // Reader.
         let c = cancel.clone();
         let node = self.tx.clone();
+        let shared = self.inner.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -1146,6 +1146,10 @@ impl HaHandle {
                         }
                         Err(e) => {
                             c.cancel();
+                            // Logged and counted here, whether or not this is still the node's
+                            // current link: a replay or a bad MAC on a link that lost the
+                            // tie-break is as hostile as on the current one.
+                            shared.log_link_error(addr, "to", &e);
                             let _ = node.send(NodeMsg::LinkClosed { id, err: Some(e) }).await;
                             return;
                         }
