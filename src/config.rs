@@ -376,8 +376,9 @@ pub struct HaConfig {
     pub preempt: bool,
     /// Longest a DHCPACK waits for the standby to confirm the lease.
     pub max_ack_delay: Dur,
-    /// How long the VIP witness waits for an answer before declaring the peer gone.
-    pub witness_timeout: Dur,
+    /// How long the VIP witness waits for an answer before declaring the peer gone; unset,
+    /// [`HaConfig::witness_timeout`] derives it from `failover_timeout`.
+    pub witness_timeout: Option<Dur>,
 }
 
 impl Default for HaConfig {
@@ -392,12 +393,22 @@ impl Default for HaConfig {
             shared_secret: None,
             preempt: true,
             max_ack_delay: Dur::millis(250),
-            witness_timeout: Dur::millis(200),
+            witness_timeout: None,
         }
     }
 }
 
 impl HaConfig {
+    /// The witness timeout: as set, else the smaller of 200 ms and a third of
+    /// `failover_timeout`, so a short `failover_timeout` alone is a valid file (a fixed 200 ms
+    /// default refused `failover_timeout = "150ms"`).
+    pub fn witness_timeout(&self) -> Duration {
+        match self.witness_timeout {
+            Some(d) => d.0,
+            None => Duration::from_millis(200).min(self.failover_timeout.0 / 3),
+        }
+    }
+
     /// The peer address resolved to a socket address (validated at load when HA is on).
     pub fn peer_socket_addr(&self) -> Option<SocketAddr> {
         self.peer_address
@@ -1217,7 +1228,8 @@ fn validate_ha(ha: &HaConfig) -> Result<(), Invalid> {
             ),
         );
     }
-    if ha.witness_timeout.0.is_zero() || ha.witness_timeout.0 >= ha.failover_timeout.0 {
+    let witness = ha.witness_timeout();
+    if witness.is_zero() || witness >= ha.failover_timeout.0 {
         return err(
             "ha.witness_timeout",
             "must be longer than 0s and shorter than failover_timeout",

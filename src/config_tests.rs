@@ -53,7 +53,7 @@ fn empty_file_gives_every_default() {
     assert_eq!(c.ha.failover_timeout, Dur::secs(10));
     assert!(c.ha.preempt);
     assert_eq!(c.ha.max_ack_delay, Dur::millis(250));
-    assert_eq!(c.ha.witness_timeout, Dur::millis(200));
+    assert_eq!(c.ha.witness_timeout(), Duration::from_millis(200));
     assert!(!c.dns.enabled);
     assert_eq!(c.dns.listen_udp, "0.0.0.0:53".parse().unwrap());
     assert_eq!(c.dns.tcp_addr(), "0.0.0.0:53".parse().unwrap());
@@ -299,6 +299,26 @@ fn failover_timeout_shorter_than_two_heartbeats_is_refused() {
         "ha.failover_timeout",
         "at least twice heartbeat_interval",
     );
+}
+
+#[test]
+fn the_witness_timeout_follows_a_short_failover_timeout_unless_set() {
+    let ha = |extra: &str| {
+        parse_str(&format!(
+            "[ha]\nenabled = true\npeer_address = \"10.0.0.2\"\n{SECRET}heartbeat_interval = \"50ms\"\n{extra}"
+        ))
+    };
+    // failover_timeout alone: the derived witness timeout (a third of it) fits under it.
+    let c = ha("failover_timeout = \"150ms\"\n").expect("150ms alone loads");
+    assert_eq!(c.ha.witness_timeout(), Duration::from_millis(50));
+    // Long timeouts keep 200 ms.
+    let c = ha("failover_timeout = \"3s\"\n").expect("3s loads");
+    assert_eq!(c.ha.witness_timeout(), Duration::from_millis(200));
+    // Set by hand, it is taken as set, and still checked against failover_timeout.
+    let c = ha("failover_timeout = \"150ms\"\nwitness_timeout = \"100ms\"\n").expect("loads");
+    assert_eq!(c.ha.witness_timeout(), Duration::from_millis(100));
+    let e = ha("failover_timeout = \"150ms\"\nwitness_timeout = \"200ms\"\n").expect_err("refused");
+    assert!(e.to_string().contains("ha.witness_timeout"), "{e}");
 }
 
 #[test]

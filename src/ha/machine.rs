@@ -60,7 +60,7 @@ impl MachineConfig {
             handoff_ms: fo.clamp(500, 5000),
             sync_ms: (fo * 3).max(5000),
             witness,
-            witness_ms: (ha.witness_timeout.0.as_millis() as u64).min(fo / 2),
+            witness_ms: (ha.witness_timeout().as_millis() as u64).min(fo / 2),
         }
     }
 }

@@ -339,7 +339,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         failover_waiters: Vec::new(),
         shutdown_waiters: Vec::new(),
         witness_target,
-        witness_timeout: ha.witness_timeout.0,
+        witness_timeout: ha.witness_timeout(),
         heartbeat: ha.heartbeat_interval.0,
         last_heartbeat_unix: None,
     };
