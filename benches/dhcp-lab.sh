@@ -1,4 +1,4 @@
-# Sourced by benches/dhcp.sh and benches/dhcp-memory.sh: the lab of BENCH-METHOD.md.
+# Sourced by benches/dhcp.sh and benches/dhcp-memory.sh: the lab of benches/README.md.
 # dhcp_lab SRV_NS CLI_NS: two namespaces joined by a veth created inside SRV_NS (vsrv
 # 198.18.0.1/15 in SRV_NS, vcli 198.18.0.2/15 in CLI_NS); nothing in the host namespace.
 dhcp_lab() {

@@ -13,7 +13,7 @@
 #   2. restart: SIGTERM, start again on the same database, idle for 3 s;
 #   3. load:    FIXED_RATE/s for STEP s over 50,000 clients (renewals and new leases), as in
 #               the fixed-rate step of benches/dhcp.sh.
-# The server runs on core 1, perfdhcp on core 0 (BENCH-METHOD.md).
+# The server runs on core 1, perfdhcp on core 0 (benches/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

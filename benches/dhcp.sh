@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DHCP benchmark: perfdhcp against athena-dhcpd, kea-dhcp4 (memfile) and dnsmasq, in the same
-# run and the same lab, as /work/shared/BENCH-METHOD.md describes. Not a test: run it by hand
+# run and the same lab, as benches/README.md describes. Not a test: run it by hand
 # as root on an otherwise idle machine (it pins the load generator to core 0 and the server
 # to core 1).
 #

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DNS benchmark (not a test): dnsperf against athena-dhcpd, unbound and dnsmasq in one run,
-# as /work/shared/BENCH-METHOD.md describes, so the figures are comparable as ratios.
+# as benches/README.md describes, so the figures are comparable as ratios.
 #
 #  - everything runs in one private network namespace on its own loopback (server on
 #    127.0.0.1:5300, the upstream of MODE=cache on 127.0.0.1:5399); no query leaves it;

@@ -13,7 +13,7 @@
 # namespace. Each node answers `who.lab.test` with its own address (192.0.2.1 / 192.0.2.2), so
 # every reply says who answered. The client (examples/vipprobe.rs) sends one A query to VIP:53
 # every 20 ms from a connected UDP socket, timeout = interval; outage = first failed query sent
-# after the event → first answered query after the last failure (BENCH-METHOD.md); a slow answer
+# after the event → first answered query after the last failure (benches/README.md); a slow answer
 # before the event (a busy machine) is not counted.
 #
 # Systems
