@@ -322,8 +322,13 @@ pub struct ApiConfig {
     /// Used when HA is off; with HA on, the API answers on `[ha] listen_address`.
     #[serde(deserialize_with = "de_from_str")]
     pub listen: SocketAddr,
-    /// Bearer token for mutating endpoints; unset means they are refused.
+    /// Bearer token for mutating endpoints (and reading); unset means they are refused.
     pub auth_token: Option<String>,
+    /// Bearer token that only reads client data (leases, events, DNS statistics, metrics)
+    /// from a non-loopback address.
+    pub read_token: Option<String>,
+    /// `/metrics` without a token from anywhere (for a Prometheus without credentials).
+    pub public_metrics: bool,
 }
 
 impl Default for ApiConfig {
@@ -332,6 +337,8 @@ impl Default for ApiConfig {
             enabled: true,
             listen: "127.0.0.1:8067".parse().expect("literal"),
             auth_token: None,
+            read_token: None,
+            public_metrics: false,
         }
     }
 }
@@ -1156,15 +1163,20 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     if c.server.offer_hold.0.is_zero() {
         return err("server.offer_hold", "must be longer than 0s");
     }
-    if let Some(t) = &c.api.auth_token {
-        if t.len() < 16 {
-            return err(
-                "api.auth_token",
-                format!(
-                    "is {} bytes; use at least 16 (e.g. `openssl rand -hex 24`)",
-                    t.len()
-                ),
-            );
+    for (key, token) in [
+        ("api.auth_token", &c.api.auth_token),
+        ("api.read_token", &c.api.read_token),
+    ] {
+        if let Some(t) = token {
+            if t.len() < 16 {
+                return err(
+                    key,
+                    format!(
+                        "is {} bytes; use at least 16 (e.g. `openssl rand -hex 24`)",
+                        t.len()
+                    ),
+                );
+            }
         }
     }
     validate_ha(&c.ha)?;

@@ -267,6 +267,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             registry: Arc::new(std::mem::take(&mut registry)),
             bus: bus.clone(),
             shutdown: shutdown.clone(),
+            config: config_rx.clone(),
         };
         let app = crate::api::router(state, extra);
         let sd = shutdown.clone();

@@ -895,3 +895,67 @@ fn an_abandoned_lease_expires_with_an_event_is_replicated_and_its_name_leaves_dn
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("status: NXDOMAIN"), "{out}");
 }
+
+/// With HA on, the API listens on every address (the peer link shares its port): from a
+/// client's namespace, client data needs a token, health and HA status do not; the read token
+/// reads but does not change state.
+#[test]
+fn a_client_gets_401_on_client_data_and_200_on_health_and_the_read_token_only_reads() {
+    if !require_root("a_client_gets_401_on_client_data_and_200_on_health") {
+        return;
+    }
+    let mut lab = Lab::new("haapi");
+    let o = NodeOpts {
+        dhcp: true,
+        dns: true,
+        ..opts(true)
+    };
+    lab.start(Node::A, &o);
+    lab.wait_state(Node::A, "ACTIVE", Duration::from_secs(15));
+    let get = |ns: &common::netns::Netns, path: &str, headers: &[&str]| {
+        common::lab::http_request(ns, Node::A.api(), "GET", path, headers)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    let read = format!("Authorization: Bearer {}", common::lab::READ_TOKEN);
+    for path in ["/api/v1/health", "/api/v1/ha/status"] {
+        let (code, body) = get(&lab.c, path, &[]);
+        assert_eq!(code, 200, "{path} from a client: {body}");
+        assert!(
+            !body.contains("\"mac\"") && !body.contains("hostname"),
+            "{path} exposes no client data: {body}"
+        );
+    }
+    for path in [
+        "/api/v1/leases",
+        "/api/v1/leases/10.0.0.100",
+        "/metrics",
+        "/api/v1/events",
+        "/api/v1/dns/stats",
+    ] {
+        let (code, body) = get(&lab.c, path, &[]);
+        assert_eq!(code, 401, "{path} from a client without a token: {body}");
+        assert!(
+            body.contains("read_token"),
+            "{path}: says which token: {body}"
+        );
+        let (code, body) = get(&lab.c, path, &["Authorization: Bearer not-it"]);
+        assert_eq!(code, 401, "{path} with a wrong token: {body}");
+    }
+    let (code, body) = get(&lab.c, "/api/v1/leases", &[&read]);
+    assert_eq!(code, 200, "leases with the read token: {body}");
+    // (From loopback no token is needed: tests/durability.rs reads leases that way.)
+    // The read token does not change state: a failover asked with it is refused.
+    let (code, body) = common::lab::http_request(
+        &lab.c,
+        Node::A.api(),
+        "POST",
+        "/api/v1/ha/failover",
+        &[&read],
+    )
+    .expect("POST");
+    assert!(
+        code == 401 || code == 403,
+        "failover with the read token: {code} {body}"
+    );
+    assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
+}

@@ -2,6 +2,10 @@
 //! events); other modules add their routes (leases, DNS, failover, the peer-link upgrade)
 //! through `extra`. JSON is compact on purpose: the
 //! reference keepalived check script greps for `"status":"ok"` and `"state":"ACTIVE"`.
+//! Every route, the modules' included, sits behind [`access`]: client data needs a token
+//! unless the request comes from loopback.
+
+pub mod access;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{event_matches, EVENT_TYPES};
+use crate::config::{event_matches, Config, EVENT_TYPES};
 use crate::events::EventBus;
 use crate::ha::HaStatus;
 use crate::health::Health;
@@ -35,6 +39,8 @@ pub struct ApiState {
     pub bus: EventBus,
     /// Ends the event streams, so a watching client never holds up the daemon's exit.
     pub shutdown: CancellationToken,
+    /// The live config: the API tokens a request is checked against (a reload changes them).
+    pub config: watch::Receiver<Arc<Config>>,
 }
 
 /// Events a slow `/api/v1/events` client may fall behind by before it misses some (counted
@@ -43,6 +49,7 @@ const STREAM_QUEUE: usize = 1024;
 
 /// The full router: built-in endpoints merged with the modules' own routes.
 pub fn router(state: ApiState, extra: Router) -> Router {
+    let config = state.config.clone();
     Router::new()
         .route("/api/v1/health", get(health))
         .route("/api/v1/ha/status", get(ha_status))
@@ -50,6 +57,7 @@ pub fn router(state: ApiState, extra: Router) -> Router {
         .route("/api/v1/events", get(events))
         .with_state(state)
         .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(config, access::layer))
 }
 
 /// Serves until `shutdown` fires.
@@ -234,6 +242,7 @@ mod tests {
             registry: Arc::new(Registry::default()),
             bus: EventBus::new(),
             shutdown: CancellationToken::new(),
+            config: watch::channel(Arc::new(Config::default())).1,
         }
     }
 

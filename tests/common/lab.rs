@@ -35,6 +35,9 @@ pub const DOMAIN: &str = "lab.test";
 pub const WHO: &str = "who.lab.test";
 pub const API_PORT: u16 = 8067;
 pub const SECRET: &str = "lab-shared-secret-0123456789abcdef";
+/// Every lab node's `[api] read_token`; [`Lab::api_get`] sends it (the API is reached on the
+/// node's LAN address, not loopback, so client data needs it).
+pub const READ_TOKEN: &str = "lab-read-token-0123456789";
 pub const POOL: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 199));
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +182,7 @@ pub fn node_config(node: Node, opts: &NodeOpts, dir: &Path) -> String {
     line(w, "");
     line(w, "[api]");
     line(w, &format!("listen = \"{}\"", node.api()));
+    line(w, &format!("read_token = \"{READ_TOKEN}\""));
     if !opts.api_extra.is_empty() {
         line(w, &opts.api_extra);
     }
@@ -686,7 +690,8 @@ impl Lab {
     /// GET on the node's API, from inside the node's own namespace (works while its switch
     /// port is down). `None` when nothing answers within 2 s.
     pub fn api_get(&self, node: Node, path: &str) -> Option<(u16, String)> {
-        http_get(self.ns(node), node.api(), path).ok()
+        let auth = format!("Authorization: Bearer {READ_TOKEN}");
+        http_request(self.ns(node), node.api(), "GET", path, &[&auth]).ok()
     }
 
     /// `POST path` on the node's API with extra header lines (e.g. `Authorization: ...`).
