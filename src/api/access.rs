@@ -4,7 +4,7 @@
 //! from loopback. `/api/v1/health` and `/api/v1/ha/status` stay open (the reference's
 //! keepalived check script calls them without one) and carry no client data; the peer-link
 //! upgrade authenticates itself. Two tokens: `read_token` reads, `auth_token` (admin) reads
-//! and changes state (the mutating handlers check it themselves, from anywhere).
+//! and changes state: anything but a GET needs it, from anywhere, loopback included.
 //!
 //! Pure decisions ([`required`], [`check`]) apart from the axum layer, so each endpoint and
 //! origin is tested without sockets.
@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::json;
@@ -28,11 +28,17 @@ pub enum Need {
     Open,
     /// Loopback, or `read_token` / `auth_token`.
     Read,
+    /// `auth_token`, from anywhere (loopback too): it changes state.
+    Admin,
 }
 
-/// The paths anyone may ask for; every other path needs [`Need::Read`], so an endpoint added
-/// later is protected by default.
-pub fn required(path: &str, api: &ApiConfig) -> Need {
+/// A request that is not a GET changes state and needs [`Need::Admin`]; of the GETs, the
+/// paths below are open and every other needs [`Need::Read`], so an endpoint added later is
+/// protected by default.
+pub fn required(method: &Method, path: &str, api: &ApiConfig) -> Need {
+    if method != Method::GET && method != Method::HEAD {
+        return Need::Admin;
+    }
     match path {
         "/api/v1/health" | "/api/v1/ha/status" | crate::ha::peer::PATH => Need::Open,
         "/metrics" if api.public_metrics => Need::Open,
@@ -49,15 +55,37 @@ pub enum Refusal {
     Missing(IpAddr),
     #[error("wrong bearer token (neither [api] read_token nor auth_token)")]
     Wrong,
+    #[error("mutating endpoints are disabled: set [api] auth_token")]
+    AdminDisabled,
+    #[error("this endpoint changes state: send 'Authorization: Bearer <[api] auth_token>'")]
+    AdminMissing,
+    #[error("[api] read_token only reads; this endpoint needs auth_token")]
+    ReadOnly,
 }
 
 impl Refusal {
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::NoTokenConfigured(_) => StatusCode::FORBIDDEN,
-            Refusal::Missing(_) | Refusal::Wrong => StatusCode::UNAUTHORIZED,
+            Refusal::NoTokenConfigured(_) | Refusal::AdminDisabled | Refusal::ReadOnly => {
+                StatusCode::FORBIDDEN
+            }
+            Refusal::Missing(_) | Refusal::Wrong | Refusal::AdminMissing => {
+                StatusCode::UNAUTHORIZED
+            }
         }
     }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn same(given: &str, token: Option<&str>) -> bool {
+    token.is_some_and(|t| super::constant_time_eq(given.as_bytes(), t.as_bytes()))
 }
 
 /// Decides one request: `peer` is `None` when the connection's address is unknown, which
@@ -68,32 +96,37 @@ pub fn check(
     headers: &HeaderMap,
     api: &ApiConfig,
 ) -> Result<(), Refusal> {
-    if need == Need::Open || peer.is_some_and(|ip| ip.is_loopback()) {
-        return Ok(());
-    }
-    let from = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    let tokens: Vec<&str> = [api.read_token.as_deref(), api.auth_token.as_deref()]
-        .into_iter()
-        .flatten()
-        .collect();
-    if tokens.is_empty() {
-        return Err(Refusal::NoTokenConfigured(from));
-    }
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return Err(Refusal::Missing(from));
-    };
-    // Compare with every configured token, whatever matches first, in constant time each.
-    let ok = tokens.iter().fold(false, |ok, t| {
-        ok | super::constant_time_eq(given.as_bytes(), t.as_bytes())
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(Refusal::Wrong)
+    let admin = api.auth_token.as_deref();
+    let read = api.read_token.as_deref();
+    match need {
+        Need::Open => Ok(()),
+        Need::Admin => {
+            if admin.is_none() {
+                return Err(Refusal::AdminDisabled);
+            }
+            let given = bearer(headers).ok_or(Refusal::AdminMissing)?;
+            if same(given, admin) {
+                Ok(())
+            } else if same(given, read) {
+                Err(Refusal::ReadOnly)
+            } else {
+                Err(Refusal::AdminMissing)
+            }
+        }
+        Need::Read if peer.is_some_and(|ip| ip.is_loopback()) => Ok(()),
+        Need::Read => {
+            let from = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            if admin.is_none() && read.is_none() {
+                return Err(Refusal::NoTokenConfigured(from));
+            }
+            let given = bearer(headers).ok_or(Refusal::Missing(from))?;
+            // Both compared, each in constant time, whichever matches.
+            if same(given, read) | same(given, admin) {
+                Ok(())
+            } else {
+                Err(Refusal::Wrong)
+            }
+        }
     }
 }
 
@@ -109,7 +142,7 @@ pub async fn layer(
         .map(|c| c.0.ip());
     let refused = {
         let cfg = config.borrow();
-        let need = required(req.uri().path(), &cfg.api);
+        let need = required(req.method(), req.uri().path(), &cfg.api);
         check(need, peer, req.headers(), &cfg.api).err()
     };
     match refused {
@@ -150,23 +183,36 @@ mod tests {
     #[test]
     fn client_data_endpoints_need_a_token_and_health_and_ha_status_do_not() {
         let a = api(Some("r"), Some("w"), false);
+        let get = Method::GET;
         for p in [
             "/api/v1/leases",
             "/api/v1/leases/10.0.0.5",
             "/api/v1/events",
             "/api/v1/dns/stats",
-            "/api/v1/dns/cache/flush",
             "/api/v1/conflicts",
-            "/api/v1/ha/failover",
             "/metrics",
             "/anything/new",
         ] {
-            assert_eq!(required(p, &a), Need::Read, "{p}");
+            assert_eq!(required(&get, p, &a), Need::Read, "{p}");
         }
         for p in ["/api/v1/health", "/api/v1/ha/status", crate::ha::peer::PATH] {
-            assert_eq!(required(p, &a), Need::Open, "{p}");
+            assert_eq!(required(&get, p, &a), Need::Open, "{p}");
         }
-        assert_eq!(required("/metrics", &api(None, None, true)), Need::Open);
+        assert_eq!(
+            required(&get, "/metrics", &api(None, None, true)),
+            Need::Open
+        );
+        for p in [
+            "/api/v1/dns/cache/flush",
+            "/api/v1/ha/failover",
+            "/api/v1/health",
+        ] {
+            assert_eq!(required(&Method::POST, p, &a), Need::Admin, "{p}");
+        }
+        assert_eq!(
+            required(&Method::DELETE, "/api/v1/conflicts/10.0.0.9", &a),
+            Need::Admin
+        );
     }
 
     #[test]
@@ -197,6 +243,26 @@ mod tests {
         assert_eq!(
             check(Need::Open, LAN, &none, &api(None, None, false)),
             Ok(())
+        );
+        // Changing state needs the admin token, from loopback too; the read token is 403.
+        assert_eq!(check(Need::Admin, LO, &bearer("admin-tok"), &both), Ok(()));
+        assert_eq!(
+            check(Need::Admin, LO, &none, &both),
+            Err(Refusal::AdminMissing)
+        );
+        assert_eq!(
+            check(Need::Admin, LAN, &bearer("read-tok"), &both),
+            Err(Refusal::ReadOnly)
+        );
+        assert_eq!(Refusal::ReadOnly.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            check(
+                Need::Admin,
+                LAN,
+                &bearer("x"),
+                &api(Some("read-tok"), None, false)
+            ),
+            Err(Refusal::AdminDisabled)
         );
         // A read token alone is enough for reading.
         assert_eq!(
