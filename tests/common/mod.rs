@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dhcp_lab;
+pub mod ha_pair;
 pub mod lab;
 pub mod netns;
 

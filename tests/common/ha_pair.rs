@@ -1,0 +1,44 @@
+//! The HA pair most HA tests start from: two daemons in the failover lab with the peer link,
+//! no VIP, DNS or DHCP, fast timers (heartbeat 100 ms, failover_timeout 1 s).
+
+use std::time::Duration;
+
+use super::lab::{Lab, Node, NodeOpts};
+
+pub fn opts(preempt: bool) -> NodeOpts {
+    NodeOpts {
+        vip: false,
+        dns: false,
+        dhcp: false,
+        heartbeat_interval: "100ms".into(),
+        failover_timeout: "1s".into(),
+        preempt,
+        ..Default::default()
+    }
+}
+
+/// A ACTIVE, B STANDBY, linked.
+pub fn pair(tag: &str, preempt: bool) -> Lab {
+    let mut lab = Lab::new(tag);
+    lab.start(Node::A, &opts(preempt));
+    lab.start(Node::B, &opts(preempt));
+    lab.wait_for(
+        "A ACTIVE and B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            let a = l.ha_status(Node::A);
+            let b = l.ha_status(Node::B);
+            matches!((a, b), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+        },
+    );
+    lab
+}
+
+/// The node's HA epoch (`u64::MAX` when its API does not answer).
+pub fn epoch(lab: &Lab, n: Node) -> u64 {
+    lab.ha_status(n)
+        .and_then(|s| s["epoch"].as_u64())
+        .unwrap_or(u64::MAX)
+}
