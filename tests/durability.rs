@@ -9,12 +9,18 @@
 //! - `kill -9` while requests are still in flight: every ACK a client got before the kill is
 //!   a lease after the restart, and the restarted server renews it.
 //!
+//! And the other side of the promise: a commit that fails (the database's disk dies) sends no
+//! ACK and publishes no `lease.ack`, so a hook never announces a lease that is not there.
+//!
 //! The lab is `common::dhcp_lab` (the relay's subnet, 10.9.0.0/24).
 
 mod common;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::dhcp_lab::*;
@@ -269,6 +275,134 @@ fn every_ack_leaves_after_an_fdatasync_that_followed_the_write_of_its_lease() {
 }
 
 /// A DHCPACK (BOOTREPLY with option 53 = 5)?
+/// A small ext4 filesystem on a loop device for the lease database, which the test can kill:
+/// after [`DyingDisk::fail`] every write and fsync on it fails with EIO, as on a dead disk.
+/// (Making the file read-only does nothing: the daemon runs as root and holds it open.)
+/// Mounted before the daemon starts, so the daemon's mount namespace has it too.
+struct DyingDisk {
+    dir: tempfile::TempDir,
+}
+
+impl DyingDisk {
+    fn new() -> DyingDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(32 << 20))
+            .expect("image file");
+        std::fs::create_dir(dir.path().join("mnt")).expect("mount point");
+        let disk = DyingDisk { dir };
+        for cmd in [
+            vec!["mkfs.ext4", "-q", img.to_str().expect("utf-8 path")],
+            vec![
+                "mount",
+                "-o",
+                "loop",
+                img.to_str().expect("utf-8 path"),
+                disk.path().to_str().expect("utf-8 path"),
+            ],
+        ] {
+            let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect(cmd[0]);
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        disk
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// EXT4_IOC_SHUTDOWN without flushing the journal: the filesystem refuses all I/O.
+    fn fail(&self) {
+        const EXT4_IOC_SHUTDOWN: libc::c_ulong = 0x8004_587D;
+        const EXT4_GOING_FLAGS_NOLOGFLUSH: u32 = 2;
+        let mnt = std::fs::File::open(self.path()).expect("open mount point");
+        let flags = EXT4_GOING_FLAGS_NOLOGFLUSH;
+        // SAFETY: the ioctl reads one u32, which lives until it returns.
+        let r = unsafe { libc::ioctl(mnt.as_raw_fd(), EXT4_IOC_SHUTDOWN as _, &flags) };
+        assert_eq!(r, 0, "shutdown: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for DyingDisk {
+    fn drop(&mut self) {
+        // Lazy: a daemon still dying may hold it a moment longer; the loop device goes with
+        // the last user (mount -o loop sets autoclear).
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+#[test]
+fn a_commit_that_fails_sends_no_ack_and_publishes_no_lease_ack() {
+    if !require_root("a_commit_that_fails_sends_no_ack_and_publishes_no_lease_ack") {
+        return;
+    }
+    // Declared before the lab, so it is unmounted after the daemon is gone.
+    let disk = DyingDisk::new();
+    let db = disk.path().join("leases.redb");
+    let lab = Lab::with_config("cfail", "1h", |dir, text| {
+        let text = text.replace(
+            &dir.join("leases.redb").display().to_string(),
+            &db.display().to_string(),
+        );
+        format!(
+            "{text}\n[[hooks.script]]\nname = \"log\"\nevents = [\"lease.*\"]\n\
+             command = \"echo \\\"$ATHENA_EVENT $ATHENA_IP\\\" >> {}\"\n",
+            dir.join("events").display()
+        )
+    });
+    let events = || std::fs::read_to_string(lab.dir.path().join("events")).unwrap_or_default();
+    let s = lab.relay_socket();
+
+    // The control: before the fault an exchange is ACKed and its lease.ack published.
+    let (_, ack) = relay_exchange(&s, mac(1), 1).expect("ACK before the fault");
+    let control = format!("lease.ack {}", ack.yiaddr());
+    lab.wait_for("the control's lease.ack", Duration::from_secs(10), || {
+        events().lines().any(|l| l == control)
+    });
+
+    disk.fail();
+    // An offer needs no commit: it still comes. The REQUEST's commit fails: no ACK.
+    let discover = request(1, mac(2), 2, GIADDR, &[]);
+    let offer = exchange(&s, &discover, 2, MessageType::Offer).expect("offer after the fault");
+    let ip = offer.yiaddr();
+    let req = request(
+        3,
+        mac(2),
+        2,
+        GIADDR,
+        &[
+            (50, ip.octets().to_vec()),
+            (54, server_id(&offer).octets().to_vec()),
+        ],
+    );
+    assert!(
+        exchange(&s, &req, 2, MessageType::Ack).is_none(),
+        "{ip} was ACKed although its commit failed\n{}",
+        lab.log()
+    );
+    let failed = metric(&lab.api("/metrics"), "athena_dhcp_commit_failed_total");
+    assert!(failed >= 1.0, "no failed commit counted\n{}", lab.log());
+
+    // Events are published in handling order, so once a later offer is out, every event of
+    // the withheld REQUESTs has been decided.
+    let discover = request(1, mac(3), 3, GIADDR, &[]);
+    let marker = exchange(&s, &discover, 3, MessageType::Offer).expect("a later offer");
+    let marker = format!("lease.offer {}", marker.yiaddr());
+    lab.wait_for("the later offer's event", Duration::from_secs(10), || {
+        events().lines().any(|l| l == marker)
+    });
+    let seen = events();
+    assert!(
+        !seen.contains(&format!("lease.ack {ip}")) && !seen.contains(&format!("lease.renew {ip}")),
+        "the withheld ACK of {ip} was published:\n{seen}"
+    );
+}
+
 fn is_ack(b: &[u8]) -> bool {
     if b.len() < 240 || b[0] != 2 || b[236..240] != [99, 130, 83, 99] {
         return false;

@@ -3,9 +3,11 @@
 //! `packet` checks and encodes the wire format, `plan` turns the config into per-subnet
 //! data, `alloc` finds free addresses, `handler` is the protocol as a pure function, and
 //! `server` is the thin shell around it: sockets, the group commit before each DHCPACK,
-//! replication to the standby, events, metrics and rate limits. `api` lists leases.
+//! replication to the standby, metrics and rate limits; `announce` publishes lease events
+//! once they are durable. `api` lists leases.
 
 pub mod alloc;
+pub mod announce;
 pub mod api;
 pub mod handler;
 pub mod packet;

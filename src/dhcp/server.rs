@@ -6,6 +6,8 @@
 //! - Only a node whose HA state is ACTIVE answers; others count and drop.
 //! - No DHCPACK leaves before its lease is committed durably (and, with HA, acknowledged by
 //!   the standby or `ha.max_ack_delay` passed). A failed commit means no ACK.
+//! - A lease event is published under the same condition as its ACK, in handling order
+//!   (`announce`): a failed commit publishes nothing.
 //! - Lock order: handler state, then the lease index. Nobody takes them the other way round.
 //! - Malformed input is counted by reason and logged at debug; it never stops the loop.
 
@@ -33,6 +35,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::announce::Announcer;
 use super::handler::{handle, DhcpState, Ingress};
 use super::packet::{self, Dest, Reply};
 use super::plan::Plan;
@@ -373,7 +376,8 @@ struct Shared {
     ha: watch::Receiver<HaState>,
     replication: Option<Replication>,
     max_ack_delay: Duration,
-    bus: EventBus,
+    /// Lease events, each published once its commit is durable (see [`Announcer`]).
+    announce: Announcer,
     node: String,
     metrics: DhcpMetrics,
     client_port: u16,
@@ -402,7 +406,7 @@ impl DhcpServer {
             ha: self.ha.clone(),
             replication: self.replication.clone(),
             max_ack_delay: self.config.ha.max_ack_delay.0,
-            bus: self.bus.clone(),
+            announce: Announcer::start(self.bus.clone()),
             node: self.node.clone(),
             metrics: self.metrics.clone(),
             client_port: port.saturating_add(1),
@@ -549,20 +553,27 @@ async fn receive_loop(
             // A new interface: refresh the table for next time.
             *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
         }
-        let (outcome, pending) = {
+        let (outcome, pending, announced) = {
             let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
             let mut ix = sh.store.index();
-            let out = handle(&mut st, &mut ix, &req, &ingress, now);
-            // Submitted under the index lock: disk order = index order.
+            let mut out = handle(&mut st, &mut ix, &req, &ingress, now);
+            let events: Vec<Event> = std::mem::take(&mut out.events)
+                .into_iter()
+                .map(|(kind, ev)| Event::new(kind, sh.node.clone(), EventData::Lease(ev)))
+                .collect();
+            // Submitted and announced under the locks: disk order = index order = event order.
             let pending = (!out.commit.is_empty()).then(|| sh.store.submit(out.commit.clone()));
-            (out, pending)
+            let announced = match pending {
+                Some(_) => sh.announce.once_durable(events),
+                None => {
+                    sh.announce.now(events);
+                    None
+                }
+            };
+            (out, pending, announced)
         };
         if let Some(why) = outcome.ignored {
             sh.metrics.ignored(why);
-        }
-        for (kind, ev) in outcome.events {
-            sh.bus
-                .publish(Event::new(kind, sh.node.clone(), EventData::Lease(ev)));
         }
         let src = if rx.dst.is_broadcast() || rx.dst.is_unspecified() {
             None
@@ -583,6 +594,8 @@ async fn receive_loop(
                     match pending.wait().await {
                         Ok(_) => {}
                         Err(e) => {
+                            // `announced` drops here: the events of a withheld ACK are
+                            // never published.
                             sh.metrics.commit_failed.inc();
                             tracing::error!("lease commit failed, reply withheld: {e}");
                             return;
@@ -591,6 +604,10 @@ async fn receive_loop(
                     if let Some(rep) = &sh.replication {
                         sh.metrics
                             .replicated(rep.replicate(committed, sh.max_ack_delay).await);
+                    }
+                    // Exactly when the ACK may leave, and not before.
+                    if let Some(a) = announced {
+                        a.confirm();
                     }
                     if let Some(reply) = reply {
                         send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
@@ -749,17 +766,19 @@ async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Pr
                     if !gone.is_empty() {
                         tracing::info!(count = gone.len(), "{} leases expired", gone.len());
                     }
-                    for l in &gone {
-                        sh.bus.publish(Event::new(
-                            "lease.expire",
-                            sh.node.clone(),
-                            EventData::Lease(l.event()),
-                        ));
-                    }
+                    let events: Vec<Event> = gone
+                        .iter()
+                        .map(|l| {
+                            Event::new("lease.expire", sh.node.clone(), EventData::Lease(l.event()))
+                        })
+                        .collect();
+                    // Durable already (expire_due waited for the commit); like an ACK, the
+                    // events wait for the standby too.
                     if let (Some(rep), false) = (&sh.replication, gone.is_empty()) {
                         sh.metrics
                             .replicated(rep.replicate(gone, sh.max_ack_delay).await);
                     }
+                    sh.announce.now(events);
                 }
                 Err(e) => tracing::error!("lease expiry failed: {e}"),
             }

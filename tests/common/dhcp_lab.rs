@@ -80,6 +80,25 @@ impl Lab {
 
     /// [`Lab::new`] with the daemon started under `wrapper` (a command and its arguments).
     pub fn with_wrapper(tag: &str, lease_time: &str, wrapper: &[&str]) -> Lab {
+        Lab::build(tag, lease_time, wrapper, |_, text| text)
+    }
+
+    /// [`Lab::new`] with `edit` applied to the config text (given the lab's directory) before
+    /// the daemon first starts.
+    pub fn with_config(
+        tag: &str,
+        lease_time: &str,
+        edit: impl FnOnce(&Path, String) -> String,
+    ) -> Lab {
+        Lab::build(tag, lease_time, &[], edit)
+    }
+
+    fn build(
+        tag: &str,
+        lease_time: &str,
+        wrapper: &[&str],
+        edit: impl FnOnce(&Path, String) -> String,
+    ) -> Lab {
         let srv = Netns::new(&format!("{tag}s"));
         let cli = Netns::new(&format!("{tag}c"));
         let rly = Netns::new(&format!("{tag}r"));
@@ -92,7 +111,8 @@ impl Lab {
         srv.run(&["ip", "route", "add", "10.9.0.0/24", "via", "10.1.0.2"]);
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("athena.toml");
-        std::fs::write(&config, config_text(dir.path(), lease_time)).expect("write config");
+        let text = edit(dir.path(), config_text(dir.path(), lease_time));
+        std::fs::write(&config, text).expect("write config");
         let mut lab = Lab {
             srv,
             cli,
