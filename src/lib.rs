@@ -4,6 +4,7 @@
 //! The folders are the architecture: `ha/` decides who serves, `vip/` moves the address,
 //! `dhcp/` and `lease/` hand out and remember addresses, `dns/` answers on the VIP, `hooks/`
 //! tells the outside world, `api/` shows it all. `daemon` wires them in start-up order.
+//! `pktinfo` is the socket plumbing DHCP and DNS share: reply from the address asked.
 
 pub mod api;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod health;
 pub mod hooks;
 pub mod lease;
 pub mod logging;
+pub mod pktinfo;
 pub mod privileges;
 #[cfg(test)]
 mod proptest_seed;

@@ -12,18 +12,13 @@
 //! - Malformed input is counted by reason and logged at debug; it never stops the loop.
 
 use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::MessageType;
 use ipnet::Ipv4Net;
-use nix::sys::socket::{
-    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    SockaddrIn,
-};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +39,7 @@ use crate::events::{Event, EventBus, EventData};
 use crate::ha::HaState;
 use crate::health::Progress;
 use crate::lease::{Lease, LeaseStore, Replication};
+use crate::pktinfo;
 
 // ---------------------------------------------------------------------------------------------
 // Sockets (opened before the capability drop)
@@ -79,7 +75,7 @@ fn open_one(port: u16, device: Option<&str>) -> std::io::Result<std::net::UdpSoc
     sock.set_nonblocking(true)?;
     // Bursts of DISCOVERs must queue, not drop, while a commit is in flight.
     let _ = sock.set_recv_buffer_size(4 << 20);
-    setsockopt(&sock, sockopt::Ipv4PacketInfo, &true).map_err(std::io::Error::from)?;
+    pktinfo::enable(&sock, false)?;
     if let Some(d) = device {
         sock.bind_device(Some(d.as_bytes())).map_err(|e| {
             std::io::Error::new(e.kind(), format!("binding to interface {d:?}: {e}"))
@@ -431,38 +427,27 @@ impl DhcpServer {
     }
 }
 
+/// A request as it arrived: which interface, which destination.
 struct Received {
     len: usize,
     ifindex: u32,
     /// The request's IP destination (header), e.g. 255.255.255.255 or our address.
     dst: Ipv4Addr,
-    /// The local address the kernel would answer from.
-    spec_dst: Ipv4Addr,
     truncated: bool,
 }
 
 fn recv_pktinfo(fd: i32, buf: &mut [u8]) -> std::io::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
-    let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_TRUNC)
-        .map_err(std::io::Error::from)?;
-    let mut out = Received {
-        len: msg.bytes,
-        ifindex: 0,
-        dst: Ipv4Addr::BROADCAST,
-        spec_dst: Ipv4Addr::UNSPECIFIED,
-        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
-    };
-    if let Ok(cmsgs) = msg.cmsgs() {
-        for c in cmsgs {
-            if let ControlMessageOwned::Ipv4PacketInfo(pi) = c {
-                out.ifindex = pi.ipi_ifindex as u32;
-                out.dst = Ipv4Addr::from(u32::from_be(pi.ipi_addr.s_addr));
-                out.spec_dst = Ipv4Addr::from(u32::from_be(pi.ipi_spec_dst.s_addr));
-            }
-        }
-    }
-    Ok(out)
+    // MSG_TRUNC: the real length, so an oversize request is seen as such.
+    let rx = pktinfo::recv_one(fd, buf, libc::MSG_TRUNC)?;
+    Ok(Received {
+        len: rx.len,
+        ifindex: rx.ifindex,
+        dst: match rx.dst {
+            Some(IpAddr::V4(a)) => a,
+            _ => Ipv4Addr::BROADCAST,
+        },
+        truncated: rx.truncated,
+    })
 }
 
 async fn receive_loop(
@@ -658,24 +643,12 @@ async fn send_reply(
         }
     };
     let from = src.unwrap_or(reply.server_id);
-    let addr = SockaddrIn::from(dst);
     let attempt = |spec: Ipv4Addr| {
-        let pi = libc::in_pktinfo {
-            ipi_ifindex: ifx as i32,
-            ipi_spec_dst: libc::in_addr {
-                s_addr: u32::from(spec).to_be(),
-            },
-            ipi_addr: libc::in_addr { s_addr: 0 },
+        let src = pktinfo::Source {
+            addr: Some(IpAddr::V4(spec)),
+            ifindex: ifx,
         };
-        let iov = [IoSlice::new(&bytes)];
-        sendmsg(
-            fd,
-            &iov,
-            &[ControlMessage::Ipv4PacketInfo(&pi)],
-            MsgFlags::empty(),
-            Some(&addr),
-        )
-        .map_err(std::io::Error::from)
+        pktinfo::send_one(fd, false, &bytes, SocketAddr::V4(dst), src)
     };
     let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
     if r.is_err() && !from.is_unspecified() {

@@ -78,7 +78,7 @@ pub fn bind_addrs(udp_addr: SocketAddr, tcp_addr: SocketAddr) -> Result<DnsSocke
     let udp_what = || format!("DNS UDP listener on {udp_addr}");
     let udp = Socket::new(Domain::for_address(udp_addr), Type::DGRAM, None)
         .map_err(|e| explain(e, udp_what()))?;
-    udp::enable_pktinfo(&udp, udp_addr.is_ipv6()).map_err(|e| explain(e, udp_what()))?;
+    crate::pktinfo::enable(&udp, udp_addr.is_ipv6()).map_err(|e| explain(e, udp_what()))?;
     // Room for bursts while the serving loop is busy; the kernel caps it at rmem_max.
     let _ = udp.set_recv_buffer_size(4 << 20);
     udp.set_nonblocking(true)

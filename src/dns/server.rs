@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::Cache;
 use super::metrics::{DnsMetrics, Outcome};
-use super::udp::{Peer, RecvBatch, SendBatch, UdpEndpoint, BATCH};
+use super::udp::UdpEndpoint;
 use super::upstream::Upstreams;
 use super::wire::{
     parse_query, render_error, split_key, Answer, ParsedQuery, QueryMeta, RCODE_NOTIMP,
@@ -25,6 +25,7 @@ use super::wire::{
 };
 use super::zone::Zone;
 use crate::health::Progress;
+use crate::pktinfo::{Peer, RecvBatch, SendBatch, BATCH};
 
 /// Distinct questions waiting for upstreams at once; more are answered SERVFAIL at once.
 const MAX_INFLIGHT: usize = 4096;
