@@ -14,11 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod codec;
 pub mod index;
+mod merge;
 #[cfg(test)]
 mod merge_tests;
+mod migrate;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
+mod writer;
 
 pub use index::LeaseIndex;
 pub use store::{LeaseStore, StoreError};
