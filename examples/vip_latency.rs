@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use athena_dhcpd::config::{Config, Dur, VipConfig};
-use athena_dhcpd::events::{Event, EventBus, EventData, HaEvent};
+use athena_dhcpd::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use athena_dhcpd::ha::HaState;
 use athena_dhcpd::health::Health;
 use athena_dhcpd::vip::{self, arp, packet, PacketSockets, VipBoard, VipContext};
 use tokio::sync::watch;
@@ -62,13 +63,17 @@ fn drain(sock: &OwnedFd) {
     while packet::recv_frame(sock, &mut buf).is_ok() {}
 }
 
-fn failover(new: &str) -> Event {
+fn failover(new: HaState) -> Event {
     Event::new(
-        "ha.failover",
+        EventKind::HaFailover,
         "bench",
         EventData::Ha(HaEvent {
-            old_state: if new == "ACTIVE" { "STANDBY" } else { "ACTIVE" }.into(),
-            new_state: new.into(),
+            old_state: if new == HaState::Active {
+                HaState::Standby
+            } else {
+                HaState::Active
+            },
+            new_state: new,
             reason: "benchmark".into(),
             ..Default::default()
         }),
@@ -157,12 +162,12 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..rounds {
             drain(&wire);
             let t0 = Instant::now();
-            bus.publish(failover("ACTIVE"));
+            bus.publish(failover(HaState::Active));
             let seen = tokio::task::block_in_place(|| next_garp(&wire, Duration::from_secs(2)));
             if let Some(at) = seen {
                 samples.push(at - t0);
             }
-            bus.publish(failover("STANDBY"));
+            bus.publish(failover(HaState::Standby));
             while board.read().map(|b| b[0].held).unwrap_or(false) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }

@@ -16,6 +16,8 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+use crate::events::EventKind;
+
 /// Where `athena-dhcpd` looks when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/athena-dhcpd/athena-dhcpd.toml";
 
@@ -343,9 +345,11 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+/// Default: primary, as `[ha] role` defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    #[default]
     Primary,
     Secondary,
 }
@@ -814,40 +818,6 @@ impl VipConfig {
     pub fn net(&self) -> IpNet {
         self.address.parse().expect("validated at load")
     }
-}
-
-/// Every event type the daemon publishes; hook patterns must match at least one.
-pub const EVENT_TYPES: &[&str] = &[
-    "lease.discover",
-    "lease.offer",
-    "lease.ack",
-    "lease.renew",
-    "lease.nak",
-    "lease.release",
-    "lease.decline",
-    "lease.expire",
-    "ha.failover",
-    "ha.peer_up",
-    "ha.peer_down",
-    "ha.sync_complete",
-    "ha.split_brain",
-    "vip.claimed",
-    "vip.released",
-    "vip.conflict",
-    "vip.error",
-];
-
-/// Does an event pattern (`"ha.failover"`, `"ha.*"`, `"*"`) match an event type?
-pub fn event_matches(pattern: &str, event: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if let Some(prefix) = pattern.strip_suffix(".*") {
-        return event
-            .strip_prefix(prefix)
-            .is_some_and(|r| r.starts_with('.'));
-    }
-    pattern == event
 }
 
 impl Config {
@@ -1502,12 +1472,12 @@ fn validate_events(key: &str, events: &[String]) -> Result<(), Invalid> {
         );
     }
     for (i, p) in events.iter().enumerate() {
-        if !EVENT_TYPES.iter().any(|e| event_matches(p, e)) {
+        if !EventKind::pattern_is_known(p) {
             return err(
                 format!("{key}[{i}]"),
                 format!(
                     "{p:?} matches no event; patterns are an event name, a family like \"ha.*\", or \"*\"; events: {}",
-                    EVENT_TYPES.join(", ")
+                    EventKind::names()
                 ),
             );
         }

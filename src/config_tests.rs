@@ -123,6 +123,7 @@ fn durations_parse_and_print() {
 
 #[test]
 fn event_patterns_match_exact_family_and_all() {
+    use crate::events::pattern_matches as event_matches;
     assert!(event_matches("ha.failover", "ha.failover"));
     assert!(!event_matches("ha.failover", "ha.peer_up"));
     assert!(event_matches("ha.*", "ha.peer_up"));

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::events::EventBus;
-use crate::ha::HaStatus;
+use crate::ha::{HaState, HaStatus};
 use crate::health::Health;
 use crate::privileges::explain_bind_error;
 use crate::vip::VipBoard;
@@ -292,13 +292,13 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     if !cfg.ha.enabled {
         // A standalone node serves: tell the hooks so, e.g. so a [[hooks.vip]] claims its VIP.
         bus.publish(crate::events::Event::new(
-            "ha.failover",
+            crate::events::EventKind::HaFailover,
             node.clone(),
             crate::events::EventData::Ha(crate::events::HaEvent {
-                old_state: "STANDBY".into(),
-                new_state: "ACTIVE".into(),
+                old_state: HaState::Standby,
+                new_state: HaState::Active,
                 reason: "HA disabled: serving standalone".into(),
-                role: cfg.ha.role.to_string(),
+                role: cfg.ha.role,
                 peer_state: None,
                 epoch: 0,
             }),

@@ -10,15 +10,147 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use crate::config::Role;
+use crate::ha::HaState;
+
+/// Every event the daemon publishes. The serde name is the wire name hooks, webhooks, the SSE
+/// stream and `events = [...]` patterns use; code matches on the variant, never on the text.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum EventKind {
+    #[serde(rename = "lease.discover")]
+    LeaseDiscover,
+    #[serde(rename = "lease.offer")]
+    LeaseOffer,
+    #[serde(rename = "lease.ack")]
+    LeaseAck,
+    #[serde(rename = "lease.renew")]
+    LeaseRenew,
+    #[serde(rename = "lease.nak")]
+    LeaseNak,
+    #[serde(rename = "lease.release")]
+    LeaseRelease,
+    #[serde(rename = "lease.decline")]
+    LeaseDecline,
+    #[serde(rename = "lease.expire")]
+    LeaseExpire,
+    /// The HA state changed, or (old = new = ACTIVE) the service is announced again.
+    #[serde(rename = "ha.failover")]
+    HaFailover,
+    #[serde(rename = "ha.peer_up")]
+    HaPeerUp,
+    #[serde(rename = "ha.peer_down")]
+    HaPeerDown,
+    #[serde(rename = "ha.sync_complete")]
+    HaSyncComplete,
+    #[serde(rename = "ha.split_brain")]
+    HaSplitBrain,
+    #[serde(rename = "vip.claimed")]
+    VipClaimed,
+    #[serde(rename = "vip.released")]
+    VipReleased,
+    #[serde(rename = "vip.conflict")]
+    VipConflict,
+    #[serde(rename = "vip.error")]
+    VipError,
+}
+
+impl EventKind {
+    /// Every kind, in the order the docs and config errors list them.
+    pub const ALL: [EventKind; 17] = [
+        EventKind::LeaseDiscover,
+        EventKind::LeaseOffer,
+        EventKind::LeaseAck,
+        EventKind::LeaseRenew,
+        EventKind::LeaseNak,
+        EventKind::LeaseRelease,
+        EventKind::LeaseDecline,
+        EventKind::LeaseExpire,
+        EventKind::HaFailover,
+        EventKind::HaPeerUp,
+        EventKind::HaPeerDown,
+        EventKind::HaSyncComplete,
+        EventKind::HaSplitBrain,
+        EventKind::VipClaimed,
+        EventKind::VipReleased,
+        EventKind::VipConflict,
+        EventKind::VipError,
+    ];
+
+    /// The wire name (the same string serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::LeaseDiscover => "lease.discover",
+            EventKind::LeaseOffer => "lease.offer",
+            EventKind::LeaseAck => "lease.ack",
+            EventKind::LeaseRenew => "lease.renew",
+            EventKind::LeaseNak => "lease.nak",
+            EventKind::LeaseRelease => "lease.release",
+            EventKind::LeaseDecline => "lease.decline",
+            EventKind::LeaseExpire => "lease.expire",
+            EventKind::HaFailover => "ha.failover",
+            EventKind::HaPeerUp => "ha.peer_up",
+            EventKind::HaPeerDown => "ha.peer_down",
+            EventKind::HaSyncComplete => "ha.sync_complete",
+            EventKind::HaSplitBrain => "ha.split_brain",
+            EventKind::VipClaimed => "vip.claimed",
+            EventKind::VipReleased => "vip.released",
+            EventKind::VipConflict => "vip.conflict",
+            EventKind::VipError => "vip.error",
+        }
+    }
+
+    /// Does a hook/SSE pattern (`"ha.failover"`, `"ha.*"`, `"*"`) select this kind?
+    pub fn matches(self, pattern: &str) -> bool {
+        pattern_matches(pattern, self.as_str())
+    }
+
+    /// Is `pattern` one that selects at least one event? (A typo like `"vip.claim"` is not.)
+    pub fn pattern_is_known(pattern: &str) -> bool {
+        Self::ALL.iter().any(|k| k.matches(pattern))
+    }
+
+    /// The wire names, comma separated, for error messages.
+    pub fn names() -> String {
+        Self::ALL.map(EventKind::as_str).join(", ")
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Comparing with a wire name reads naturally in tests and log filters; decisions in the
+/// daemon compare variants.
+impl PartialEq<&str> for EventKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Does an event pattern (`"ha.failover"`, `"ha.*"`, `"*"`) match an event name?
+pub fn pattern_matches(pattern: &str, event: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix(".*") {
+        return event
+            .strip_prefix(prefix)
+            .is_some_and(|r| r.starts_with('.'));
+    }
+    pattern == event
+}
 
 /// One thing that happened, as hooks and the API see it (JSON with a `type` field).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Event {
-    /// `ha.failover`, `lease.ack`, ... (see [`crate::config::EVENT_TYPES`]).
+    /// `ha.failover`, `lease.ack`, ...
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: EventKind,
     /// Unix time in milliseconds.
     pub timestamp_ms: u64,
     /// The node that emitted it.
@@ -38,12 +170,12 @@ pub enum EventData {
 /// `ha.*`: state changes and peer link news.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct HaEvent {
-    pub old_state: String,
-    pub new_state: String,
+    pub old_state: HaState,
+    pub new_state: HaState,
     /// A sentence a person can read: `peer heartbeat timeout after 10.0s`.
     pub reason: String,
-    pub role: String,
-    pub peer_state: Option<String>,
+    pub role: Role,
+    pub peer_state: Option<HaState>,
     pub epoch: u64,
 }
 
@@ -79,7 +211,7 @@ pub struct VipEvent {
 }
 
 impl Event {
-    pub fn new(kind: &'static str, node: impl Into<String>, data: EventData) -> Self {
+    pub fn new(kind: EventKind, node: impl Into<String>, data: EventData) -> Self {
         Event {
             kind,
             timestamp_ms: now_ms(),
@@ -171,7 +303,7 @@ impl EventBus {
                         if n % 1000 == 0 {
                             tracing::warn!(
                                 subscriber = %s.name,
-                                event = event.kind,
+                                event = event.kind.as_str(),
                                 dropped_total = n + 1,
                                 "event queue of {} is full, dropped {} event",
                                 s.name,
@@ -208,7 +340,7 @@ mod tests {
 
     fn ha(n: u64) -> Event {
         Event::new(
-            "ha.failover",
+            EventKind::HaFailover,
             "n",
             EventData::Ha(HaEvent {
                 epoch: n,
@@ -252,21 +384,46 @@ mod tests {
     #[test]
     fn event_json_has_type_and_flat_payload() {
         let e = Event {
-            kind: "ha.failover",
+            kind: EventKind::HaFailover,
             timestamp_ms: 1,
             node: "node-a".into(),
             data: EventData::Ha(HaEvent {
-                old_state: "STANDBY".into(),
-                new_state: "ACTIVE".into(),
+                old_state: HaState::Standby,
+                new_state: HaState::Active,
                 reason: "r".into(),
-                role: "primary".into(),
-                peer_state: None,
+                role: Role::Primary,
+                peer_state: Some(HaState::Fault),
                 epoch: 2,
             }),
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).expect("json");
         assert_eq!(v["type"], "ha.failover");
         assert_eq!(v["ha"]["new_state"], "ACTIVE");
+        assert_eq!(v["ha"]["old_state"], "STANDBY");
+        assert_eq!(v["ha"]["peer_state"], "FAULT");
+        assert_eq!(v["ha"]["role"], "primary");
         assert_eq!(v["node"], "node-a");
+    }
+
+    #[test]
+    fn every_kind_serialises_to_its_wire_name_and_back() {
+        for k in EventKind::ALL {
+            let json = serde_json::to_string(&k).expect("json");
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+            let back: EventKind = serde_json::from_str(&json).expect("parse");
+            assert_eq!(back, k);
+        }
+    }
+
+    #[test]
+    fn patterns_select_by_name_family_or_all() {
+        assert!(EventKind::HaFailover.matches("ha.failover"));
+        assert!(!EventKind::HaPeerUp.matches("ha.failover"));
+        assert!(EventKind::HaPeerUp.matches("ha.*"));
+        assert!(!EventKind::HaFailover.matches("lease.*"));
+        assert!(EventKind::VipClaimed.matches("*"));
+        assert!(EventKind::pattern_is_known("vip.*"));
+        assert!(!EventKind::pattern_is_known("vip.claim"));
+        assert!(!EventKind::pattern_is_known("dns.*"));
     }
 }

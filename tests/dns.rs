@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use athena_dhcpd::config::{DnsConfig, DnsRecordConfig, Dur};
 use athena_dhcpd::dns::{self, DnsOptions, DnsServer, TcpOptions};
-use athena_dhcpd::events::{Event, EventBus, EventData, LeaseEvent};
+use athena_dhcpd::events::{Event, EventBus, EventData, EventKind, LeaseEvent};
 use athena_dhcpd::health::Health;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{rdata, DNSClass, Name, RData, Record, RecordType};
@@ -426,7 +426,7 @@ async fn local_names_are_answered_and_unknown_ones_under_the_domain_are_not_forw
 async fn lease_events_add_and_remove_host_names() {
     let p = start(config(&[]), Duration::from_secs(10));
     let addr = p.server.udp_addr();
-    let lease = |kind: &'static str| {
+    let lease = |kind: EventKind| {
         Event::new(
             kind,
             "test-node",
@@ -442,7 +442,7 @@ async fn lease_events_add_and_remove_host_names() {
             }),
         )
     };
-    p.bus.publish(lease("lease.ack"));
+    p.bus.publish(lease(EventKind::LeaseAck));
     eventually("laptop.home.lan to resolve", async || {
         a_records(&ask(addr, "laptop.home.lan", RecordType::A).await)
             == vec![Ipv4Addr::new(10, 0, 0, 77)]
@@ -450,7 +450,7 @@ async fn lease_events_add_and_remove_host_names() {
     .await;
     let m = ask(addr, "77.0.0.10.in-addr.arpa", RecordType::PTR).await;
     assert_eq!(m.answers()[0].data().to_string(), "laptop.home.lan.");
-    p.bus.publish(lease("lease.release"));
+    p.bus.publish(lease(EventKind::LeaseRelease));
     eventually("laptop.home.lan to go", async || {
         ask(addr, "laptop.home.lan", RecordType::A)
             .await
@@ -479,11 +479,11 @@ async fn lease_names_are_loaded_from_the_store_at_start_and_on_becoming_active()
     // Leases replicated while standby; the node then takes over.
     *store.lock().unwrap() = vec![(Ipv4Addr::new(10, 0, 0, 91), "scanner".to_string())];
     p.bus.publish(Event::new(
-        "ha.failover",
+        athena_dhcpd::events::EventKind::HaFailover,
         "test-node",
         EventData::Ha(athena_dhcpd::events::HaEvent {
-            old_state: "STANDBY".into(),
-            new_state: "ACTIVE".into(),
+            old_state: athena_dhcpd::ha::HaState::Standby,
+            new_state: athena_dhcpd::ha::HaState::Active,
             ..Default::default()
         }),
     ));

@@ -7,21 +7,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use athena_dhcpd::config::{Config, Dur, ScriptHookConfig};
-use athena_dhcpd::events::{Event, EventBus, EventData, HaEvent};
+use athena_dhcpd::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use athena_dhcpd::ha::HaState::{self, Active, Fault, Standby};
 use athena_dhcpd::hooks::script::{Outcome, ScriptRunner};
 use athena_dhcpd::hooks::{self, HookContext, HookMetrics};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-fn failover(old: &str, new: &str) -> Event {
+fn failover(old: HaState, new: HaState) -> Event {
     Event::new(
-        "ha.failover",
+        EventKind::HaFailover,
         "node-a",
         EventData::Ha(HaEvent {
-            old_state: old.into(),
-            new_state: new.into(),
+            old_state: old,
+            new_state: new,
             reason: "test reason".into(),
-            role: "primary".into(),
+            role: athena_dhcpd::config::Role::Primary,
             peer_state: None,
             epoch: 7,
         }),
@@ -113,7 +114,7 @@ async fn a_script_gets_the_documented_env_and_the_event_json_on_stdin() {
         ),
         Duration::from_secs(10),
     );
-    let ev = failover("STANDBY", "ACTIVE");
+    let ev = failover(Standby, Active);
     assert_eq!(r.run(&ev).await, Outcome::Exited(0));
     assert_eq!(
         read(&env),
@@ -144,7 +145,7 @@ async fn a_timed_out_hook_is_killed_with_its_children_even_those_ignoring_term()
         Duration::from_millis(500),
     );
     let t0 = Instant::now();
-    let out = r.run(&failover("STANDBY", "ACTIVE")).await;
+    let out = r.run(&failover(Standby, Active)).await;
     assert_eq!(out, Outcome::TimedOut);
     assert!(
         t0.elapsed() < Duration::from_secs(8),
@@ -169,9 +170,9 @@ async fn two_quick_failover_events_reach_a_hook_in_order() {
             log.display()
         ),
     )]);
-    bus.publish(failover("STANDBY", "ACTIVE"));
-    bus.publish(failover("ACTIVE", "STANDBY"));
-    bus.publish(failover("STANDBY", "FAULT"));
+    bus.publish(failover(Standby, Active));
+    bus.publish(failover(Active, Standby));
+    bus.publish(failover(Standby, Fault));
     wait_for("three runs", Duration::from_secs(10), || {
         read(&log).lines().count() == 3
     })
@@ -198,10 +199,7 @@ async fn a_hook_printing_10_mb_does_not_grow_memory_and_still_finishes() {
         Duration::from_secs(30),
     );
     let t0 = Instant::now();
-    assert_eq!(
-        r.run(&failover("STANDBY", "ACTIVE")).await,
-        Outcome::Exited(0)
-    );
+    assert_eq!(r.run(&failover(Standby, Active)).await, Outcome::Exited(0));
     let grown_kb = vm_hwm_kb().saturating_sub(before);
     assert!(
         grown_kb < 8 * 1024,
@@ -223,8 +221,8 @@ async fn a_failing_hook_does_not_affect_the_others() {
             format!("echo $ATHENA_HA_NEW_STATE >> {}", log.display()),
         ),
     ]);
-    bus.publish(failover("STANDBY", "ACTIVE"));
-    bus.publish(failover("ACTIVE", "STANDBY"));
+    bus.publish(failover(Standby, Active));
+    bus.publish(failover(Active, Standby));
     wait_for("good hook ran twice", Duration::from_secs(10), || {
         read(&log).lines().count() == 2
     })
@@ -255,14 +253,14 @@ async fn after_a_reload_events_go_to_the_new_hooks() {
     cfg.hooks.scripts = vec![script("old", format!("echo x >> {}", old_log.display()))];
     let (tx, rx) = watch::channel(Arc::new(cfg.clone()));
     let (bus, shutdown, _, _) = start_hooks(rx);
-    bus.publish(failover("STANDBY", "ACTIVE"));
+    bus.publish(failover(Standby, Active));
     wait_for("old hook ran", Duration::from_secs(10), || {
         read(&old_log).lines().count() == 1
     })
     .await;
     cfg.hooks.scripts = vec![script("new", format!("echo y >> {}", new_log.display()))];
     tx.send(Arc::new(cfg)).expect("reload");
-    bus.publish(failover("ACTIVE", "STANDBY"));
+    bus.publish(failover(Active, Standby));
     wait_for("new hook ran", Duration::from_secs(10), || {
         read(&new_log).lines().count() == 1
     })
@@ -290,8 +288,8 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     cfg.hooks.scripts = vec![script("one", cmd.clone()), script("two", cmd)];
     let (tx, rx) = watch::channel(Arc::new(cfg));
     let (bus, shutdown, _, _) = start_hooks(rx);
-    bus.publish(failover("STANDBY", "ACTIVE"));
-    bus.publish(failover("ACTIVE", "STANDBY"));
+    bus.publish(failover(Standby, Active));
+    bus.publish(failover(Active, Standby));
     wait_for("four runs", Duration::from_secs(15), || {
         read(&log).lines().count() == 8
     })
@@ -309,7 +307,7 @@ async fn script_concurrency_bounds_parallel_runs_across_hooks() {
     cfg.hooks.scripts = vec![script("one", cmd.clone()), script("two", cmd)];
     tx.send(Arc::new(cfg)).expect("reload");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    bus.publish(failover("STANDBY", "ACTIVE"));
+    bus.publish(failover(Standby, Active));
     wait_for("two runs", Duration::from_secs(15), || {
         read(&log2).lines().count() == 4
     })
@@ -344,9 +342,9 @@ async fn at_shutdown_published_events_are_delivered_and_a_hung_script_is_killed_
     ];
     let (_tx, rx) = watch::channel(Arc::new(cfg));
     let (bus, _, _, hooks) = start_hooks(rx);
-    bus.publish(failover("STANDBY", "ACTIVE"));
+    bus.publish(failover(Standby, Active));
     // Published right before shutdown, as the VIP's release is: it must still run.
-    bus.publish(failover("ACTIVE", "STANDBY"));
+    bus.publish(failover(Active, Standby));
     let started = Instant::now();
     hooks.finish(Duration::from_millis(1500)).await;
     let took = started.elapsed();

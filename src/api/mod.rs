@@ -21,8 +21,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{event_matches, Config, EVENT_TYPES};
-use crate::events::EventBus;
+use crate::config::Config;
+use crate::events::{EventBus, EventKind};
 use crate::ha::HaStatus;
 use crate::health::Health;
 use crate::vip::VipBoard;
@@ -146,10 +146,10 @@ pub fn event_filter(spec: Option<&str>) -> Result<Vec<String>, String> {
         return Err("empty events filter".into());
     }
     for p in &pats {
-        if !EVENT_TYPES.iter().any(|e| event_matches(p, e)) {
+        if !EventKind::pattern_is_known(p) {
             return Err(format!(
                 "{p:?} matches no event; events: {}",
-                EVENT_TYPES.join(", ")
+                EventKind::names()
             ));
         }
     }
@@ -173,8 +173,10 @@ async fn events(State(state): State<ApiState>, Query(q): Query<EventsQuery>) -> 
                     _ = shutdown.cancelled() => return None,
                     ev = rx.recv() => ev?,
                 };
-                if pats.iter().any(|p| event_matches(p, ev.kind)) {
-                    let msg = SseEvent::default().event(ev.kind).data(ev.to_json());
+                if pats.iter().any(|p| ev.kind.matches(p)) {
+                    let msg = SseEvent::default()
+                        .event(ev.kind.as_str())
+                        .data(ev.to_json());
                     return Some((Ok::<_, Infallible>(msg), (rx, shutdown, pats)));
                 }
             }

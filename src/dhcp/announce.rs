@@ -89,7 +89,7 @@ mod tests {
 
     fn ev(reason: &str) -> Event {
         Event::new(
-            "lease.ack",
+            crate::events::EventKind::LeaseAck,
             "n",
             EventData::Ha(HaEvent {
                 reason: reason.into(),

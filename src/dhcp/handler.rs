@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 use super::alloc::Allocator;
 use super::packet::*;
 use super::plan::{Plan, SubnetPlan};
-use crate::events::LeaseEvent;
+use crate::events::{EventKind, LeaseEvent};
 use crate::lease::{Lease, LeaseIndex, LeaseState};
 
 /// Where a request came in.
@@ -75,7 +75,7 @@ pub struct Outcome {
     pub reply: Option<Reply>,
     /// Lease changes already applied to the index; commit them before sending `reply`.
     pub commit: Vec<Lease>,
-    pub events: Vec<(&'static str, LeaseEvent)>,
+    pub events: Vec<(EventKind, LeaseEvent)>,
     /// Why there is no reply (a metrics label), when there is none.
     pub ignored: Option<&'static str>,
 }
@@ -405,7 +405,7 @@ fn discover(
     let subnet = st.plan.subnets[si].name.clone();
     let mut out = Outcome::default();
     out.events.push((
-        "lease.discover",
+        EventKind::LeaseDiscover,
         event_for(
             req,
             req.requested_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
@@ -423,7 +423,7 @@ fn discover(
     ev.lease_start = now_ms / 1000;
     ev.lease_duration = s.times.lease.as_secs();
     ev.lease_expiry = ev.lease_start + ev.lease_duration;
-    out.events.push(("lease.offer", ev));
+    out.events.push((EventKind::LeaseOffer, ev));
     out.reply = Some(reply);
     out
 }
@@ -570,7 +570,11 @@ fn request(
             .push((OPT_HOSTNAME, h.as_bytes().into(), true));
     }
     out.events.push((
-        if renew { "lease.renew" } else { "lease.ack" },
+        if renew {
+            EventKind::LeaseRenew
+        } else {
+            EventKind::LeaseAck
+        },
         lease.event(),
     ));
     out.commit.push(lease);
@@ -635,7 +639,8 @@ fn nak(
         reply: Some(reply),
         ..Default::default()
     };
-    out.events.push(("lease.nak", event_for(req, ip, subnet)));
+    out.events
+        .push((EventKind::LeaseNak, event_for(req, ip, subnet)));
     out
 }
 
@@ -767,7 +772,7 @@ fn decline(
         a.mark(ip, true);
     }
     Outcome {
-        events: vec![("lease.decline", lease.event())],
+        events: vec![(EventKind::LeaseDecline, lease.event())],
         commit: vec![lease],
         ignored: Some("decline"),
         ..Default::default()
@@ -804,7 +809,7 @@ fn release(
         a.mark(ip, false);
     }
     Outcome {
-        events: vec![("lease.release", lease.event())],
+        events: vec![(EventKind::LeaseRelease, lease.event())],
         commit: vec![lease],
         ignored: Some("release"),
         ..Default::default()

@@ -35,7 +35,7 @@ use super::handler::{handle, DhcpState, Ingress};
 use super::packet::{self, Dest, Reply};
 use super::plan::Plan;
 use crate::config::Config;
-use crate::events::{Event, EventBus, EventData};
+use crate::events::{Event, EventBus, EventData, EventKind};
 use crate::ha::HaState;
 use crate::health::Progress;
 use crate::lease::{Lease, LeaseStore, Replication};
@@ -742,7 +742,11 @@ async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Pr
                     let events: Vec<Event> = gone
                         .iter()
                         .map(|l| {
-                            Event::new("lease.expire", sh.node.clone(), EventData::Lease(l.event()))
+                            Event::new(
+                                EventKind::LeaseExpire,
+                                sh.node.clone(),
+                                EventData::Lease(l.event()),
+                            )
                         })
                         .collect();
                     // Durable already (expire_due waited for the commit); like an ACK, the

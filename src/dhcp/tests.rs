@@ -175,7 +175,7 @@ fn discover_gets_an_offer_with_the_subnet_options_and_the_vip_as_server_id() {
         "an offer must not be written as a lease"
     );
     assert!(l.ix.is_empty());
-    let kinds: Vec<&str> = out.events.iter().map(|(k, _)| *k).collect();
+    let kinds: Vec<&str> = out.events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, vec!["lease.discover", "lease.offer"]);
 }
 

@@ -36,7 +36,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DnsConfig};
-use crate::events::{EventData, Subscription};
+use crate::events::{EventData, EventKind, Subscription};
+use crate::ha::HaState;
 use crate::health::Health;
 use crate::privileges::explain_bind_error;
 
@@ -235,9 +236,10 @@ impl DnsServer {
                 };
                 if let EventData::Ha(h) = &ev.data {
                     let src = source.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let (true, Some(src)) =
-                        (ev.kind == "ha.failover" && h.new_state == "ACTIVE", src)
-                    {
+                    if let (true, Some(src)) = (
+                        ev.kind == EventKind::HaFailover && h.new_state == HaState::Active,
+                        src,
+                    ) {
                         let n = reload_lease_names(&res, &src);
                         tracing::info!(
                             names = n,
@@ -250,7 +252,7 @@ impl DnsServer {
                     continue;
                 };
                 match ev.kind {
-                    "lease.ack" | "lease.renew" => {
+                    EventKind::LeaseAck | EventKind::LeaseRenew => {
                         let Some(host) = l.hostname.as_deref() else {
                             continue;
                         };
@@ -263,7 +265,7 @@ impl DnsServer {
                             }
                         }
                     }
-                    "lease.release" | "lease.expire" => {
+                    EventKind::LeaseRelease | EventKind::LeaseExpire => {
                         let removed = res.with_zone(|z| z.remove_lease(l.ip));
                         if removed {
                             tracing::debug!(ip = %l.ip, "DNS: removed the lease name of {}", l.ip);

@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::Role;
+use crate::events::EventKind;
 use crate::ha::HaState;
 
 /// Timings and identity the machine decides with. All durations in milliseconds.
@@ -129,7 +130,7 @@ pub enum Action {
     Send(Control),
     /// Publish an `ha.*` event (and for `ha.failover`, the state changed to `new`).
     Emit {
-        kind: &'static str,
+        kind: EventKind,
         old: HaState,
         new: HaState,
         reason: String,
@@ -286,7 +287,11 @@ impl Machine {
                 if !self.peer_present {
                     self.peer_present = true;
                     let name = self.peer_name();
-                    self.emit(&mut out, "ha.peer_up", format!("peer link to {name} is up"));
+                    self.emit(
+                        &mut out,
+                        EventKind::HaPeerUp,
+                        format!("peer link to {name} is up"),
+                    );
                 }
                 // The hello was written before this node saw the link up, and its state may
                 // have changed since (a resumed ACTIVE that just stepped down): say it now.
@@ -582,7 +587,7 @@ impl Machine {
                         };
                         self.emit(
                             &mut out,
-                            "ha.split_brain",
+                            EventKind::HaSplitBrain,
                             format!(
                                 "{why}, but the VIP still answers: only the link is down; \
                                  staying {} (averted)",
@@ -597,7 +602,7 @@ impl Machine {
                 }
             }
             Input::SyncComplete { detail } => {
-                self.emit(&mut out, "ha.sync_complete", detail.clone());
+                self.emit(&mut out, EventKind::HaSyncComplete, detail.clone());
                 if self.state == HaState::Syncing {
                     self.sync_deadline_ms = None;
                     self.transition(HaState::Standby, detail, watermark, &mut out);
@@ -764,7 +769,7 @@ impl Machine {
             // last announcement, so claim the VIP again now instead of after a conflict
             // hold-off. Same state on both sides of the event: only the reason is news.
             out.push(Action::Emit {
-                kind: "ha.failover",
+                kind: EventKind::HaFailover,
                 old: HaState::Active,
                 new: HaState::Active,
                 reason: format!(
@@ -786,7 +791,7 @@ impl Machine {
             // our conflict hold-off (1 s) ends. Its status says it let go: announce last.
             self.reannounce_on_release = false;
             out.push(Action::Emit {
-                kind: "ha.failover",
+                kind: EventKind::HaFailover,
                 old: HaState::Active,
                 new: HaState::Active,
                 reason: format!(
@@ -808,7 +813,7 @@ impl Machine {
         if self.peer_present {
             self.peer_present = false;
             self.dual_reported = false;
-            self.emit(out, "ha.peer_down", reason);
+            self.emit(out, EventKind::HaPeerDown, reason);
         }
     }
 
@@ -834,7 +839,7 @@ impl Machine {
                     self.dual_reported = true;
                     self.emit(
                         out,
-                        "ha.split_brain",
+                        EventKind::HaSplitBrain,
                         format!(
                             "two ACTIVE nodes met ({} epoch {we}, {} epoch {they}): {winner} stays",
                             self.cfg.node, p.node
@@ -931,7 +936,7 @@ impl Machine {
         self.handoff_taken = None;
         self.reannounce_on_release = false;
         out.push(Action::Emit {
-            kind: "ha.failover",
+            kind: EventKind::HaFailover,
             old,
             new,
             reason,
@@ -941,7 +946,7 @@ impl Machine {
         }
     }
 
-    fn emit(&self, out: &mut Vec<Action>, kind: &'static str, reason: String) {
+    fn emit(&self, out: &mut Vec<Action>, kind: EventKind, reason: String) {
         out.push(Action::Emit {
             kind,
             old: self.state,

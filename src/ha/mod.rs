@@ -11,11 +11,13 @@ pub mod peer;
 pub mod sync;
 pub mod witness;
 
-/// A node's HA state. Only `Active` serves DHCP and holds the VIP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A node's HA state. Only `Active` serves DHCP and holds the VIP. Default: STANDBY, where
+/// every node starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HaState {
     /// Not serving; the peer is (or may be) active.
+    #[default]
     Standby,
     /// Serving DHCP and DNS, owning the VIP.
     Active,

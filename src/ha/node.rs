@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Role};
-use crate::events::{Event, EventBus, EventData, HaEvent};
+use crate::events::{Event, EventBus, EventData, EventKind, HaEvent};
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
 use crate::ha::peer::{self, LinkError, Msg};
 use crate::ha::sync::{self, Applied, ApplyJob, Pending};
@@ -799,36 +799,36 @@ impl NodeTask {
         }
     }
 
-    fn emit(&mut self, kind: &'static str, old: HaState, new: HaState, reason: String) {
-        let peer_state = self.m.peer().map(|p| p.state.to_string());
-        if kind == "ha.failover" && old == new {
-            tracing::info!(event = kind, state = %new, reason = %reason, "HA stays {new}: {reason}");
-        } else if kind == "ha.failover" {
+    fn emit(&mut self, kind: EventKind, old: HaState, new: HaState, reason: String) {
+        let peer_state = self.m.peer().map(|p| p.state);
+        if kind == EventKind::HaFailover && old == new {
+            tracing::info!(event = kind.as_str(), state = %new, reason = %reason, "HA stays {new}: {reason}");
+        } else if kind == EventKind::HaFailover {
             self.metrics.transitions.inc();
             self.metrics.set_state(new);
             self.metrics.epoch.set(self.m.epoch() as i64);
             let _ = self.serving_tx.send(new);
             tracing::info!(
-                event = kind,
+                event = kind.as_str(),
                 old_state = %old,
                 new_state = %new,
                 epoch = self.m.epoch(),
                 reason = %reason,
                 "HA {old} -> {new}: {reason}"
             );
-        } else if kind == "ha.split_brain" {
-            tracing::warn!(event = kind, reason = %reason, "{kind}: {reason}");
+        } else if kind == EventKind::HaSplitBrain {
+            tracing::warn!(event = kind.as_str(), reason = %reason, "{kind}: {reason}");
         } else {
-            tracing::info!(event = kind, reason = %reason, "{kind}: {reason}");
+            tracing::info!(event = kind.as_str(), reason = %reason, "{kind}: {reason}");
         }
         self.p.bus.publish(Event::new(
             kind,
             self.p.node.clone(),
             EventData::Ha(HaEvent {
-                old_state: old.to_string(),
-                new_state: new.to_string(),
+                old_state: old,
+                new_state: new,
                 reason,
-                role: self.inner.role.to_string(),
+                role: self.inner.role,
                 peer_state,
                 epoch: self.m.epoch(),
             }),

@@ -33,8 +33,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{event_matches, Config};
+use crate::config::Config;
 use crate::events::{Event, EventBus, EventData};
+use crate::ha::HaState;
 use crate::vip::{VipControl, Want};
 
 type Labels = Vec<(String, String)>;
@@ -99,7 +100,7 @@ impl HookMetrics {
 
 /// Does a hook with these patterns and subnet filter want this event?
 pub fn hook_wants(patterns: &[String], subnets: &[Ipv4Net], event: &Event) -> bool {
-    if !patterns.iter().any(|p| event_matches(p, event.kind)) {
+    if !patterns.iter().any(|p| event.kind.matches(p)) {
         return false;
     }
     match (&event.data, subnets.is_empty()) {
@@ -325,7 +326,7 @@ fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]
             for v in vips.iter().filter(|v| hook_wants(&v.patterns, &[], ev)) {
                 ctl.want(
                     &v.name,
-                    Want::for_ha_state(&ha.new_state, ha.peer_state.as_deref()),
+                    Want::for_ha_state(ha.new_state.as_str(), ha.peer_state.map(HaState::as_str)),
                     now,
                 );
             }
@@ -346,7 +347,7 @@ fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]
                 if n % 1000 == 0 {
                     tracing::warn!(
                         hook = %q.name,
-                        event = ev.kind,
+                        event = %ev.kind,
                         dropped_total = n + 1,
                         "hook {} is behind: its queue is full, dropped {} ({} dropped so far)",
                         q.name,
@@ -363,11 +364,11 @@ fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{HaEvent, LeaseEvent};
+    use crate::events::{EventKind, HaEvent, LeaseEvent};
 
     fn lease(ip: &str) -> Event {
         Event::new(
-            "lease.ack",
+            EventKind::LeaseAck,
             "n",
             EventData::Lease(LeaseEvent {
                 ip: ip.parse().expect("ip"),
@@ -385,7 +386,11 @@ mod tests {
     #[test]
     fn patterns_and_subnets_select_the_events_a_hook_gets() {
         let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let ha = Event::new("ha.failover", "n", EventData::Ha(HaEvent::default()));
+        let ha = Event::new(
+            EventKind::HaFailover,
+            "n",
+            EventData::Ha(HaEvent::default()),
+        );
         assert!(hook_wants(&p(&["ha.*"]), &[], &ha));
         assert!(hook_wants(&p(&["*"]), &[], &ha));
         assert!(!hook_wants(&p(&["lease.*"]), &[], &ha));
@@ -427,7 +432,7 @@ mod tests {
         ];
         for i in 0..5u64 {
             let ev = Arc::new(Event::new(
-                "ha.failover",
+                EventKind::HaFailover,
                 "n",
                 EventData::Ha(HaEvent {
                     epoch: i,

@@ -89,8 +89,8 @@ pub fn script_env(event: &Event, hook: &str, vips: &str) -> Vec<(String, String)
     let mut put = |k: &str, v: String| env.push((k.to_string(), v));
     match &event.data {
         EventData::Ha(h) => {
-            put("ATHENA_HA_OLD_STATE", h.old_state.clone());
-            put("ATHENA_HA_NEW_STATE", h.new_state.clone());
+            put("ATHENA_HA_OLD_STATE", h.old_state.to_string());
+            put("ATHENA_HA_NEW_STATE", h.new_state.to_string());
             put("ATHENA_HA_REASON", h.reason.clone());
             put("ATHENA_VIP", vips.to_string());
         }
@@ -124,22 +124,22 @@ impl ScriptRunner {
         let name = &self.name;
         match &outcome {
             Outcome::Exited(0) => {
-                tracing::info!(hook = %name, event = event.kind, exit = 0, duration_ms = ms, "hook {name} ({}) finished: exit 0 in {ms:.1} ms", event.kind)
+                tracing::info!(hook = %name, event = %event.kind, exit = 0, duration_ms = ms, "hook {name} ({}) finished: exit 0 in {ms:.1} ms", event.kind)
             }
             Outcome::Exited(c) => {
-                tracing::warn!(hook = %name, event = event.kind, exit = c, duration_ms = ms, "hook {name} ({}) failed: exit {c} in {ms:.1} ms", event.kind)
+                tracing::warn!(hook = %name, event = %event.kind, exit = c, duration_ms = ms, "hook {name} ({}) failed: exit {c} in {ms:.1} ms", event.kind)
             }
             Outcome::Signalled(s) => {
-                tracing::warn!(hook = %name, event = event.kind, signal = s, duration_ms = ms, "hook {name} ({}) killed by signal {s} after {ms:.1} ms", event.kind)
+                tracing::warn!(hook = %name, event = %event.kind, signal = s, duration_ms = ms, "hook {name} ({}) killed by signal {s} after {ms:.1} ms", event.kind)
             }
             Outcome::TimedOut => {
-                tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) timed out after {:?}; its process group was killed", event.kind, self.timeout)
+                tracing::warn!(hook = %name, event = %event.kind, duration_ms = ms, "hook {name} ({}) timed out after {:?}; its process group was killed", event.kind, self.timeout)
             }
             Outcome::Cancelled => {
-                tracing::warn!(hook = %name, event = event.kind, duration_ms = ms, "hook {name} ({}) stopped: the daemon is shutting down", event.kind)
+                tracing::warn!(hook = %name, event = %event.kind, duration_ms = ms, "hook {name} ({}) stopped: the daemon is shutting down", event.kind)
             }
             Outcome::SpawnFailed(e) => {
-                tracing::error!(hook = %name, event = event.kind, "hook {name} ({}) could not start /bin/sh: {e}", event.kind)
+                tracing::error!(hook = %name, event = %event.kind, "hook {name} ({}) could not start /bin/sh: {e}", event.kind)
             }
         }
         outcome
@@ -284,7 +284,8 @@ async fn log_output(mut s: impl AsyncRead + Unpin, hook: String, stream: &'stati
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{HaEvent, LeaseEvent, VipEvent};
+    use crate::events::{EventKind, HaEvent, LeaseEvent, VipEvent};
+    use crate::ha::HaState;
 
     fn env_map(e: &Event) -> std::collections::BTreeMap<String, String> {
         script_env(e, "fip", "10.0.0.3/24").into_iter().collect()
@@ -293,11 +294,11 @@ mod tests {
     #[test]
     fn ha_failover_env_has_the_states_reason_and_vip() {
         let e = Event::new(
-            "ha.failover",
+            EventKind::HaFailover,
             "n",
             EventData::Ha(HaEvent {
-                old_state: "STANDBY".into(),
-                new_state: "ACTIVE".into(),
+                old_state: HaState::Standby,
+                new_state: HaState::Active,
                 reason: "peer heartbeat timeout".into(),
                 ..Default::default()
             }),
@@ -321,7 +322,7 @@ mod tests {
     #[test]
     fn lease_env_has_every_lease_variable() {
         let e = Event::new(
-            "lease.ack",
+            EventKind::LeaseAck,
             "n",
             EventData::Lease(LeaseEvent {
                 ip: "10.0.0.50".parse().expect("ip"),
@@ -353,7 +354,7 @@ mod tests {
     #[test]
     fn vip_events_name_their_own_address() {
         let e = Event::new(
-            "vip.claimed",
+            EventKind::VipClaimed,
             "n",
             EventData::Vip(VipEvent {
                 address: "10.0.0.9/24".into(),

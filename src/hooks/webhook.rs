@@ -143,7 +143,7 @@ impl Webhook {
                 hyper::header::USER_AGENT,
                 concat!("athena-dhcpd/", env!("CARGO_PKG_VERSION")),
             )
-            .header("X-Athena-Event", ev.kind);
+            .header("X-Athena-Event", ev.kind.as_str());
         if let Some(secret) = &self.cfg.secret {
             req = req.header("X-Athena-Signature", signature(secret, body));
         }
@@ -182,7 +182,7 @@ impl Webhook {
                 Ok(code) => {
                     let secs = started.elapsed().as_secs_f64();
                     self.metrics.record_run(name, "ok", secs);
-                    tracing::info!(hook = %name, event = ev.kind, status = code, attempts = attempt + 1, "webhook {name} ({}) delivered: HTTP {code} in {:.1} ms", ev.kind, secs * 1000.0);
+                    tracing::info!(hook = %name, event = %ev.kind, status = code, attempts = attempt + 1, "webhook {name} ({}) delivered: HTTP {code} in {:.1} ms", ev.kind, secs * 1000.0);
                     return true;
                 }
                 Err(e) if attempt < self.cfg.retries => {
@@ -200,7 +200,7 @@ impl Webhook {
                 Err(e) => {
                     self.metrics
                         .record_run(name, "failed", started.elapsed().as_secs_f64());
-                    tracing::warn!(hook = %name, event = ev.kind, attempts = attempt + 1, "webhook {name} ({}) to {} failed after {} attempts: {e}", ev.kind, self.cfg.url, attempt + 1);
+                    tracing::warn!(hook = %name, event = %ev.kind, attempts = attempt + 1, "webhook {name} ({}) to {} failed after {} attempts: {e}", ev.kind, self.cfg.url, attempt + 1);
                     return false;
                 }
             }
@@ -271,7 +271,7 @@ mod tests {
         };
         let hook = Webhook::new(&cfg, HookMetrics::default(), CancellationToken::new());
         let ev = Event::new(
-            "ha.failover",
+            crate::events::EventKind::HaFailover,
             "n",
             crate::events::EventData::Ha(Default::default()),
         );
@@ -385,7 +385,7 @@ mod tests {
         std::fs::write(&ca, &ca_pem).expect("write ca");
         assert_eq!(load_ca_file(&ca).expect("parses").len(), 1);
         let ev = Event::new(
-            "vip.claimed",
+            crate::events::EventKind::VipClaimed,
             "n",
             crate::events::EventData::Vip(Default::default()),
         );

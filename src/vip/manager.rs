@@ -40,7 +40,7 @@ use super::netlink::{LinkInfo, NetEvent, Netlink, NetlinkError};
 use super::packet::{self, PacketSockets};
 use super::{VipBoard, VipStatus};
 use crate::config::VipConfig;
-use crate::events::{now_ms, Event, EventBus, EventData, VipEvent};
+use crate::events::{now_ms, Event, EventBus, EventData, EventKind, VipEvent};
 use crate::health::Health;
 
 /// How long a worker waits after a conflicting ARP before it defends (see the module doc).
@@ -561,7 +561,7 @@ impl Worker {
             ms
         );
         self.publish(
-            "vip.claimed",
+            EventKind::VipClaimed,
             VipEvent {
                 address: self.vip(),
                 interface: self.cfg.interface.clone(),
@@ -640,7 +640,7 @@ impl Worker {
             why
         );
         self.publish(
-            "vip.released",
+            EventKind::VipReleased,
             VipEvent {
                 address: self.vip(),
                 interface: self.cfg.interface.clone(),
@@ -836,7 +836,7 @@ impl Worker {
             self.vip()
         );
         self.publish(
-            "vip.conflict",
+            EventKind::VipConflict,
             VipEvent {
                 address: self.vip(),
                 interface: self.cfg.interface.clone(),
@@ -864,7 +864,7 @@ impl Worker {
                 "{what} of floating IP failed: {msg}; retrying with backoff"
             );
             self.publish(
-                "vip.error",
+                EventKind::VipError,
                 VipEvent {
                     address: self.vip(),
                     interface: self.cfg.interface.clone(),
@@ -908,7 +908,7 @@ impl Worker {
         }
     }
 
-    fn publish(&self, kind: &'static str, ev: VipEvent) {
+    fn publish(&self, kind: EventKind, ev: VipEvent) {
         self.ctx
             .bus
             .publish(Event::new(kind, self.ctx.node.clone(), EventData::Vip(ev)));

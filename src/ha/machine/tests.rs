@@ -61,7 +61,7 @@ fn failovers(actions: &[Action]) -> Vec<(HaState, HaState, String)> {
         .iter()
         .filter_map(|a| match a {
             Action::Emit {
-                kind: "ha.failover",
+                kind: EventKind::HaFailover,
                 old,
                 new,
                 reason,
@@ -713,7 +713,7 @@ fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
             matches!(
                 x,
                 Action::Emit {
-                    kind: "ha.failover",
+                    kind: EventKind::HaFailover,
                     old: HaState::Active,
                     new: HaState::Active,
                     ..

@@ -218,7 +218,7 @@ async fn bulk_sync_on_connect_merges_both_ways() {
             .await
             .expect("event in time")
             .expect("event");
-        if e.kind == "ha.sync_complete" {
+        if e.kind == EventKind::HaSyncComplete {
             break;
         }
         assert!(t.elapsed() < Duration::from_secs(5));
@@ -242,7 +242,7 @@ async fn api_failover_hands_off_and_the_peer_reports_the_reason() {
     let mut reason = None;
     while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(2), b.events.rx.recv()).await {
         if let EventData::Ha(h) = &e.data {
-            if e.kind == "ha.failover" && h.new_state == "ACTIVE" {
+            if e.kind == EventKind::HaFailover && h.new_state == HaState::Active {
                 reason = Some(h.reason.clone());
                 break;
             }
