@@ -124,15 +124,68 @@ pub enum Input {
     SyncComplete { detail: String },
 }
 
+/// `ha.*` news that changes nothing this node does (unlike a transition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HaNotice {
+    PeerUp,
+    PeerDown,
+    SyncComplete,
+    /// Two ACTIVE nodes met, or a takeover was averted because the VIP still answered.
+    SplitBrain,
+}
+
+impl HaNotice {
+    pub fn kind(self) -> EventKind {
+        match self {
+            HaNotice::PeerUp => EventKind::HaPeerUp,
+            HaNotice::PeerDown => EventKind::HaPeerDown,
+            HaNotice::SyncComplete => EventKind::HaSyncComplete,
+            HaNotice::SplitBrain => EventKind::HaSplitBrain,
+        }
+    }
+}
+
+/// Why a handoff this node started did not hand the service over. The text is the API's
+/// answer and the log line; callers decide on the variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffError {
+    #[error("{peer} refused the handoff ({reason})")]
+    Refused { peer: String, reason: String },
+    #[error("handoff to {peer} ({reason}) not acknowledged within {}", secs(*after_ms))]
+    Timeout {
+        peer: String,
+        reason: String,
+        after_ms: u64,
+    },
+    #[error("handoff to {peer} ({reason}) abandoned: link closed")]
+    LinkClosed { peer: String, reason: String },
+    #[error("handoff to {peer} ({reason}) abandoned: this node became {state}")]
+    Abandoned {
+        peer: String,
+        reason: String,
+        state: HaState,
+    },
+}
+
 /// What the caller must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Send(Control),
-    /// Publish an `ha.*` event (and for `ha.failover`, the state changed to `new`).
-    Emit {
-        kind: EventKind,
+    /// The state changed from `old` to `new`: the serving gate follows `new.serves()`, and
+    /// an `ha.failover` event says so.
+    Transition {
         old: HaState,
         new: HaState,
+        reason: String,
+    },
+    /// Still ACTIVE, but clients may have followed another node's last announcement: claim
+    /// and announce the service again (published as `ha.failover` ACTIVE → ACTIVE).
+    Reannounce {
+        reason: String,
+    },
+    /// Publish an `ha.*` notice; nothing else follows from it.
+    Notify {
+        notice: HaNotice,
         reason: String,
     },
     /// Ask the VIP whether a server still answers there; answer with [`Input::Witness`].
@@ -143,10 +196,13 @@ pub enum Action {
     CloseLink,
     /// Shutdown may proceed: the service has been handed off, or there was no one to take it.
     ShutdownReady,
+    /// A handoff this node started is over: `Ok` = the peer acknowledged and serves now.
+    /// Shutdown handoffs end with one too (an API request may be waiting on it).
+    HandoffEnded(Result<(), HandoffError>),
     /// An API failover request could not be honoured (the reason is for the HTTP answer).
     Refused(String),
-    /// Something worth one log line that is not an event.
-    Note(String),
+    /// One log line for a person; no decision is taken on it.
+    Log(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -289,7 +345,7 @@ impl Machine {
                     let name = self.peer_name();
                     self.emit(
                         &mut out,
-                        EventKind::HaPeerUp,
+                        HaNotice::PeerUp,
                         format!("peer link to {name} is up"),
                     );
                 }
@@ -339,6 +395,10 @@ impl Machine {
                 let name = self.peer_name();
                 self.peer_gone(format!("peer link to {name} closed"), &mut out);
                 if let Some(h) = self.handoff.take() {
+                    out.push(Action::HandoffEnded(Err(HandoffError::LinkClosed {
+                        peer: name.clone(),
+                        reason: h.reason.clone(),
+                    })));
                     if h.shutdown {
                         // The peer most likely took over and the ack was lost with the link;
                         // if it did not, its reconnect is refused once we exit and it takes
@@ -350,11 +410,6 @@ impl Machine {
                             &mut out,
                         );
                         out.push(Action::ShutdownReady);
-                    } else {
-                        out.push(Action::Note(format!(
-                            "handoff to {name} ({}) abandoned: link closed",
-                            h.reason
-                        )));
                     }
                 }
                 if self.state == HaState::Syncing {
@@ -411,7 +466,7 @@ impl Machine {
                         epoch: self.epoch,
                         accepted: false,
                     }));
-                    out.push(Action::Note(format!(
+                    out.push(Action::Log(format!(
                         "refused handoff from {name} ({reason}): this node is {}{}",
                         self.state,
                         if self.stopping {
@@ -440,23 +495,26 @@ impl Machine {
                         watermark,
                         &mut out,
                     );
+                    out.push(Action::HandoffEnded(Ok(())));
                     if h.shutdown {
                         out.push(Action::ShutdownReady);
                     }
-                } else if h.shutdown {
-                    self.transition(
-                        HaState::Standby,
-                        format!("shutdown: {name} refused the handoff"),
-                        watermark,
-                        &mut out,
-                    );
-                    out.push(Action::ShutdownReady);
                 } else {
-                    self.next_preempt_ms = now + self.cfg.failover_ms;
-                    out.push(Action::Note(format!(
-                        "{name} refused the handoff ({}); staying ACTIVE",
-                        h.reason
-                    )));
+                    out.push(Action::HandoffEnded(Err(HandoffError::Refused {
+                        peer: name.clone(),
+                        reason: h.reason.clone(),
+                    })));
+                    if h.shutdown {
+                        self.transition(
+                            HaState::Standby,
+                            format!("shutdown: {name} refused the handoff"),
+                            watermark,
+                            &mut out,
+                        );
+                        out.push(Action::ShutdownReady);
+                    } else {
+                        self.next_preempt_ms = now + self.cfg.failover_ms;
+                    }
                 }
             }
             Input::ReconnectRefused => {
@@ -481,6 +539,11 @@ impl Machine {
                     self.witness = None;
                     self.sync_deadline_ms = None;
                     if let Some(h) = self.handoff.take() {
+                        out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
+                            peer: self.peer_name(),
+                            reason: h.reason,
+                            state: HaState::Fault,
+                        })));
                         if h.shutdown {
                             out.push(Action::ShutdownReady);
                         }
@@ -587,7 +650,7 @@ impl Machine {
                         };
                         self.emit(
                             &mut out,
-                            EventKind::HaSplitBrain,
+                            HaNotice::SplitBrain,
                             format!(
                                 "{why}, but the VIP still answers: only the link is down; \
                                  staying {} (averted)",
@@ -602,7 +665,7 @@ impl Machine {
                 }
             }
             Input::SyncComplete { detail } => {
-                self.emit(&mut out, EventKind::HaSyncComplete, detail.clone());
+                self.emit(&mut out, HaNotice::SyncComplete, detail.clone());
                 if self.state == HaState::Syncing {
                     self.sync_deadline_ms = None;
                     self.transition(HaState::Standby, detail, watermark, &mut out);
@@ -640,6 +703,11 @@ impl Machine {
         if let Some(h) = self.handoff.take_if(|h| now >= h.deadline_ms) {
             {
                 let name = self.peer_name();
+                out.push(Action::HandoffEnded(Err(HandoffError::Timeout {
+                    peer: name.clone(),
+                    reason: h.reason.clone(),
+                    after_ms: self.cfg.handoff_ms,
+                })));
                 if h.shutdown {
                     self.transition(
                         HaState::Standby,
@@ -653,11 +721,6 @@ impl Machine {
                     out.push(Action::ShutdownReady);
                 } else {
                     self.next_preempt_ms = now + self.cfg.failover_ms;
-                    out.push(Action::Note(format!(
-                        "handoff to {name} ({}) not acknowledged within {}; staying ACTIVE",
-                        h.reason,
-                        secs(self.cfg.handoff_ms)
-                    )));
                 }
             }
         }
@@ -768,10 +831,7 @@ impl Machine {
             // Two ACTIVE nodes met and the peer just let go: clients may have followed its
             // last announcement, so claim the VIP again now instead of after a conflict
             // hold-off. Same state on both sides of the event: only the reason is news.
-            out.push(Action::Emit {
-                kind: EventKind::HaFailover,
-                old: HaState::Active,
-                new: HaState::Active,
+            out.push(Action::Reannounce {
                 reason: format!(
                     "{} stepped down to {}; announcing the service again",
                     ps.node, ps.state
@@ -790,10 +850,7 @@ impl Machine {
             // release; clients that followed it would reach a node without the VIP until
             // our conflict hold-off (1 s) ends. Its status says it let go: announce last.
             self.reannounce_on_release = false;
-            out.push(Action::Emit {
-                kind: EventKind::HaFailover,
-                old: HaState::Active,
-                new: HaState::Active,
+            out.push(Action::Reannounce {
                 reason: format!(
                     "{} let go after the handoff; announcing the service again",
                     ps.node
@@ -813,7 +870,7 @@ impl Machine {
         if self.peer_present {
             self.peer_present = false;
             self.dual_reported = false;
-            self.emit(out, EventKind::HaPeerDown, reason);
+            self.emit(out, HaNotice::PeerDown, reason);
         }
     }
 
@@ -839,7 +896,7 @@ impl Machine {
                     self.dual_reported = true;
                     self.emit(
                         out,
-                        EventKind::HaSplitBrain,
+                        HaNotice::SplitBrain,
                         format!(
                             "two ACTIVE nodes met ({} epoch {we}, {} epoch {they}): {winner} stays",
                             self.cfg.node, p.node
@@ -930,29 +987,25 @@ impl Machine {
         let old = self.state;
         self.state = new;
         if new != HaState::Active {
-            self.handoff = None;
+            if let Some(h) = self.handoff.take() {
+                out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
+                    peer: self.peer_name(),
+                    reason: h.reason,
+                    state: new,
+                })));
+            }
         }
         // Set again by the handoff branch right after its take-over.
         self.handoff_taken = None;
         self.reannounce_on_release = false;
-        out.push(Action::Emit {
-            kind: EventKind::HaFailover,
-            old,
-            new,
-            reason,
-        });
+        out.push(Action::Transition { old, new, reason });
         if self.link_up {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
     }
 
-    fn emit(&self, out: &mut Vec<Action>, kind: EventKind, reason: String) {
-        out.push(Action::Emit {
-            kind,
-            old: self.state,
-            new: self.state,
-            reason,
-        });
+    fn emit(&self, out: &mut Vec<Action>, notice: HaNotice, reason: String) {
+        out.push(Action::Notify { notice, reason });
     }
 }
 

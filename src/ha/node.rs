@@ -565,17 +565,7 @@ impl NodeTask {
                     self.metrics.heartbeats_received.inc();
                     self.last_heartbeat_unix = Some(crate::events::now_ms());
                 }
-                let was_pending = self.m.handoff_pending();
-                let is_ack = matches!(c, Control::HandoffAck { .. });
-                let accepted = matches!(c, Control::HandoffAck { accepted: true, .. });
                 self.step(Input::Peer(c));
-                if was_pending && is_ack && !self.m.handoff_pending() {
-                    self.answer_failover(if accepted {
-                        Ok(())
-                    } else {
-                        Err("the peer refused the handoff".into())
-                    });
-                }
             }
             Msg::Leases { id, leases } => {
                 if let Some(l) = &self.link {
@@ -747,12 +737,19 @@ impl NodeTask {
                     tracing::debug!("peer link queue full; frame dropped");
                 }
             }
-            Action::Emit {
-                kind,
-                old,
-                new,
-                reason,
-            } => self.emit(kind, old, new, reason),
+            Action::Transition { old, new, reason } => {
+                self.emit(EventKind::HaFailover, old, new, reason)
+            }
+            // Hooks (and today the VIP route) see a re-announcement as ha.failover ACTIVE ->
+            // ACTIVE, as before; the machine's decision is the variant, not that shape.
+            Action::Reannounce { reason } => {
+                let st = self.m.state();
+                self.emit(EventKind::HaFailover, st, st, reason)
+            }
+            Action::Notify { notice, reason } => {
+                let st = self.m.state();
+                self.emit(notice.kind(), st, st, reason)
+            }
             Action::ProbeWitness => match self.witness_target {
                 Some(target) => {
                     let tx = self.tx.clone();
@@ -789,16 +786,19 @@ impl NodeTask {
                     let _ = w.send(());
                 }
             }
-            Action::Refused(r) => self.answer_failover(Err(r)),
-            Action::Note(n) => {
-                tracing::info!("{n}");
-                if n.contains("handoff") && !self.m.handoff_pending() {
-                    self.answer_failover(Err(n));
+            Action::HandoffEnded(r) => {
+                if let Err(e) = &r {
+                    tracing::info!("{e}; this node is {}", self.m.state());
                 }
+                self.answer_failover(r.map_err(|e| e.to_string()));
             }
+            Action::Refused(r) => self.answer_failover(Err(r)),
+            Action::Log(n) => tracing::info!("{n}"),
         }
     }
 
+    /// Logs and publishes one `ha.*` event; a `ha.failover` that changes the state also moves
+    /// the serving gate and the metrics.
     fn emit(&mut self, kind: EventKind, old: HaState, new: HaState, reason: String) {
         let peer_state = self.m.peer().map(|p| p.state);
         if kind == EventKind::HaFailover && old == new {

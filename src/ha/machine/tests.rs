@@ -56,16 +56,16 @@ fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Ma
     m
 }
 
+/// The `ha.failover` events the actions publish: transitions, and re-announcements as
+/// ACTIVE → ACTIVE.
 fn failovers(actions: &[Action]) -> Vec<(HaState, HaState, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Emit {
-                kind: EventKind::HaFailover,
-                old,
-                new,
-                reason,
-            } => Some((*old, *new, reason.clone())),
+            Action::Transition { old, new, reason } => Some((*old, *new, reason.clone())),
+            Action::Reannounce { reason } => {
+                Some((HaState::Active, HaState::Active, reason.clone()))
+            }
             _ => None,
         })
         .collect()
@@ -91,13 +91,20 @@ fn action_name(a: &Action) -> String {
         Action::Send(Control::HandoffAck {
             accepted: false, ..
         }) => "send_nack".into(),
-        Action::Emit { kind, .. } => kind.to_string(),
+        Action::Transition { .. } => "ha.failover".into(),
+        Action::Reannounce { .. } => "reannounce".into(),
+        Action::Notify { notice, .. } => notice.kind().to_string(),
+        Action::HandoffEnded(Ok(())) => "handoff_done".into(),
+        Action::HandoffEnded(Err(HandoffError::Refused { .. })) => "handoff_refused".into(),
+        Action::HandoffEnded(Err(HandoffError::Timeout { .. })) => "handoff_timeout".into(),
+        Action::HandoffEnded(Err(HandoffError::LinkClosed { .. })) => "handoff_link_closed".into(),
+        Action::HandoffEnded(Err(HandoffError::Abandoned { .. })) => "handoff_abandoned".into(),
         Action::ProbeWitness => "probe".into(),
         Action::StartSync => "sync".into(),
         Action::CloseLink => "close".into(),
         Action::ShutdownReady => "shutdown_ready".into(),
         Action::Refused(_) => "refused".into(),
-        Action::Note(_) => "note".into(),
+        Action::Log(_) => "log".into(),
     }
 }
 
@@ -334,7 +341,7 @@ fn every_transition_in_the_table() {
             )],
             want: Active,
             reason: "node-a stepped down to STANDBY; announcing the service again",
-            must: vec!["ha.failover"],
+            must: vec!["reannounce"],
         },
         Case {
             name: "two ACTIVE with equal epochs: the secondary steps down",
@@ -375,7 +382,7 @@ fn every_transition_in_the_table() {
             ],
             want: Standby,
             reason: "handed off to node-b (shutdown)",
-            must: vec!["shutdown_ready", "ha.failover"],
+            must: vec!["shutdown_ready", "ha.failover", "handoff_done"],
         },
         Case {
             name: "handoff never acknowledged → shutdown proceeds after handoff_ms",
@@ -383,7 +390,7 @@ fn every_transition_in_the_table() {
             inputs: vec![(Input::Shutdown, 30), (Input::Tick, 530)],
             want: Standby,
             reason: "did not acknowledge the handoff within 0.5s",
-            must: vec!["shutdown_ready"],
+            must: vec!["shutdown_ready", "handoff_timeout"],
         },
         Case {
             name: "SIGTERM with no peer → release at once",
@@ -513,7 +520,48 @@ fn every_transition_in_the_table() {
             inputs: vec![(Input::ApiFailover, 30), (Input::Tick, 600)],
             want: Active,
             reason: "",
-            must: vec!["note"],
+            must: vec!["handoff_timeout"],
+        },
+        Case {
+            name: "API handoff refused by the peer → stays ACTIVE, the request fails",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::ApiFailover, 30),
+                (
+                    Input::Peer(Control::HandoffAck {
+                        epoch: 0,
+                        accepted: false,
+                    }),
+                    40,
+                ),
+            ],
+            want: Active,
+            reason: "",
+            must: vec!["handoff_refused"],
+        },
+        Case {
+            name: "API handoff whose link closes → stays ACTIVE, the request fails",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![(Input::ApiFailover, 30), (Input::LinkDown, 40)],
+            want: Active,
+            reason: "",
+            must: vec!["handoff_link_closed"],
+        },
+        Case {
+            name: "API handoff on a node that goes FAULT → the request fails",
+            node: connected(primary(), b_standby.clone(), Active, 1),
+            inputs: vec![
+                (Input::ApiFailover, 30),
+                (
+                    Input::Health {
+                        stuck: vec!["dhcp worker stuck".into()],
+                    },
+                    40,
+                ),
+            ],
+            want: Fault,
+            reason: "cannot serve: dhcp worker stuck",
+            must: vec!["handoff_abandoned"],
         },
         Case {
             name: "preempt: active secondary hands off to a synced primary that wants it",
@@ -708,19 +756,7 @@ fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
         0,
     );
     assert_eq!(a.state(), HaState::Active, "{:?}", failovers(&out));
-    let again = |out: &[Action]| {
-        out.iter().any(|x| {
-            matches!(
-                x,
-                Action::Emit {
-                    kind: EventKind::HaFailover,
-                    old: HaState::Active,
-                    new: HaState::Active,
-                    ..
-                }
-            )
-        })
-    };
+    let again = |out: &[Action]| out.iter().any(|x| matches!(x, Action::Reannounce { .. }));
     let out = a.step(
         Input::Peer(Control::Status(ps(
             "node-b",
@@ -761,7 +797,7 @@ fn after_a_dual_active_meeting_the_winner_hands_back_to_the_primary_only_after_f
     let out = b.step(Input::Peer(Control::Status(a_back.clone())), 1000, 0);
     let names: Vec<String> = out.iter().map(action_name).collect();
     assert!(
-        names.contains(&"ha.failover".to_string()),
+        names.contains(&"reannounce".to_string()),
         "re-announce: {names:?}"
     );
     assert!(
@@ -1027,7 +1063,12 @@ impl Sim {
                     self.n[i].host_down = false;
                     self.reset_link();
                 }
-                Action::Emit { .. } | Action::Refused(_) | Action::Note(_) => {}
+                Action::Transition { .. }
+                | Action::Reannounce { .. }
+                | Action::Notify { .. }
+                | Action::HandoffEnded(_)
+                | Action::Refused(_)
+                | Action::Log(_) => {}
             }
         }
     }
