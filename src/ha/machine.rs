@@ -240,7 +240,6 @@ pub struct Machine {
     handoff: Option<Handoff>,
     next_preempt_ms: u64,
     sync_deadline_ms: Option<u64>,
-    stuck: bool,
     stopping: bool,
     /// This node handed the service away on request (API): it does not preempt it back
     /// until it is ACTIVE again, or the request would be undone a heartbeat later.
@@ -272,7 +271,6 @@ impl Machine {
             handoff: None,
             next_preempt_ms: 0,
             sync_deadline_ms: None,
-            stuck: false,
             stopping: false,
             yielded: false,
             handoff_taken: None,
@@ -318,10 +316,16 @@ impl Machine {
                 && self.cfg.role == Role::Primary
                 && self.state == HaState::Standby
                 && peer_active
-                && !self.stuck
+                && !self.faulted()
                 && !self.stopping
                 && !self.yielded,
         }
+    }
+
+    /// FAULT is entered on failing health and left only when health returns, so the state
+    /// itself says whether this node cannot serve; no separate flag can disagree with it.
+    fn faulted(&self) -> bool {
+        self.state == HaState::Fault
     }
 
     fn peer_name(&self) -> String {
@@ -442,7 +446,7 @@ impl Machine {
                     return out;
                 }
                 let can = matches!(self.state, HaState::Standby | HaState::Syncing)
-                    && !self.stuck
+                    && !self.faulted()
                     && !self.stopping;
                 if can {
                     self.sync_deadline_ms = None;
@@ -526,7 +530,7 @@ impl Machine {
                 if self.linked_once
                     && matches!(self.state, HaState::Standby | HaState::Syncing)
                     && !self.stopping
-                    && !self.stuck
+                    && !self.faulted()
                     && self.witness.is_none()
                     && !self.link_up
                 {
@@ -534,8 +538,7 @@ impl Machine {
                 }
             }
             Input::Health { stuck } => {
-                if !stuck.is_empty() && !self.stuck {
-                    self.stuck = true;
+                if !stuck.is_empty() && !self.faulted() {
                     self.witness = None;
                     self.sync_deadline_ms = None;
                     if let Some(h) = self.handoff.take() {
@@ -554,8 +557,7 @@ impl Machine {
                         watermark,
                         &mut out,
                     );
-                } else if stuck.is_empty() && self.stuck {
-                    self.stuck = false;
+                } else if stuck.is_empty() && self.faulted() {
                     self.transition(
                         HaState::Standby,
                         "can serve again".to_string(),
@@ -630,7 +632,7 @@ impl Machine {
                 };
                 if !matches!(self.state, HaState::Standby | HaState::Syncing)
                     || self.stopping
-                    || self.stuck
+                    || self.faulted()
                 {
                     return out;
                 }
@@ -745,14 +747,14 @@ impl Machine {
         // A node that cannot serve stops heartbeating (the transition to FAULT already told
         // the peer) but still notices a silent peer and closes the link, so it never leaves
         // FAULT trusting a link that died meanwhile.
-        if self.link_up && !self.stuck {
+        if self.link_up && !self.faulted() {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
         if frozen {
             return;
         }
         let silent_ms = now.saturating_sub(self.last_peer_ms);
-        if self.stuck {
+        if self.faulted() {
             if silent_ms >= self.cfg.failover_ms && self.link_up {
                 let name = self.peer_name();
                 self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
@@ -805,7 +807,7 @@ impl Machine {
     pub fn next_deadline(&self) -> Option<u64> {
         let waiting = matches!(self.state, HaState::Standby | HaState::Syncing)
             && !self.stopping
-            && !self.stuck
+            && !self.faulted()
             && self.witness.is_none();
         let mut d = None::<u64>;
         if waiting {
@@ -876,7 +878,7 @@ impl Machine {
 
     /// Decisions that need a connected peer whose status is fresh.
     fn evaluate(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
-        if !self.link_up || self.stopping || self.stuck {
+        if !self.link_up || self.stopping || self.faulted() {
             return;
         }
         let Some(p) = self.peer.clone() else { return };
