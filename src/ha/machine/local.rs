@@ -1,0 +1,103 @@
+//! Requests from this host: health reports, the shutdown signal, and the API's failover.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn on_health(
+        &mut self,
+        stuck: Vec<String>,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if !stuck.is_empty() && !self.faulted() {
+            self.witness = None;
+            self.sync_deadline_ms = None;
+            if let Some(h) = self.handoff.take() {
+                out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
+                    peer: self.peer_name(),
+                    reason: h.reason,
+                    state: HaState::Fault,
+                })));
+                if h.shutdown {
+                    out.push(Action::ShutdownReady);
+                }
+            }
+            self.transition(
+                HaState::Fault,
+                format!("cannot serve: {}", stuck.join(", ")),
+                watermark,
+                out,
+            );
+        } else if stuck.is_empty() && self.faulted() {
+            self.transition(
+                HaState::Standby,
+                "can serve again".to_string(),
+                watermark,
+                out,
+            );
+            // What we last heard from the peer may predate the fault (it may have
+            // taken over meanwhile): decide on its next status, not on that one.
+            if now.saturating_sub(self.last_peer_ms) <= self.cfg.heartbeat_ms * 2 {
+                self.evaluate(now, watermark, out);
+            }
+        }
+    }
+
+    pub(super) fn on_shutdown(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        self.witness = None;
+        let peer_can_take = self.link_up
+            && self
+                .peer
+                .as_ref()
+                .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
+        if self.state == HaState::Active && peer_can_take {
+            if self.handoff.as_ref().is_some_and(|h| !h.shutdown) {
+                // A planned handoff is already in flight: let it finish, then exit.
+                if let Some(h) = self.handoff.as_mut() {
+                    h.shutdown = true;
+                }
+            } else {
+                self.start_handoff("shutdown".to_string(), true, now, out);
+            }
+        } else {
+            if self.state == HaState::Active {
+                self.transition(
+                    HaState::Standby,
+                    "shutdown (no standby peer to hand off to)".to_string(),
+                    watermark,
+                    out,
+                );
+            }
+            out.push(Action::ShutdownReady);
+        }
+    }
+
+    pub(super) fn on_api_failover(&mut self, now: u64, out: &mut Vec<Action>) {
+        let peer = self.peer.as_ref();
+        if self.state != HaState::Active {
+            out.push(Action::Refused(format!(
+                "this node is {}, only the ACTIVE node can hand off",
+                self.state
+            )));
+        } else if self.handoff.is_some() {
+            out.push(Action::Refused("a handoff is already in progress".into()));
+        } else if !self.link_up
+            || !peer.is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing))
+        {
+            out.push(Action::Refused(format!(
+                "no connected standby peer (peer {})",
+                match peer {
+                    Some(p) if self.link_up => p.state.to_string(),
+                    _ => "not connected".to_string(),
+                }
+            )));
+        } else {
+            self.start_handoff(API_REASON.to_string(), false, now, out);
+        }
+    }
+}

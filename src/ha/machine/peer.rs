@@ -1,0 +1,239 @@
+//! Control frames from the peer (status, handoff, its acknowledgement) and the decisions a
+//! fresh peer status allows.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn on_peer(
+        &mut self,
+        frame: Control,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        match frame {
+            Control::Status(ps) => {
+                self.peer_heard(ps, now, out);
+                self.evaluate(now, watermark, out);
+            }
+            Control::Handoff { reason, epoch } => {
+                self.last_peer_ms = now;
+                self.witness = None;
+                let name = self.peer_name();
+                if let Some(p) = self.peer.as_mut() {
+                    p.epoch = p.epoch.max(epoch);
+                }
+                if self.state == HaState::Active && self.handoff_taken == Some(epoch) {
+                    // The handoff this node already took, sent again: the first ack was lost.
+                    out.push(Action::Send(Control::HandoffAck {
+                        epoch: self.epoch,
+                        accepted: true,
+                    }));
+                    return;
+                }
+                let can = matches!(self.state, HaState::Standby | HaState::Syncing)
+                    && !self.faulted()
+                    && !self.stopping;
+                if can {
+                    self.sync_deadline_ms = None;
+                    self.take_over(
+                        format!("handoff from {name} ({reason})"),
+                        epoch,
+                        watermark,
+                        out,
+                    );
+                    self.handoff_taken = Some(epoch);
+                    self.reannounce_on_release = true;
+                    if let Some(p) = self.peer.as_mut() {
+                        p.state = HaState::Standby;
+                    }
+                    out.push(Action::Send(Control::HandoffAck {
+                        epoch: self.epoch,
+                        accepted: true,
+                    }));
+                } else {
+                    out.push(Action::Send(Control::HandoffAck {
+                        epoch: self.epoch,
+                        accepted: false,
+                    }));
+                    out.push(Action::Log(format!(
+                        "refused handoff from {name} ({reason}): this node is {}{}",
+                        self.state,
+                        if self.stopping {
+                            " and shutting down"
+                        } else {
+                            ""
+                        }
+                    )));
+                }
+            }
+            Control::HandoffAck { epoch, accepted } => {
+                self.last_peer_ms = now;
+                let name = self.peer_name();
+                let Some(h) = self.handoff.take() else {
+                    return;
+                };
+                if accepted {
+                    self.yielded = h.reason == API_REASON;
+                    if let Some(p) = self.peer.as_mut() {
+                        p.state = HaState::Active;
+                        p.epoch = p.epoch.max(epoch);
+                    }
+                    self.transition(
+                        HaState::Standby,
+                        format!("handed off to {name} ({})", h.reason),
+                        watermark,
+                        out,
+                    );
+                    out.push(Action::HandoffEnded(Ok(())));
+                    if h.shutdown {
+                        out.push(Action::ShutdownReady);
+                    }
+                } else {
+                    out.push(Action::HandoffEnded(Err(HandoffError::Refused {
+                        peer: name.clone(),
+                        reason: h.reason.clone(),
+                    })));
+                    if h.shutdown {
+                        self.transition(
+                            HaState::Standby,
+                            format!("shutdown: {name} refused the handoff"),
+                            watermark,
+                            out,
+                        );
+                        out.push(Action::ShutdownReady);
+                    } else {
+                        self.next_preempt_ms = now + self.cfg.failover_ms;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn peer_heard(&mut self, ps: PeerStatus, now: u64, out: &mut Vec<Action>) {
+        let was_active = self
+            .peer
+            .as_ref()
+            .is_some_and(|p| p.state == HaState::Active);
+        let let_go = ps.state != HaState::Active && self.state == HaState::Active;
+        if let_go && was_active && self.handoff.is_none() {
+            // Two ACTIVE nodes met and the peer just let go: clients may have followed its
+            // last announcement, so claim the VIP again now instead of after a conflict
+            // hold-off. Same state on both sides of the event: only the reason is news.
+            out.push(Action::Reannounce {
+                reason: format!(
+                    "{} stepped down to {}; announcing the service again",
+                    ps.node, ps.state
+                ),
+            });
+            // A preempting primary gets the service back later, not in this instant: a
+            // handoff now races the announcement above (both nodes' gratuitous ARPs within a
+            // millisecond, in either order), and clients that follow ours last are sent to
+            // the node that releases the VIP a moment later (a 1 s outage until the new
+            // owner's conflict defence, seen after SIGCONT of a hung primary).
+            self.next_preempt_ms = self.next_preempt_ms.max(now + self.cfg.failover_ms);
+            self.reannounce_on_release = false;
+        } else if let_go && self.reannounce_on_release {
+            // We took a handoff. The old owner's VIP worker may have sent an announcement
+            // (the next GARP of its claim burst, a defence) between our claim and its
+            // release; clients that followed it would reach a node without the VIP until
+            // our conflict hold-off (1 s) ends. Its status says it let go: announce last.
+            self.reannounce_on_release = false;
+            out.push(Action::Reannounce {
+                reason: format!(
+                    "{} let go after the handoff; announcing the service again",
+                    ps.node
+                ),
+            });
+        }
+        self.last_peer_ms = now;
+        self.witness = None;
+        self.averted = false;
+        if ps.state != HaState::Active {
+            self.dual_reported = false;
+        }
+        self.peer = Some(ps);
+    }
+
+    pub(super) fn peer_gone(&mut self, reason: String, out: &mut Vec<Action>) {
+        if self.peer_present {
+            self.peer_present = false;
+            self.dual_reported = false;
+            self.emit(out, HaNotice::PeerDown, reason);
+        }
+    }
+
+    /// Decisions that need a connected peer whose status is fresh.
+    pub(super) fn evaluate(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
+        if !self.link_up || self.stopping || self.faulted() {
+            return;
+        }
+        let Some(p) = self.peer.clone() else { return };
+        match (self.state, p.state) {
+            (HaState::Active, HaState::Active) => {
+                if self.handoff.is_some() {
+                    return; // the planned overlap of a handoff; the ack ends it
+                }
+                let peer_wins = p.epoch > self.epoch
+                    || (p.epoch == self.epoch && wins_tie(&p.role, &p.node, &self.cfg));
+                let (winner, we, they) = if peer_wins {
+                    (p.node.clone(), self.epoch, p.epoch)
+                } else {
+                    (self.cfg.node.clone(), self.epoch, p.epoch)
+                };
+                if !self.dual_reported {
+                    self.dual_reported = true;
+                    self.emit(
+                        out,
+                        HaNotice::SplitBrain,
+                        format!(
+                            "two ACTIVE nodes met ({} epoch {we}, {} epoch {they}): {winner} stays",
+                            self.cfg.node, p.node
+                        ),
+                    );
+                }
+                if peer_wins {
+                    self.transition(
+                        HaState::Standby,
+                        format!(
+                            "{} is ACTIVE with {} (this node: epoch {we})",
+                            p.node,
+                            if they > we {
+                                format!("higher epoch {they}")
+                            } else {
+                                format!("equal epoch {they} and wins the tie as {}", p.role)
+                            }
+                        ),
+                        watermark,
+                        out,
+                    );
+                }
+            }
+            (HaState::Active, HaState::Standby)
+                if p.wants_active
+                    && p.role == Role::Primary
+                    && self.cfg.role == Role::Secondary
+                    && self.handoff.is_none()
+                    && now >= self.next_preempt_ms =>
+            {
+                self.start_handoff(format!("preemption by primary {}", p.node), false, now, out);
+            }
+            (HaState::Standby, HaState::Standby) if !wins_tie(&p.role, &p.node, &self.cfg) => {
+                self.take_over(
+                    format!(
+                        "{} is STANDBY too; the {} takes the service",
+                        p.node, self.cfg.role
+                    ),
+                    0,
+                    watermark,
+                    out,
+                );
+            }
+            (HaState::Standby | HaState::Syncing, HaState::Fault) => {
+                self.sync_deadline_ms = None;
+                self.take_over(format!("{} reports FAULT", p.node), 0, watermark, out);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The silence clock: what a tick decides (handoff and sync deadlines, a silent peer), the
+//! VIP witness asked before a silent peer is taken over from, and when to tick next.
+
+use super::*;
+
+impl Machine {
+    pub(super) fn on_timer(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
+        let frozen = self
+            .last_tick_ms
+            .is_some_and(|t| now.saturating_sub(t) > 3 * self.cfg.heartbeat_ms);
+        self.last_tick_ms = Some(now);
+
+        if let Some(h) = self.handoff.take_if(|h| now >= h.deadline_ms) {
+            {
+                let name = self.peer_name();
+                out.push(Action::HandoffEnded(Err(HandoffError::Timeout {
+                    peer: name.clone(),
+                    reason: h.reason.clone(),
+                    after_ms: self.cfg.handoff_ms,
+                })));
+                if h.shutdown {
+                    self.transition(
+                        HaState::Standby,
+                        format!(
+                            "shutdown: {name} did not acknowledge the handoff within {}",
+                            secs(self.cfg.handoff_ms)
+                        ),
+                        watermark,
+                        out,
+                    );
+                    out.push(Action::ShutdownReady);
+                } else {
+                    self.next_preempt_ms = now + self.cfg.failover_ms;
+                }
+            }
+        }
+        if let Some(d) = self.sync_deadline_ms {
+            if now >= d && self.state == HaState::Syncing {
+                self.sync_deadline_ms = None;
+                self.transition(
+                    HaState::Standby,
+                    format!("bulk sync did not finish within {}", secs(self.cfg.sync_ms)),
+                    watermark,
+                    out,
+                );
+            }
+        }
+        if let Some((since, _)) = &self.witness {
+            // The prober always answers within its own timeout; this only guards against a
+            // lost answer leaving the takeover pending forever.
+            if now.saturating_sub(*since) > self.cfg.failover_ms {
+                self.witness = None;
+            }
+        }
+        // A node that cannot serve stops heartbeating (the transition to FAULT already told
+        // the peer) but still notices a silent peer and closes the link, so it never leaves
+        // FAULT trusting a link that died meanwhile.
+        if self.link_up && !self.faulted() {
+            out.push(Action::Send(Control::Status(self.status(watermark))));
+        }
+        if frozen {
+            return;
+        }
+        let silent_ms = now.saturating_sub(self.last_peer_ms);
+        if self.faulted() {
+            if silent_ms >= self.cfg.failover_ms && self.link_up {
+                let name = self.peer_name();
+                self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
+                self.link_up = false;
+                out.push(Action::CloseLink);
+            }
+            return;
+        }
+        if silent_ms >= self.cfg.failover_ms {
+            let name = self.peer_name();
+            self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
+            if self.link_up {
+                self.link_up = false;
+                out.push(Action::CloseLink);
+                if self.state == HaState::Syncing {
+                    self.sync_deadline_ms = None;
+                    self.transition(
+                        HaState::Standby,
+                        format!("{name} went silent during bulk sync"),
+                        watermark,
+                        out,
+                    );
+                }
+            }
+        }
+        if silent_ms >= self.probe_after()
+            && matches!(self.state, HaState::Standby | HaState::Syncing)
+            && !self.stopping
+            && self.witness.is_none()
+        {
+            self.begin_takeover(Cause::Silence { ms: silent_ms }, now, watermark, out);
+        }
+        if silent_ms < self.cfg.failover_ms {
+            self.evaluate(now, watermark, out);
+        }
+    }
+
+    /// Silence after which a takeover starts: the witness is asked early enough that its
+    /// answer (at most `witness_ms` later) lands on the failover timeout.
+    pub(super) fn probe_after(&self) -> u64 {
+        if self.cfg.witness {
+            self.cfg.failover_ms.saturating_sub(self.cfg.witness_ms)
+        } else {
+            self.cfg.failover_ms
+        }
+    }
+
+    /// The next instant (monotonic ms) at which a tick would decide something, so the caller
+    /// can tick then instead of up to a heartbeat later.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let waiting = matches!(self.state, HaState::Standby | HaState::Syncing)
+            && !self.stopping
+            && !self.faulted()
+            && self.witness.is_none();
+        let mut d = None::<u64>;
+        if waiting {
+            d = Some(self.last_peer_ms + self.probe_after());
+        }
+        if self.link_up {
+            let close = self.last_peer_ms + self.cfg.failover_ms;
+            d = Some(d.map_or(close, |x| x.min(close)));
+        }
+        if let Some(h) = &self.handoff {
+            d = Some(d.map_or(h.deadline_ms, |x| x.min(h.deadline_ms)));
+        }
+        d
+    }
+
+    pub(super) fn on_witness(
+        &mut self,
+        answered: bool,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((_, cause)) = self.witness.take() else {
+            return;
+        };
+        if !matches!(self.state, HaState::Standby | HaState::Syncing)
+            || self.stopping
+            || self.faulted()
+        {
+            return;
+        }
+        let silent_ms = now.saturating_sub(self.last_peer_ms);
+        if answered {
+            // Asked early (before the timeout) an answer is no news yet.
+            let due = !matches!(cause, Cause::Silence { .. }) || silent_ms >= self.cfg.failover_ms;
+            if due && !self.averted {
+                self.averted = true;
+                let name = self.peer_name();
+                let why = match cause {
+                    Cause::Silence { ms } => {
+                        format!("no heartbeat from {name} for {}", secs(ms))
+                    }
+                    Cause::Refused => format!("{name} refused the connection"),
+                };
+                self.emit(
+                    out,
+                    HaNotice::SplitBrain,
+                    format!(
+                        "{why}, but the VIP still answers: only the link is down; \
+                                 staying {} (averted)",
+                        self.state
+                    ),
+                );
+            }
+        } else {
+            let reason = self.cause_reason(&cause, now);
+            self.sync_deadline_ms = None;
+            self.take_over(reason, 0, watermark, out);
+        }
+    }
+
+    pub(super) fn begin_takeover(
+        &mut self,
+        cause: Cause,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if self.cfg.witness {
+            self.witness = Some((now, cause));
+            out.push(Action::ProbeWitness);
+        } else {
+            let reason = self.cause_reason(&cause, now);
+            self.sync_deadline_ms = None;
+            self.take_over(reason, 0, watermark, out);
+        }
+    }
+
+    pub(super) fn cause_reason(&self, cause: &Cause, now: u64) -> String {
+        let name = self.peer_name();
+        match cause {
+            Cause::Silence { .. } => {
+                let silent = now.saturating_sub(self.last_peer_ms);
+                if silent >= self.cfg.failover_ms {
+                    format!("peer heartbeat timeout after {}", secs(silent))
+                } else {
+                    format!(
+                        "no heartbeat from {name} for {} and the VIP does not answer",
+                        secs(silent)
+                    )
+                }
+            }
+            Cause::Refused => format!("{name} refused the reconnect (process gone, host up)"),
+        }
+    }
+}
