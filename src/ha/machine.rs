@@ -31,6 +31,8 @@ mod local;
 mod peer;
 mod timer;
 
+use timer::{Timer, Timers};
+
 /// Timings and identity the machine decides with. All durations in milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MachineConfig {
@@ -218,7 +220,6 @@ enum Cause {
 
 #[derive(Debug, Clone, PartialEq)]
 struct Handoff {
-    deadline_ms: u64,
     reason: String,
     shutdown: bool,
 }
@@ -237,14 +238,15 @@ pub struct Machine {
     peer_present: bool,
     last_peer_ms: u64,
     last_tick_ms: Option<u64>,
-    witness: Option<(u64, Cause)>,
+    /// Why a takeover waits for the witness's answer (its guard is [`Timer::WitnessGuard`]).
+    witness: Option<Cause>,
     /// `ha.split_brain` (averted) already reported for the current silence.
     averted: bool,
     /// `ha.split_brain` (two ACTIVE met) already reported for the current meeting.
     dual_reported: bool,
     handoff: Option<Handoff>,
-    next_preempt_ms: u64,
-    sync_deadline_ms: Option<u64>,
+    /// Every deadline, one slot per [`Timer`].
+    timers: Timers,
     stopping: bool,
     /// This node handed the service away on request (API): it does not preempt it back
     /// until it is ACTIVE again, or the request would be undone a heartbeat later.
@@ -274,8 +276,7 @@ impl Machine {
             averted: false,
             dual_reported: false,
             handoff: None,
-            next_preempt_ms: 0,
-            sync_deadline_ms: None,
+            timers: Timers::default(),
             stopping: false,
             yielded: false,
             handoff_taken: None,
@@ -366,7 +367,7 @@ impl Machine {
         let peer_epoch = self.peer.as_ref().map_or(0, |p| p.epoch);
         self.epoch = self.epoch.max(peer_epoch).max(min_epoch) + 1;
         self.averted = false;
-        self.witness = None;
+        self.forget_witness();
         self.transition(HaState::Active, reason, watermark, out);
     }
 
@@ -375,11 +376,8 @@ impl Machine {
             reason: reason.clone(),
             epoch: self.epoch,
         }));
-        self.handoff = Some(Handoff {
-            deadline_ms: now + self.cfg.handoff_ms,
-            reason,
-            shutdown,
-        });
+        self.timers.set(Timer::Handoff, now + self.cfg.handoff_ms);
+        self.handoff = Some(Handoff { reason, shutdown });
     }
 
     fn transition(&mut self, new: HaState, reason: String, watermark: u64, out: &mut Vec<Action>) {
@@ -388,8 +386,11 @@ impl Machine {
         }
         let old = self.state;
         self.state = new;
+        if new != HaState::Syncing {
+            self.timers.stop(Timer::Sync);
+        }
         if new != HaState::Active {
-            if let Some(h) = self.handoff.take() {
+            if let Some(h) = self.end_handoff() {
                 out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
                     peer: self.peer_name(),
                     reason: h.reason,
@@ -404,6 +405,27 @@ impl Machine {
         if self.link_up {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
+    }
+
+    /// The handoff this node started is over, one way or another: its deadline goes with it.
+    fn end_handoff(&mut self) -> Option<Handoff> {
+        self.timers.stop(Timer::Handoff);
+        self.handoff.take()
+    }
+
+    /// A takeover no longer waits for the witness (the peer spoke, or the question is moot).
+    fn forget_witness(&mut self) {
+        self.timers.stop(Timer::WitnessGuard);
+        self.witness = None;
+    }
+
+    /// An ACTIVE secondary keeps the service until at least `until` (see `peer_heard`).
+    fn hold_preemption(&mut self, until: u64) {
+        let until = self
+            .timers
+            .get(Timer::PreemptHold)
+            .map_or(until, |t| t.max(until));
+        self.timers.set(Timer::PreemptHold, until);
     }
 
     fn emit(&self, out: &mut Vec<Action>, notice: HaNotice, reason: String) {

@@ -398,7 +398,7 @@ impl NodeTask {
             let now = mono_ms();
             let deadline = self
                 .m
-                .next_deadline()
+                .poll_timeout()
                 .filter(|d| *d > now)
                 .map(|d| tokio::time::Instant::now() + Duration::from_millis(d - now));
             tokio::select! {

@@ -24,7 +24,7 @@ impl Machine {
         out.push(Action::StartSync);
         if self.state == HaState::Standby && !self.stopping {
             let name = self.peer_name();
-            self.sync_deadline_ms = Some(now + self.cfg.sync_ms);
+            self.timers.set(Timer::Sync, now + self.cfg.sync_ms);
             self.transition(
                 HaState::Syncing,
                 format!("bulk sync with {name} after connect"),
@@ -51,7 +51,7 @@ impl Machine {
         // service back from a peer that just took it; its current status follows on
         // the new link. It does prove the peer alive.
         self.last_peer_ms = now;
-        self.witness = None;
+        self.forget_witness();
         // Frames on the retired link are ignored by the peer: our current status
         // (e.g. a step-down the peer waits for to announce again) goes now.
         out.push(Action::Send(Control::Status(self.status(watermark))));
@@ -71,7 +71,7 @@ impl Machine {
         self.link_up = false;
         let name = self.peer_name();
         self.peer_gone(format!("peer link to {name} closed"), out);
-        if let Some(h) = self.handoff.take() {
+        if let Some(h) = self.end_handoff() {
             out.push(Action::HandoffEnded(Err(HandoffError::LinkClosed {
                 peer: name.clone(),
                 reason: h.reason.clone(),
@@ -90,7 +90,6 @@ impl Machine {
             }
         }
         if self.state == HaState::Syncing {
-            self.sync_deadline_ms = None;
             self.transition(
                 HaState::Standby,
                 format!("link to {name} closed during bulk sync"),
@@ -123,7 +122,6 @@ impl Machine {
     ) {
         self.emit(out, HaNotice::SyncComplete, detail.clone());
         if self.state == HaState::Syncing {
-            self.sync_deadline_ms = None;
             self.transition(HaState::Standby, detail, watermark, out);
             self.evaluate(now, watermark, out);
         }

@@ -11,9 +11,8 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         if !stuck.is_empty() && !self.faulted() {
-            self.witness = None;
-            self.sync_deadline_ms = None;
-            if let Some(h) = self.handoff.take() {
+            self.forget_witness();
+            if let Some(h) = self.end_handoff() {
                 out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
                     peer: self.peer_name(),
                     reason: h.reason,
@@ -49,7 +48,7 @@ impl Machine {
             return;
         }
         self.stopping = true;
-        self.witness = None;
+        self.forget_witness();
         let peer_can_take = self.link_up
             && self
                 .peer

@@ -18,7 +18,7 @@ impl Machine {
             }
             Control::Handoff { reason, epoch } => {
                 self.last_peer_ms = now;
-                self.witness = None;
+                self.forget_witness();
                 let name = self.peer_name();
                 if let Some(p) = self.peer.as_mut() {
                     p.epoch = p.epoch.max(epoch);
@@ -35,7 +35,6 @@ impl Machine {
                     && !self.faulted()
                     && !self.stopping;
                 if can {
-                    self.sync_deadline_ms = None;
                     self.take_over(
                         format!("handoff from {name} ({reason})"),
                         epoch,
@@ -70,7 +69,7 @@ impl Machine {
             Control::HandoffAck { epoch, accepted } => {
                 self.last_peer_ms = now;
                 let name = self.peer_name();
-                let Some(h) = self.handoff.take() else {
+                let Some(h) = self.end_handoff() else {
                     return;
                 };
                 if accepted {
@@ -103,7 +102,8 @@ impl Machine {
                         );
                         out.push(Action::ShutdownReady);
                     } else {
-                        self.next_preempt_ms = now + self.cfg.failover_ms;
+                        self.timers
+                            .set(Timer::PreemptHold, now + self.cfg.failover_ms);
                     }
                 }
             }
@@ -131,7 +131,7 @@ impl Machine {
             // millisecond, in either order), and clients that follow ours last are sent to
             // the node that releases the VIP a moment later (a 1 s outage until the new
             // owner's conflict defence, seen after SIGCONT of a hung primary).
-            self.next_preempt_ms = self.next_preempt_ms.max(now + self.cfg.failover_ms);
+            self.hold_preemption(now + self.cfg.failover_ms);
             self.reannounce_on_release = false;
         } else if let_go && self.reannounce_on_release {
             // We took a handoff. The old owner's VIP worker may have sent an announcement
@@ -147,7 +147,7 @@ impl Machine {
             });
         }
         self.last_peer_ms = now;
-        self.witness = None;
+        self.forget_witness();
         self.averted = false;
         if ps.state != HaState::Active {
             self.dual_reported = false;
@@ -214,7 +214,7 @@ impl Machine {
                     && p.role == Role::Primary
                     && self.cfg.role == Role::Secondary
                     && self.handoff.is_none()
-                    && now >= self.next_preempt_ms =>
+                    && self.timers.get(Timer::PreemptHold).is_none_or(|t| now >= t) =>
             {
                 self.start_handoff(format!("preemption by primary {}", p.node), false, now, out);
             }
@@ -230,7 +230,6 @@ impl Machine {
                 );
             }
             (HaState::Standby | HaState::Syncing, HaState::Fault) => {
-                self.sync_deadline_ms = None;
                 self.take_over(format!("{} reports FAULT", p.node), 0, watermark, out);
             }
             _ => {}

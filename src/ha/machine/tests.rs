@@ -52,7 +52,6 @@ fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Ma
     );
     m.state = state;
     m.epoch = epoch;
-    m.sync_deadline_ms = None;
     m
 }
 

@@ -3,6 +3,57 @@
 
 use super::*;
 
+/// Every deadline the machine keeps, one named slot each (as quinn-proto's timer table), so
+/// [`Machine::poll_timeout`] cannot forget one and no two `Option<u64>` fields drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Timer {
+    /// The peer must have acknowledged the handoff this node started.
+    Handoff,
+    /// SYNCING gives up and becomes STANDBY (armed only while SYNCING).
+    Sync,
+    /// An ACTIVE secondary does not hand the service to a preempting primary before this:
+    /// after a refused or unanswered handoff, or after a dual-ACTIVE meeting it won.
+    PreemptHold,
+    /// A witness answer that never came stops blocking the next takeover attempt.
+    WitnessGuard,
+}
+
+impl Timer {
+    const COUNT: usize = 4;
+}
+
+/// When each [`Timer`] fires (monotonic ms), `None` when it is not armed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Timers([Option<u64>; Timer::COUNT]);
+
+impl Timers {
+    pub(super) fn set(&mut self, timer: Timer, at: u64) {
+        self.0[timer as usize] = Some(at);
+    }
+
+    pub(super) fn stop(&mut self, timer: Timer) {
+        self.0[timer as usize] = None;
+    }
+
+    pub(super) fn get(&self, timer: Timer) -> Option<u64> {
+        self.0[timer as usize]
+    }
+
+    /// Whether `timer` is due at `now`; a due timer is disarmed (it fires once).
+    pub(super) fn fire(&mut self, timer: Timer, now: u64) -> bool {
+        let due = self.get(timer).is_some_and(|at| now >= at);
+        if due {
+            self.stop(timer);
+        }
+        due
+    }
+
+    /// The earliest armed timer.
+    pub(super) fn next(&self) -> Option<u64> {
+        self.0.iter().flatten().min().copied()
+    }
+}
+
 impl Machine {
     pub(super) fn on_timer(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
         let frozen = self
@@ -10,8 +61,8 @@ impl Machine {
             .is_some_and(|t| now.saturating_sub(t) > 3 * self.cfg.heartbeat_ms);
         self.last_tick_ms = Some(now);
 
-        if let Some(h) = self.handoff.take_if(|h| now >= h.deadline_ms) {
-            {
+        if self.timers.fire(Timer::Handoff, now) {
+            if let Some(h) = self.handoff.take() {
                 let name = self.peer_name();
                 out.push(Action::HandoffEnded(Err(HandoffError::Timeout {
                     peer: name.clone(),
@@ -30,28 +81,26 @@ impl Machine {
                     );
                     out.push(Action::ShutdownReady);
                 } else {
-                    self.next_preempt_ms = now + self.cfg.failover_ms;
+                    self.timers
+                        .set(Timer::PreemptHold, now + self.cfg.failover_ms);
                 }
             }
         }
-        if let Some(d) = self.sync_deadline_ms {
-            if now >= d && self.state == HaState::Syncing {
-                self.sync_deadline_ms = None;
-                self.transition(
-                    HaState::Standby,
-                    format!("bulk sync did not finish within {}", secs(self.cfg.sync_ms)),
-                    watermark,
-                    out,
-                );
-            }
+        if self.timers.fire(Timer::Sync, now) && self.state == HaState::Syncing {
+            self.transition(
+                HaState::Standby,
+                format!("bulk sync did not finish within {}", secs(self.cfg.sync_ms)),
+                watermark,
+                out,
+            );
         }
-        if let Some((since, _)) = &self.witness {
-            // The prober always answers within its own timeout; this only guards against a
-            // lost answer leaving the takeover pending forever.
-            if now.saturating_sub(*since) > self.cfg.failover_ms {
-                self.witness = None;
-            }
+        // The prober always answers within its own timeout; this only guards against a lost
+        // answer leaving the takeover pending forever.
+        if self.timers.fire(Timer::WitnessGuard, now) {
+            self.witness = None;
         }
+        // The hold only delays a decision `evaluate` takes below; its end decides nothing else.
+        self.timers.fire(Timer::PreemptHold, now);
         // A node that cannot serve stops heartbeating (the transition to FAULT already told
         // the peer) but still notices a silent peer and closes the link, so it never leaves
         // FAULT trusting a link that died meanwhile.
@@ -78,7 +127,6 @@ impl Machine {
                 self.link_up = false;
                 out.push(Action::CloseLink);
                 if self.state == HaState::Syncing {
-                    self.sync_deadline_ms = None;
                     self.transition(
                         HaState::Standby,
                         format!("{name} went silent during bulk sync"),
@@ -111,24 +159,21 @@ impl Machine {
     }
 
     /// The next instant (monotonic ms) at which a tick would decide something, so the caller
-    /// can tick then instead of up to a heartbeat later.
-    pub fn next_deadline(&self) -> Option<u64> {
+    /// can tick then instead of up to a heartbeat later: the earliest armed timer, or the
+    /// silence that starts a takeover or closes the link.
+    pub fn poll_timeout(&self) -> Option<u64> {
         let waiting = matches!(self.state, HaState::Standby | HaState::Syncing)
             && !self.stopping
             && !self.faulted()
             && self.witness.is_none();
-        let mut d = None::<u64>;
-        if waiting {
-            d = Some(self.last_peer_ms + self.probe_after());
-        }
-        if self.link_up {
-            let close = self.last_peer_ms + self.cfg.failover_ms;
-            d = Some(d.map_or(close, |x| x.min(close)));
-        }
-        if let Some(h) = &self.handoff {
-            d = Some(d.map_or(h.deadline_ms, |x| x.min(h.deadline_ms)));
-        }
-        d
+        let takeover = waiting.then(|| self.last_peer_ms + self.probe_after());
+        let close = self
+            .link_up
+            .then(|| self.last_peer_ms + self.cfg.failover_ms);
+        [takeover, close, self.timers.next()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub(super) fn on_witness(
@@ -138,7 +183,8 @@ impl Machine {
         watermark: u64,
         out: &mut Vec<Action>,
     ) {
-        let Some((_, cause)) = self.witness.take() else {
+        self.timers.stop(Timer::WitnessGuard);
+        let Some(cause) = self.witness.take() else {
             return;
         };
         if !matches!(self.state, HaState::Standby | HaState::Syncing)
@@ -172,7 +218,6 @@ impl Machine {
             }
         } else {
             let reason = self.cause_reason(&cause, now);
-            self.sync_deadline_ms = None;
             self.take_over(reason, 0, watermark, out);
         }
     }
@@ -185,11 +230,12 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         if self.cfg.witness {
-            self.witness = Some((now, cause));
+            self.witness = Some(cause);
+            self.timers
+                .set(Timer::WitnessGuard, now + self.cfg.failover_ms);
             out.push(Action::ProbeWitness);
         } else {
             let reason = self.cause_reason(&cause, now);
-            self.sync_deadline_ms = None;
             self.take_over(reason, 0, watermark, out);
         }
     }
