@@ -224,11 +224,58 @@ struct Handoff {
     shutdown: bool,
 }
 
+/// Where this node is, with what only that state needs: a handoff can only be in flight, and
+/// a taken handoff only remembered, while ACTIVE, so leaving ACTIVE drops them by construction.
+/// Deadlines are not here but in the [`Timer`] table, where `poll_timeout` sees them all.
+#[derive(Debug, Clone, PartialEq)]
+enum Phase {
+    Standby,
+    /// Bulk sync with the peer in progress; [`Timer::Sync`] bounds it.
+    Syncing,
+    Active {
+        /// A handoff this node started, waiting for the peer's ack ([`Timer::Handoff`]).
+        handoff: Option<Handoff>,
+        /// The sender's epoch of the handoff that made this node ACTIVE: the same handoff
+        /// sent again (its ack was lost with a swapped link) is acknowledged again, not
+        /// refused.
+        handoff_taken: Option<u64>,
+        /// This node took a handoff and the old owner has not yet said it let go: when it
+        /// does, announce the VIP once more (see `peer_heard`).
+        reannounce_on_release: bool,
+    },
+    /// Cannot serve: entered on failing health and left only when health returns.
+    Fault,
+}
+
+impl Phase {
+    fn entered(state: HaState) -> Phase {
+        match state {
+            HaState::Standby => Phase::Standby,
+            HaState::Syncing => Phase::Syncing,
+            HaState::Active => Phase::Active {
+                handoff: None,
+                handoff_taken: None,
+                reannounce_on_release: false,
+            },
+            HaState::Fault => Phase::Fault,
+        }
+    }
+
+    fn state(&self) -> HaState {
+        match self {
+            Phase::Standby => HaState::Standby,
+            Phase::Syncing => HaState::Syncing,
+            Phase::Active { .. } => HaState::Active,
+            Phase::Fault => HaState::Fault,
+        }
+    }
+}
+
 /// One node's HA state. Cheap to clone (tests fork it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Machine {
     cfg: MachineConfig,
-    state: HaState,
+    phase: Phase,
     epoch: u64,
     peer: Option<PeerStatus>,
     link_up: bool,
@@ -244,19 +291,12 @@ pub struct Machine {
     averted: bool,
     /// `ha.split_brain` (two ACTIVE met) already reported for the current meeting.
     dual_reported: bool,
-    handoff: Option<Handoff>,
     /// Every deadline, one slot per [`Timer`].
     timers: Timers,
     stopping: bool,
     /// This node handed the service away on request (API): it does not preempt it back
     /// until it is ACTIVE again, or the request would be undone a heartbeat later.
     yielded: bool,
-    /// The sender's epoch of the handoff that made this node ACTIVE: the same handoff sent
-    /// again (its ack was lost with a swapped link) is acknowledged again, not refused.
-    handoff_taken: Option<u64>,
-    /// This node took a handoff and the old owner has not yet said it let go: when it
-    /// does, announce the VIP once more (see `peer_heard`).
-    reannounce_on_release: bool,
 }
 
 impl Machine {
@@ -264,7 +304,7 @@ impl Machine {
     pub fn new(cfg: MachineConfig, now: u64) -> Self {
         Machine {
             cfg,
-            state: HaState::Standby,
+            phase: Phase::Standby,
             epoch: 0,
             peer: None,
             link_up: false,
@@ -275,17 +315,14 @@ impl Machine {
             witness: None,
             averted: false,
             dual_reported: false,
-            handoff: None,
             timers: Timers::default(),
             stopping: false,
             yielded: false,
-            handoff_taken: None,
-            reannounce_on_release: false,
         }
     }
 
     pub fn state(&self) -> HaState {
-        self.state
+        self.phase.state()
     }
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -303,7 +340,7 @@ impl Machine {
         &self.cfg
     }
     pub fn handoff_pending(&self) -> bool {
-        self.handoff.is_some()
+        self.handoff().is_some()
     }
 
     /// What this node tells the peer now.
@@ -315,12 +352,12 @@ impl Machine {
         PeerStatus {
             node: self.cfg.node.clone(),
             role: self.cfg.role,
-            state: self.state,
+            state: self.state(),
             epoch: self.epoch,
             watermark,
             wants_active: self.cfg.preempt
                 && self.cfg.role == Role::Primary
-                && self.state == HaState::Standby
+                && self.state() == HaState::Standby
                 && peer_active
                 && !self.faulted()
                 && !self.stopping
@@ -331,7 +368,7 @@ impl Machine {
     /// FAULT is entered on failing health and left only when health returns, so the state
     /// itself says whether this node cannot serve; no separate flag can disagree with it.
     fn faulted(&self) -> bool {
-        self.state == HaState::Fault
+        self.phase == Phase::Fault
     }
 
     fn peer_name(&self) -> String {
@@ -376,41 +413,53 @@ impl Machine {
             reason: reason.clone(),
             epoch: self.epoch,
         }));
-        self.timers.set(Timer::Handoff, now + self.cfg.handoff_ms);
-        self.handoff = Some(Handoff { reason, shutdown });
+        if let Phase::Active { handoff, .. } = &mut self.phase {
+            *handoff = Some(Handoff { reason, shutdown });
+            self.timers.set(Timer::Handoff, now + self.cfg.handoff_ms);
+        }
     }
 
     fn transition(&mut self, new: HaState, reason: String, watermark: u64, out: &mut Vec<Action>) {
-        if new == self.state {
+        let old = self.state();
+        if new == old {
             return;
         }
-        let old = self.state;
-        self.state = new;
+        let left = std::mem::replace(&mut self.phase, Phase::entered(new));
         if new != HaState::Syncing {
             self.timers.stop(Timer::Sync);
         }
-        if new != HaState::Active {
-            if let Some(h) = self.end_handoff() {
-                out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
-                    peer: self.peer_name(),
-                    reason: h.reason,
-                    state: new,
-                })));
-            }
+        if let Phase::Active {
+            handoff: Some(h), ..
+        } = left
+        {
+            self.timers.stop(Timer::Handoff);
+            out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
+                peer: self.peer_name(),
+                reason: h.reason,
+                state: new,
+            })));
         }
-        // Set again by the handoff branch right after its take-over.
-        self.handoff_taken = None;
-        self.reannounce_on_release = false;
         out.push(Action::Transition { old, new, reason });
         if self.link_up {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
     }
 
+    /// The handoff this node started and the peer has not yet acknowledged.
+    fn handoff(&self) -> Option<&Handoff> {
+        match &self.phase {
+            Phase::Active { handoff, .. } => handoff.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The handoff this node started is over, one way or another: its deadline goes with it.
     fn end_handoff(&mut self) -> Option<Handoff> {
         self.timers.stop(Timer::Handoff);
-        self.handoff.take()
+        match &mut self.phase {
+            Phase::Active { handoff, .. } => handoff.take(),
+            _ => None,
+        }
     }
 
     /// A takeover no longer waits for the witness (the peer spoke, or the question is moot).

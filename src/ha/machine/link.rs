@@ -22,7 +22,7 @@ impl Machine {
         // have changed since (a resumed ACTIVE that just stepped down): say it now.
         out.push(Action::Send(Control::Status(self.status(watermark))));
         out.push(Action::StartSync);
-        if self.state == HaState::Standby && !self.stopping {
+        if self.state() == HaState::Standby && !self.stopping {
             let name = self.peer_name();
             self.timers.set(Timer::Sync, now + self.cfg.sync_ms);
             self.transition(
@@ -55,7 +55,7 @@ impl Machine {
         // Frames on the retired link are ignored by the peer: our current status
         // (e.g. a step-down the peer waits for to announce again) goes now.
         out.push(Action::Send(Control::Status(self.status(watermark))));
-        if let Some(h) = &self.handoff {
+        if let Some(h) = self.handoff() {
             out.push(Action::Send(Control::Handoff {
                 reason: h.reason.clone(),
                 epoch: self.epoch,
@@ -89,7 +89,7 @@ impl Machine {
                 out.push(Action::ShutdownReady);
             }
         }
-        if self.state == HaState::Syncing {
+        if self.state() == HaState::Syncing {
             self.transition(
                 HaState::Standby,
                 format!("link to {name} closed during bulk sync"),
@@ -103,7 +103,7 @@ impl Machine {
         let name = self.peer_name();
         self.peer_gone(format!("{name} refused the connection (process gone)"), out);
         if self.linked_once
-            && matches!(self.state, HaState::Standby | HaState::Syncing)
+            && matches!(self.state(), HaState::Standby | HaState::Syncing)
             && !self.stopping
             && !self.faulted()
             && self.witness.is_none()
@@ -121,7 +121,7 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.emit(out, HaNotice::SyncComplete, detail.clone());
-        if self.state == HaState::Syncing {
+        if self.state() == HaState::Syncing {
             self.transition(HaState::Standby, detail, watermark, out);
             self.evaluate(now, watermark, out);
         }

@@ -54,17 +54,18 @@ impl Machine {
                 .peer
                 .as_ref()
                 .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
-        if self.state == HaState::Active && peer_can_take {
-            if self.handoff.as_ref().is_some_and(|h| !h.shutdown) {
+        if self.state() == HaState::Active && peer_can_take {
+            if let Phase::Active {
+                handoff: Some(h), ..
+            } = &mut self.phase
+            {
                 // A planned handoff is already in flight: let it finish, then exit.
-                if let Some(h) = self.handoff.as_mut() {
-                    h.shutdown = true;
-                }
+                h.shutdown = true;
             } else {
                 self.start_handoff("shutdown".to_string(), true, now, out);
             }
         } else {
-            if self.state == HaState::Active {
+            if self.state() == HaState::Active {
                 self.transition(
                     HaState::Standby,
                     "shutdown (no standby peer to hand off to)".to_string(),
@@ -78,12 +79,12 @@ impl Machine {
 
     pub(super) fn on_api_failover(&mut self, now: u64, out: &mut Vec<Action>) {
         let peer = self.peer.as_ref();
-        if self.state != HaState::Active {
+        if self.state() != HaState::Active {
             out.push(Action::Refused(format!(
                 "this node is {}, only the ACTIVE node can hand off",
-                self.state
+                self.state()
             )));
-        } else if self.handoff.is_some() {
+        } else if self.handoff().is_some() {
             out.push(Action::Refused("a handoff is already in progress".into()));
         } else if !self.link_up
             || !peer.is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing))

@@ -23,7 +23,8 @@ impl Machine {
                 if let Some(p) = self.peer.as_mut() {
                     p.epoch = p.epoch.max(epoch);
                 }
-                if self.state == HaState::Active && self.handoff_taken == Some(epoch) {
+                if matches!(self.phase, Phase::Active { handoff_taken, .. } if handoff_taken == Some(epoch))
+                {
                     // The handoff this node already took, sent again: the first ack was lost.
                     out.push(Action::Send(Control::HandoffAck {
                         epoch: self.epoch,
@@ -31,7 +32,7 @@ impl Machine {
                     }));
                     return;
                 }
-                let can = matches!(self.state, HaState::Standby | HaState::Syncing)
+                let can = matches!(self.state(), HaState::Standby | HaState::Syncing)
                     && !self.faulted()
                     && !self.stopping;
                 if can {
@@ -41,8 +42,15 @@ impl Machine {
                         watermark,
                         out,
                     );
-                    self.handoff_taken = Some(epoch);
-                    self.reannounce_on_release = true;
+                    if let Phase::Active {
+                        handoff_taken,
+                        reannounce_on_release,
+                        ..
+                    } = &mut self.phase
+                    {
+                        *handoff_taken = Some(epoch);
+                        *reannounce_on_release = true;
+                    }
                     if let Some(p) = self.peer.as_mut() {
                         p.state = HaState::Standby;
                     }
@@ -57,7 +65,7 @@ impl Machine {
                     }));
                     out.push(Action::Log(format!(
                         "refused handoff from {name} ({reason}): this node is {}{}",
-                        self.state,
+                        self.state(),
                         if self.stopping {
                             " and shutting down"
                         } else {
@@ -115,8 +123,8 @@ impl Machine {
             .peer
             .as_ref()
             .is_some_and(|p| p.state == HaState::Active);
-        let let_go = ps.state != HaState::Active && self.state == HaState::Active;
-        if let_go && was_active && self.handoff.is_none() {
+        let let_go = ps.state != HaState::Active && self.state() == HaState::Active;
+        if let_go && was_active && self.handoff().is_none() {
             // Two ACTIVE nodes met and the peer just let go: clients may have followed its
             // last announcement, so claim the VIP again now instead of after a conflict
             // hold-off. Same state on both sides of the event: only the reason is news.
@@ -132,13 +140,12 @@ impl Machine {
             // the node that releases the VIP a moment later (a 1 s outage until the new
             // owner's conflict defence, seen after SIGCONT of a hung primary).
             self.hold_preemption(now + self.cfg.failover_ms);
-            self.reannounce_on_release = false;
-        } else if let_go && self.reannounce_on_release {
+            self.take_reannounce_on_release();
+        } else if let_go && self.take_reannounce_on_release() {
             // We took a handoff. The old owner's VIP worker may have sent an announcement
             // (the next GARP of its claim burst, a defence) between our claim and its
             // release; clients that followed it would reach a node without the VIP until
             // our conflict hold-off (1 s) ends. Its status says it let go: announce last.
-            self.reannounce_on_release = false;
             out.push(Action::Reannounce {
                 reason: format!(
                     "{} let go after the handoff; announcing the service again",
@@ -155,6 +162,17 @@ impl Machine {
         self.peer = Some(ps);
     }
 
+    /// Whether a re-announcement is owed for the old owner's release; it is owed once.
+    fn take_reannounce_on_release(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Active {
+                reannounce_on_release,
+                ..
+            } => std::mem::take(reannounce_on_release),
+            _ => false,
+        }
+    }
+
     pub(super) fn peer_gone(&mut self, reason: String, out: &mut Vec<Action>) {
         if self.peer_present {
             self.peer_present = false;
@@ -169,9 +187,9 @@ impl Machine {
             return;
         }
         let Some(p) = self.peer.clone() else { return };
-        match (self.state, p.state) {
+        match (self.state(), p.state) {
             (HaState::Active, HaState::Active) => {
-                if self.handoff.is_some() {
+                if self.handoff().is_some() {
                     return; // the planned overlap of a handoff; the ack ends it
                 }
                 let peer_wins = p.epoch > self.epoch
@@ -213,7 +231,7 @@ impl Machine {
                 if p.wants_active
                     && p.role == Role::Primary
                     && self.cfg.role == Role::Secondary
-                    && self.handoff.is_none()
+                    && self.handoff().is_none()
                     && self.timers.get(Timer::PreemptHold).is_none_or(|t| now >= t) =>
             {
                 self.start_handoff(format!("preemption by primary {}", p.node), false, now, out);

@@ -50,7 +50,7 @@ fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Ma
         20,
         0,
     );
-    m.state = state;
+    m.phase = Phase::entered(state);
     m.epoch = epoch;
     m
 }
@@ -395,7 +395,7 @@ fn every_transition_in_the_table() {
             name: "SIGTERM with no peer → release at once",
             node: {
                 let mut m = primary();
-                m.state = Active;
+                m.phase = Phase::entered(Active);
                 m.epoch = 1;
                 m
             },
@@ -1361,7 +1361,7 @@ fn a_lone_node_back_from_fault_serves_again_within_failover_timeout() {
                 m.step(Input::Witness { answered: false }, t, 0);
             }
         }
-        if m.state == HaState::Active {
+        if m.state() == HaState::Active {
             active_at = Some(t);
             break;
         }
@@ -1374,12 +1374,12 @@ fn a_lone_node_back_from_fault_serves_again_within_failover_timeout() {
         t,
         0,
     );
-    assert_eq!(m.state, HaState::Fault);
+    assert_eq!(m.state(), HaState::Fault);
     t += 3 * FO;
     m.step(Input::Health { stuck: vec![] }, t, 0);
-    assert_eq!(m.state, HaState::Standby);
+    assert_eq!(m.state(), HaState::Standby);
     let back = t;
-    while m.state != HaState::Active && t < back + 10 * FO {
+    while m.state() != HaState::Active && t < back + 10 * FO {
         t += HB;
         for a in m.step(Input::Tick, t, 0) {
             if matches!(a, Action::ProbeWitness) {
@@ -1387,7 +1387,7 @@ fn a_lone_node_back_from_fault_serves_again_within_failover_timeout() {
             }
         }
     }
-    assert_eq!(m.state, HaState::Active, "still not serving");
+    assert_eq!(m.state(), HaState::Active, "still not serving");
     assert!(
         t - back <= FO + HB,
         "ACTIVE {} ms after recovering, want ≤ failover_timeout",
@@ -1409,7 +1409,7 @@ fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
         30,
         0,
     );
-    assert_eq!(m.state, HaState::Fault);
+    assert_eq!(m.state(), HaState::Fault);
     let out = m.step(Input::Tick, 30 + FO + HB, 0);
     assert!(
         out.iter().any(|a| matches!(a, Action::CloseLink)),
@@ -1422,7 +1422,11 @@ fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
         m.step(Input::Tick, t, 0);
     }
     m.step(Input::Health { stuck: vec![] }, t, 0);
-    assert_eq!(m.state, HaState::Standby, "went ACTIVE on stale peer news");
+    assert_eq!(
+        m.state(),
+        HaState::Standby,
+        "went ACTIVE on stale peer news"
+    );
     let mut asked = false;
     for _ in 0..3 {
         t += HB;
@@ -1435,5 +1439,5 @@ fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
     }
     assert!(asked, "a lone standby asks the witness");
     m.step(Input::Witness { answered: true }, t, 0);
-    assert_eq!(m.state, HaState::Standby, "took the VIP the peer serves");
+    assert_eq!(m.state(), HaState::Standby, "took the VIP the peer serves");
 }

@@ -62,7 +62,7 @@ impl Machine {
         self.last_tick_ms = Some(now);
 
         if self.timers.fire(Timer::Handoff, now) {
-            if let Some(h) = self.handoff.take() {
+            if let Some(h) = self.end_handoff() {
                 let name = self.peer_name();
                 out.push(Action::HandoffEnded(Err(HandoffError::Timeout {
                     peer: name.clone(),
@@ -86,7 +86,7 @@ impl Machine {
                 }
             }
         }
-        if self.timers.fire(Timer::Sync, now) && self.state == HaState::Syncing {
+        if self.timers.fire(Timer::Sync, now) && self.state() == HaState::Syncing {
             self.transition(
                 HaState::Standby,
                 format!("bulk sync did not finish within {}", secs(self.cfg.sync_ms)),
@@ -126,7 +126,7 @@ impl Machine {
             if self.link_up {
                 self.link_up = false;
                 out.push(Action::CloseLink);
-                if self.state == HaState::Syncing {
+                if self.state() == HaState::Syncing {
                     self.transition(
                         HaState::Standby,
                         format!("{name} went silent during bulk sync"),
@@ -137,7 +137,7 @@ impl Machine {
             }
         }
         if silent_ms >= self.probe_after()
-            && matches!(self.state, HaState::Standby | HaState::Syncing)
+            && matches!(self.state(), HaState::Standby | HaState::Syncing)
             && !self.stopping
             && self.witness.is_none()
         {
@@ -162,7 +162,7 @@ impl Machine {
     /// can tick then instead of up to a heartbeat later: the earliest armed timer, or the
     /// silence that starts a takeover or closes the link.
     pub fn poll_timeout(&self) -> Option<u64> {
-        let waiting = matches!(self.state, HaState::Standby | HaState::Syncing)
+        let waiting = matches!(self.state(), HaState::Standby | HaState::Syncing)
             && !self.stopping
             && !self.faulted()
             && self.witness.is_none();
@@ -187,7 +187,7 @@ impl Machine {
         let Some(cause) = self.witness.take() else {
             return;
         };
-        if !matches!(self.state, HaState::Standby | HaState::Syncing)
+        if !matches!(self.state(), HaState::Standby | HaState::Syncing)
             || self.stopping
             || self.faulted()
         {
@@ -212,7 +212,7 @@ impl Machine {
                     format!(
                         "{why}, but the VIP still answers: only the link is down; \
                                  staying {} (averted)",
-                        self.state
+                        self.state()
                     ),
                 );
             }
