@@ -40,8 +40,10 @@ fn secondary() -> Machine {
     Machine::new(cfg("node-b", Role::Secondary), 0)
 }
 
-/// A node connected to `peer`, synced, in `state` with `epoch`.
+/// `m` after connecting to `peer` and finishing the bulk sync. Checks that this left it in
+/// `state` with `epoch`, so a case cannot silently start from somewhere else.
 fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Machine {
+    let hello = format!("{peer:?}");
     m.step(Input::LinkUp(peer), 10, 0);
     m.step(
         Input::SyncComplete {
@@ -50,8 +52,54 @@ fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Ma
         20,
         0,
     );
-    m.phase = Phase::entered(state);
-    m.epoch = epoch;
+    assert_eq!(
+        (m.state(), m.epoch()),
+        (state, epoch),
+        "synced with {hello}"
+    );
+    m
+}
+
+/// `m` synced with `peer`, then took the service when the peer's process went away (link
+/// closed, reconnect refused, the VIP silent): ACTIVE one epoch above the peer, link down.
+fn took_over_from(m: Machine, peer: PeerStatus) -> Machine {
+    let want = peer.epoch + 1;
+    let mut m = connected(m, peer, HaState::Standby, 0);
+    m.step(Input::LinkDown, 21, 0);
+    m.step(Input::ReconnectRefused, 22, 0);
+    m.step(Input::Witness { answered: false }, 23, 0);
+    assert_eq!((m.state(), m.epoch()), (HaState::Active, want));
+    m
+}
+
+/// `m` synced with an ACTIVE `peer`, took the service from it by a handoff and heard it let
+/// go (the re-announcement that follows is done): ACTIVE one epoch above, peer STANDBY.
+fn took_handoff_from(m: Machine, peer: PeerStatus) -> Machine {
+    let released = PeerStatus {
+        state: HaState::Standby,
+        ..peer.clone()
+    };
+    let epoch = peer.epoch;
+    let mut m = connected(m, peer, HaState::Standby, 0);
+    m.step(
+        Input::Peer(Control::Handoff {
+            reason: API_REASON.into(),
+            epoch,
+        }),
+        22,
+        0,
+    );
+    m.step(Input::Peer(Control::Status(released)), 24, 0);
+    assert_eq!((m.state(), m.epoch()), (HaState::Active, epoch + 1));
+    m
+}
+
+/// A node with no peer that took the service when the silence reached the failover timeout
+/// and the VIP did not answer: ACTIVE at epoch 1, never linked.
+fn alone_and_active(mut m: Machine) -> Machine {
+    m.step(Input::Tick, FO - 100, 0);
+    m.step(Input::Witness { answered: false }, FO - 90, 0);
+    assert_eq!((m.state(), m.epoch()), (HaState::Active, 1));
     m
 }
 
@@ -203,7 +251,9 @@ fn every_transition_in_the_table() {
         },
         Case {
             name: "two STANDBY nodes connected: the primary takes over",
-            node: connected(primary(), b_standby.clone(), Standby, 0),
+            // Synced while B served (else the primary takes over at the sync's end); B then
+            // stepped down.
+            node: connected(primary(), b_active(1), Standby, 0),
             inputs: vec![(Input::Peer(Control::Status(b_standby.clone())), 30)],
             want: Active,
             reason: "node-b is STANDBY too; the primary takes the service",
@@ -325,35 +375,38 @@ fn every_transition_in_the_table() {
         },
         Case {
             name: "two ACTIVE: higher epoch stays",
-            node: connected(secondary(), a_active(1), Active, 2),
-            inputs: vec![(Input::Peer(Control::Status(a_active(1))), 30)],
+            node: took_over_from(secondary(), a_active(1)),
+            inputs: vec![(Input::LinkUp(a_active(1)), 30)],
             want: Active,
             reason: "",
             must: vec!["ha.split_brain"],
         },
         Case {
             name: "the losing ACTIVE steps down: the winner announces the service again",
-            node: connected(secondary(), a_active(1), Active, 2),
-            inputs: vec![(
-                Input::Peer(Control::Status(ps("node-a", Primary, Standby, 1))),
-                30,
-            )],
+            node: took_over_from(secondary(), a_active(1)),
+            inputs: vec![
+                (Input::LinkUp(a_active(1)), 25),
+                (
+                    Input::Peer(Control::Status(ps("node-a", Primary, Standby, 1))),
+                    30,
+                ),
+            ],
             want: Active,
             reason: "node-a stepped down to STANDBY; announcing the service again",
             must: vec!["reannounce"],
         },
         Case {
             name: "two ACTIVE with equal epochs: the secondary steps down",
-            node: connected(secondary(), a_active(2), Active, 2),
-            inputs: vec![(Input::Peer(Control::Status(a_active(2))), 30)],
+            node: took_over_from(secondary(), a_active(1)),
+            inputs: vec![(Input::LinkUp(a_active(2)), 30)],
             want: Standby,
             reason: "equal epoch 2 and wins the tie as primary",
             must: vec!["ha.failover"],
         },
         Case {
             name: "two ACTIVE with equal epochs: the primary stays",
-            node: connected(primary(), b_active(2), Active, 2),
-            inputs: vec![(Input::Peer(Control::Status(b_active(2))), 30)],
+            node: took_over_from(primary(), b_active(1)),
+            inputs: vec![(Input::LinkUp(b_active(2)), 30)],
             want: Active,
             reason: "",
             must: vec![],
@@ -393,13 +446,8 @@ fn every_transition_in_the_table() {
         },
         Case {
             name: "SIGTERM with no peer → release at once",
-            node: {
-                let mut m = primary();
-                m.phase = Phase::entered(Active);
-                m.epoch = 1;
-                m
-            },
-            inputs: vec![(Input::Shutdown, 30)],
+            node: alone_and_active(primary()),
+            inputs: vec![(Input::Shutdown, FO)],
             want: Standby,
             reason: "no standby peer",
             must: vec!["shutdown_ready"],
@@ -564,7 +612,7 @@ fn every_transition_in_the_table() {
         },
         Case {
             name: "preempt: active secondary hands off to a synced primary that wants it",
-            node: connected(secondary(), ps("node-a", Primary, Standby, 0), Active, 3),
+            node: took_handoff_from(secondary(), a_active(2)),
             inputs: vec![(
                 Input::Peer(Control::Status(PeerStatus {
                     wants_active: true,
@@ -578,7 +626,7 @@ fn every_transition_in_the_table() {
         },
         Case {
             name: "no preempt request → secondary keeps the service",
-            node: connected(secondary(), ps("node-a", Primary, Standby, 0), Active, 3),
+            node: took_handoff_from(secondary(), a_active(2)),
             inputs: vec![(
                 Input::Peer(Control::Status(ps("node-a", Primary, Standby, 0))),
                 30,
@@ -724,7 +772,7 @@ fn heartbeats_carry_state_epoch_and_watermark() {
         primary(),
         ps("node-b", Role::Secondary, HaState::Standby, 0),
         HaState::Active,
-        4,
+        1,
     );
     let a = m.step(Input::Tick, 100, 42);
     let st = a.iter().find_map(|a| match a {
@@ -734,7 +782,7 @@ fn heartbeats_carry_state_epoch_and_watermark() {
     let st = st.expect("a heartbeat");
     assert_eq!(
         (st.state, st.epoch, st.watermark, st.node.as_str()),
-        (HaState::Active, 4, 42, "node-a")
+        (HaState::Active, 1, 42, "node-a")
     );
 }
 
@@ -744,7 +792,7 @@ fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
         primary(),
         ps("node-b", Role::Secondary, HaState::Active, 2),
         HaState::Standby,
-        1,
+        0,
     );
     let out = a.step(
         Input::Peer(Control::Handoff {
@@ -785,11 +833,11 @@ fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
 fn after_a_dual_active_meeting_the_winner_hands_back_to_the_primary_only_after_failover_ms() {
     // B (secondary, epoch 2) won against a resumed A (primary, epoch 1); A steps down and,
     // with preempt, asks for the service back at once.
-    let mut b = connected(
-        secondary(),
-        ps("node-a", Role::Primary, HaState::Active, 1),
-        HaState::Active,
-        2,
+    let mut b = took_over_from(secondary(), ps("node-a", Role::Primary, HaState::Active, 1));
+    b.step(
+        Input::LinkUp(ps("node-a", Role::Primary, HaState::Active, 1)),
+        500,
+        0,
     );
     let mut a_back = ps("node-a", Role::Primary, HaState::Standby, 1);
     a_back.wants_active = true;
