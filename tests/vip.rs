@@ -1028,9 +1028,12 @@ fn the_event_stream_shows_a_vip_claim_live_and_ends_when_the_daemon_stops() {
         .ns(Node::A)
         .in_netns(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
         .expect("connect");
+    // The event stream carries client data: from the node's LAN address it needs a token.
     write!(
         s,
-        "GET /api/v1/events?events=vip.*,ha.* HTTP/1.1\r\nHost: {addr}\r\n\r\n"
+        "GET /api/v1/events?events=vip.*,ha.* HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        common::lab::READ_TOKEN
     )
     .expect("request");
     let seen = Arc::new(Mutex::new(String::new()));
