@@ -1,5 +1,5 @@
-//! Benchmark: `ha.failover` event → first gratuitous ARP seen on the wire, for the built-in
-//! `[[hooks.vip]]` (bus → dispatcher → VIP worker → netlink + AF_PACKET) and for the old
+//! Benchmark: HA's decision → first gratuitous ARP seen on the wire, for the built-in
+//! `[[hooks.vip]]` (service-role watch → VIP worker → netlink + AF_PACKET) and for the old
 //! hook-script route (`sh -c "ip addr add ...; arping -U ..."`, as hooks/floating-ip.sh does).
 //!
 //! Run as root: `cargo run --release --example vip_latency [rounds]`. The process moves
@@ -9,15 +9,14 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use athena_dhcpd::config::{Config, Dur, VipConfig};
-use athena_dhcpd::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use athena_dhcpd::config::{Dur, VipConfig};
+use athena_dhcpd::events::EventBus;
+use athena_dhcpd::ha::role::{self, ServiceRole};
 use athena_dhcpd::ha::HaState;
 use athena_dhcpd::health::Health;
 use athena_dhcpd::vip::{self, arp, packet, PacketSockets, VipBoard, VipContext};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 0, 3);
@@ -63,21 +62,13 @@ fn drain(sock: &OwnedFd) {
     while packet::recv_frame(sock, &mut buf).is_ok() {}
 }
 
-fn failover(new: HaState) -> Event {
-    Event::new(
-        EventKind::HaFailover,
-        "bench",
-        EventData::Ha(HaEvent {
-            old_state: if new == HaState::Active {
-                HaState::Standby
-            } else {
-                HaState::Active
-            },
-            new_state: new,
-            reason: "benchmark".into(),
-            ..Default::default()
-        }),
-    )
+/// HA's role, as the HA node sends it on a transition.
+fn role(state: HaState) -> ServiceRole {
+    ServiceRole {
+        state,
+        since: Instant::now(),
+        ..ServiceRole::undecided()
+    }
 }
 
 fn summary(name: &str, mut v: Vec<Duration>) {
@@ -130,13 +121,12 @@ fn main() -> anyhow::Result<()> {
             garp_interval: Dur(Duration::from_secs(1)),
             garp_refresh: None,
         };
-        let mut cfg = Config::default();
-        cfg.hooks.vips = vec![cfg_vip.clone()];
         let bus = EventBus::new();
+        let (role_tx, role_rx) = role::channel();
         let board: VipBoard = Default::default();
         let shutdown = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let ctl = vip::manager::start(
+        let claims = vip::manager::start(
             &[cfg_vip],
             PacketSockets::open()?,
             VipContext {
@@ -146,31 +136,22 @@ fn main() -> anyhow::Result<()> {
                 board: board.clone(),
                 shutdown: shutdown.clone(),
                 metrics: Default::default(),
+                role: role_rx,
             },
             &mut tasks,
         )?;
-        let (_cfg_tx, cfg_rx) = watch::channel(Arc::new(cfg));
-        athena_dhcpd::hooks::start(athena_dhcpd::hooks::HookContext {
-            bus: bus.clone(),
-            shutdown: shutdown.clone(),
-            metrics: Default::default(),
-            config: cfg_rx,
-            vip: Some(ctl),
-        });
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut samples = Vec::new();
         for _ in 0..rounds {
             drain(&wire);
             let t0 = Instant::now();
-            bus.publish(failover(HaState::Active));
+            role_tx.send_replace(role(HaState::Active));
             let seen = tokio::task::block_in_place(|| next_garp(&wire, Duration::from_secs(2)));
             if let Some(at) = seen {
                 samples.push(at - t0);
             }
-            bus.publish(failover(HaState::Standby));
-            while board.read().map(|b| b[0].held).unwrap_or(false) {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            role_tx.send_replace(role(HaState::Standby));
+            claims.wait_released(Duration::from_secs(2)).await;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         shutdown.cancel();

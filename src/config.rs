@@ -790,6 +790,8 @@ fn default_webhook_retries() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct VipConfig {
     pub name: String,
+    /// Accepted for compatibility and ignored: the VIP follows HA's service role directly
+    /// (`crate::ha::role`), not events from the bus.
     #[serde(default = "default_vip_events")]
     pub events: Vec<String>,
     /// With its prefix: "10.0.0.3/24".

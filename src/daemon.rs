@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::events::EventBus;
-use crate::ha::{HaState, HaStatus};
+use crate::ha::HaStatus;
 use crate::health::Health;
 use crate::privileges::explain_bind_error;
 use crate::vip::VipBoard;
@@ -124,6 +124,9 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     // DHCP calls `replication.replicate` before each DHCPACK; HA owns the receiving end.
     let (replication, replication_rx) = crate::lease::replication_channel(1024);
     let vips: VipBoard = Default::default();
+    // Who serves, for the VIP: written by HA (or once below, standalone), read by the VIP
+    // workers. Made before both, so neither start-up order can lose a value.
+    let (role_tx, role_rx) = crate::ha::role::channel();
 
     let mut extra = axum::Router::new();
     let mut dns_server = None;
@@ -148,7 +151,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     // VIP workers and hooks start before anything can publish an event they must see.
-    let vip_control = match prepared.vip_sockets.take() {
+    let vip_claims = match prepared.vip_sockets.take() {
         Some(sockets) => Some(
             crate::vip::manager::start(
                 &cfg.hooks.vips,
@@ -160,6 +163,7 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
                     board: vips.clone(),
                     shutdown: shutdown.clone(),
                     metrics: crate::vip::VipMetrics::register(&mut registry),
+                    role: role_rx,
                 },
                 &mut tasks,
             )
@@ -167,13 +171,13 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let vip_claims = vip_claims.unwrap_or_default();
     // The hooks get their own stop: they outlive the other tasks at shutdown (see below).
     let hooks = crate::hooks::start(crate::hooks::HookContext {
         bus: bus.clone(),
         shutdown: CancellationToken::new(),
         metrics: crate::hooks::HookMetrics::register(&mut registry),
         config: config_rx.clone(),
-        vip: vip_control,
     });
     // The lease store, opened when DHCP serves: DHCP writes it, HA replicates it (LeaseLog).
     let lease_store: Option<Arc<crate::lease::LeaseStore>> = if prepared.dhcp_sockets.is_empty() {
@@ -202,8 +206,8 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     let lease_log: Option<Arc<dyn crate::lease::LeaseLog>> = lease_store
         .clone()
         .map(|s| s as Arc<dyn crate::lease::LeaseLog>);
-    // HA starts after the VIP manager and hooks (they must see its first ha.failover) and
-    // before DHCP (which follows its serving gate) and the API (its routes and metrics).
+    // HA starts after the hooks (they must see its first ha.failover; the VIP follows the
+    // role watch, which keeps the latest value whenever it starts) and before DHCP (which follows its serving gate) and the API (its routes and metrics).
     let ha = if cfg.ha.enabled {
         let h = crate::ha::node::spawn(
             crate::ha::node::HaParams {
@@ -211,7 +215,8 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
                 config: cfg.clone(),
                 bus: bus.clone(),
                 health: health.clone(),
-                vips: vips.clone(),
+                role: role_tx,
+                vip_claims,
                 lease_log: lease_log.clone(),
                 replication: Some(replication_rx),
                 shutdown: shutdown.clone(),
@@ -224,6 +229,22 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         Some(h)
     } else {
         drop(replication_rx);
+        // A standalone node serves: its VIPs are claimed at once. Scripts and webhooks learn
+        // it as they would from HA (the old `floating-ip.sh` route relies on that event).
+        let role = crate::ha::role::ServiceRole::standalone();
+        role_tx.send_replace(role);
+        bus.publish(crate::events::Event::new(
+            crate::events::EventKind::HaFailover,
+            node.clone(),
+            crate::events::EventData::Ha(crate::events::HaEvent {
+                old_state: crate::ha::HaState::Standby,
+                new_state: role.state,
+                reason: "HA disabled: serving standalone".into(),
+                role: cfg.ha.role,
+                peer_state: None,
+                epoch: role.epoch,
+            }),
+        ));
         None
     };
     if let Some(store) = lease_store.clone() {
@@ -289,21 +310,6 @@ async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         if cfg.ha.enabled { format!("HA {}", cfg.ha.role) } else { "standalone".to_string() }
     );
-    if !cfg.ha.enabled {
-        // A standalone node serves: tell the hooks so, e.g. so a [[hooks.vip]] claims its VIP.
-        bus.publish(crate::events::Event::new(
-            crate::events::EventKind::HaFailover,
-            node.clone(),
-            crate::events::EventData::Ha(crate::events::HaEvent {
-                old_state: HaState::Standby,
-                new_state: HaState::Active,
-                reason: "HA disabled: serving standalone".into(),
-                role: cfg.ha.role,
-                peer_state: None,
-                epoch: 0,
-            }),
-        ));
-    }
     notify_ready();
     spawn_watchdog(health.clone(), shutdown.clone());
 

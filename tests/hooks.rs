@@ -64,7 +64,6 @@ fn start_hooks(
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         config,
-        vip: None,
     });
     (bus, shutdown, metrics, handle)
 }

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use athena_dhcpd::config::{Dur, VipConfig};
 use athena_dhcpd::events::{Event, EventBus, EventData, VipEvent};
+use athena_dhcpd::ha::role::{self, ServiceRole};
+use athena_dhcpd::ha::HaState;
 use athena_dhcpd::health::Health;
-use athena_dhcpd::vip::{self, arp, packet, PacketSockets, VipBoard, VipContext, VipControl, Want};
+use athena_dhcpd::vip::{self, arp, packet, PacketSockets, VipBoard, VipClaims, VipContext, Want};
 use common::netns::{self, require_root, Netns};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -135,7 +137,12 @@ impl Drop for Capture {
 
 /// A VIP manager running inside namespace `ns` on a thread of its own.
 struct Running {
-    ctl: VipControl,
+    /// HA's end of the role watch, played by the test.
+    role: tokio::sync::watch::Sender<ServiceRole>,
+    claims: VipClaims,
+    /// The bus the manager publishes on (and, with hooks, the one they read).
+    bus: EventBus,
+    hook_metrics: athena_dhcpd::hooks::HookMetrics,
     board: VipBoard,
     health: Health,
     events: Mutex<mpsc::Receiver<Arc<Event>>>,
@@ -154,11 +161,24 @@ impl Running {
     /// `net_admin: false` runs the manager on a thread without CAP_NET_ADMIN (capabilities
     /// are per thread, and the current-thread runtime keeps every task on it).
     fn start_with(ns: &Netns, cfgs: Vec<VipConfig>, net_admin: bool) -> Running {
+        Running::start_full(ns, cfgs, net_admin, None)
+    }
+
+    /// `hooks`: also run the script and webhook hooks of this config on the manager's
+    /// runtime, reading the same bus (as in the daemon).
+    fn start_full(
+        ns: &Netns,
+        cfgs: Vec<VipConfig>,
+        net_admin: bool,
+        hooks: Option<athena_dhcpd::config::Config>,
+    ) -> Running {
         let name = ns.name.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let shutdown = CancellationToken::new();
         let sd = shutdown.clone();
         let metrics = vip::VipMetrics::default();
+        let hook_metrics = athena_dhcpd::hooks::HookMetrics::default();
+        let hm = hook_metrics.clone();
         let restore_net_admin = Arc::new(tokio::sync::Notify::new());
         let (m, restore) = (metrics.clone(), restore_net_admin.clone());
         let thread = std::thread::spawn(move || {
@@ -173,10 +193,20 @@ impl Running {
                 )
                 .expect("drop CAP_NET_ADMIN");
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            // With hooks, the daemon's kind of runtime (two workers, as on a 2-core host):
+            // the dispatcher and the VIP worker share it. Its threads start here, inside the
+            // namespace, and inherit it.
+            let rt = if hooks.is_some() {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            }
+            .expect("runtime");
             rt.block_on(async move {
                 if !net_admin {
                     // A task of this current-thread runtime: the raise lands on the thread
@@ -195,7 +225,9 @@ impl Running {
                 let sub = bus.subscribe("test", 256);
                 let board: VipBoard = Default::default();
                 let health = Health::new();
+                let (role_tx, role_rx) = role::channel();
                 let ctx = VipContext {
+                    role: role_rx,
                     node: "t".into(),
                     bus: bus.clone(),
                     health: health.clone(),
@@ -204,16 +236,30 @@ impl Running {
                     metrics: m,
                 };
                 let mut tasks = tokio::task::JoinSet::new();
-                let ctl = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
-                tx.send((ctl, board, health, sub.rx)).ok();
+                let claims = vip::manager::start(&cfgs, socks, ctx, &mut tasks).expect("start");
+                let (_config_tx, config) =
+                    tokio::sync::watch::channel(Arc::new(hooks.clone().unwrap_or_default()));
+                let _hooks = hooks.is_some().then(|| {
+                    athena_dhcpd::hooks::start(athena_dhcpd::hooks::HookContext {
+                        bus: bus.clone(),
+                        // Kills a stalled script's process group when the test stops.
+                        shutdown: sd.clone(),
+                        metrics: hm,
+                        config,
+                    })
+                });
+                tx.send((role_tx, claims, bus, board, health, sub.rx)).ok();
                 sd.cancelled().await;
                 while tasks.join_next().await.is_some() {}
             });
         });
-        let (ctl, board, health, events) =
+        let (role, claims, bus, board, health, events) =
             rx.recv_timeout(Duration::from_secs(10)).expect("started");
         Running {
-            ctl,
+            role,
+            claims,
+            bus,
+            hook_metrics,
             board,
             health,
             events: Mutex::new(events),
@@ -222,6 +268,20 @@ impl Running {
             shutdown,
             thread: Some(thread),
         }
+    }
+
+    /// Plays HA: the role whose want is `w` (a yield is "not serving, the peer is ACTIVE").
+    fn want(&self, w: Want) {
+        let (state, peer_state) = match w {
+            Want::Hold => (HaState::Active, None),
+            Want::Release => (HaState::Standby, None),
+            Want::Yield => (HaState::Standby, Some(HaState::Active)),
+        };
+        self.role.send_modify(|r| {
+            r.state = state;
+            r.peer_state = peer_state;
+            r.since = Instant::now();
+        });
     }
 
     fn held(&self) -> bool {
@@ -284,7 +344,7 @@ fn claim_adds_the_vip_and_sends_exactly_garp_count_announcements_then_release_re
     let cap = Capture::start(&r.b);
     let m = Running::start(&r.a, vec![vip_cfg("eth0", 3, 300)]);
 
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     let claimed = m.wait_event("vip.claimed", Duration::from_secs(10));
     assert_eq!(claimed.address, VIP_CIDR);
     assert_eq!(claimed.interface, "eth0");
@@ -314,11 +374,148 @@ fn claim_adds_the_vip_and_sends_exactly_garp_count_announcements_then_release_re
         );
     }
 
-    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    m.want(Want::Release);
     let rel = m.wait_event("vip.released", Duration::from_secs(10));
     assert_eq!(rel.address, VIP_CIDR);
     assert!(!has_vip(&r.a, "eth0"), "VIP gone after release");
     assert!(!m.held());
+    m.stop();
+}
+
+/// How long the VIP may take to follow a change of HA's role (netlink call included).
+const FOLLOW_LIMIT: Duration = Duration::from_millis(5);
+
+#[test]
+fn the_vip_follows_every_role_change_in_order_while_a_stalled_hook_floods_the_bus() {
+    if !require_root("the_vip_follows_every_role_change_in_order_while_a_stalled_hook_floods") {
+        return;
+    }
+    const FLOOD: u64 = 100_000;
+    let r = rig("flood");
+    // A script hook that never finishes: its queue fills with lease events at once, and
+    // every later event for it (an ha.failover included) is dropped. The VIP must not care.
+    let mut hooks = athena_dhcpd::config::Config::default();
+    hooks
+        .hooks
+        .scripts
+        .push(athena_dhcpd::config::ScriptHookConfig {
+            name: "stalled".into(),
+            events: vec!["lease.*".into(), "ha.failover".into()],
+            command: "sleep 600".into(),
+            timeout: Some(Dur(Duration::from_secs(600))),
+            subnets: Vec::new(),
+        });
+    // The hooks run on the manager's runtime: the dispatcher competes with the VIP worker.
+    let m = Running::start_full(&r.a, vec![vip_cfg("eth0", 1, 1000)], true, Some(hooks));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The start-up role is STANDBY: nothing held.
+    assert!(rt.block_on(m.claims.wait_released(Duration::from_secs(10))));
+
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let (bus, published, stop) = (m.bus.clone(), published.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // At least FLOOD events, and on until every role change has been timed.
+            let mut i: u64 = 0;
+            while i < FLOOD || !stop.load(Ordering::Relaxed) {
+                bus.publish(Event::new(
+                    athena_dhcpd::events::EventKind::LeaseAck,
+                    "t",
+                    EventData::Lease(athena_dhcpd::events::LeaseEvent {
+                        ip: Ipv4Addr::from(0x0a00_0000 + (i as u32 % 60_000) + 10),
+                        mac: format!("02:00:00:00:{:02x}:{:02x}", (i >> 8) as u8, i as u8),
+                        hostname: None,
+                        client_id: None,
+                        subnet: "10.0.0.0/24".into(),
+                        lease_start: 0,
+                        lease_expiry: 3600,
+                        lease_duration: 3600,
+                    }),
+                ));
+                i += 1;
+                published.store(i, Ordering::Relaxed);
+                // Paced at about 1,000 per ms (a DHCPACK storm), leaving the runtime room.
+                if i % 1000 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+    };
+    wait_until("the flood under way", Duration::from_secs(10), || {
+        published.load(Ordering::Relaxed) >= 5_000
+    });
+
+    // On a loaded 2-core host a thread can wait out a whole scheduler slice (10-20 ms) now
+    // and then, whatever the code does; one clean run of the three changes in three shows
+    // the path has no queue behind the flood (a VIP fed by the bus would not follow at all).
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        m.want(Want::Release);
+        assert!(rt.block_on(m.claims.wait_released(Duration::from_secs(5))));
+        let mut took = Vec::new();
+        for (step, want) in [Want::Hold, Want::Release, Want::Hold]
+            .into_iter()
+            .enumerate()
+        {
+            let t0 = Instant::now();
+            m.want(want);
+            let role = *m.role.borrow();
+            let followed = rt.block_on(async {
+                match want {
+                    Want::Hold => m.claims.wait_claimed(&role, Duration::from_secs(5)).await,
+                    _ => m.claims.wait_released(Duration::from_secs(5)).await,
+                }
+            });
+            let dt = t0.elapsed();
+            assert!(
+                followed,
+                "step {step}: the VIP did not follow {:?} at all",
+                role.state
+            );
+            assert_eq!(
+                has_vip(&r.a, "eth0"),
+                want == Want::Hold,
+                "step {step}: the kernel's address does not match {:?}",
+                role.state
+            );
+            took.push(dt);
+        }
+        eprintln!("STANDBY→ACTIVE→STANDBY→ACTIVE followed in {took:?}");
+        let clean = took.iter().all(|dt| *dt <= FOLLOW_LIMIT);
+        runs.push(took);
+        if clean {
+            break;
+        }
+    }
+    let during = published.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().expect("flood thread");
+    let total = published.load(Ordering::Relaxed);
+    let dropped = m
+        .hook_metrics
+        .dropped
+        .get_or_create(&vec![("hook".to_string(), "stalled".to_string())])
+        .get();
+    eprintln!("{total} lease events published; the stalled hook dropped {dropped}");
+    assert!(during < total, "the flood had ended before the last change");
+    assert!(total >= FLOOD);
+    assert!(
+        dropped > 0,
+        "the flood never filled the stalled hook's queue"
+    );
+    assert!(
+        runs.last()
+            .is_some_and(|t| t.iter().all(|dt| *dt <= FOLLOW_LIMIT)),
+        "the VIP never followed all three changes within {FOLLOW_LIMIT:?}: {runs:?}"
+    );
+    assert!(
+        m.held() && has_vip(&r.a, "eth0"),
+        "ends held, as the last role says"
+    );
     m.stop();
 }
 
@@ -331,14 +528,14 @@ fn yielding_to_a_serving_peer_stops_announcing_at_once_and_removes_the_vip_a_mom
     let cap = Capture::start(&r.b);
     // A long burst, so announcements would still be due after the yield.
     let m = Running::start(&r.a, vec![vip_cfg("eth0", 10, 200)]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     wait_until("first GARP captured", Duration::from_secs(10), || {
         !cap.garps().is_empty()
     });
 
     let t = Instant::now();
-    m.ctl.want("dns-vip", Want::Yield, t);
+    m.want(Want::Yield);
     m.wait_event("vip.released", Duration::from_secs(10));
     let kept = t.elapsed();
     assert!(
@@ -352,10 +549,10 @@ fn yielding_to_a_serving_peer_stops_announcing_at_once_and_removes_the_vip_a_mom
     assert!(after.is_empty(), "announced after yielding: {after:?}");
 
     // Taken back within the linger: kept, and announced again.
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
-    m.ctl.want("dns-vip", Want::Yield, Instant::now());
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Yield);
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     std::thread::sleep(vip::claim::YIELD_LINGER * 2);
     assert!(
@@ -373,7 +570,7 @@ fn flapping_wants_end_in_the_final_state_without_a_stale_claim() {
     let r = rig("flap");
     let cap = Capture::start(&r.b);
     let m = Running::start(&r.a, vec![vip_cfg("eth0", 5, 200)]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     for i in 0..50 {
         let w = if i % 2 == 0 {
@@ -381,9 +578,9 @@ fn flapping_wants_end_in_the_final_state_without_a_stale_claim() {
         } else {
             Want::Hold
         };
-        m.ctl.want("dns-vip", w, Instant::now());
+        m.want(w);
     }
-    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    m.want(Want::Release);
     wait_until(
         "VIP released after flapping",
         Duration::from_secs(10),
@@ -402,9 +599,9 @@ fn flapping_wants_end_in_the_final_state_without_a_stale_claim() {
         } else {
             Want::Release
         };
-        m.ctl.want("dns-vip", w, Instant::now());
+        m.want(w);
     }
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     wait_until("VIP held after flapping", Duration::from_secs(10), || {
         m.held() && has_vip(&r.a, "eth0")
     });
@@ -457,7 +654,7 @@ fn a_vip_deleted_by_hand_while_held_comes_back_and_is_announced() {
     let r = rig("back");
     let cap = Capture::start(&r.b);
     let m = Running::start(&r.a, vec![vip_cfg("eth0", 1, 100)]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     wait_until("first GARP", Duration::from_secs(5), || {
         cap.garps().len() == 1
@@ -488,7 +685,7 @@ fn a_missing_interface_is_a_vip_error_and_the_claim_follows_when_it_appears() {
     }
     let r = rig("miss");
     let m = Running::start(&r.a, vec![vip_cfg("dummy9", 1, 100)]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     let err = m.wait_event("vip.error", Duration::from_secs(10));
     let detail = err.detail.unwrap_or_default();
     assert!(
@@ -527,7 +724,7 @@ fn another_mac_announcing_the_vip_is_a_conflict_and_is_answered() {
     let rival_mac = mac_of(&r.b, "peer0");
     let cap = Capture::start(&r.b);
     let m = Running::start(&r.a, vec![vip_cfg("eth0", 1, 100)]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     wait_until("claim GARP", Duration::from_secs(5), || {
         cap.garps().len() == 1
@@ -761,7 +958,7 @@ fn a_held_vip_is_announced_again_every_garp_refresh() {
     let mut cfg = vip_cfg("eth0", 1, 100);
     cfg.garp_refresh = Some(Dur(Duration::from_secs(1)));
     let m = Running::start(&r.a, vec![cfg]);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     m.wait_event("vip.claimed", Duration::from_secs(10));
     wait_until("two refreshes", Duration::from_secs(10), || {
         cap.garps().len() >= 3
@@ -830,7 +1027,7 @@ fn an_ipv6_vip_is_added_without_dad_and_announced_with_unsolicited_nas() {
     cfg.address = "fd00::3/64".into();
     let m = Running::start(&r.a, vec![cfg]);
     let cap = capture_na(&r.b, target, 2);
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     let claimed = m.wait_event("vip.claimed", Duration::from_secs(10));
     assert_eq!(claimed.address, "fd00::3/64");
     let addrs = r.a.run(&["ip", "-6", "addr", "show", "dev", "eth0"]);
@@ -847,7 +1044,7 @@ fn an_ipv6_vip_is_added_without_dad_and_announced_with_unsolicited_nas() {
         assert_eq!(f[58] & 0x20, 0x20, "Override flag");
         assert_eq!(&f[80..86], &mac, "target link-layer address option");
     }
-    m.ctl.want("dns-vip", Want::Release, Instant::now());
+    m.want(Want::Release);
     m.wait_event("vip.released", Duration::from_secs(10));
     assert!(!r
         .a
@@ -869,7 +1066,7 @@ fn without_cap_net_admin_the_claim_fails_naming_vip_interface_and_capability_and
             .get_or_create(&vec![("vip".to_string(), VIP_CIDR.to_string())])
             .get()
     };
-    m.ctl.want("dns-vip", Want::Hold, Instant::now());
+    m.want(Want::Hold);
     let err = m.wait_event("vip.error", Duration::from_secs(10));
     let detail = err.detail.unwrap_or_default();
     for word in [VIP_CIDR, "eth0", "CAP_NET_ADMIN"] {

@@ -1,5 +1,6 @@
 //! High availability: who serves. `machine` (pure state machine), `peer` (authenticated link),
-//! `sync` (lease replication). This file holds the types the rest of the daemon sees.
+//! `sync` (lease replication), `role` (the typed service role the VIP follows). This file
+//! holds the types the rest of the daemon sees.
 
 use std::fmt;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub mod machine;
 pub mod node;
 pub mod peer;
+pub mod role;
 pub mod sync;
 pub mod witness;
 

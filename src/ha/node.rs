@@ -11,7 +11,8 @@
 //! reach its clients (the VIP's link has no carrier) stops heartbeating and goes FAULT.
 //!
 //! Invariants: only this task calls `Machine::step`; every `ha.failover` action updates the
-//! serving gate and the status in the same step; a link is either the current one or being
+//! serving gate, the service role (which the VIP follows) and the status in the same step,
+//! before the event goes on the bus; a link is either the current one or being
 //! closed.
 
 use std::collections::HashMap;
@@ -38,12 +39,13 @@ use crate::config::{Config, Role};
 use crate::events::{Event, EventBus, EventData, EventKind, HaEvent};
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
 use crate::ha::peer::{self, LinkError, Msg};
+use crate::ha::role::ServiceRole;
 use crate::ha::sync::{self, Applied, ApplyJob, Pending};
 use crate::ha::witness::{self, WitnessTarget};
 use crate::ha::{HaState, HaStatus};
 use crate::health::{mono_ms, Health};
 use crate::lease::{LeaseLog, ReplicationRx};
-use crate::vip::VipBoard;
+use crate::vip::VipClaims;
 
 /// Longest a handshake (upgrade, challenge, hello) may take: a slow-loris peer is cut here.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
@@ -152,7 +154,10 @@ pub struct HaParams {
     pub config: Arc<Config>,
     pub bus: EventBus,
     pub health: Health,
-    pub vips: VipBoard,
+    /// Written on every `ha.failover` (transition or re-announce); the VIP manager follows it.
+    pub role: watch::Sender<ServiceRole>,
+    /// When the VIPs are claimed for a role: a handoff is acknowledged only then.
+    pub vip_claims: VipClaims,
     /// The lease store; `None` until one exists (replication then acknowledges nothing).
     pub lease_log: Option<Arc<dyn LeaseLog>>,
     pub replication: Option<ReplicationRx>,
@@ -726,9 +731,10 @@ impl NodeTask {
                     // The old owner releases the VIP when it reads the ack: claim it first,
                     // so no query finds the VIP on nobody.
                     let tx = l.tx.clone();
-                    let vips = self.p.vips.clone();
+                    let claims = self.p.vip_claims.clone();
+                    let role = *self.p.role.borrow();
                     tokio::spawn(async move {
-                        wait_vips_held(&vips, Duration::from_secs(1)).await;
+                        claims.wait_claimed(&role, Duration::from_secs(1)).await;
                         let _ = tx.send(Msg::Control(c)).await;
                     });
                     return;
@@ -798,9 +804,30 @@ impl NodeTask {
     }
 
     /// Logs and publishes one `ha.*` event; a `ha.failover` that changes the state also moves
-    /// the serving gate and the metrics.
+    /// the serving gate and the metrics, and every `ha.failover` (a re-announce too) is first
+    /// written to the service role the VIP follows.
     fn emit(&mut self, kind: EventKind, old: HaState, new: HaState, reason: String) {
-        let peer_state = self.m.peer().map(|p| p.state);
+        let peer = self.m.peer().map(|p| p.state);
+        let peer_state = peer;
+        if kind == EventKind::HaFailover {
+            // The VIP's channel, before the event: the bus may drop for a slow subscriber,
+            // the role never does (latest value wins).
+            let epoch = self.m.epoch();
+            self.p.role.send_modify(|r| {
+                let reannounce = if old == new && new.serves() {
+                    r.reannounce + 1
+                } else {
+                    r.reannounce
+                };
+                *r = ServiceRole {
+                    state: new,
+                    epoch,
+                    peer_state: peer,
+                    reannounce,
+                    since: Instant::now(),
+                };
+            });
+        }
         if kind == EventKind::HaFailover && old == new {
             tracing::info!(event = kind.as_str(), state = %new, reason = %reason, "HA stays {new}: {reason}");
         } else if kind == EventKind::HaFailover {
@@ -896,20 +923,6 @@ fn preferred_dialer(me: &str, my_role: Role, peer: &str, peer_role: Role) -> Str
         (Role::Primary, Role::Secondary) => me.to_string(),
         (Role::Secondary, Role::Primary) => peer.to_string(),
         _ => me.min(peer).to_string(),
-    }
-}
-
-async fn wait_vips_held(vips: &VipBoard, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let all_held = vips
-            .read()
-            .map(|v| v.iter().all(|s| s.held))
-            .unwrap_or(true);
-        if all_held || Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

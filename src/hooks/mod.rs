@@ -1,4 +1,4 @@
-//! Event hooks: per-hook ordered delivery to scripts, webhooks and the built-in VIP manager.
+//! Event hooks: per-hook ordered delivery to scripts and webhooks.
 //!
 //! One dispatcher task reads the event bus and routes each event to the hooks whose
 //! `events` patterns match (and, for script hooks with `subnets`, whose subnets hold the
@@ -8,9 +8,9 @@
 //! - a slow hook delays nobody: routing never waits (`try_send`); a full queue drops the
 //!   event for that hook only, counted in `athena_hook_events_dropped_total` and logged on the
 //!   first drop and every 1000th;
-//! - `[[hooks.vip]]` hooks have no queue: an `ha.failover` sets the VIP worker's latest-wins
-//!   want at once ([`crate::vip::VipControl`]), so nothing can be dropped and flapping ends
-//!   in the final state;
+//! - `[[hooks.vip]]` is configured here but is not a listener: the VIP follows HA's typed
+//!   [`crate::ha::role::ServiceRole`] watch, never this bus (which may drop). Its `events`
+//!   key is still accepted, for compatibility, and ignored;
 //! - on SIGHUP the script and webhook hooks (and `script_concurrency`) follow the new config
 //!   (old queues drain first); VIP hooks need a restart;
 //! - at shutdown the hooks outlive the rest of the daemon ([`Hooks::finish`]): the events of
@@ -35,8 +35,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::events::{Event, EventBus, EventData};
-use crate::ha::HaState;
-use crate::vip::{VipControl, Want};
 
 type Labels = Vec<(String, String)>;
 type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -118,8 +116,6 @@ pub struct HookContext {
     pub shutdown: CancellationToken,
     pub metrics: HookMetrics,
     pub config: watch::Receiver<Arc<Config>>,
-    /// The VIP workers, when `[[hooks.vip]]` hooks exist.
-    pub vip: Option<VipControl>,
 }
 
 /// A script or webhook hook's end of the routing table.
@@ -129,11 +125,6 @@ struct Queue {
     subnets: Vec<Ipv4Net>,
     tx: mpsc::Sender<(Arc<Event>, Instant)>,
     dropped: Arc<AtomicU64>,
-}
-
-struct VipRoute {
-    name: String,
-    patterns: Vec<String>,
 }
 
 /// The running hooks, for the daemon's shutdown.
@@ -166,29 +157,12 @@ impl Hooks {
 pub fn start(ctx: HookContext) -> Hooks {
     let cfg = ctx.config.borrow().clone();
     let sub = ctx.bus.subscribe("hooks", cfg.hooks.queue_size.max(16));
-    let vip_routes: Vec<VipRoute> = cfg
-        .hooks
-        .vips
-        .iter()
-        .map(|v| VipRoute {
-            name: v.name.clone(),
-            patterns: v.events.clone(),
-        })
-        .collect();
     let sem = Arc::new(Semaphore::new(cfg.hooks.script_concurrency.max(1)));
     let (alive, done) = mpsc::channel(1);
     let queues = spawn_queues(&cfg, &ctx, &sem, &alive);
     let flush = CancellationToken::new();
     let stop = ctx.shutdown.clone();
-    tokio::spawn(dispatch(
-        ctx,
-        sub.rx,
-        vip_routes,
-        queues,
-        sem,
-        flush.clone(),
-        alive,
-    ));
+    tokio::spawn(dispatch(ctx, sub.rx, queues, sem, flush.clone(), alive));
     Hooks { flush, stop, done }
 }
 
@@ -253,7 +227,6 @@ fn spawn_queues(
 async fn dispatch(
     mut ctx: HookContext,
     mut rx: mpsc::Receiver<Arc<Event>>,
-    vip_routes: Vec<VipRoute>,
     mut queues: Vec<Queue>,
     mut sem: Arc<Semaphore>,
     flush: CancellationToken,
@@ -272,7 +245,7 @@ async fn dispatch(
                 // Route what is already published; dropping the queues then lets each hook
                 // task finish its backlog and end.
                 while let Ok(ev) = rx.try_recv() {
-                    route(&ctx, &ev, &vip_routes, &queues);
+                    route(&ctx, &ev, &queues);
                 }
                 return;
             }
@@ -300,7 +273,7 @@ async fn dispatch(
             }
             ev = rx.recv() => {
                 let Some(ev) = ev else { return };
-                route(&ctx, &ev, &vip_routes, &queues);
+                route(&ctx, &ev, &queues);
             }
         }
     }
@@ -319,19 +292,8 @@ fn hook_fingerprint(cfg: &Config) -> String {
     .unwrap_or_default()
 }
 
-fn route(ctx: &HookContext, ev: &Arc<Event>, vips: &[VipRoute], queues: &[Queue]) {
+fn route(ctx: &HookContext, ev: &Arc<Event>, queues: &[Queue]) {
     let now = Instant::now();
-    if let (EventData::Ha(ha), Some(ctl)) = (&ev.data, &ctx.vip) {
-        if ev.kind == "ha.failover" {
-            for v in vips.iter().filter(|v| hook_wants(&v.patterns, &[], ev)) {
-                ctl.want(
-                    &v.name,
-                    Want::for_ha_state(ha.new_state.as_str(), ha.peer_state.map(HaState::as_str)),
-                    now,
-                );
-            }
-        }
-    }
     for q in queues
         .iter()
         .filter(|q| hook_wants(&q.patterns, &q.subnets, ev))
@@ -410,7 +372,6 @@ mod tests {
             shutdown: CancellationToken::new(),
             metrics: HookMetrics::default(),
             config,
-            vip: None,
         };
         let (slow_tx, _slow_rx) = mpsc::channel(1);
         let (fast_tx, mut fast_rx) = mpsc::channel(16);
@@ -439,7 +400,7 @@ mod tests {
                     ..Default::default()
                 }),
             ));
-            route(&ctx, &ev, &[], &queues);
+            route(&ctx, &ev, &queues);
         }
         assert_eq!(queues[0].dropped.load(Ordering::Relaxed), 4);
         assert_eq!(

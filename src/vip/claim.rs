@@ -1,10 +1,9 @@
 //! The decisions of one VIP as plain data, no sockets or clocks of their own (time is passed
 //! in), so the ordering rules are tested directly:
 //!
-//! - [`Desired`]: a latest-wins mailbox between events and the VIP's worker. Events set what
-//!   the node *wants* (hold or release); the worker takes only the newest want, so a burst of
-//!   flapping `ha.failover` events costs one netlink call and ends in the final state. Every
-//!   want carries the instant its event arrived, for the event → first GARP latency.
+//! - [`Want`]: what the node wants for its VIPs, derived from HA's latest
+//!   [`ServiceRole`] (the watch is the latest-wins mailbox: a burst of flapping transitions
+//!   costs one netlink call and ends in the final state).
 //! - [`Burst`]: the announcements of one claim: the first at once, the rest `interval` apart.
 //!   The worker keeps serving its mailbox between them (a release never waits behind a burst)
 //!   and cancels the rest when it releases, so no announcement follows a release.
@@ -12,6 +11,8 @@
 //! - [`Defender`]: RFC 5227 defence, at most one announcement per `DEFEND_INTERVAL`.
 
 use std::time::{Duration, Instant};
+
+use crate::ha::role::ServiceRole;
 
 /// What the node wants for one VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,60 +33,16 @@ pub enum Want {
 pub const YIELD_LINGER: Duration = Duration::from_millis(250);
 
 impl Want {
-    /// `ha.failover` → want: only ACTIVE holds the VIP; a node that stops being ACTIVE
-    /// while its peer is ACTIVE yields it (see [`Want::Yield`]).
-    pub fn for_ha_state(new_state: &str, peer_state: Option<&str>) -> Want {
-        if new_state == "ACTIVE" {
+    /// Only a serving node holds the VIP; one that stops serving because its peer serves
+    /// now yields it (see [`Want::Yield`]), otherwise it releases it at once.
+    pub fn for_role(role: &ServiceRole) -> Want {
+        if role.serves() {
             Want::Hold
-        } else if peer_state == Some("ACTIVE") {
+        } else if role.yields_to_peer() {
             Want::Yield
         } else {
             Want::Release
         }
-    }
-}
-
-/// Latest-wins mailbox. A fresh one holds a pending `Release`: at start-up the VIP is
-/// removed (a leftover from a crash) unless a `Hold` arrives before the worker gets to it.
-#[derive(Debug)]
-pub struct Desired {
-    want: Want,
-    at: Instant,
-    /// Bumped by every `set`; `taken` is the last value the worker took.
-    seq: u64,
-    taken: u64,
-}
-
-impl Desired {
-    pub fn new(now: Instant) -> Desired {
-        Desired {
-            want: Want::Release,
-            at: now,
-            seq: 1,
-            taken: 0,
-        }
-    }
-
-    /// Records the newest want. Returns true when the worker has something new to take.
-    pub fn set(&mut self, want: Want, at: Instant) -> bool {
-        self.want = want;
-        self.at = at;
-        self.seq += 1;
-        true
-    }
-
-    /// The newest want not yet taken, with the instant its event arrived.
-    pub fn take(&mut self) -> Option<(Want, Instant)> {
-        if self.taken == self.seq {
-            return None;
-        }
-        self.taken = self.seq;
-        Some((self.want, self.at))
-    }
-
-    /// The newest want, taken or not.
-    pub fn latest(&self) -> Want {
-        self.want
     }
 }
 
@@ -204,48 +161,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fresh_mailbox_asks_to_release_a_leftover() {
-        let t = Instant::now();
-        let mut d = Desired::new(t);
-        assert_eq!(d.take(), Some((Want::Release, t)));
-        assert_eq!(d.take(), None);
-    }
-
-    #[test]
-    fn a_hold_before_the_first_take_skips_the_start_up_release() {
-        let t = Instant::now();
-        let mut d = Desired::new(t);
-        let t1 = t + Duration::from_millis(1);
-        d.set(Want::Hold, t1);
-        assert_eq!(d.take(), Some((Want::Hold, t1)));
-        assert_eq!(d.take(), None);
-    }
-
-    #[test]
-    fn flapping_coalesces_to_the_final_state() {
-        let t = Instant::now();
-        let mut d = Desired::new(t);
-        d.take();
-        for i in 0..10u64 {
-            let w = if i % 2 == 0 {
-                Want::Hold
-            } else {
-                Want::Release
-            };
-            d.set(w, t + Duration::from_millis(i));
-        }
-        assert_eq!(
-            d.take(),
-            Some((Want::Release, t + Duration::from_millis(9)))
-        );
-        assert_eq!(d.take(), None);
-        d.set(Want::Hold, t);
-        d.set(Want::Hold, t);
-        assert_eq!(d.take().map(|x| x.0), Some(Want::Hold));
-        assert_eq!(d.latest(), Want::Hold);
-    }
-
-    #[test]
     fn a_burst_of_three_sends_two_more_spaced_by_the_interval() {
         let t = Instant::now();
         let iv = Duration::from_millis(400);
@@ -315,14 +230,27 @@ mod tests {
     }
 
     #[test]
-    fn only_active_holds_the_vip_and_letting_go_to_an_active_peer_yields() {
-        for peer in [None, Some("STANDBY"), Some("ACTIVE")] {
-            assert_eq!(Want::for_ha_state("ACTIVE", peer), Want::Hold);
+    fn only_a_serving_role_holds_the_vip_and_letting_go_to_a_serving_peer_yields() {
+        use crate::ha::HaState;
+        let all = [
+            HaState::Standby,
+            HaState::Active,
+            HaState::Syncing,
+            HaState::Fault,
+        ];
+        for peer in [None, Some(HaState::Standby), Some(HaState::Active)] {
+            let mut r = ServiceRole::standalone();
+            r.peer_state = peer;
+            assert_eq!(Want::for_role(&r), Want::Hold);
         }
-        for s in ["STANDBY", "SYNCING", "FAULT", ""] {
-            assert_eq!(Want::for_ha_state(s, None), Want::Release);
-            assert_eq!(Want::for_ha_state(s, Some("STANDBY")), Want::Release);
-            assert_eq!(Want::for_ha_state(s, Some("ACTIVE")), Want::Yield);
+        for s in all.into_iter().filter(|s| *s != HaState::Active) {
+            let mut r = ServiceRole::undecided();
+            r.state = s;
+            assert_eq!(Want::for_role(&r), Want::Release);
+            r.peer_state = Some(HaState::Standby);
+            assert_eq!(Want::for_role(&r), Want::Release);
+            r.peer_state = Some(HaState::Active);
+            assert_eq!(Want::for_role(&r), Want::Yield);
         }
     }
 }

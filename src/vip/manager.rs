@@ -2,9 +2,11 @@
 //! reading netlink address/link news and one reading ARP for the defence.
 //!
 //! A worker owns everything about its VIP (cached interface, held or not, the announcement
-//! burst, retries), so claims and releases of one VIP are strictly ordered; events only set
-//! the worker's latest-wins mailbox ([`VipControl::want`]) and never wait. Invariants:
-//! - the worker always acts on the newest want; a release cancels the rest of a burst;
+//! burst, retries), so claims and releases of one VIP are strictly ordered. It follows HA's
+//! [`ServiceRole`] watch (latest value wins: nothing is dropped or reordered, and nobody
+//! polls) and tells HA when a role's claim is done through [`VipClaims`] (a handoff is
+//! acknowledged only then). Invariants:
+//! - the worker always acts on the newest role; a release cancels the rest of a burst;
 //! - `held` on the [`VipBoard`] is true exactly while the address is on the interface by our
 //!   doing (HA and the API rely on it);
 //! - while the node wants the VIP, it is put back when someone removes it, re-announced when
@@ -21,7 +23,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -31,16 +33,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::arp::{self, ArpSeen};
-use super::claim::{Backoff, Burst, Defender, Desired, Want};
+use super::claim::{Backoff, Burst, Defender, Want};
 use super::netlink::{LinkInfo, NetEvent, Netlink, NetlinkError};
 use super::packet::{self, PacketSockets};
 use super::{VipBoard, VipStatus};
 use crate::config::VipConfig;
 use crate::events::{now_ms, Event, EventBus, EventData, EventKind, VipEvent};
+use crate::ha::role::ServiceRole;
 use crate::health::Health;
 
 /// How long a worker waits after a conflicting ARP before it defends (see the module doc).
@@ -59,6 +62,8 @@ pub struct VipContext {
     pub board: VipBoard,
     pub shutdown: CancellationToken,
     pub metrics: VipMetrics,
+    /// HA's decision (or the standalone daemon's fixed one); the workers follow it.
+    pub role: watch::Receiver<ServiceRole>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -129,54 +134,58 @@ impl VipMetrics {
     }
 }
 
-struct Slot {
-    name: String,
-    desired: Mutex<Desired>,
-    notify: Notify,
+/// Per VIP (in config order), the role whose claim is done: `Some(role)` once the address
+/// is on the interface and its first announcement went out for that role, `None` once it is
+/// released (or a claim or release failed). HA waits on it before acknowledging a handoff.
+type Claimed = Vec<Option<ServiceRole>>;
+
+/// Tells HA when the VIPs are claimed for a role; cheap to clone. The default (no VIPs)
+/// is claimed at once.
+#[derive(Clone, Debug)]
+pub struct VipClaims {
+    rx: watch::Receiver<Claimed>,
 }
 
-/// Sets what the node wants for its VIPs; cheap to clone, never blocks.
-#[derive(Clone)]
-pub struct VipControl {
-    slots: Arc<Vec<Arc<Slot>>>,
-}
-
-impl VipControl {
-    /// Sets the want of the VIP hook `name`; `at` is when the causing event arrived.
-    /// Returns false when no VIP hook has that name.
-    pub fn want(&self, name: &str, want: Want, at: Instant) -> bool {
-        let Some(slot) = self.slots.iter().find(|s| s.name == name) else {
-            return false;
-        };
-        slot.desired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set(want, at);
-        slot.notify.notify_one();
-        true
-    }
-
-    /// Sets the want of every VIP.
-    pub fn want_all(&self, want: Want, at: Instant) {
-        for s in self.slots.iter() {
-            self.want(&s.name, want, at);
+impl Default for VipClaims {
+    fn default() -> Self {
+        VipClaims {
+            rx: watch::channel(Vec::new()).1,
         }
     }
+}
 
-    pub fn names(&self) -> Vec<String> {
-        self.slots.iter().map(|s| s.name.clone()).collect()
+impl VipClaims {
+    /// Waits until every VIP is claimed for `role` (or for a newer role that still serves),
+    /// at most `limit`. True when they all are.
+    pub async fn wait_claimed(&self, role: &ServiceRole, limit: Duration) -> bool {
+        let mut rx = self.rx.clone();
+        let done = |v: &Claimed| {
+            v.iter()
+                .all(|c| c.is_some_and(|c| c.serves() && (c == *role || c.since >= role.since)))
+        };
+        let claimed = tokio::time::timeout(limit, rx.wait_for(|v| done(v))).await;
+        matches!(claimed, Ok(Ok(_)))
+    }
+
+    /// Waits until no VIP is claimed any more (each released, or its release failed), at
+    /// most `limit`. True when none is.
+    pub async fn wait_released(&self, limit: Duration) -> bool {
+        let mut rx = self.rx.clone();
+        let released =
+            tokio::time::timeout(limit, rx.wait_for(|v| v.iter().all(Option::is_none))).await;
+        matches!(released, Ok(Ok(_)))
     }
 }
 
 /// Starts the workers for `vips` on the current runtime; they stop (releasing their VIP)
-/// when `ctx.shutdown` fires. Every VIP starts with a pending release (crash leftovers).
+/// when `ctx.shutdown` fires. Each worker first applies the role as it is then: a VIP left
+/// over from a crash is removed unless the node already serves.
 pub fn start(
     vips: &[VipConfig],
     sockets: PacketSockets,
     ctx: VipContext,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> std::io::Result<VipControl> {
-    let now = Instant::now();
+) -> std::io::Result<VipClaims> {
     let nl = Netlink::connect()?;
     let (net_tx, _) = broadcast::channel(256);
     super::netlink::spawn_monitor(net_tx.clone())?;
@@ -195,15 +204,10 @@ pub fn start(
             });
         }
     }
-    let mut slots = Vec::new();
+    let (claims_tx, claims_rx) = watch::channel(vec![None; vips.len()]);
+    let claims_tx = Arc::new(claims_tx);
     let mut arp_routes = Vec::new();
     for (i, cfg) in vips.iter().enumerate() {
-        let slot = Arc::new(Slot {
-            name: cfg.name.clone(),
-            desired: Mutex::new(Desired::new(now)),
-            notify: Notify::new(),
-        });
-        slot.notify.notify_one();
         let (conflict_tx, conflict_rx) = mpsc::channel(16);
         let net = cfg.net();
         if let IpAddr::V4(a) = net.addr() {
@@ -215,7 +219,9 @@ pub fn start(
             board_index: i,
             nl: nl.clone(),
             send: send.clone(),
-            slot: slot.clone(),
+            role: ctx.role.clone(),
+            applied: *ctx.role.borrow(),
+            claims: claims_tx.clone(),
             ctx: ctx.clone(),
             link: None,
             want_hold: false,
@@ -235,15 +241,12 @@ pub fn start(
             error: None,
         };
         tasks.spawn(worker.run());
-        slots.push(slot);
     }
     // SAFETY: the OwnedFd is a valid, non-blocking socket that the AsyncFd owns and that
     // nothing else closes or replaces.
     let rx = unsafe { AsyncFd::register(sockets.arp_rx)? };
     tokio::spawn(read_arp(rx, arp_routes, ctx.shutdown.clone()));
-    Ok(VipControl {
-        slots: Arc::new(slots),
-    })
+    Ok(VipClaims { rx: claims_rx })
 }
 
 /// A conflicting-looking ARP, with the interface it arrived on.
@@ -328,11 +331,15 @@ struct Worker {
     board_index: usize,
     nl: Netlink,
     send: Arc<OwnedFd>,
-    slot: Arc<Slot>,
+    /// HA's role; the worker acts on each new value.
+    role: watch::Receiver<ServiceRole>,
+    /// The role last taken from `role`.
+    applied: ServiceRole,
+    claims: Arc<watch::Sender<Claimed>>,
     ctx: VipContext,
     /// The interface as last seen (refreshed by link news); None = not found yet.
     link: Option<LinkInfo>,
-    /// The last want taken from the mailbox.
+    /// The want of `applied`.
     want_hold: bool,
     /// The address is on the interface by our doing.
     held: bool,
@@ -359,17 +366,11 @@ struct Worker {
 impl Worker {
     async fn run(mut self) {
         let mut net_live = true;
+        let mut role_live = true;
+        // The role as it is now: the start-up clean-up, or the claim of a node that serves.
+        let first = *self.role.borrow_and_update();
+        self.apply(first).await;
         loop {
-            let next = self
-                .slot
-                .desired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some((want, at)) = next {
-                self.apply(want, at).await;
-                continue;
-            }
             let deadline = [
                 self.burst.due(),
                 self.retry_at,
@@ -383,7 +384,14 @@ impl Worker {
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => break,
-                _ = self.slot.notify.notified() => {}
+                changed = self.role.changed(), if role_live => match changed {
+                    Ok(()) => {
+                        let role = *self.role.borrow_and_update();
+                        self.apply(role).await;
+                    }
+                    // HA is gone (the daemon is stopping): keep what we have until shutdown.
+                    Err(_) => role_live = false,
+                },
                 ev = self.net_rx.recv(), if net_live => match ev {
                     Ok(ev) => self.on_net(ev).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -411,7 +419,9 @@ impl Worker {
         vec![("vip".to_string(), self.vip())]
     }
 
-    async fn apply(&mut self, want: Want, at: Instant) {
+    async fn apply(&mut self, role: ServiceRole) {
+        self.applied = role;
+        let (want, at) = (Want::for_role(&role), role.since);
         self.retry_at = None;
         self.release_at = None;
         match want {
@@ -441,14 +451,22 @@ impl Worker {
         self.rival = None;
     }
 
-    /// Has a release been asked for since this worker last took its want?
+    /// Has HA stopped wanting the VIP since this worker last took its role?
     fn superseded(&self) -> bool {
-        self.slot
-            .desired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .latest()
-            != Want::Hold
+        Want::for_role(&self.role.borrow()) != Want::Hold
+    }
+
+    /// Tells HA whether this VIP is claimed for the applied role.
+    fn set_claimed(&self, claimed: bool) {
+        let now = claimed.then_some(self.applied);
+        self.claims
+            .send_if_modified(|v| match v.get_mut(self.board_index) {
+                Some(c) if *c != now => {
+                    *c = now;
+                    true
+                }
+                _ => false,
+            });
     }
 
     /// Looks the interface up unless it is cached.
@@ -542,6 +560,7 @@ impl Worker {
         if !was_held {
             self.set_board(true);
         }
+        self.set_claimed(true);
         tracing::info!(
             vip = %self.vip(),
             interface = %self.cfg.interface,
@@ -609,6 +628,8 @@ impl Worker {
                 }
             },
         };
+        // After the netlink call, so whoever waits on the claims sees the address gone.
+        self.set_claimed(false);
         self.succeeded();
         self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
         if was_held {
@@ -782,6 +803,7 @@ impl Worker {
                     self.link = None;
                     if self.held {
                         self.held = false;
+                        self.set_claimed(false);
                         self.burst.cancel();
                         self.set_board(false);
                         self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
@@ -851,6 +873,7 @@ impl Worker {
         self.ctx.metrics.errors.get_or_create(&self.labels()).inc();
         if !self.held {
             self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
+            self.set_claimed(false);
         }
         let delay = self.backoff.next_delay();
         self.retry_at = Some(Instant::now() + delay);

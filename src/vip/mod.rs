@@ -1,8 +1,8 @@
 //! The floating IP: netlink address work, gratuitous ARP on a pre-opened packet socket,
 //! claim/release/announce/defend. Status types live here so the API can show them.
 //!
-//! Pure parts: `arp` and `ndp` (frames), `claim` (latest-wins wants, announcement bursts,
-//! backoff, defence rate). I/O: `packet` (AF_PACKET sockets opened before the capability
+//! Pure parts: `arp` and `ndp` (frames), `claim` (the want of a service role, announcement
+//! bursts, backoff, defence rate). I/O: `packet` (AF_PACKET sockets opened before the capability
 //! drop), `netlink` (rtnetlink address/link work and news), `manager` (one worker per VIP).
 
 pub mod arp;
@@ -13,7 +13,7 @@ pub mod netlink;
 pub mod packet;
 
 pub use claim::Want;
-pub use manager::{VipContext, VipControl, VipMetrics};
+pub use manager::{VipClaims, VipContext, VipMetrics};
 pub use packet::PacketSockets;
 
 use serde::Serialize;

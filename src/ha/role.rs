@@ -1,0 +1,72 @@
+//! The service role: what HA tells the parts of this node that act on "do I serve?" (the
+//! floating IP today), as typed data on a `tokio::sync::watch`.
+//!
+//! A watch holds one value and every reader sees the newest: a burst of transitions can
+//! never be dropped by a full queue or delivered out of order, and a reader that was busy
+//! skips straight to the final state. That is the contract the VIP needs (keepalived adds the
+//! address by a direct call before it runs any notify script); the event bus, which may drop
+//! for a slow subscriber, only tells the outside world (scripts, webhooks, SSE).
+//!
+//! The HA node task is the only writer: it sends on every `ha.failover` (a transition, or a
+//! re-announce that keeps ACTIVE), and standalone the daemon sends [`ServiceRole::standalone`]
+//! once. Readers get it through [`watch::Receiver`] and act on `changed()`.
+
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use super::HaState;
+
+/// One decision of HA about this node's service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceRole {
+    pub state: HaState,
+    /// HA's epoch when it decided (raised by every takeover).
+    pub epoch: u64,
+    /// The peer's state as this node knew it then; `Some(Active)` while this node is not
+    /// ACTIVE means it let go *to a serving peer* (a handoff, or stepping down to a higher
+    /// epoch): the VIP then stops announcing at once and lingers briefly (see
+    /// [`crate::vip::claim::YIELD_LINGER`]) instead of going at once.
+    pub peer_state: Option<HaState>,
+    /// Bumped when HA stays ACTIVE but wants the VIP claimed and announced again (after a
+    /// split brain settled in this node's favour): a new value with the same `state`.
+    pub reannounce: u64,
+    /// When HA decided this, for the decision → first announcement latency.
+    pub since: Instant,
+}
+
+impl ServiceRole {
+    /// Before HA has decided: not serving, peer unknown. A VIP left over from a crash is
+    /// removed unless a serving role arrives first.
+    pub fn undecided() -> ServiceRole {
+        ServiceRole {
+            state: HaState::Standby,
+            epoch: 0,
+            peer_state: None,
+            reannounce: 0,
+            since: Instant::now(),
+        }
+    }
+
+    /// A node without HA always serves.
+    pub fn standalone() -> ServiceRole {
+        ServiceRole {
+            state: HaState::Active,
+            ..ServiceRole::undecided()
+        }
+    }
+
+    pub fn serves(&self) -> bool {
+        self.state.serves()
+    }
+
+    /// Not serving because the peer now does (as opposed to no one serving).
+    pub fn yields_to_peer(&self) -> bool {
+        !self.serves() && self.peer_state == Some(HaState::Active)
+    }
+}
+
+/// The channel HA writes the role to; the receiver starts at [`ServiceRole::undecided`].
+pub fn channel() -> (watch::Sender<ServiceRole>, watch::Receiver<ServiceRole>) {
+    watch::channel(ServiceRole::undecided())
+}
