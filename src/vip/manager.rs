@@ -1,26 +1,24 @@
-//! The I/O shell around [`super::claim`]: one worker task per configured VIP, plus one task
-//! reading netlink address/link news and one reading ARP for the defence.
+//! The I/O shell around [`super::decide::VipClaim`]: one worker task per configured VIP,
+//! plus one task reading netlink address/link news and one reading ARP for the defence.
 //!
-//! A worker owns everything about its VIP (cached interface, held or not, the announcement
-//! burst, retries), so claims and releases of one VIP are strictly ordered. It follows HA's
+//! A worker only executes: it feeds its VIP's core the newest role (as a want), netlink news
+//! and results, ARP seen as the VIP and its timer, and carries out what the core answers
+//! (netlink add/delete/check, gratuitous ARPs, logs, metrics, board, health, `vip.*`
+//! events). The decisions and their invariants live in [`super::decide`]. It follows HA's
 //! [`ServiceRole`] watch (latest value wins: nothing is dropped or reordered, and nobody
 //! polls) and tells HA when a role's claim is done through [`VipClaims`] (a handoff is
-//! acknowledged only then). Invariants:
-//! - the worker always acts on the newest role; a release cancels the rest of a burst;
+//! acknowledged only then). Here:
+//! - one VIP's netlink calls run one at a time, so its claims and releases are strictly
+//!   ordered; a role that changes during a call reaches the core before the call's result;
 //! - `held` on the [`VipBoard`] is true exactly while the address is on the interface by our
 //!   doing (HA and the API rely on it);
-//! - while the node wants the VIP, it is put back when someone removes it, re-announced when
-//!   the link comes back, optionally re-announced every `garp_refresh`, and defended (RFC
-//!   5227) when another MAC sends ARP as the VIP. The defence waits [`DEFEND_HOLDOFF`] first:
-//!   in a planned handoff the new owner announces before the old one releases, and an instant
-//!   defence would pull traffic back to the node that is about to let go; for the same reason
-//!   the conflict is only logged, counted and published (`vip.conflict`) if the VIP is still
-//!   held when the hold-off ends. Frames that waited
-//!   in the socket longer than [`STALE_FRAME`] (the process was stopped) are not conflicts;
+//! - ARP frames that waited in the socket longer than [`STALE_FRAME`] (the process was
+//!   stopped) are not conflicts;
 //! - failures (interface missing, EPERM) are logged naming VIP, interface and capability,
 //!   shown in health and on the board, published as `vip.error`, and retried with backoff;
 //! - on shutdown a worker removes its VIP before it exits.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -37,7 +35,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::arp::{self, ArpSeen};
-use super::claim::{Backoff, Burst, Defender, Want};
+use super::claim::Want;
+use super::decide::{Input, Output, Report, VipClaim, VipSettings};
 use super::netlink::{LinkInfo, NetEvent, Netlink, NetlinkError};
 use super::packet::{self, PacketSockets};
 use super::{VipBoard, VipStatus};
@@ -46,8 +45,7 @@ use crate::events::{now_ms, Event, EventBus, EventData, EventKind, VipEvent};
 use crate::ha::role::ServiceRole;
 use crate::health::Health;
 
-/// How long a worker waits after a conflicting ARP before it defends (see the module doc).
-pub const DEFEND_HOLDOFF: Duration = Duration::from_secs(1);
+pub use super::decide::DEFEND_HOLDOFF;
 /// An ARP frame read this long after the kernel received it was queued while the process
 /// was stopped; it is not taken as a conflict (the resumed node would otherwise "defend" a
 /// VIP its peer legitimately took over while it was frozen).
@@ -223,22 +221,19 @@ pub fn start(
             applied: *ctx.role.borrow(),
             claims: claims_tx.clone(),
             ctx: ctx.clone(),
-            link: None,
-            want_hold: false,
-            held: false,
-            startup: true,
-            burst: Burst::default(),
-            backoff: Backoff::default(),
-            retry_at: None,
-            refresh_at: None,
-            defend_at: None,
-            release_at: None,
-            rival: None,
-            no_carrier: false,
-            defender: Defender::default(),
+            core: VipClaim::new(
+                VipSettings {
+                    net,
+                    interface: cfg.interface.clone(),
+                    garp_count: cfg.garp_count,
+                    garp_interval: cfg.garp_interval.get(),
+                    garp_refresh: cfg.garp_refresh.map(|r| r.get()),
+                },
+                Instant::now(),
+            ),
+            announced: false,
             net_rx: net_tx.subscribe(),
             conflict_rx,
-            error: None,
         };
         tasks.spawn(worker.run());
     }
@@ -325,42 +320,25 @@ async fn read_arp(
     }
 }
 
+/// The I/O shell of one VIP: feeds [`VipClaim`] its inputs and carries out its outputs
+/// (netlink, announcements, logs, metrics, board, health, events).
 struct Worker {
     cfg: VipConfig,
     net: IpNet,
     board_index: usize,
     nl: Netlink,
     send: Arc<OwnedFd>,
-    /// HA's role; the worker acts on each new value.
+    /// HA's role; the worker feeds each new value to the core as a want.
     role: watch::Receiver<ServiceRole>,
-    /// The role last taken from `role`.
+    /// The role last fed to the core (what a claim is reported for in [`VipClaims`]).
     applied: ServiceRole,
     claims: Arc<watch::Sender<Claimed>>,
     ctx: VipContext,
-    /// The interface as last seen (refreshed by link news); None = not found yet.
-    link: Option<LinkInfo>,
-    /// The want of `applied`.
-    want_hold: bool,
-    /// The address is on the interface by our doing.
-    held: bool,
-    /// No want applied yet: a release now is the crash-leftover clean-up.
-    startup: bool,
-    burst: Burst,
-    backoff: Backoff,
-    retry_at: Option<Instant>,
-    refresh_at: Option<Instant>,
-    defend_at: Option<Instant>,
-    /// Yielded to the serving peer: the address goes then (see [`super::claim::YIELD_LINGER`]).
-    release_at: Option<Instant>,
-    /// The MAC that sent ARP as the VIP and started the hold-off; reported only if we still
-    /// hold the VIP when the hold-off ends (a planned handoff is not a conflict).
-    rival: Option<[u8; 6]>,
-    /// The interface exists but has no carrier (a health fault while true).
-    no_carrier: bool,
-    defender: Defender,
+    core: VipClaim,
+    /// Whether the last announcement went out (for the claim's log line).
+    announced: bool,
     net_rx: broadcast::Receiver<NetEvent>,
     conflict_rx: mpsc::Receiver<ArpOnLink>,
-    error: Option<String>,
 }
 
 impl Worker {
@@ -368,35 +346,22 @@ impl Worker {
         let mut net_live = true;
         let mut role_live = true;
         // The role as it is now: the start-up clean-up, or the claim of a node that serves.
-        let first = *self.role.borrow_and_update();
-        self.apply(first).await;
+        self.take_role().await;
         loop {
-            let deadline = [
-                self.burst.due(),
-                self.retry_at,
-                self.refresh_at,
-                self.defend_at,
-                self.release_at,
-            ]
-            .into_iter()
-            .flatten()
-            .min();
+            let deadline = self.core.poll_timeout();
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => break,
                 changed = self.role.changed(), if role_live => match changed {
-                    Ok(()) => {
-                        let role = *self.role.borrow_and_update();
-                        self.apply(role).await;
-                    }
+                    Ok(()) => self.take_role().await,
                     // HA is gone (the daemon is stopping): keep what we have until shutdown.
                     Err(_) => role_live = false,
                 },
                 ev = self.net_rx.recv(), if net_live => match ev {
-                    Ok(ev) => self.on_net(ev).await,
+                    Ok(ev) => self.feed(net_input(ev)).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::debug!(vip = %self.net, "missed {n} netlink events, re-checking");
-                        self.on_net(NetEvent::Resync).await;
+                        self.feed(Input::Resync).await;
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         // The monitor is gone: only `garp_refresh` checks remain.
@@ -404,11 +369,119 @@ impl Worker {
                         net_live = false;
                     }
                 },
-                Some(c) = self.conflict_rx.recv() => self.on_conflict(c),
-                _ = sleep_until(deadline), if deadline.is_some() => self.on_timer().await,
+                Some(c) = self.conflict_rx.recv() => {
+                    self.feed(Input::Arp { seen: c.seen, ifindex: c.ifindex }).await;
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => self.feed(Input::Timer).await,
             }
         }
-        self.shutdown_release().await;
+        self.feed(Input::Shutdown).await;
+    }
+
+    /// The newest role, as the core's input.
+    fn role_input(&mut self) -> Input {
+        let role = *self.role.borrow_and_update();
+        self.applied = role;
+        Input::Want {
+            want: Want::for_role(&role),
+            at: role.since,
+        }
+    }
+
+    async fn take_role(&mut self) {
+        let input = self.role_input();
+        self.feed(input).await;
+    }
+
+    /// Feeds one input and carries out what the core answers, netlink results included.
+    async fn feed(&mut self, input: Input) {
+        let mut todo: VecDeque<Output> = self.core.handle(input, Instant::now()).into();
+        while let Some(out) = todo.pop_front() {
+            let result = match out {
+                Output::LookUpLink => {
+                    let r = self.nl.link(&self.cfg.interface).await;
+                    Input::LinkFound(r.map_err(|e| self.describe(&e)))
+                }
+                Output::AddAddress { index } => {
+                    let r = self.nl.add(index, self.net).await;
+                    Input::Added(r.map_err(|e| self.describe(&e)))
+                }
+                Output::DeleteAddress { index } => {
+                    let r = self.nl.del(index, self.net).await;
+                    Input::Deleted(r.map_err(|e| self.describe(&e)))
+                }
+                Output::CheckPresent { index } => {
+                    let r = self.nl.present(index, self.net.addr()).await;
+                    Input::Checked(r.map_err(|e| self.describe(&e)))
+                }
+                Output::Announce(link) => {
+                    self.announced = self.announce(&link);
+                    continue;
+                }
+                Output::Report(r) => {
+                    self.report(r);
+                    continue;
+                }
+            };
+            // A role that changed during the netlink call goes first, so a claim it
+            // supersedes announces nothing (the core defers it until the call is done).
+            if self.role.has_changed().unwrap_or(false) {
+                let want = self.role_input();
+                todo.extend(self.core.handle(want, Instant::now()));
+            }
+            todo.extend(self.core.handle(result, Instant::now()));
+        }
+    }
+
+    fn report(&mut self, r: Report) {
+        match r {
+            Report::Claimed { at, newly } => self.claimed(at, newly),
+            Report::Released {
+                was_held,
+                existed,
+                leftover,
+                shutdown,
+            } => self.released(was_held, existed, leftover, shutdown),
+            Report::Failed {
+                what,
+                msg,
+                retry_in,
+                first,
+                held,
+            } => self.failed(what, msg, retry_in, first, held),
+            Report::Succeeded { recovered } => {
+                if recovered {
+                    self.ctx
+                        .health
+                        .set_problem(&format!("vip {}", self.cfg.name), None);
+                    tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} on {}: working again", self.vip(), self.cfg.interface);
+                }
+                self.update_board(|s| s.last_error = None);
+            }
+            Report::Carrier { up } => self.carrier(up),
+            Report::LinkLost => {
+                self.set_claimed(false);
+                self.set_board(false);
+                self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
+            }
+            Report::Yielding => {
+                tracing::debug!(vip = %self.vip(), "peer serves: no more announcements of {}, removing it in {:?}", self.vip(), super::claim::YIELD_LINGER);
+            }
+            Report::RemovedWhileHeld => {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} was removed from {} while held; adding it back", self.vip(), self.cfg.interface);
+            }
+            Report::LinkUp => {
+                tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "link {} is up; claiming and announcing {} again", self.cfg.interface, self.vip());
+            }
+            Report::Vanished => {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} vanished from {}; adding it back", self.vip(), self.cfg.interface);
+            }
+            Report::CheckFailed(msg) => tracing::warn!("{msg}"),
+            Report::Conflict { rival, own_mac } => self.report_conflict(rival, own_mac),
+            Report::Defending => {
+                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "defending floating IP {} on {}: announcing it again", self.vip(), self.cfg.interface);
+            }
+        }
     }
 
     fn vip(&self) -> String {
@@ -417,43 +490,6 @@ impl Worker {
 
     fn labels(&self) -> Labels {
         vec![("vip".to_string(), self.vip())]
-    }
-
-    async fn apply(&mut self, role: ServiceRole) {
-        self.applied = role;
-        let (want, at) = (Want::for_role(&role), role.since);
-        self.retry_at = None;
-        self.release_at = None;
-        match want {
-            Want::Hold => {
-                self.want_hold = true;
-                self.claim(at).await;
-            }
-            Want::Yield if self.held => {
-                self.want_hold = false;
-                self.fall_silent();
-                self.release_at = Some(Instant::now() + super::claim::YIELD_LINGER);
-                tracing::debug!(vip = %self.vip(), "peer serves: no more announcements of {}, removing it in {:?}", self.vip(), super::claim::YIELD_LINGER);
-            }
-            Want::Release | Want::Yield => {
-                self.want_hold = false;
-                self.release(false).await;
-            }
-        }
-        self.startup = false;
-    }
-
-    /// No more announcements, defences or refresh checks of this VIP.
-    fn fall_silent(&mut self) {
-        self.burst.cancel();
-        self.refresh_at = None;
-        self.defend_at = None;
-        self.rival = None;
-    }
-
-    /// Has HA stopped wanting the VIP since this worker last took its role?
-    fn superseded(&self) -> bool {
-        Want::for_role(&self.role.borrow()) != Want::Hold
     }
 
     /// Tells HA whether this VIP is claimed for the applied role.
@@ -469,37 +505,12 @@ impl Worker {
             });
     }
 
-    /// Looks the interface up unless it is cached.
-    async fn ensure_link(&mut self) -> Result<LinkInfo, String> {
-        if let Some(l) = &self.link {
-            return Ok(l.clone());
-        }
-        match self.nl.link(&self.cfg.interface).await {
-            Ok(Some(l)) => {
-                self.note_carrier(&l);
-                self.link = Some(l.clone());
-                Ok(l)
-            }
-            Ok(None) => Err(format!(
-                "interface {:?} not found for VIP {}",
-                self.cfg.interface,
-                self.vip()
-            )),
-            Err(e) => Err(self.describe(&e)),
-        }
-    }
-
     /// A VIP link without carrier (cable pulled, switch port down) means this node cannot
     /// reach its clients: a health fault, so HA goes FAULT and the peer takes the service,
-    /// as keepalived does when its interface goes down. Logged on the change only.
-    fn note_carrier(&mut self, info: &LinkInfo) {
-        let lost = !info.up;
-        if lost == self.no_carrier {
-            return;
-        }
-        self.no_carrier = lost;
+    /// as keepalived does when its interface goes down.
+    fn carrier(&self, up: bool) {
         let key = format!("vip {}", self.cfg.name);
-        if lost {
+        if !up {
             let msg = format!(
                 "link {} of floating IP {} is down (no carrier)",
                 self.cfg.interface,
@@ -526,41 +537,27 @@ impl Worker {
         }
     }
 
-    async fn claim(&mut self, at: Instant) {
-        let link = match self.ensure_link().await {
-            Ok(l) => l,
-            Err(msg) => return self.fail("claim", msg),
-        };
-        if let Err(e) = self.nl.add(link.index, self.net).await {
-            // A stale ifindex (interface re-created) looks like ENODEV: look it up afresh.
-            self.link = None;
-            let msg = self.describe(&e);
-            return self.fail("claim", msg);
-        }
-        let was_held = self.held;
-        if self.superseded() {
-            // A release arrived while netlink was busy: announce nothing; the release that
-            // is waiting in the mailbox runs next and removes the address again.
-            self.held = true;
-            return;
-        }
-        let sent = self.announce(&link);
+    fn claimed(&mut self, at: Instant, newly: bool) {
         let first = Instant::now();
-        self.burst = Burst::start(first, self.cfg.garp_count, self.cfg.garp_interval.get());
-        self.held = true;
-        self.schedule_refresh(first);
-        self.succeeded();
         let ms = first.saturating_duration_since(at).as_secs_f64() * 1000.0;
         let m = &self.ctx.metrics;
         m.claims.get_or_create(&self.labels()).inc();
         m.held.get_or_create(&self.labels()).set(1);
         m.claim_latency.observe(ms / 1000.0);
-        let mac = arp::mac_string(link.mac);
-        let arps = if sent { self.cfg.garp_count } else { 0 };
-        if !was_held {
+        if newly {
             self.set_board(true);
         }
         self.set_claimed(true);
+        let mac = self
+            .core
+            .link()
+            .map(|l| arp::mac_string(l.mac))
+            .unwrap_or_default();
+        let arps = if self.announced {
+            self.cfg.garp_count
+        } else {
+            0
+        };
         tracing::info!(
             vip = %self.vip(),
             interface = %self.cfg.interface,
@@ -593,44 +590,9 @@ impl Worker {
         );
     }
 
-    /// Removes the address. `shutdown`: the daemon is stopping (logged as such).
-    async fn release(&mut self, shutdown: bool) {
-        self.fall_silent();
-        self.release_at = None;
-        let was_held = self.held;
-        // Before the netlink call: the resulting RTM_DELADDR must not look like an intruder.
-        self.held = false;
-        let link = match self.link.clone() {
-            Some(l) => Some(l),
-            None => match self.nl.link(&self.cfg.interface).await {
-                Ok(l) => {
-                    if let Some(info) = &l {
-                        self.note_carrier(info);
-                    }
-                    // Cached, so a later claim skips the lookup (event → GARP latency).
-                    self.link = l.clone();
-                    l
-                }
-                Err(e) => {
-                    let msg = self.describe(&e);
-                    return self.fail("release", msg);
-                }
-            },
-        };
-        let existed = match link {
-            // No interface, no address: released.
-            None => false,
-            Some(l) => match self.nl.del(l.index, self.net).await {
-                Ok(existed) => existed,
-                Err(e) => {
-                    let msg = self.describe(&e);
-                    return self.fail("release", msg);
-                }
-            },
-        };
+    fn released(&mut self, was_held: bool, existed: bool, leftover: bool, shutdown: bool) {
         // After the netlink call, so whoever waits on the claims sees the address gone.
         self.set_claimed(false);
-        self.succeeded();
         self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
         if was_held {
             self.set_board(false);
@@ -639,7 +601,7 @@ impl Worker {
             tracing::debug!(vip = %self.vip(), "floating IP {} not held, nothing to release", self.vip());
             return;
         }
-        let why = if self.startup && existed {
+        let why = if leftover {
             " (left over from an earlier run)"
         } else if shutdown {
             " (shutting down)"
@@ -665,17 +627,43 @@ impl Worker {
             VipEvent {
                 address: self.vip(),
                 interface: self.cfg.interface.clone(),
-                mac: self.link.as_ref().map(|l| arp::mac_string(l.mac)),
+                mac: self.core.link().map(|l| arp::mac_string(l.mac)),
                 detail: (!why.is_empty()).then(|| why.trim().trim_matches(['(', ')']).to_string()),
                 ..Default::default()
             },
         );
     }
 
-    async fn shutdown_release(&mut self) {
-        if self.want_hold || self.held {
-            self.release(true).await;
+    fn failed(&mut self, what: &str, msg: String, retry_in: Duration, first: bool, held: bool) {
+        self.ctx.metrics.errors.get_or_create(&self.labels()).inc();
+        if !held {
+            self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
+            self.set_claimed(false);
         }
+        if first {
+            tracing::error!(
+                vip = %self.vip(),
+                interface = %self.cfg.interface,
+                hook = %self.cfg.name,
+                retry_in_ms = retry_in.as_millis() as u64,
+                "{what} of floating IP failed: {msg}; retrying with backoff"
+            );
+            self.publish(
+                EventKind::VipError,
+                VipEvent {
+                    address: self.vip(),
+                    interface: self.cfg.interface.clone(),
+                    detail: Some(msg.clone()),
+                    ..Default::default()
+                },
+            );
+        } else {
+            tracing::debug!(vip = %self.vip(), "{what} failed again: {msg}");
+        }
+        self.ctx
+            .health
+            .set_problem(&format!("vip {}", self.cfg.name), Some(msg.clone()));
+        self.update_board(|s| s.last_error = Some(msg));
     }
 
     /// Sends one announcement now; a failed send is logged, not fatal (the address is
@@ -713,133 +701,6 @@ impl Worker {
         }
     }
 
-    fn schedule_refresh(&mut self, from: Instant) {
-        self.refresh_at = self.cfg.garp_refresh.map(|r| from + r.get());
-    }
-
-    async fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.retry_at.is_some_and(|t| now >= t) {
-            self.retry_at = None;
-            let at = Instant::now();
-            if self.want_hold {
-                self.claim(at).await;
-            } else {
-                self.release(false).await;
-            }
-            return;
-        }
-        if self.release_at.is_some_and(|t| now >= t) {
-            self.release(false).await;
-            return;
-        }
-        if !self.held || !self.want_hold {
-            self.fall_silent();
-            return;
-        }
-        let Some(link) = self.link.clone() else {
-            return;
-        };
-        if self.burst.fire(now) {
-            self.announce(&link);
-        }
-        if self.defend_at.is_some_and(|t| now >= t) {
-            self.defend_at = None;
-            if let Some(rival) = self.rival.take() {
-                self.report_conflict(rival, link.mac);
-            }
-            if self.defender.on_conflict(now) {
-                tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "defending floating IP {} on {}: announcing it again", self.vip(), self.cfg.interface);
-                self.announce(&link);
-            }
-        }
-        if let Some(t) = self.refresh_at.filter(|t| now >= *t) {
-            if let Some(later) = super::claim::put_off_if_late(t, now) {
-                self.refresh_at = Some(later);
-                return;
-            }
-            self.schedule_refresh(now);
-            // The periodic check doubles as a safety net for a missed RTM_DELADDR.
-            match self.nl.present(link.index, self.net.addr()).await {
-                Ok(true) => {
-                    self.announce(&link);
-                }
-                Ok(false) => {
-                    tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} vanished from {}; adding it back", self.vip(), self.cfg.interface);
-                    self.claim(now).await;
-                }
-                Err(e) => tracing::warn!("{}", self.describe(&e)),
-            }
-        }
-    }
-
-    async fn on_net(&mut self, ev: NetEvent) {
-        match ev {
-            NetEvent::AddressRemoved { index, addr } => {
-                let ours = self.link.as_ref().is_some_and(|l| l.index == index);
-                if self.held && !self.want_hold && ours && addr == self.net.addr() {
-                    // Removed by someone else while yielding: it is gone either way.
-                    self.release(false).await;
-                } else if self.held && ours && addr == self.net.addr() {
-                    tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} was removed from {} while held; adding it back", self.vip(), self.cfg.interface);
-                    self.held = false;
-                    self.claim(Instant::now()).await;
-                }
-            }
-            NetEvent::Link(info) if info.name == self.cfg.interface => {
-                self.note_carrier(&info);
-                let old = self.link.replace(info.clone());
-                let came_up = info.up && !old.as_ref().is_some_and(|o| o.up);
-                let moved = old.as_ref().is_some_and(|o| o.index != info.index);
-                if self.want_hold && (came_up || moved || self.retry_at.is_some()) {
-                    tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "link {} is up; claiming and announcing {} again", self.cfg.interface, self.vip());
-                    self.held = false;
-                    self.claim(Instant::now()).await;
-                }
-            }
-            NetEvent::Link(_) => {}
-            NetEvent::LinkRemoved { index } => {
-                if self.link.as_ref().is_some_and(|l| l.index == index) {
-                    self.link = None;
-                    if self.held {
-                        self.held = false;
-                        self.set_claimed(false);
-                        self.burst.cancel();
-                        self.set_board(false);
-                        self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
-                        let msg = format!(
-                            "interface {:?} of VIP {} was removed; it is claimed again when the interface returns",
-                            self.cfg.interface,
-                            self.vip()
-                        );
-                        self.fail("claim", msg);
-                    }
-                }
-            }
-            NetEvent::Resync => {
-                if self.want_hold {
-                    self.link = None;
-                    self.claim(Instant::now()).await;
-                }
-            }
-        }
-    }
-
-    fn on_conflict(&mut self, c: ArpOnLink) {
-        let Some(link) = &self.link else { return };
-        if !self.held
-            || !self.want_hold
-            || c.ifindex != link.index
-            || !arp::is_conflict(&c.seen, ip4(self.net), link.mac)
-        {
-            return;
-        }
-        if self.defend_at.is_none() {
-            self.defend_at = Some(Instant::now() + DEFEND_HOLDOFF);
-            self.rival = Some(c.seen.sender_mac);
-        }
-    }
-
     /// Still held after [`DEFEND_HOLDOFF`]: a real conflict, not a peer taking over in a
     /// planned handoff (that one makes us release within the hold-off, silently).
     fn report_conflict(&mut self, rival: [u8; 6], own_mac: [u8; 6]) {
@@ -869,54 +730,6 @@ impl Worker {
         );
     }
 
-    fn fail(&mut self, what: &str, msg: String) {
-        self.ctx.metrics.errors.get_or_create(&self.labels()).inc();
-        if !self.held {
-            self.ctx.metrics.held.get_or_create(&self.labels()).set(0);
-            self.set_claimed(false);
-        }
-        let delay = self.backoff.next_delay();
-        self.retry_at = Some(Instant::now() + delay);
-        let first = self.error.as_deref() != Some(msg.as_str());
-        if first {
-            tracing::error!(
-                vip = %self.vip(),
-                interface = %self.cfg.interface,
-                hook = %self.cfg.name,
-                retry_in_ms = delay.as_millis() as u64,
-                "{what} of floating IP failed: {msg}; retrying with backoff"
-            );
-            self.publish(
-                EventKind::VipError,
-                VipEvent {
-                    address: self.vip(),
-                    interface: self.cfg.interface.clone(),
-                    detail: Some(msg.clone()),
-                    ..Default::default()
-                },
-            );
-        } else {
-            tracing::debug!(vip = %self.vip(), "{what} failed again: {msg}");
-        }
-        self.ctx
-            .health
-            .set_problem(&format!("vip {}", self.cfg.name), Some(msg.clone()));
-        self.error = Some(msg.clone());
-        self.update_board(|s| s.last_error = Some(msg));
-    }
-
-    fn succeeded(&mut self) {
-        self.backoff.reset();
-        self.retry_at = None;
-        if self.error.take().is_some() {
-            self.ctx
-                .health
-                .set_problem(&format!("vip {}", self.cfg.name), None);
-            tracing::info!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} on {}: working again", self.vip(), self.cfg.interface);
-        }
-        self.update_board(|s| s.last_error = None);
-    }
-
     fn set_board(&self, held: bool) {
         self.update_board(|s| {
             s.held = held;
@@ -938,10 +751,13 @@ impl Worker {
     }
 }
 
-fn ip4(net: IpNet) -> Ipv4Addr {
-    match net.addr() {
-        IpAddr::V4(a) => a,
-        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+/// Netlink news as the core's input.
+fn net_input(ev: NetEvent) -> Input {
+    match ev {
+        NetEvent::AddressRemoved { index, addr } => Input::AddressRemoved { index, addr },
+        NetEvent::Link(info) => Input::Link(info),
+        NetEvent::LinkRemoved { index } => Input::LinkRemoved { index },
+        NetEvent::Resync => Input::Resync,
     }
 }
 

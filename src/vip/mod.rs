@@ -2,11 +2,14 @@
 //! claim/release/announce/defend. Status types live here so the API can show them.
 //!
 //! Pure parts: `arp` and `ndp` (frames), `claim` (the want of a service role, announcement
-//! bursts, backoff, defence rate). I/O: `packet` (AF_PACKET sockets opened before the capability
-//! drop), `netlink` (rtnetlink address/link work and news), `manager` (one worker per VIP).
+//! bursts, backoff, defence rate), `decide` (every decision of one VIP: inputs in, netlink
+//! and announcement work out). I/O: `packet` (AF_PACKET sockets opened before the capability
+//! drop), `netlink` (rtnetlink address/link work and news), `manager` (one worker per VIP
+//! that executes what `decide` says).
 
 pub mod arp;
 pub mod claim;
+pub mod decide;
 pub mod manager;
 pub mod ndp;
 pub mod netlink;
