@@ -21,6 +21,17 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The daemon on `cfg` inside `ns`, its log (text format) in `log`.
+fn spawn_daemon(ns: &Netns, cfg: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    ns.cmd(BIN)
+        .args(["--log-format", "text", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn daemon")
+}
+
 #[test]
 fn broken_config_is_refused_with_file_line_and_key_and_nothing_binds() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -134,14 +145,7 @@ fn root_daemon_drops_to_cap_net_admin_on_every_thread_and_stops_on_sigterm() {
     )
     .expect("write");
     let log = dir.path().join("daemon.log");
-    let mut child = ns
-        .cmd(BIN)
-        .args(["--log-format", "text", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = spawn_daemon(&ns, &cfg, &log);
     let pid = child.id();
 
     // Ready when the API answers inside the namespace.
@@ -278,14 +282,7 @@ fn sighup_applies_dns_records_and_a_broken_file_changes_nothing() {
     let cfg = dir.path().join("a.toml");
     std::fs::write(&cfg, hup_config(dir.path(), "info", "10.0.0.8", "")).expect("write");
     let log = dir.path().join("daemon.log");
-    let mut child = ns
-        .cmd(BIN)
-        .args(["--log-format", "text", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn daemon");
+    let mut child = spawn_daemon(&ns, &cfg, &log);
     let pid = child.id();
     let text = || std::fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(20);
