@@ -477,6 +477,26 @@ impl Machine {
         self.timers.set(Timer::PreemptHold, until);
     }
 
+    /// A handoff the peer refused or never acknowledged: a shutting-down node steps down and
+    /// exits anyway (`why` is its transition's reason); otherwise it keeps serving and does not
+    /// offer the service again for a failover timeout.
+    fn after_failed_handoff(
+        &mut self,
+        shutdown: bool,
+        why: String,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if shutdown {
+            self.transition(HaState::Standby, why, watermark, out);
+            out.push(Action::ShutdownReady);
+        } else {
+            self.timers
+                .set(Timer::PreemptHold, now + self.cfg.failover_ms);
+        }
+    }
+
     fn emit(&self, out: &mut Vec<Action>, notice: HaNotice, reason: String) {
         out.push(Action::Notify { notice, reason });
     }

@@ -101,18 +101,13 @@ impl Machine {
                         peer: name.clone(),
                         reason: h.reason.clone(),
                     })));
-                    if h.shutdown {
-                        self.transition(
-                            HaState::Standby,
-                            format!("shutdown: {name} refused the handoff"),
-                            watermark,
-                            out,
-                        );
-                        out.push(Action::ShutdownReady);
-                    } else {
-                        self.timers
-                            .set(Timer::PreemptHold, now + self.cfg.failover_ms);
-                    }
+                    self.after_failed_handoff(
+                        h.shutdown,
+                        format!("shutdown: {name} refused the handoff"),
+                        now,
+                        watermark,
+                        out,
+                    );
                 }
             }
         }

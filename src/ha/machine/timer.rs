@@ -69,21 +69,11 @@ impl Machine {
                     reason: h.reason.clone(),
                     after_ms: self.cfg.handoff_ms,
                 })));
-                if h.shutdown {
-                    self.transition(
-                        HaState::Standby,
-                        format!(
-                            "shutdown: {name} did not acknowledge the handoff within {}",
-                            secs(self.cfg.handoff_ms)
-                        ),
-                        watermark,
-                        out,
-                    );
-                    out.push(Action::ShutdownReady);
-                } else {
-                    self.timers
-                        .set(Timer::PreemptHold, now + self.cfg.failover_ms);
-                }
+                let why = format!(
+                    "shutdown: {name} did not acknowledge the handoff within {}",
+                    secs(self.cfg.handoff_ms)
+                );
+                self.after_failed_handoff(h.shutdown, why, now, watermark, out);
             }
         }
         if self.timers.fire(Timer::Sync, now) && self.state() == HaState::Syncing {
