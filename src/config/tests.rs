@@ -2,6 +2,7 @@
 //! reference design's snippets loading as written.
 
 use super::*;
+use std::time::Duration;
 
 const SECRET: &str = "shared_secret = \"0123456789abcdef0123\"\n";
 
