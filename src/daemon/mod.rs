@@ -62,7 +62,7 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
             ))
         })?)
     };
-    let dhcp_sockets = crate::dhcp::server::open_sockets(&config).map_err(|e| {
+    let dhcp_sockets = crate::dhcp::sockets::open_sockets(&config).map_err(|e| {
         anyhow::anyhow!(explain_bind_error(
             &e,
             &format!("DHCP socket on UDP port {}", config.server.dhcp_port),

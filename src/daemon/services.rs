@@ -275,7 +275,7 @@ fn start_dhcp(
     routes: &mut axum::Router,
     tasks: &mut JoinSet<()>,
 ) {
-    let metrics = crate::dhcp::server::DhcpMetrics::default();
+    let metrics = crate::dhcp::metrics::DhcpMetrics::default();
     metrics.register(registry);
     *routes = std::mem::take(routes).merge(crate::dhcp::api::router(store.clone()));
     let server = crate::dhcp::server::DhcpServer {

@@ -2,17 +2,21 @@
 //!
 //! `packet` checks and encodes the wire format, `plan` turns the config into per-subnet
 //! data, `alloc` finds free addresses, `handler` is the protocol as a pure function, and
-//! `server` is the thin shell around it: sockets, the group commit before each DHCPACK,
-//! replication to the standby, metrics and rate limits; `announce` publishes lease events
+//! `server` is the thin shell around it: the group commit before each DHCPACK and
+//! replication to the standby, with `sockets` (opened before the capability drop),
+//! `ratelimit` and `metrics` beside it; `announce` publishes lease events
 //! once they are durable. `api` lists leases.
 
 pub mod alloc;
 pub mod announce;
 pub mod api;
 pub mod handler;
+pub mod metrics;
 pub mod packet;
 pub mod plan;
+pub mod ratelimit;
 pub mod server;
+pub mod sockets;
 
 #[cfg(test)]
 mod tests;
