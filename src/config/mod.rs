@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/athena-dhcpd/athena-dhcpd.toml";
 
 mod dhcp;
+mod digest;
 mod dns;
 mod ha;
 mod hooks;
@@ -24,6 +25,7 @@ mod validate;
 mod values;
 
 pub use dhcp::*;
+pub use digest::{ConfigDigest, Difference, SharedConfig};
 pub use dns::*;
 pub use ha::*;
 pub use hooks::*;
