@@ -451,3 +451,111 @@ fn a_unicast_request_is_answered_from_the_address_it_reached() {
         );
     }
 }
+
+/// One DISCOVER through the relay socket; the OFFER's address if one comes within a second.
+fn offer_once(s: &UdpSocket, mac: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
+    let d = request(1, mac, xid, GIADDR, &[(82, OPT82.to_vec())]);
+    s.send_to(&d, SERVER).expect("send");
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        if let Some(m) = recv_reply(s) {
+            if m.xid() == xid && msg_type(&m) == Some(MessageType::Offer) {
+                return Some(m.yiaddr());
+            }
+        }
+    }
+    None
+}
+
+fn sighup(lab: &Lab) {
+    let pid = lab.daemon.as_ref().expect("daemon").id().to_string();
+    let st = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+}
+
+/// SIGHUP reloads what DHCP serves (issue #14): with the relayed subnet's one-address pool
+/// taken, a second client gets nothing; a broken file with a new pool changes nothing; the
+/// fixed file's new pool serves the second client at once, while the first client's lease
+/// and the VIP stay.
+#[test]
+fn sighup_adds_a_pool_without_dropping_a_lease_or_the_vip_and_a_broken_file_changes_nothing() {
+    if !require_root("sighup_adds_a_pool") {
+        return;
+    }
+    let one = "range_start = \"10.9.0.10\"\nrange_end = \"10.9.0.10\"";
+    let mut lab = Lab::with_config("hup", "1h", |_, t| {
+        t.replace(
+            "range_start = \"10.9.0.10\"\nrange_end = \"10.9.0.250\"",
+            one,
+        )
+    });
+    let s = lab.relay_socket();
+    let (first, second) = ([2, 0, 0, 0, 0x88, 1], [2, 0, 0, 0, 0x88, 2]);
+    let (_, ack) = relay_exchange(&s, first, 0x8801).expect("first client's lease");
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 9, 0, 10));
+    assert_eq!(
+        offer_once(&s, second, 0x8802),
+        None,
+        "the one-address pool is taken"
+    );
+
+    let base = std::fs::read_to_string(&lab.config).expect("config");
+    let more =
+        format!("{one}\n[[subnet.pool]]\nrange_start = \"10.9.0.20\"\nrange_end = \"10.9.0.20\"");
+    let grown = base.replace(one, &more);
+    assert_ne!(grown, base);
+    std::fs::write(
+        &lab.config,
+        grown.replace(
+            "[[subnet.pool]]\nrange_start = \"10.9.0.20\"",
+            "[[subnet.pool]]\nrange_strat = \"10.9.0.20\"",
+        ),
+    )
+    .expect("write");
+    sighup(&lab);
+    lab.wait_for("the refusal", Duration::from_secs(5), || {
+        lab.log()
+            .contains("reload refused, keeping the running config")
+    });
+    assert!(
+        lab.log().contains("range_strat"),
+        "the refusal names the key:\n{}",
+        lab.log()
+    );
+    assert_eq!(
+        offer_once(&s, second, 0x8803),
+        None,
+        "a refused file changes nothing"
+    );
+
+    std::fs::write(&lab.config, &grown).expect("write");
+    sighup(&lab);
+    lab.wait_for("the reload", Duration::from_secs(5), || {
+        lab.log().contains("DHCP serves the reloaded config")
+    });
+    let (_, ack) =
+        relay_exchange(&s, second, 0x8804).expect("second client's lease from the new pool");
+    assert_eq!(ack.yiaddr(), Ipv4Addr::new(10, 9, 0, 20));
+    assert_eq!(
+        lab.lease_json("10.9.0.10")["state"],
+        "active",
+        "the first lease stays"
+    );
+    let vip = lab.srv.run(&["ip", "-4", "addr", "show", "dev", "s0"]);
+    assert!(vip.contains("10.0.0.3/24"), "the VIP stays: {vip}");
+    assert!(
+        !lab.log().contains("take effect after a restart"),
+        "a pool change needs no restart:\n{}",
+        lab.log()
+    );
+    assert!(lab
+        .daemon
+        .as_mut()
+        .expect("daemon")
+        .try_wait()
+        .expect("wait")
+        .is_none());
+}

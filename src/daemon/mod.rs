@@ -165,8 +165,9 @@ async fn wait_for_signals(
     }
 }
 
-/// SIGHUP: re-reads the file; hooks and DNS records follow the new config at once, anything
-/// else that changed is named so the admin knows a restart is needed.
+/// SIGHUP: re-reads the file; DHCP (subnets, pools, reservations, options, timers), hooks
+/// and DNS records follow the new config at once, anything else that changed is named so
+/// the admin knows a restart is needed. A file that fails validation changes nothing.
 fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
     let new = match config::load(path) {
         Ok(c) => c,
@@ -182,7 +183,7 @@ fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
     } else {
         tracing::warn!(
             sections = ?needs_restart,
-            "config reloaded from {}; hooks and DNS records applied; changes to {} take effect after a restart",
+            "config reloaded from {}; subnets, pools, reservations, options, hooks and DNS records applied; changes to {} take effect after a restart",
             path.display(),
             needs_restart.join(", ")
         );
@@ -208,8 +209,11 @@ pub fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     if j(&od) != j(&nd) {
         out.push("[dns]");
     }
-    if j(&old.subnets) != j(&new.subnets) || j(&old.defaults) != j(&new.defaults) {
-        out.push("[[subnet]]/[defaults]");
+    // Subnets and defaults: the DHCP server follows the config watch, but the sockets it
+    // listens on were opened before the capability drop.
+    let ifaces = |c: &Config| crate::dhcp::sockets::interfaces_to_bind(c);
+    if ifaces(old) != ifaces(new) {
+        out.push("[[subnet]] interface");
     }
     if j(&old.hooks.vips) != j(&new.hooks.vips) {
         out.push("[[hooks.vip]]");

@@ -281,6 +281,7 @@ fn start_dhcp(
     let server = crate::dhcp::server::DhcpServer {
         sockets: std::mem::take(&mut prepared.dhcp_sockets),
         config: c.cfg.clone(),
+        updates: c.config.clone(),
         store,
         ha: ha.serving.clone(),
         replication,

@@ -119,6 +119,26 @@ impl DhcpState {
         st
     }
 
+    /// A reloaded config: new subnets, pools, reservations, options and timers serve from the
+    /// next packet. Leases stay in the index, so an address outside a shrunk pool is not offered
+    /// again while its client keeps it; offers of addresses still in a pool are kept.
+    pub fn replace_plan(&mut self, plan: Plan, leases: &LeaseIndex, now_ms: u64) {
+        self.allocs = plan
+            .subnets
+            .iter()
+            .map(|s| Allocator::new(&s.pools))
+            .collect();
+        self.plan = plan;
+        let plan = &self.plan;
+        self.offers.retain(|ip, _| {
+            plan.subnet_of(*ip)
+                .is_some_and(|i| plan.subnets[i].in_pool(*ip))
+        });
+        let offers = &self.offers;
+        self.offer_by_client.retain(|_, ip| offers.contains_key(ip));
+        self.rebuild(leases, now_ms);
+    }
+
     /// Re-derives the allocator bitmaps from the index, offers and reservations, and drops
     /// lapsed offers. Cheap enough to run every few seconds (one pass over the pools).
     pub fn rebuild(&mut self, leases: &LeaseIndex, now_ms: u64) {

@@ -45,6 +45,8 @@ use super::sockets::Interfaces;
 pub struct DhcpServer {
     pub sockets: Vec<std::net::UdpSocket>,
     pub config: Arc<Config>,
+    /// Reloaded configs (SIGHUP): subnets, pools, reservations, options and timers follow.
+    pub updates: watch::Receiver<Arc<Config>>,
     pub store: Arc<LeaseStore>,
     pub ha: watch::Receiver<HaState>,
     pub replication: Option<Replication>,
@@ -111,7 +113,8 @@ impl DhcpServer {
             let sh = shared.clone();
             let sd = self.shutdown.clone();
             let progress = self.progress.clone();
-            tasks.spawn(async move { housekeeping(sh, sd, progress).await });
+            let updates = self.updates.clone();
+            tasks.spawn(async move { housekeeping(sh, sd, progress, updates).await });
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
@@ -409,12 +412,23 @@ fn set_neighbour(fd: i32, ifname: &str, ip: Ipv4Addr, mac: [u8; 6]) -> std::io::
     Ok(())
 }
 
-async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Progress) {
+async fn housekeeping(
+    sh: Arc<Shared>,
+    shutdown: CancellationToken,
+    progress: Progress,
+    mut updates: watch::Receiver<Arc<Config>>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
+    updates.mark_unchanged();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            Ok(()) = updates.changed() => {
+                let cfg = updates.borrow_and_update().clone();
+                apply_config(&sh, &cfg, crate::events::now_ms());
+                continue;
+            }
             _ = tick.tick() => {}
         }
         progress.tick();
@@ -455,6 +469,27 @@ async fn housekeeping(sh: Arc<Shared>, shutdown: CancellationToken, progress: Pr
             refresh(&sh, now);
         }
     }
+}
+
+/// A reloaded config (already validated): the handler serves from a plan of the new subnets
+/// at once. Lock order as everywhere: handler state, then the index.
+fn apply_config(sh: &Shared, cfg: &Config, now_ms: u64) {
+    let plan = Plan::from_config(cfg);
+    let (subnets, pools) = (
+        plan.subnets.len(),
+        plan.subnets.iter().map(|s| s.pools.len()).sum::<usize>(),
+    );
+    {
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ix = sh.store.index();
+        st.replace_plan(plan, &ix, now_ms);
+    }
+    refresh(sh, now_ms);
+    tracing::info!(
+        subnets,
+        pools,
+        "DHCP serves the reloaded config: {subnets} subnets, {pools} pools"
+    );
 }
 
 /// Reloads the interface table and updates the lease and pool gauges. The allocator is not
@@ -525,9 +560,11 @@ mod tests {
         let (ha_tx, ha_rx) = watch::channel(HaState::Active);
         let metrics = DhcpMetrics::default();
         let shutdown = CancellationToken::new();
+        let (_updates_tx, updates) = watch::channel(Arc::new(cfg.clone()));
         let server = DhcpServer {
             sockets: crate::dhcp::sockets::open_sockets(&cfg).expect("sockets"),
             config: Arc::new(cfg),
+            updates,
             store: LeaseStore::open(&dir.path().join("l.redb")).expect("store"),
             ha: ha_rx,
             replication: None,
