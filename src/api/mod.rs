@@ -6,6 +6,7 @@
 //! unless the request comes from loopback.
 
 pub mod access;
+pub mod ha;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ pub fn router(state: ApiState, extra: Router) -> Router {
     let config = state.config.clone();
     Router::new()
         .route("/api/v1/health", get(health))
-        .route("/api/v1/ha/status", get(ha_status))
+        .route("/api/v1/ha/status", get(ha::status))
         .route("/metrics", get(metrics))
         .route("/api/v1/events", get(events))
         .with_state(state)
@@ -92,13 +93,6 @@ pub fn health_body(state: &ApiState) -> (StatusCode, String) {
     (code, body.to_string())
 }
 
-/// The HA status body with the live VIP list.
-pub fn ha_status_body(state: &ApiState) -> String {
-    let mut st = state.ha.borrow().clone();
-    st.vips = state.vips.read().unwrap_or_else(|e| e.into_inner()).clone();
-    serde_json::to_string(&st).unwrap_or_else(|_| "{}".into())
-}
-
 fn json_response(code: StatusCode, body: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -106,10 +100,6 @@ fn json_response(code: StatusCode, body: String) -> Response {
 async fn health(State(state): State<ApiState>) -> Response {
     let (code, body) = health_body(&state);
     json_response(code, body)
-}
-
-async fn ha_status(State(state): State<ApiState>) -> Response {
-    json_response(StatusCode::OK, ha_status_body(&state))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
@@ -286,7 +276,7 @@ mod tests {
         ha.enabled = true;
         ha.peer_state = Some(HaState::Active);
         let s = state(ha, Health::new());
-        let body = ha_status_body(&s);
+        let body = ha::status_body(&s);
         assert!(
             body.starts_with(
                 "{\"enabled\":true,\"node\":\"node-a\",\"role\":\"primary\",\"state\":\"ACTIVE\""
@@ -305,7 +295,7 @@ mod tests {
     #[test]
     fn standalone_status_says_ha_is_off() {
         let s = state(HaStatus::standalone("node-a", "primary"), Health::new());
-        let body = ha_status_body(&s);
+        let body = ha::status_body(&s);
         assert!(body.contains("\"enabled\":false"), "{body}");
     }
 

@@ -228,7 +228,7 @@ fn start_ha(
         shutdown: c.shutdown.clone(),
     };
     let h = crate::ha::node::spawn(params, registry);
-    *routes = std::mem::take(routes).merge(h.router());
+    *routes = std::mem::take(routes).merge(crate::api::ha::routes(h.clone()));
     HaView {
         status: h.status.clone(),
         serving: h.serving.clone(),

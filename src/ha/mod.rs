@@ -1,12 +1,15 @@
-//! High availability: who serves. `machine` (pure state machine), `peer` (authenticated link),
-//! `sync` (lease replication), `role` (the typed service role the VIP follows). This file
+//! High availability: who serves. `machine` (pure state machine), `node` (the task that runs
+//! it), `link` (dialling, accepting and the tie-break), `peer` (the authenticated link's
+//! frames), `sync` (lease replication), `role` (the typed service role the VIP follows). This file
 //! holds the types the rest of the daemon sees.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod link;
 pub mod machine;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod role;

@@ -2,11 +2,8 @@
 //! clock, and carries out its actions — frames on the peer link, events on the bus, the
 //! serving gate for DHCP, witness probes, bulk syncs, the shutdown handoff.
 //!
-//! Around it: a dialer task (reconnects with a short backoff; a refused dial after a link
-//! existed is the fast takeover trigger), the accept path (the HTTP upgrade route), one reader,
-//! one writer and one lease applier per link. Both sides dial and accept; when two links meet,
-//! both ends keep the one dialled by the preferred node (the primary), or the newer of two
-//! dialled by the same node. The heartbeat tick runs on the same runtime as the workers and
+//! Around it: the link tasks of [`crate::ha::link`] (dialling, accepting, the hello and the
+//! tie-break between two links) and one lease applier per link. The heartbeat tick runs on the same runtime as the workers and
 //! first asks [`Health::cannot_serve`], so a wedged node (stuck workers) or one that cannot
 //! reach its clients (the VIP's link has no carrier) stops heartbeating and goes FAULT.
 //!
@@ -17,28 +14,22 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::Router;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Role};
+use crate::config::Config;
 use crate::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use crate::ha::link::{
+    dialer, preferred_dialer, replaces, retire, LinkReady, Shared, MAX_PENDING_HANDSHAKES,
+};
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
-use crate::ha::peer::{self, LinkError, Msg};
+use crate::ha::metrics::HaMetrics;
+use crate::ha::peer::{LinkError, Msg};
 use crate::ha::role::ServiceRole;
 use crate::ha::sync::{self, Applied, ApplyJob, Pending};
 use crate::ha::witness::{self, WitnessTarget};
@@ -47,106 +38,8 @@ use crate::health::{mono_ms, Health};
 use crate::lease::{LeaseLog, ReplicationRx};
 use crate::vip::VipClaims;
 
-/// Longest a handshake (upgrade, challenge, hello) may take: a slow-loris peer is cut here.
-const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
-/// Inbound handshakes in progress at once; more are refused at the HTTP layer.
-const MAX_PENDING_HANDSHAKES: usize = 8;
-/// Frames queued towards the peer before heartbeats are dropped (a paused peer reads nothing).
-const LINK_QUEUE: usize = 1024;
-
 /// Most yields while gathering one frame's leases (each lets the woken DHCP tasks run).
 const GATHER_ROUNDS: usize = 8;
-
-/// Most queued frames the link's writer sends in one write.
-const LINK_WRITE_BATCH: usize = 32;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabel {
-    kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: String,
-}
-
-/// `athena_ha_*` metrics.
-#[derive(Default)]
-pub struct HaMetrics {
-    state: Family<StateLabel, Gauge>,
-    epoch: Gauge,
-    transitions: Counter,
-    heartbeats_sent: Counter,
-    heartbeats_received: Counter,
-    link_errors: Family<KindLabel, Counter>,
-    sync_lag_frames: Gauge,
-    sync_lag_ms: Gauge,
-    replicated: Counter,
-}
-
-impl HaMetrics {
-    fn register(self: &Arc<Self>, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("ha");
-        r.register(
-            "state",
-            "1 for the node's current HA state",
-            self.state.clone(),
-        );
-        r.register("epoch", "Takeover epoch of this node", self.epoch.clone());
-        r.register("transitions", "HA state changes", self.transitions.clone());
-        r.register(
-            "heartbeats_sent",
-            "Heartbeats sent to the peer",
-            self.heartbeats_sent.clone(),
-        );
-        r.register(
-            "heartbeats_received",
-            "Heartbeats received from the peer",
-            self.heartbeats_received.clone(),
-        );
-        r.register(
-            "link_errors",
-            "Peer links refused or closed, by reason",
-            self.link_errors.clone(),
-        );
-        r.register(
-            "sync_lag_frames",
-            "Lease frames sent to the peer and not yet acknowledged",
-            self.sync_lag_frames.clone(),
-        );
-        r.register(
-            "sync_lag_milliseconds",
-            "Age of the oldest unacknowledged lease frame",
-            self.sync_lag_ms.clone(),
-        );
-        r.register(
-            "replicated_batches",
-            "Lease batches acknowledged by the peer",
-            self.replicated.clone(),
-        );
-    }
-
-    fn link_error(&self, kind: &str) {
-        self.link_errors
-            .get_or_create(&KindLabel { kind: kind.into() })
-            .inc();
-    }
-
-    fn set_state(&self, s: HaState) {
-        for st in [
-            HaState::Standby,
-            HaState::Active,
-            HaState::Syncing,
-            HaState::Fault,
-        ] {
-            self.state
-                .get_or_create(&StateLabel {
-                    state: st.as_str().into(),
-                })
-                .set(i64::from(st == s));
-        }
-    }
-}
 
 /// Everything the node needs from the daemon.
 pub struct HaParams {
@@ -164,7 +57,8 @@ pub struct HaParams {
     pub shutdown: CancellationToken,
 }
 
-enum NodeMsg {
+/// What the link tasks and the handle tell the node task.
+pub(super) enum NodeMsg {
     Input(Input),
     Link(LinkReady),
     LinkMsg { id: u64, msg: Msg },
@@ -172,17 +66,6 @@ enum NodeMsg {
     Applied { id: u64, applied: Applied },
     Failover(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
-}
-
-struct LinkReady {
-    id: u64,
-    dialer: String,
-    /// The dialler's number for the link (see [`Shared::dial_number`]).
-    dial: u64,
-    addr: SocketAddr,
-    peer: PeerStatus,
-    tx: mpsc::Sender<Msg>,
-    cancel: CancellationToken,
 }
 
 struct CurrentLink {
@@ -201,60 +84,12 @@ struct CurrentLink {
 /// The daemon's and the API's handle on the node. Cheap to clone.
 #[derive(Clone)]
 pub struct HaHandle {
-    tx: mpsc::Sender<NodeMsg>,
+    pub(super) tx: mpsc::Sender<NodeMsg>,
     /// What `/api/v1/ha/status` shows.
     pub status: watch::Receiver<HaStatus>,
     /// The serving gate: DHCP serves while this says ACTIVE.
     pub serving: watch::Receiver<HaState>,
-    inner: Arc<Shared>,
-}
-
-struct Shared {
-    node: String,
-    role: Role,
-    secret: Vec<u8>,
-    my_status: watch::Receiver<PeerStatus>,
-    next_link: AtomicU64,
-    last_dial: AtomicU64,
-    metrics: Arc<HaMetrics>,
-    handshakes: Semaphore,
-    api_token: Option<String>,
-    /// Last time a link error of a kind was logged at warn per address (no log storms).
-    warned: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
-}
-
-impl Shared {
-    /// A number for a link this node dials, higher than any it dialled before, across
-    /// restarts too (microseconds of the wall clock, kept strictly increasing): the peer
-    /// may still hold a link from this node's previous life when the new one arrives.
-    fn dial_number(&self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let prev = self
-            .last_dial
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(now.max(last + 1))
-            })
-            .unwrap_or(0);
-        now.max(prev + 1)
-    }
-
-    fn log_link_error(&self, addr: SocketAddr, dir: &str, e: &LinkError) {
-        self.metrics.link_error(e.kind());
-        let quiet = matches!(e, LinkError::Closed | LinkError::Io(_));
-        let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (addr.ip(), e.kind());
-        let recent = w
-            .get(&key)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-        if quiet || recent {
-            tracing::debug!(peer = %addr, kind = e.kind(), "peer link {dir} {addr}: {e}");
-        } else {
-            w.insert(key, Instant::now());
-            tracing::warn!(peer = %addr, kind = e.kind(), "peer link {dir} {addr} refused: {e}");
-        }
-    }
+    pub(super) inner: Arc<Shared>,
 }
 
 /// Starts the node. Returns its handle; the task stops when `params.shutdown` fires (after
@@ -894,99 +729,6 @@ impl NodeTask {
     }
 }
 
-/// Closes a link that lost the tie-break after a grace period: the peer may still use it as
-/// its current link until it has seen the winner too, and an immediate close would look to
-/// it like the peer going away (link down, handoff abandoned). Frames arriving on it
-/// meanwhile are ignored here; what mattered is sent again on the new link.
-fn retire(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        tokio::time::sleep(HANDSHAKE_LIMIT).await;
-        cancel.cancel();
-    });
-}
-
-/// Whether link `new` (dialler, dial number) replaces the current one. Both ends must end
-/// on the same link whatever order they saw the links in: the preferred dialler's, and of
-/// two from one dialler the later dialled.
-fn replaces(new: (&str, u64), cur: (&str, u64), preferred: &str) -> bool {
-    if new.0 == cur.0 {
-        new.1 > cur.1
-    } else {
-        new.0 == preferred
-    }
-}
-
-/// The node whose dialled link survives when both dial at once: the primary (or, in a pair
-/// misconfigured with equal roles, the smaller name). Both ends compute the same answer.
-fn preferred_dialer(me: &str, my_role: Role, peer: &str, peer_role: Role) -> String {
-    match (my_role, peer_role) {
-        (Role::Primary, Role::Secondary) => me.to_string(),
-        (Role::Secondary, Role::Primary) => peer.to_string(),
-        _ => me.min(peer).to_string(),
-    }
-}
-
-/// Keeps one link to the peer: dials while there is none. A refusal goes to the machine
-/// (which decides whether it means "process gone"); anything else just retries.
-async fn dialer(
-    h: HaHandle,
-    peer: SocketAddr,
-    mut link_up: watch::Receiver<bool>,
-    heartbeat: Duration,
-    shutdown: CancellationToken,
-) {
-    let backoff = heartbeat.clamp(Duration::from_millis(20), Duration::from_millis(500));
-    let connect_limit = (heartbeat * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
-    // Right after a link is lost the peer may be half-way through dying: its kernel can still
-    // accept a connection and then reset it. Retry such failures at once a few times, so the
-    // refusal that proves the process gone is seen within milliseconds, not a backoff later.
-    let mut quick_retries = 0u32;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = link_up.wait_for(|up| !up) => if r.is_err() { return },
-        }
-        let attempt = async {
-            let stream = tokio::time::timeout(connect_limit, tokio::net::TcpStream::connect(peer))
-                .await
-                .map_err(|_| LinkError::Timeout("connect"))??;
-            let _ = stream.set_nodelay(true);
-            h.establish(stream, peer).await
-        };
-        let result = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = attempt => r,
-        };
-        match result {
-            Ok(cancel) => {
-                // Wait for this link to end (or lose the tie-break), then dial again at once.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = cancel.cancelled() => {}
-                }
-                quick_retries = 3;
-                continue;
-            }
-            Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                tracing::debug!(peer = %peer, "peer {peer} refused the connection");
-                quick_retries = 0;
-                let _ = h.tx.send(NodeMsg::Input(Input::ReconnectRefused)).await;
-            }
-            Err(e) => h.inner.log_link_error(peer, "to", &e),
-        }
-        let wait = if quick_retries > 0 {
-            quick_retries -= 1;
-            Duration::from_millis(5)
-        } else {
-            backoff
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
 impl HaHandle {
     /// `POST /api/v1/ha/failover`: hand the service to the peer; waits for the outcome.
     pub async fn failover(&self) -> Result<(), String> {
@@ -1010,237 +752,13 @@ impl HaHandle {
         }
     }
 
-    /// Dialer side: HTTP upgrade, handshake, hello, then the link runs in its own tasks.
-    async fn establish(
-        &self,
-        mut stream: tokio::net::TcpStream,
-        addr: SocketAddr,
-    ) -> Result<CancellationToken, LinkError> {
-        let setup = async {
-            peer::upgrade_client(&mut stream, &addr.to_string(), HANDSHAKE_LIMIT).await?;
-            let (r, w) = peer::handshake_dialer(stream, &self.inner.secret).await?;
-            self.hello(r, w, addr, true).await
-        };
-        tokio::time::timeout(HANDSHAKE_LIMIT, setup)
-            .await
-            .map_err(|_| LinkError::Timeout("handshake"))?
-    }
-
-    /// Acceptor side, on an upgraded connection.
-    async fn accept<S>(&self, io: S, addr: SocketAddr)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let Ok(_permit) = self.inner.handshakes.try_acquire() else {
-            self.inner.log_link_error(
-                addr,
-                "from",
-                &LinkError::Upgrade("too many handshakes in progress".into()),
-            );
-            return;
-        };
-        let setup = async {
-            let (r, w) = peer::handshake_acceptor(io, &self.inner.secret).await?;
-            self.hello(r, w, addr, false).await
-        };
-        match tokio::time::timeout(HANDSHAKE_LIMIT, setup).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => self.inner.log_link_error(addr, "from", &e),
-            Err(_) => self
-                .inner
-                .log_link_error(addr, "from", &LinkError::Timeout("handshake")),
-        }
-    }
-
-    /// Exchanges hellos, then hands the link to the node and starts its reader and writer.
-    async fn hello<R, W>(
-        &self,
-        mut r: peer::Reader<R>,
-        mut w: peer::Writer<W>,
-        addr: SocketAddr,
-        dialer: bool,
-    ) -> Result<CancellationToken, LinkError>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
-        let mine = self.inner.my_status.borrow().clone();
-        let my_dial = if dialer { self.inner.dial_number() } else { 0 };
-        w.send(&Msg::Hello {
-            version: peer::VERSION,
-            status: mine,
-            dial: my_dial,
-            lease_codec: peer::LEASE_CODEC,
-        })
-        .await?;
-        let (peer, dial) = match r.recv().await? {
-            Msg::Hello {
-                version,
-                status,
-                dial,
-                lease_codec,
-            } if version == peer::VERSION => {
-                w.use_binary_leases(lease_codec >= peer::LEASE_CODEC);
-                (status, if dialer { my_dial } else { dial })
-            }
-            Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
-            other => {
-                return Err(LinkError::Malformed {
-                    what: "hello",
-                    detail: format!("first frame is {other:?}"),
-                })
-            }
-        };
-        if peer.node == self.inner.node {
-            return Err(LinkError::Malformed {
-                what: "hello",
-                detail: format!("peer claims this node's own name {:?}", peer.node),
-            });
-        }
-        let id = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
-        let cancel = CancellationToken::new();
-        let (tx, mut out_rx) = mpsc::channel::<Msg>(LINK_QUEUE);
-        let dialer_name = if dialer {
-            self.inner.node.clone()
-        } else {
-            peer.node.clone()
-        };
-        self.tx
-            .send(NodeMsg::Link(LinkReady {
-                id,
-                dialer: dialer_name,
-                dial,
-                addr,
-                peer,
-                tx,
-                cancel: cancel.clone(),
-            }))
-            .await
-            .map_err(|_| LinkError::Closed)?;
-        // Writer.
-        let c = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = c.cancelled() => return,
-                    m = out_rx.recv() => match m {
-                        Some(m) => {
-                            // Whatever else queued meanwhile goes in the same write.
-                            let mut batch = vec![m];
-                            while batch.len() < LINK_WRITE_BATCH {
-                                match out_rx.try_recv() {
-                                    Ok(m) => batch.push(m),
-                                    Err(_) => break,
-                                }
-                            }
-                            if w.send_all(&batch).await.is_err() { c.cancel(); return }
-                        }
-                        None => return,
-                    },
-                }
-            }
-        });
-        // Reader.
-        let c = cancel.clone();
-        let node = self.tx.clone();
-        let shared = self.inner.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = c.cancelled() => {
-                        let _ = node.send(NodeMsg::LinkClosed { id, err: None }).await;
-                        return;
-                    }
-                    m = r.recv() => match m {
-                        Ok(msg) => {
-                            if node.send(NodeMsg::LinkMsg { id, msg }).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            c.cancel();
-                            // Logged and counted here, whether or not this is still the node's
-                            // current link: a replay or a bad MAC on a link that lost the
-                            // tie-break is as hostile as on the current one.
-                            shared.log_link_error(addr, "to", &e);
-                            let _ = node.send(NodeMsg::LinkClosed { id, err: Some(e) }).await;
-                            return;
-                        }
-                    },
-                }
-            }
-        });
-        Ok(cancel)
-    }
-
-    /// The peer-link upgrade route and `POST /api/v1/ha/failover`.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route(peer::PATH, get(peer_upgrade))
-            .route("/api/v1/ha/failover", post(api_failover))
-            .with_state(self.clone())
-    }
-
     pub fn metrics(&self) -> &HaMetrics {
         &self.inner.metrics
     }
-}
 
-async fn peer_upgrade(State(h): State<HaHandle>, mut req: Request) -> Response {
-    let addr = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let wants = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(peer::UPGRADE));
-    if !wants {
-        h.inner.metrics.link_error("upgrade");
-        return (
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::UPGRADE, peer::UPGRADE)],
-            "the HA peer link needs `Upgrade: athena-ha/1`\n",
-        )
-            .into_response();
-    }
-    let on = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match on.await {
-            Ok(up) => h.accept(hyper_util::rt::TokioIo::new(up), addr).await,
-            Err(e) => tracing::debug!(peer = %addr, "peer link upgrade from {addr} failed: {e}"),
-        }
-    });
-    (
-        StatusCode::SWITCHING_PROTOCOLS,
-        [
-            (header::CONNECTION, "upgrade"),
-            (header::UPGRADE, peer::UPGRADE),
-        ],
-    )
-        .into_response()
-}
-
-async fn api_failover(State(h): State<HaHandle>, headers: HeaderMap) -> Response {
-    if let Err(r) = crate::api::authorize(&headers, h.inner.api_token.as_deref()) {
-        return r;
-    }
-    let body = |ok: bool, msg: String| serde_json::json!({"ok": ok, "message": msg}).to_string();
-    match h.failover().await {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/json")],
-            body(true, "handed off to the peer".into()),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            [(header::CONTENT_TYPE, "application/json")],
-            body(false, e),
-        )
-            .into_response(),
+    /// The API token `POST /api/v1/ha/failover` is checked against.
+    pub(crate) fn api_token(&self) -> Option<&str> {
+        self.inner.api_token.as_deref()
     }
 }
 

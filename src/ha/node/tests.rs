@@ -2,7 +2,8 @@
 //! bulk sync, handoff, wrong key.
 
 use super::*;
-use crate::config::Dur;
+use crate::config::{Dur, Role};
+use crate::ha::metrics::KindLabel;
 use crate::lease::testing::TempStore;
 use crate::lease::{replication_channel, Lease, LeaseState, Replication};
 use std::net::Ipv4Addr;
@@ -61,7 +62,7 @@ async fn start(
         },
         &mut reg,
     );
-    let app = h.router();
+    let app = crate::api::ha::routes(h.clone());
     let sd = stop.clone();
     tokio::spawn(async move {
         let _ = axum::serve(

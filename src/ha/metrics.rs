@@ -1,0 +1,100 @@
+//! `athena_ha_*` metrics: the node's state and epoch, heartbeats, link errors by reason and
+//! the replication lag. Updated by the node task and the link tasks; read by `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::ha::HaState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabel {
+    state: String,
+}
+
+/// `athena_ha_*` metrics.
+#[derive(Default)]
+pub struct HaMetrics {
+    pub(crate) state: Family<StateLabel, Gauge>,
+    pub(crate) epoch: Gauge,
+    pub(crate) transitions: Counter,
+    pub(crate) heartbeats_sent: Counter,
+    pub(crate) heartbeats_received: Counter,
+    pub(crate) link_errors: Family<KindLabel, Counter>,
+    pub(crate) sync_lag_frames: Gauge,
+    pub(crate) sync_lag_ms: Gauge,
+    pub(crate) replicated: Counter,
+}
+
+impl HaMetrics {
+    pub(super) fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ha");
+        r.register(
+            "state",
+            "1 for the node's current HA state",
+            self.state.clone(),
+        );
+        r.register("epoch", "Takeover epoch of this node", self.epoch.clone());
+        r.register("transitions", "HA state changes", self.transitions.clone());
+        r.register(
+            "heartbeats_sent",
+            "Heartbeats sent to the peer",
+            self.heartbeats_sent.clone(),
+        );
+        r.register(
+            "heartbeats_received",
+            "Heartbeats received from the peer",
+            self.heartbeats_received.clone(),
+        );
+        r.register(
+            "link_errors",
+            "Peer links refused or closed, by reason",
+            self.link_errors.clone(),
+        );
+        r.register(
+            "sync_lag_frames",
+            "Lease frames sent to the peer and not yet acknowledged",
+            self.sync_lag_frames.clone(),
+        );
+        r.register(
+            "sync_lag_milliseconds",
+            "Age of the oldest unacknowledged lease frame",
+            self.sync_lag_ms.clone(),
+        );
+        r.register(
+            "replicated_batches",
+            "Lease batches acknowledged by the peer",
+            self.replicated.clone(),
+        );
+    }
+
+    pub(crate) fn link_error(&self, kind: &str) {
+        self.link_errors
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
+    }
+
+    pub(super) fn set_state(&self, s: HaState) {
+        for st in [
+            HaState::Standby,
+            HaState::Active,
+            HaState::Syncing,
+            HaState::Fault,
+        ] {
+            self.state
+                .get_or_create(&StateLabel {
+                    state: st.as_str().into(),
+                })
+                .set(i64::from(st == s));
+        }
+    }
+}
