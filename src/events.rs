@@ -47,6 +47,12 @@ pub enum EventKind {
     HaSyncComplete,
     #[serde(rename = "ha.split_brain")]
     HaSplitBrain,
+    /// The two nodes' shared configs differ (payload: the differing keys with both values).
+    #[serde(rename = "ha.config_mismatch")]
+    HaConfigMismatch,
+    /// They agree again after a mismatch.
+    #[serde(rename = "ha.config_agreed")]
+    HaConfigAgreed,
     #[serde(rename = "vip.claimed")]
     VipClaimed,
     #[serde(rename = "vip.released")]
@@ -59,7 +65,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the docs and config errors list them.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::LeaseDiscover,
         EventKind::LeaseOffer,
         EventKind::LeaseAck,
@@ -73,6 +79,8 @@ impl EventKind {
         EventKind::HaPeerDown,
         EventKind::HaSyncComplete,
         EventKind::HaSplitBrain,
+        EventKind::HaConfigMismatch,
+        EventKind::HaConfigAgreed,
         EventKind::VipClaimed,
         EventKind::VipReleased,
         EventKind::VipConflict,
@@ -95,6 +103,8 @@ impl EventKind {
             EventKind::HaPeerDown => "ha.peer_down",
             EventKind::HaSyncComplete => "ha.sync_complete",
             EventKind::HaSplitBrain => "ha.split_brain",
+            EventKind::HaConfigMismatch => "ha.config_mismatch",
+            EventKind::HaConfigAgreed => "ha.config_agreed",
             EventKind::VipClaimed => "vip.claimed",
             EventKind::VipReleased => "vip.released",
             EventKind::VipConflict => "vip.conflict",
@@ -165,6 +175,16 @@ pub enum EventData {
     Ha(HaEvent),
     Lease(LeaseEvent),
     Vip(VipEvent),
+    Config(ConfigEvent),
+}
+
+/// `ha.config_*`: what differs between the two nodes' shared configs.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ConfigEvent {
+    pub peer: String,
+    /// `subnet 10.0.0.0/24 pool[0].range_end: 10.0.0.200 here, 10.0.0.199 on node-b`; empty
+    /// when they agree again.
+    pub differences: Vec<String>,
 }
 
 /// `ha.*`: state changes and peer link news.

@@ -1,4 +1,5 @@
-//! The HA routes: `GET /api/v1/ha/status`, `POST /api/v1/ha/failover`, and the peer link's
+//! The HA routes: `GET /api/v1/ha/status`, `POST /api/v1/ha/failover`, `GET /api/v1/ha/config`
+//! (do both nodes serve one config?), and the peer link's
 //! HTTP upgrade (`GET /ha/peer`, `Upgrade: athena-ha/1`), which hands the upgraded connection
 //! to the link's accept side in `ha::link`. Only HTTP lives here; what a failover or a link
 //! means is decided in `ha::node` and `ha::machine`.
@@ -20,6 +21,7 @@ pub fn routes(h: HaHandle) -> Router {
     Router::new()
         .route(peer::PATH, get(peer_upgrade))
         .route("/api/v1/ha/failover", post(api_failover))
+        .route("/api/v1/ha/config", get(config))
         .with_state(h)
 }
 
@@ -33,6 +35,16 @@ pub fn status_body(state: &ApiState) -> String {
 /// `GET /api/v1/ha/status` (standalone too: it then says HA is off).
 pub(super) async fn status(State(state): State<ApiState>) -> Response {
     json_response(StatusCode::OK, status_body(&state))
+}
+
+/// `GET /api/v1/ha/config` (read token off loopback: reservations name clients): this node's
+/// shared config and digest, the peer's digest, and the differing keys with both values.
+async fn config(State(h): State<HaHandle>) -> Response {
+    let view = h.config.borrow().clone();
+    json_response(
+        StatusCode::OK,
+        serde_json::to_string(&view).unwrap_or_else(|_| "{}".into()),
+    )
 }
 
 async fn peer_upgrade(State(h): State<HaHandle>, mut req: Request) -> Response {

@@ -225,6 +225,7 @@ fn start_ha(
         vip_claims,
         lease_log,
         replication: Some(replication),
+        updates: c.config.clone(),
         shutdown: c.shutdown.clone(),
     };
     let h = crate::ha::node::spawn(params, registry);

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Role;
+use crate::config::{ConfigDigest, Role};
 use crate::ha::machine::{Input, PeerStatus};
 use crate::ha::metrics::HaMetrics;
 use crate::ha::node::{HaHandle, NodeMsg};
@@ -40,6 +40,8 @@ pub(super) struct LinkReady {
     pub(super) dial: u64,
     pub(super) addr: SocketAddr,
     pub(super) peer: PeerStatus,
+    /// The peer's shared-config digest from its hello; `None`: it predates config agreement.
+    pub(super) peer_config: Option<ConfigDigest>,
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) cancel: CancellationToken,
 }
@@ -49,6 +51,8 @@ pub(super) struct Shared {
     pub(super) role: Role,
     pub(super) secret: Vec<u8>,
     pub(super) my_status: watch::Receiver<PeerStatus>,
+    /// Our shared-config digest as of the last reload, sent in every hello.
+    pub(super) config_digest: watch::Receiver<ConfigDigest>,
     pub(super) next_link: AtomicU64,
     pub(super) last_dial: AtomicU64,
     pub(super) metrics: Arc<HaMetrics>,
@@ -242,22 +246,25 @@ impl HaHandle {
     {
         let mine = self.inner.my_status.borrow().clone();
         let my_dial = if dialer { self.inner.dial_number() } else { 0 };
+        let my_config = self.inner.config_digest.borrow().clone();
         w.send(&Msg::Hello {
             version: peer::VERSION,
             status: mine,
             dial: my_dial,
             lease_codec: peer::LEASE_CODEC,
+            config: Some(my_config),
         })
         .await?;
-        let (peer, dial) = match r.recv().await? {
+        let (peer, dial, peer_config) = match r.recv().await? {
             Msg::Hello {
                 version,
                 status,
                 dial,
                 lease_codec,
+                config,
             } if version == peer::VERSION => {
                 w.use_binary_leases(lease_codec >= peer::LEASE_CODEC);
-                (status, if dialer { my_dial } else { dial })
+                (status, if dialer { my_dial } else { dial }, config)
             }
             Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
             other => {
@@ -288,6 +295,7 @@ impl HaHandle {
                 dial,
                 addr,
                 peer,
+                peer_config,
                 tx,
                 cancel: cancel.clone(),
             }))

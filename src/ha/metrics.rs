@@ -32,6 +32,8 @@ pub struct HaMetrics {
     pub(crate) link_errors: Family<KindLabel, Counter>,
     pub(crate) sync_lag_frames: Gauge,
     pub(crate) sync_lag_ms: Gauge,
+    /// Keys whose values differ from the peer's config; 0 when they agree.
+    pub(crate) config_mismatch: Gauge,
     pub(crate) replicated: Counter,
 }
 
@@ -44,6 +46,11 @@ impl HaMetrics {
             self.state.clone(),
         );
         r.register("epoch", "Takeover epoch of this node", self.epoch.clone());
+        r.register(
+            "config_mismatch",
+            "Shared config keys whose values differ from the peer's (0: both serve one config)",
+            self.config_mismatch.clone(),
+        );
         r.register("transitions", "HA state changes", self.transitions.clone());
         r.register(
             "heartbeats_sent",

@@ -1,12 +1,14 @@
 //! High availability: who serves. `machine` (pure state machine), `node` (the task that runs
 //! it), `link` (dialling, accepting and the tie-break), `peer` (the authenticated link's
-//! frames), `sync` (lease replication), `role` (the typed service role the VIP follows). This file
+//! frames), `sync` (lease replication), `role` (the typed service role the VIP follows), `agreement` (do both nodes serve one
+//! config?). This file
 //! holds the types the rest of the daemon sees.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod agreement;
 pub mod link;
 pub mod machine;
 pub mod metrics;

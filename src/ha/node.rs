@@ -22,8 +22,9 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigDigest, SharedConfig};
 use crate::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use crate::ha::agreement::{Agreement, AgreementView};
 use crate::ha::link::{
     dialer, preferred_dialer, replaces, retire, LinkReady, Shared, MAX_PENDING_HANDSHAKES,
 };
@@ -54,6 +55,8 @@ pub struct HaParams {
     /// The lease store; `None` until one exists (replication then acknowledges nothing).
     pub lease_log: Option<Arc<dyn LeaseLog>>,
     pub replication: Option<ReplicationRx>,
+    /// Reloaded configs (SIGHUP): the shared-config digest follows, and goes to the peer.
+    pub updates: watch::Receiver<Arc<Config>>,
     pub shutdown: CancellationToken,
 }
 
@@ -76,6 +79,8 @@ struct CurrentLink {
     tx: mpsc::Sender<Msg>,
     cancel: CancellationToken,
     applier: mpsc::UnboundedSender<ApplyJob>,
+    /// The peer speaks config agreement (its hello carried a digest).
+    agrees: bool,
     /// Leases received in this link's bulk sync (for the event).
     synced: usize,
     changed: usize,
@@ -89,6 +94,8 @@ pub struct HaHandle {
     pub status: watch::Receiver<HaStatus>,
     /// The serving gate: DHCP serves while this says ACTIVE.
     pub serving: watch::Receiver<HaState>,
+    /// Do both nodes serve one config? (`/api/v1/ha/config`)
+    pub config: watch::Receiver<AgreementView>,
     pub(super) inner: Arc<Shared>,
 }
 
@@ -118,6 +125,9 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
     let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
     let (my_tx, my_rx) = watch::channel(machine.status(watermark));
     let (link_up_tx, link_up_rx) = watch::channel(false);
+    let agreement = Agreement::new(SharedConfig::of(&cfg));
+    let (digest_tx, digest_rx) = watch::channel(agreement.digest().clone());
+    let (view_tx, view_rx) = watch::channel(agreement.view());
     let (tx, rx) = mpsc::channel(4096);
     let metrics = Arc::new(HaMetrics::default());
     metrics.register(registry);
@@ -127,6 +137,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         role: ha.role,
         secret: ha.shared_secret.clone().unwrap_or_default().into_bytes(),
         my_status: my_rx,
+        config_digest: digest_rx,
         next_link: AtomicU64::new(1),
         last_dial: AtomicU64::new(0),
         metrics: metrics.clone(),
@@ -138,6 +149,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         tx: tx.clone(),
         status: status_rx,
         serving: serving_rx,
+        config: view_rx,
         inner: inner.clone(),
     };
     tracing::info!(
@@ -182,6 +194,9 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         witness_timeout: ha.witness_timeout(),
         heartbeat: ha.heartbeat_interval.0,
         last_heartbeat_unix: None,
+        agreement,
+        digest_tx,
+        view_tx,
     };
     tokio::spawn(node.run());
     handle
@@ -225,6 +240,10 @@ struct NodeTask {
     witness_timeout: Duration,
     heartbeat: Duration,
     last_heartbeat_unix: Option<u64>,
+    /// Config agreement with the peer (see `node/config.rs`).
+    agreement: Agreement,
+    digest_tx: watch::Sender<ConfigDigest>,
+    view_tx: watch::Sender<AgreementView>,
 }
 
 impl NodeTask {
@@ -232,6 +251,8 @@ impl NodeTask {
         let mut tick = tokio::time::interval(self.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut replication = self.p.replication.take();
+        let mut updates = self.p.updates.clone();
+        updates.mark_unchanged();
         loop {
             // Decisions due between heartbeats (the witness, the failover timeout) are taken
             // on time, not up to a heartbeat late.
@@ -283,6 +304,10 @@ impl NodeTask {
                     }
                     None => replication = None,
                 },
+                Ok(()) = updates.changed() => {
+                    let cfg = updates.borrow_and_update().clone();
+                    self.on_config_reload(&cfg);
+                }
                 _ = tick.tick() => self.on_tick(),
                 _ = async {
                     match deadline {
@@ -337,6 +362,7 @@ impl NodeTask {
                         l.cancel.cancel();
                     }
                     self.pending.fail_all();
+                    self.agreement.link_down();
                     let _ = self.link_up_tx.send(false);
                     self.step(Input::LinkDown);
                 }
@@ -425,6 +451,9 @@ impl NodeTask {
                 if let Some(l) = &self.link {
                     let _ = l.applier.send(ApplyJob::Bulk { changes, done });
                 }
+            }
+            Msg::ConfigDigest(_) | Msg::ConfigRequest | Msg::ConfigEntries(_) => {
+                self.on_config_frame(msg)
             }
         }
     }
@@ -536,6 +565,7 @@ impl NodeTask {
             new.peer.epoch,
             new.peer.watermark
         );
+        let peer_config = new.peer_config.clone().map(|d| (new.peer.node.clone(), d));
         if new.peer.watermark < self.peer_synced {
             // The peer's lease log is younger than what we merged (a new database): start over.
             self.peer_synced = 0;
@@ -548,9 +578,13 @@ impl NodeTask {
             tx: new.tx,
             cancel: new.cancel,
             applier,
+            agrees: peer_config.is_some(),
             synced: 0,
             changed: 0,
         });
+        if let Some((node, digest)) = peer_config {
+            self.on_peer_digest(&node, digest);
+        }
         let _ = self.link_up_tx.send(true);
         self.last_heartbeat_unix = Some(crate::events::now_ms());
     }
@@ -762,5 +796,6 @@ impl HaHandle {
     }
 }
 
+mod config;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::config::{ConfigDigest, SharedConfig};
 use crate::ha::machine::{Control, PeerStatus};
 use crate::lease::{codec, Lease};
 
@@ -95,8 +96,17 @@ pub enum Msg {
         /// only. Each side sends binary only to a peer that said it reads it.
         #[serde(default)]
         lease_codec: u32,
+        /// The digest of what both nodes must serve alike; `None` from nodes that predate
+        /// config agreement, which get none of the `Config*` frames.
+        #[serde(default)]
+        config: Option<ConfigDigest>,
     },
     Control(Control),
+    /// Our shared config's digest changed (a reload); sent only to a peer whose hello had one.
+    ConfigDigest(ConfigDigest),
+    /// "Send me your shared config entries": the digests differ.
+    ConfigRequest,
+    ConfigEntries(SharedConfig),
     /// Lease changes from the active node; answered with `LeasesAck` once durable.
     Leases {
         id: u64,
@@ -572,6 +582,7 @@ mod tests {
             status: status(),
             dial: 1,
             lease_codec: LEASE_CODEC,
+            config: Some(crate::config::ConfigDigest::default()),
         };
         dw.send(&hello).await.expect("send");
         assert_eq!(ar.recv().await.expect("recv"), hello);

@@ -106,6 +106,10 @@ pub fn script_env(event: &Event, hook: &str, vips: &str) -> Vec<(String, String)
             put("ATHENA_VIP", vips.to_string());
         }
         EventData::Vip(v) => put("ATHENA_VIP", v.address.clone()),
+        EventData::Config(c) => {
+            put("ATHENA_PEER", c.peer.clone());
+            put("ATHENA_CONFIG_DIFFERENCES", c.differences.join("\n"));
+        }
     }
     env
 }

@@ -18,6 +18,8 @@ struct TestNode {
     rep: Replication,
     stop: CancellationToken,
     events: crate::events::Subscription,
+    /// What a SIGHUP would send: a reloaded config.
+    updates: watch::Sender<Arc<Config>>,
 }
 
 fn config(role: Role, me: SocketAddr, peer: SocketAddr, secret: &str) -> Config {
@@ -47,6 +49,7 @@ async fn start(
     let bus = EventBus::new();
     let events = bus.subscribe("test", 1024);
     let (rep, rep_rx) = replication_channel(64);
+    let (updates, updates_rx) = watch::channel(cfg.clone());
     let mut reg = Registry::default();
     let h = spawn(
         HaParams {
@@ -58,6 +61,7 @@ async fn start(
             vip_claims: Default::default(),
             lease_log: Some(log.log()),
             replication: Some(rep_rx),
+            updates: updates_rx,
             shutdown: stop.clone(),
         },
         &mut reg,
@@ -79,6 +83,7 @@ async fn start(
         rep,
         stop,
         events,
+        updates,
     }
 }
 
@@ -379,5 +384,82 @@ fn permute(v: &mut [usize; 5], k: usize, f: &mut dyn FnMut(&[usize])) {
         v.swap(k, i);
         permute(v, k + 1, f);
         v.swap(k, i);
+    }
+}
+
+/// Config agreement over the real link: per-node keys (role, addresses) are no difference; a
+/// reload that adds a subnet on A is named on both nodes with both values, with an event; the
+/// reload back clears it on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_nodes_name_a_config_difference_and_clear_it_after_a_reload() {
+    let (mut a, b) = pair(SECRET).await;
+    settled(&a, &b).await;
+    wait_until("both agree", Duration::from_secs(5), || {
+        a.h.config.borrow().agreed == Some(true) && b.h.config.borrow().agreed == Some(true)
+    })
+    .await;
+
+    let same = a.updates.borrow().clone();
+    let mut wider = (*same).clone();
+    wider.subnets = crate::config::parse(
+        "[[subnet]]\nnetwork = \"10.0.0.0/24\"\n[[subnet.pool]]\nrange_start = \"10.0.0.100\"\nrange_end = \"10.0.0.200\"\n",
+        std::path::Path::new("t.toml"),
+    )
+    .expect("parse")
+    .subnets;
+    a.updates.send(Arc::new(wider)).expect("reload");
+    wait_until("both name the difference", Duration::from_secs(5), || {
+        let (va, vb) = (a.h.config.borrow().clone(), b.h.config.borrow().clone());
+        va.differences.iter().any(|d| {
+            d.key == "subnet 10.0.0.0/24 pool[0].range_end"
+                && d.here.as_deref() == Some("10.0.0.200")
+                && d.there.is_none()
+        }) && vb.differences.iter().any(|d| {
+            d.key == "subnet 10.0.0.0/24 pool[0].range_end"
+                && d.there.as_deref() == Some("10.0.0.200")
+                && d.here.is_none()
+        })
+    })
+    .await;
+    assert_eq!(
+        a.h.config.borrow().differing_sections,
+        vec!["subnets".to_string()]
+    );
+    let ev = next_event(&mut a.events, EventKind::HaConfigMismatch).await;
+    let EventData::Config(c) = &ev.data else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(c.peer, "node-b");
+    assert!(
+        c.differences.iter().any(|d| d.starts_with(
+            "subnet 10.0.0.0/24 pool[0].range_end: 10.0.0.200 here, (not set) on node-b"
+        )),
+        "{c:?}"
+    );
+
+    a.updates.send(same).expect("reload back");
+    wait_until("both agree again", Duration::from_secs(5), || {
+        let (va, vb) = (a.h.config.borrow().clone(), b.h.config.borrow().clone());
+        va.agreed == Some(true)
+            && vb.agreed == Some(true)
+            && va.differences.is_empty()
+            && vb.differences.is_empty()
+    })
+    .await;
+    next_event(&mut a.events, EventKind::HaConfigAgreed).await;
+}
+
+async fn next_event(
+    sub: &mut crate::events::Subscription,
+    kind: EventKind,
+) -> crate::events::Event {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.rx.recv()).await {
+            Ok(Some(e)) if e.kind == kind => return (*e).clone(),
+            Ok(Some(_)) => continue,
+            _ => panic!("no {kind} event"),
+        }
     }
 }

@@ -1,0 +1,107 @@
+//! The node task's side of config agreement: the frames, the reload, and what an admin sees
+//! (one WARN line naming every differing key, an event, health `degraded`, a metric). The
+//! decisions are in [`crate::ha::agreement`].
+
+use std::sync::Arc;
+
+use super::NodeTask;
+use crate::config::{Config, ConfigDigest, SharedConfig};
+use crate::events::{ConfigEvent, Event, EventData, EventKind};
+use crate::ha::agreement::AgreementAction;
+use crate::ha::peer::Msg;
+
+/// The health problem's key: one reason, replaced as the differences change.
+const HEALTH_KEY: &str = "ha.config";
+
+impl NodeTask {
+    pub(super) fn on_config_reload(&mut self, cfg: &Arc<Config>) {
+        let actions = self.agreement.reloaded(SharedConfig::of(cfg));
+        self.agree(actions);
+    }
+
+    pub(super) fn on_peer_digest(&mut self, node: &str, digest: ConfigDigest) {
+        let actions = self.agreement.peer_digest(node, digest);
+        self.agree(actions);
+    }
+
+    pub(super) fn on_config_frame(&mut self, msg: Msg) {
+        let actions = match msg {
+            Msg::ConfigDigest(d) => {
+                let Some(node) = self.m.peer().map(|p| p.node.clone()) else {
+                    return;
+                };
+                self.agreement.peer_digest(&node, d)
+            }
+            Msg::ConfigRequest => vec![self.agreement.entries_requested()],
+            Msg::ConfigEntries(e) => self.agreement.peer_entries(&e),
+            _ => return,
+        };
+        self.agree(actions);
+    }
+
+    fn peer_name(&self) -> String {
+        self.agreement
+            .view()
+            .peer
+            .unwrap_or_else(|| "the peer".to_string())
+    }
+
+    fn send_config(&self, msg: Msg) {
+        if let Some(l) = self.link.as_ref().filter(|l| l.agrees) {
+            let _ = l.tx.try_send(msg);
+        }
+    }
+
+    fn agree(&mut self, actions: Vec<AgreementAction>) {
+        for a in actions {
+            match a {
+                AgreementAction::SendDigest(d) => {
+                    let _ = self.digest_tx.send(d.clone());
+                    self.send_config(Msg::ConfigDigest(d));
+                }
+                AgreementAction::RequestEntries => self.send_config(Msg::ConfigRequest),
+                AgreementAction::SendEntries(e) => self.send_config(Msg::ConfigEntries(e)),
+                AgreementAction::Mismatch(diffs) => {
+                    let peer = self.peer_name();
+                    let lines: Vec<String> = diffs.iter().map(|d| d.describe(&peer)).collect();
+                    tracing::warn!(
+                        peer = %peer,
+                        keys = diffs.len(),
+                        "config differs from {peer} in {} key(s), both nodes must serve the same subnets, pools, options, DNS data, VIPs and HA timers: {}",
+                        diffs.len(),
+                        lines.join("; ")
+                    );
+                    self.metrics.config_mismatch.set(diffs.len() as i64);
+                    self.p.health.set_problem(
+                        HEALTH_KEY,
+                        Some(format!(
+                            "config differs from {peer}: {}",
+                            diffs
+                                .iter()
+                                .map(|d| d.key.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    );
+                    self.publish_config_event(EventKind::HaConfigMismatch, peer, lines);
+                }
+                AgreementAction::Agreed => {
+                    let peer = self.peer_name();
+                    tracing::info!(peer = %peer, "config agrees with {peer} again");
+                    self.metrics.config_mismatch.set(0);
+                    self.p.health.set_problem(HEALTH_KEY, None);
+                    self.publish_config_event(EventKind::HaConfigAgreed, peer, Vec::new());
+                }
+            }
+        }
+        let _ = self.view_tx.send(self.agreement.view());
+    }
+
+    fn publish_config_event(&self, kind: EventKind, peer: String, differences: Vec<String>) {
+        self.p.bus.publish(Event::new(
+            kind,
+            self.p.node.clone(),
+            EventData::Config(ConfigEvent { peer, differences }),
+        ));
+    }
+}
