@@ -543,3 +543,32 @@ fn a_client_gets_401_on_client_data_and_200_on_health_and_the_read_token_only_re
     );
     assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
 }
+
+/// Issue #14 item 5: the epoch is saved with the leases, so a restarted node does not start
+/// again from 0 (where the other node's stale view of it would outrank it).
+#[test]
+fn a_restarted_node_resumes_from_the_epoch_it_saved() {
+    if !require_root("a_restarted_node_resumes_from_the_epoch_it_saved") {
+        return;
+    }
+    // The epoch lives in the lease database, which a node has when it serves DHCP.
+    let mut lab = Lab::new("haep");
+    let o = NodeOpts {
+        dhcp: true,
+        ..opts(false)
+    };
+    lab.start(Node::A, &o);
+    lab.start(Node::B, &o);
+    lab.wait_state(Node::A, "ACTIVE", Duration::from_secs(10));
+    let e0 = epoch(&lab, Node::A);
+    assert!(e0 >= 1, "the active node took over at least once: {e0}");
+    lab.kill9(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(5));
+    lab.restart(Node::A);
+    let e = epoch(&lab, Node::A);
+    assert!(
+        e >= e0,
+        "restarted with epoch {e}, had {e0}\n{}",
+        lab.dump()
+    );
+}

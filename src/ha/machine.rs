@@ -321,6 +321,12 @@ impl Machine {
         }
     }
 
+    /// A restarted node resumes from the epoch it saved with its leases: a takeover after a
+    /// restart still outranks every epoch this node held before.
+    pub fn restore_epoch(&mut self, epoch: u64) {
+        self.epoch = self.epoch.max(epoch);
+    }
+
     pub fn state(&self) -> HaState {
         self.phase.state()
     }

@@ -107,7 +107,9 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
     let witness_target = witness_target(&cfg);
     let mcfg = MachineConfig::from_config(&params.node, ha, witness_target.is_some());
     let now = mono_ms();
-    let machine = Machine::new(mcfg, now);
+    let mut machine = Machine::new(mcfg, now);
+    let saved_epoch = params.lease_log.as_ref().map_or(0, |l| l.saved_epoch());
+    machine.restore_epoch(saved_epoch);
     let watermark = params.lease_log.as_ref().map_or(0, |l| l.watermark());
     let (status_tx, status_rx) = watch::channel(HaStatus {
         enabled: true,
@@ -117,7 +119,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         peer_connected: false,
         peer_state: None,
         last_heartbeat: None,
-        epoch: 0,
+        epoch: saved_epoch,
         lease_watermark: watermark,
         peer_lease_watermark: None,
         vips: Vec::new(),
@@ -197,6 +199,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         agreement,
         digest_tx,
         view_tx,
+        saved_epoch,
     };
     tokio::spawn(node.run());
     handle
@@ -244,6 +247,8 @@ struct NodeTask {
     agreement: Agreement,
     digest_tx: watch::Sender<ConfigDigest>,
     view_tx: watch::Sender<AgreementView>,
+    /// The highest epoch handed to the store to save (see [`NodeTask::save_epoch`]).
+    saved_epoch: u64,
 }
 
 impl NodeTask {
@@ -338,6 +343,25 @@ impl NodeTask {
             self.act(a);
         }
         self.publish_status();
+        self.save_epoch();
+    }
+
+    /// A new epoch (a takeover) is saved with the leases, off the runtime: a restarted node
+    /// resumes from it. Not awaited: the takeover must not wait for a disk, and a crash before
+    /// the write leaves the previous epoch, which the peer's higher one corrects.
+    fn save_epoch(&mut self) {
+        let e = self.m.epoch();
+        if e <= self.saved_epoch {
+            return;
+        }
+        self.saved_epoch = e;
+        if let Some(log) = self.p.lease_log.clone() {
+            tokio::task::spawn_blocking(move || {
+                if let Err(err) = log.save_epoch(e) {
+                    tracing::warn!(epoch = e, "{err}");
+                }
+            });
+        }
     }
 
     fn on_tick(&mut self) {

@@ -219,6 +219,15 @@ pub trait LeaseLog: Send + Sync + 'static {
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError>;
     /// Merges leases from the peer durably; returns those that changed the local view.
     fn apply_remote(&self, leases: &[Lease]) -> Result<Vec<Lease>, LeaseLogError>;
+    /// The HA epoch of this node's last takeover as saved with the leases (0 for a new
+    /// database), so a restarted node does not start again from epoch 0.
+    fn saved_epoch(&self) -> u64 {
+        0
+    }
+    /// Saves the HA epoch durably. Blocking: callers on the runtime use `spawn_blocking`.
+    fn save_epoch(&self, _epoch: u64) -> Result<(), LeaseLogError> {
+        Ok(())
+    }
 
     /// [`apply_remote`](LeaseLog::apply_remote) for callers on the runtime; resolves to how
     /// many leases changed, once durable. By default it runs on the blocking pool when first

@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 
 use super::codec;
 use super::index::LeaseIndex;
+use super::migrate::META;
 use super::writer::{self, boxed, durable_lock, records, Durable, Job, NewestMap, WriteError, LOG};
 use super::{merge, migrate};
 use super::{Lease, LeaseLog, LeaseLogError};
@@ -363,9 +364,43 @@ impl Drop for LeaseStore {
     }
 }
 
+/// The META key of the saved HA epoch.
+const EPOCH_KEY: &str = "ha_epoch";
+
 impl LeaseLog for LeaseStore {
     fn watermark(&self) -> u64 {
         self.watermark.load(Ordering::Acquire)
+    }
+
+    fn saved_epoch(&self) -> u64 {
+        let read = || -> Result<u64, StoreError> {
+            let r = self.db.begin_read().map_err(rd)?;
+            let meta = match r.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(rd(e)),
+            };
+            Ok(meta.get(EPOCH_KEY).map_err(rd)?.map_or(0, |v| v.value()))
+        };
+        read().unwrap_or_else(|e| {
+            tracing::warn!("cannot read the saved HA epoch, starting from 0: {e}");
+            0
+        })
+    }
+
+    fn save_epoch(&self, epoch: u64) -> Result<(), LeaseLogError> {
+        // Its own transaction beside the writer's commits (redb runs one writer at a time):
+        // epochs change at takeovers only, never on the DHCP path.
+        let write = || -> Result<(), Box<redb::Error>> {
+            let txn = self.db.begin_write().map_err(boxed)?;
+            {
+                let mut meta = txn.open_table(META).map_err(boxed)?;
+                let saved = meta.get(EPOCH_KEY).map_err(boxed)?.map_or(0, |v| v.value());
+                meta.insert(EPOCH_KEY, saved.max(epoch)).map_err(boxed)?;
+            }
+            txn.commit().map_err(boxed)
+        };
+        write().map_err(|e| LeaseLogError::Store(format!("saving the HA epoch: {e}")))
     }
 
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError> {

@@ -404,3 +404,18 @@ fn expiry_frees_due_leases_durably() {
         .expect("present");
     assert_eq!(l.state, LeaseState::Expired);
 }
+
+#[test]
+fn the_ha_epoch_is_saved_with_the_leases_and_never_goes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("l.redb");
+    {
+        let store = LeaseStore::open(&path).expect("open");
+        assert_eq!(store.saved_epoch(), 0, "a new database starts at 0");
+        store.save_epoch(7).expect("save");
+        store.save_epoch(3).expect("an older epoch arriving late");
+        assert_eq!(store.saved_epoch(), 7);
+    }
+    let store = LeaseStore::open(&path).expect("reopen");
+    assert_eq!(store.saved_epoch(), 7, "survives a restart");
+}
