@@ -121,7 +121,7 @@ pub enum Applied {
         done: bool,
     },
     /// Merging failed; the sync is incomplete.
-    Failed(String),
+    Failed(crate::lease::LeaseLogError),
 }
 
 /// Work for a link's applier, in arrival order.
@@ -211,7 +211,7 @@ pub fn spawn_applier(
                         changed,
                         done,
                     }),
-                    Err(e) => report(Applied::Failed(e.to_string())),
+                    Err(e) => report(Applied::Failed(e)),
                 },
             }
         }

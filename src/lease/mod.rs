@@ -237,9 +237,7 @@ pub trait LeaseLog: Send + Sync + 'static {
     /// behind the earlier ones, so several can share one durable commit).
     fn apply_remote_async(self: Arc<Self>, leases: Vec<Lease>) -> RemoteMerge {
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || self.apply_remote(&leases).map(|c| c.len()))
-                .await
-                .map_err(|e| LeaseLogError::Store(format!("merge task failed: {e}")))?
+            tokio::task::spawn_blocking(move || self.apply_remote(&leases).map(|c| c.len())).await?
         })
     }
 }
@@ -250,8 +248,10 @@ pub type RemoteMerge =
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseLogError {
-    #[error("lease store: {0}")]
-    Store(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("lease store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 #[cfg(test)]

@@ -69,18 +69,28 @@ pub enum StoreError {
     #[error("lease database write failed: {0}")]
     Write(#[from] WriteError),
     #[error("lease database read failed: {0}")]
-    Read(String),
+    Read(#[from] ReadError),
+    #[error("lease database: saving the HA epoch failed: {0}")]
+    SaveEpoch(#[source] Box<redb::Error>),
     #[error("lease database writer has stopped")]
     WriterGone,
 }
 
-impl From<StoreError> for LeaseLogError {
-    fn from(e: StoreError) -> Self {
-        LeaseLogError::Store(e.to_string())
-    }
+/// Why a read of the lease log failed: the database, or a record it holds.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Db(#[from] Box<redb::Error>),
+    #[error(transparent)]
+    Record(#[from] codec::CodecError),
 }
-fn rd<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Read(e.to_string())
+
+fn rd<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Read(ReadError::Db(Box::new(e.into())))
+}
+
+fn bad(e: codec::CodecError) -> StoreError {
+    StoreError::Read(ReadError::Record(e))
 }
 
 /// Reads the log into the index (newest record per address) and the writer's view of it;
@@ -323,8 +333,8 @@ impl LeaseStore {
         };
         let (_, v) = row.map_err(rd)?;
         for rec in records(v.value()) {
-            if codec::decode_seq(rec).map_err(rd)? == seq {
-                return codec::decode(rec).map(|(l, _)| Some(l)).map_err(rd);
+            if codec::decode_seq(rec).map_err(bad)? == seq {
+                return codec::decode(rec).map(|(l, _)| Some(l)).map_err(bad);
             }
         }
         Ok(None)
@@ -338,7 +348,7 @@ impl LeaseStore {
         for row in t.iter().map_err(rd)? {
             let (_, v) = row.map_err(rd)?;
             for rec in records(v.value()) {
-                ips.insert(codec::decode_ip(rec).map_err(rd)?);
+                ips.insert(codec::decode_ip(rec).map_err(bad)?);
             }
         }
         Ok(ips.len() as u64)
@@ -400,7 +410,9 @@ impl LeaseLog for LeaseStore {
             }
             txn.commit().map_err(boxed)
         };
-        write().map_err(|e| LeaseLogError::Store(format!("saving the HA epoch: {e}")))
+        write()
+            .map_err(StoreError::SaveEpoch)
+            .map_err(LeaseLogError::from)
     }
 
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError> {
@@ -419,15 +431,15 @@ impl LeaseLog for LeaseStore {
         for row in log.range(start..).map_err(rd)? {
             let (_, v) = row.map_err(rd)?;
             for rec in records(v.value()) {
-                let s = codec::decode_seq(rec).map_err(rd)?;
+                let s = codec::decode_seq(rec).map_err(bad)?;
                 if s <= seq {
                     continue;
                 }
-                let ip = codec::decode_ip(rec).map_err(rd)?;
+                let ip = codec::decode_ip(rec).map_err(bad)?;
                 if d.newest.get(&u32::from(ip)).is_some_and(|n| *n > s) {
                     continue;
                 }
-                let (lease, _) = codec::decode(rec).map_err(rd)?;
+                let (lease, _) = codec::decode(rec).map_err(bad)?;
                 out.push((s, lease));
                 if out.len() >= limit {
                     return Ok(out);
