@@ -3,6 +3,7 @@
 //! `lab` builds the two-node failover lab on top of it.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod dhcp_lab;
 pub mod ha_pair;
 pub mod lab;
