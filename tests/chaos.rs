@@ -22,12 +22,14 @@
 //!   timings still vary with the machine). Default: a fixed seed, so CI is repeatable.
 //!   `ATHENA_CHAOS_SEED=random` draws one; the seed is printed first either way.
 //! - `ATHENA_CHAOS_SECS` (default 75): how long faults are injected. CI's run is ~2 minutes.
-//! - `ATHENA_CHAOS_SPLIT=1` adds issue #18's split brain (link blocked + the ACTIVE node
-//!   hangs past failover_timeout + resumes with the link still blocked); `=0` leaves it out.
-//!   **Unset, it is off (`SPLIT_DEFAULT`) because today's main breaks invariant 3 there**
-//!   (both nodes stay ACTIVE with the VIP until the link returns). Flip `SPLIT_DEFAULT` to
-//!   true when the split-brain fix (second heartbeat path, self-fencing after a stall) is
-//!   merged, so CI runs it.
+//! - `ATHENA_CHAOS_SPLIT=1` adds issue #18's split brain (`block+hang`: the peer link's TCP
+//!   blocked, the ACTIVE node hangs past failover_timeout and resumes with the link still
+//!   blocked); `=2` also `cut+hang`, the same with all IP between the nodes dropped (a second
+//!   heartbeat path too: only self-fencing and the VIP conflict can end it); `=0` neither.
+//!   **Unset, they are off (`SPLIT_DEFAULT`) because today's main breaks invariant 3 there**
+//!   (both nodes stay ACTIVE with the VIP and answer DHCP until the link returns). Raise
+//!   `SPLIT_DEFAULT` when the split-brain fix (second heartbeat path, self-fencing after a
+//!   stall) is merged, so CI runs them.
 //! - `ATHENA_CHAOS_REPORT=path` writes the per-kind table (`benches/chaos.sh` sums these).
 
 mod common;
@@ -48,11 +50,11 @@ const FT: Duration = Duration::from_secs(1);
 /// Invariant 3's bound.
 const DOUBLE_MAX: Duration = Duration::from_millis(1100);
 const SETTLE: Duration = Duration::from_secs(30);
-/// Whether the schedule includes [`Kind::BlockAndHang`] when `ATHENA_CHAOS_SPLIT` is unset.
-/// false until issue #18's split-brain fix is merged: today's main breaks invariant 3 there
-/// (e.g. seed 3: both nodes hold the VIP and answer DISCOVERs from the resume until the link
-/// returns). Set it to true with the fix, so CI runs it.
-const SPLIT_DEFAULT: bool = false;
+/// `ATHENA_CHAOS_SPLIT` when unset: 0 (no split-brain faults) until issue #18's fix is
+/// merged, because today's main breaks invariant 3 in both (e.g. `ATHENA_CHAOS_SPLIT=1
+/// ATHENA_CHAOS_SEED=3`: both nodes hold the VIP and answer DISCOVERs from the resume until
+/// the link returns). 1 with the fix (2 if it also survives a full cut), so CI runs them.
+const SPLIT_DEFAULT: u8 = 0;
 /// The seed CI runs when none is given.
 const CI_SEED: u64 = 18;
 const TOKEN: &str = "chaos-token-0123456789abcdef";
@@ -248,8 +250,13 @@ impl Run {
                     got.map(|(c, b)| format!("{c} {}", b.chars().take(120).collect::<String>()));
                 self.note(format!("api handoff: {got:?}"));
             }
-            Kind::BlockAndHang => {
-                self.block_link();
+            Kind::BlockAndHang | Kind::CutAndHang => {
+                let cut = f.kind == Kind::CutAndHang;
+                if cut {
+                    self.lab.cut_ab();
+                } else {
+                    self.block_link();
+                }
                 sleep(Duration::from_millis(200));
                 self.set_eligible(node, false);
                 self.lab.sigstop(node);
@@ -258,7 +265,11 @@ impl Run {
                 self.set_eligible(node, true);
                 self.note(format!("{} resumed, link still blocked", node.name()));
                 sleep(f.tail);
-                self.unblock_link();
+                if cut {
+                    self.lab.heal_ab();
+                } else {
+                    self.unblock_link();
+                }
             }
         }
         self.note("undone".into());
@@ -305,10 +316,11 @@ fn chaos_schedule_keeps_every_client_address_and_one_server() {
     }
     let _timing = common::timing_lock();
     let seed = seed_from_env();
-    let split = match std::env::var("ATHENA_CHAOS_SPLIT").as_deref() {
-        Ok("1") => true,
-        Ok("0") => false,
-        _ => SPLIT_DEFAULT,
+    let split: u8 = match std::env::var("ATHENA_CHAOS_SPLIT") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("ATHENA_CHAOS_SPLIT={v}: want 0, 1 or 2")),
+        Err(_) => SPLIT_DEFAULT,
     };
     let secs: u64 = env_or("ATHENA_CHAOS_SECS", 75);
     let n_clients: usize = env_or("ATHENA_CHAOS_CLIENTS", 4);
@@ -316,10 +328,10 @@ fn chaos_schedule_keeps_every_client_address_and_one_server() {
     eprintln!(
         "chaos: seed {seed} (replay with ATHENA_CHAOS_SEED={seed}), split-brain faults {}, \
          {secs}s of faults, {n_clients} clients, preempt {preempt}",
-        if split {
-            "ON"
-        } else {
-            "off (ATHENA_CHAOS_SPLIT=1)"
+        match split {
+            0 => "off (ATHENA_CHAOS_SPLIT=1 or 2)",
+            1 => "block+hang",
+            _ => "block+hang and cut+hang",
         }
     );
 
@@ -558,22 +570,22 @@ fn finish(
 /// asked for.
 #[test]
 fn one_seed_gives_one_schedule_and_split_faults_only_on_request() {
-    let a: Vec<Fault> = Schedule::new(7, false, FT).take(200).collect();
-    let b: Vec<Fault> = Schedule::new(7, false, FT).take(200).collect();
-    let c: Vec<Fault> = Schedule::new(8, false, FT).take(200).collect();
+    let a: Vec<Fault> = Schedule::new(7, 0, FT).take(200).collect();
+    let b: Vec<Fault> = Schedule::new(7, 0, FT).take(200).collect();
+    let c: Vec<Fault> = Schedule::new(8, 0, FT).take(200).collect();
     assert_eq!(a, b);
     assert_ne!(a, c);
-    assert!(a.iter().all(|f| f.kind != Kind::BlockAndHang));
-    let s: Vec<Fault> = Schedule::new(7, true, FT).take(200).collect();
-    assert!(s.iter().any(|f| f.kind == Kind::BlockAndHang));
+    let split = |f: &Fault| matches!(f.kind, Kind::BlockAndHang | Kind::CutAndHang);
+    assert!(!a.iter().any(split));
+    let one: Vec<Fault> = Schedule::new(7, 1, FT).take(200).collect();
+    assert!(one.iter().any(|f| f.kind == Kind::BlockAndHang));
+    assert!(one.iter().all(|f| f.kind != Kind::CutAndHang));
+    let s: Vec<Fault> = Schedule::new(7, 2, FT).take(200).collect();
     for k in Kind::ALL {
         assert!(s.iter().any(|f| f.kind == k), "{k:?} never drawn");
     }
     // Split-brain holds outlast failover_timeout: the standby must take over meanwhile.
-    assert!(s
-        .iter()
-        .filter(|f| f.kind == Kind::BlockAndHang)
-        .all(|f| f.hold > FT));
+    assert!(s.iter().filter(|f| split(f)).all(|f| f.hold > FT));
 }
 
 /// The double-hold check counts only time when both nodes could have dropped the VIP.

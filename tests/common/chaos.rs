@@ -54,10 +54,13 @@ pub enum Kind {
     /// Issue #18's split brain: link blocked, the ACTIVE node hangs for `hold` (past
     /// failover_timeout), resumes, and the link stays blocked for `tail`.
     BlockAndHang,
+    /// The same with every IPv4 packet between the nodes' own addresses dropped (any second
+    /// heartbeat path too), so only self-fencing and the VIP conflict can end it.
+    CutAndHang,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Kill9,
         Kind::Hang,
         Kind::LinkBlock,
@@ -65,6 +68,7 @@ impl Kind {
         Kind::SigTerm,
         Kind::ApiHandoff,
         Kind::BlockAndHang,
+        Kind::CutAndHang,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,6 +80,7 @@ impl Kind {
             Kind::SigTerm => "sigterm",
             Kind::ApiHandoff => "api-handoff",
             Kind::BlockAndHang => "block+hang",
+            Kind::CutAndHang => "cut+hang",
         }
     }
 }
@@ -98,16 +103,16 @@ pub struct Fault {
     pub gap: Duration,
 }
 
-/// The seeded fault generator. `split` adds [`Kind::BlockAndHang`], whose invariants break on
-/// a build without issue #18's fixes.
+/// The seeded fault generator. `split` 1 adds [`Kind::BlockAndHang`], 2 also
+/// [`Kind::CutAndHang`]: their invariants break on a build without issue #18's fixes.
 pub struct Schedule {
     rng: StdRng,
-    split: bool,
+    split: u8,
     failover_timeout: Duration,
 }
 
 impl Schedule {
-    pub fn new(seed: u64, split: bool, failover_timeout: Duration) -> Schedule {
+    pub fn new(seed: u64, split: u8, failover_timeout: Duration) -> Schedule {
         Schedule {
             rng: StdRng::seed_from_u64(seed),
             split,
@@ -133,7 +138,9 @@ impl Iterator for Schedule {
             (Kind::PortDown, 2),
             (Kind::SigTerm, 2),
             (Kind::ApiHandoff, 2),
-            (Kind::BlockAndHang, if self.split { 3 } else { 0 }),
+            (Kind::BlockAndHang, if self.split >= 1 { 3 } else { 0 }),
+            // Last, so that a schedule without it is the same as before it existed.
+            (Kind::CutAndHang, if self.split >= 2 { 2 } else { 0 }),
         ];
         let total: u32 = weighted.iter().map(|(_, w)| w).sum();
         let mut pick = self.rng.random_range(0..total);
@@ -160,7 +167,7 @@ impl Iterator for Schedule {
             Kind::LinkBlock => (target, self.ms(ft, 5 * ft), 0),
             Kind::SigTerm => (target, self.ms(200, 2 * ft), 0),
             Kind::ApiHandoff => (Target::Active, Duration::ZERO, 0),
-            Kind::BlockAndHang => (
+            Kind::BlockAndHang | Kind::CutAndHang => (
                 Target::Active,
                 self.ms(ft + 300, 3 * ft + 500),
                 self.rng.random_range(ft..=4 * ft),
