@@ -48,7 +48,7 @@ TEST=chaos_schedule_keeps_every_client_address_and_one_server
 
 cd "$ROOT"
 BIN=$(cargo test --locked --test chaos --no-run --message-format=json 2>/dev/null |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+  grep '"kind":\["test"\],[^}]*"name":"chaos"' | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
 [ -x "$BIN" ] || die "build failed: cargo test --locked --test chaos --no-run"
 
 echo "chaos.sh: ${#SEEDS[@]} run(s) of $MINUTES min, ATHENA_CHAOS_SPLIT=$SPLIT, logs in $OUT"

@@ -24,7 +24,8 @@
 //! - `ATHENA_CHAOS_SECS` (default 75): how long faults are injected. CI's run is ~2 minutes.
 //! - `ATHENA_CHAOS_SPLIT=1` adds issue #18's split brain (`block+hang`: the peer link's TCP
 //!   blocked, the ACTIVE node hangs past failover_timeout and resumes with the link still
-//!   blocked); `=2` also `cut+hang`, the same with all IP between the nodes dropped (a second
+//!   blocked) and flaps of the ACTIVE node's port shorter than failover_timeout (it retakes
+//!   on its pre-flap view while the peer times out and takes over too); `=2` also `cut+hang`, the same with all IP between the nodes dropped (a second
 //!   heartbeat path too: only self-fencing and the VIP conflict can end it); `=0` neither.
 //!   **Unset, they are off (`SPLIT_DEFAULT`) because today's main breaks invariant 3 there**
 //!   (both nodes stay ACTIVE with the VIP and answer DHCP until the link returns). Raise
@@ -51,9 +52,11 @@ const FT: Duration = Duration::from_secs(1);
 const DOUBLE_MAX: Duration = Duration::from_millis(1100);
 const SETTLE: Duration = Duration::from_secs(30);
 /// `ATHENA_CHAOS_SPLIT` when unset: 0 (no split-brain faults) until issue #18's fix is
-/// merged, because today's main breaks invariant 3 in both (e.g. `ATHENA_CHAOS_SPLIT=1
+/// merged, because today's main breaks invariant 3 in all of them (`ATHENA_CHAOS_SPLIT=1
 /// ATHENA_CHAOS_SEED=3`: both nodes hold the VIP and answer DISCOVERs from the resume until
-/// the link returns). 1 with the fix (2 if it also survives a full cut), so CI runs them.
+/// the link returns; `ATHENA_CHAOS_SPLIT=1 ATHENA_CHAOS_SEED=4`, at +40 s: a 454 ms port
+/// flap of the ACTIVE node, the VIP on both for 1.4 s). 1 with the fix (2 if it also survives
+/// a full cut), so CI runs them.
 const SPLIT_DEFAULT: u8 = 0;
 /// The seed CI runs when none is given.
 const CI_SEED: u64 = 18;
@@ -101,8 +104,21 @@ impl Run {
         )
     }
 
+    /// A timeline line: time since the start and the UTC time of day (as in the daemons' logs).
     fn note(&mut self, what: String) {
-        let line = format!("{} {what}", self.rel(Instant::now()));
+        let now = Instant::now();
+        let wall = self.t0_sys + now.duration_since(self.t0);
+        let ms = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() % 86_400_000);
+        let line = format!(
+            "{} ({:02}:{:02}:{:02}.{:03}) {what}",
+            self.rel(now),
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        );
         eprintln!("chaos: {line}");
         self.timeline.push(line);
     }
@@ -554,15 +570,42 @@ fn finish(
             .iter()
             .map(|(at, w)| format!("{} {w}", run.rel(*at)))
             .collect();
+        let kept = keep_records(run, clients, &list);
         panic!(
             "chaos seed {} broke {} invariant(s) (replay: ATHENA_CHAOS_SEED={}):\n{}\n\
-             --- timeline ---\n{}\n--- figures ---\n{summary}",
+             --- timeline ---\n{}\n--- figures ---\n{summary}\n\
+             both daemons' full logs and the clients' records: {kept}",
             run.seed,
             list.len(),
             run.seed,
             list.join("\n"),
             run.timeline.join("\n")
         );
+    }
+}
+
+/// Copies what a failed run leaves behind out of the lab's directory (removed with the lab):
+/// both daemons' logs, each client's script log, the violations and the timeline.
+fn keep_records(run: &Run, clients: &[Client], violations: &[String]) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "athena-chaos-seed{}-{}",
+        run.seed,
+        std::process::id()
+    ));
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text);
+    let kept = std::fs::create_dir_all(&dir)
+        .and_then(|_| write("node-a.log", &run.lab.log(Node::A)))
+        .and_then(|_| write("node-b.log", &run.lab.log(Node::B)))
+        .and_then(|_| write("violations.txt", &violations.join("\n")))
+        .and_then(|_| write("timeline.txt", &run.timeline.join("\n")))
+        .and_then(|_| {
+            clients
+                .iter()
+                .try_for_each(|c| write(&format!("{}.events", c.ns_name), &c.record()))
+        });
+    match kept {
+        Ok(()) => dir.display().to_string(),
+        Err(e) => format!("not kept ({}: {e})", dir.display()),
     }
 }
 
@@ -577,9 +620,12 @@ fn one_seed_gives_one_schedule_and_split_faults_only_on_request() {
     assert_ne!(a, c);
     let split = |f: &Fault| matches!(f.kind, Kind::BlockAndHang | Kind::CutAndHang);
     assert!(!a.iter().any(split));
+    let flap = |f: &Fault| f.kind == Kind::PortDown && f.target == Target::Active && f.hold < FT;
+    assert!(!a.iter().any(flap));
     let one: Vec<Fault> = Schedule::new(7, 1, FT).take(200).collect();
     assert!(one.iter().any(|f| f.kind == Kind::BlockAndHang));
     assert!(one.iter().all(|f| f.kind != Kind::CutAndHang));
+    assert!(one.iter().any(flap));
     let s: Vec<Fault> = Schedule::new(7, 2, FT).take(200).collect();
     for k in Kind::ALL {
         assert!(s.iter().any(|f| f.kind == k), "{k:?} never drawn");
