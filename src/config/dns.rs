@@ -1,6 +1,7 @@
 //! `[dns]`: the caching proxy and the zone built from leases.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,10 @@ pub struct DnsConfig {
     pub upstream_timeout: Dur,
     /// TTL of records made from leases.
     pub lease_ttl: Dur,
+    /// Answer an expired cached name (TTL 30 s) when every forwarder fails (RFC 8767).
+    pub serve_stale: bool,
+    /// How long after its expiry a cached answer may still be served stale.
+    pub stale_max: Dur,
     #[serde(rename = "record")]
     pub records: Vec<DnsRecordConfig>,
 }
@@ -42,6 +47,8 @@ impl Default for DnsConfig {
             cache_size: 10_000,
             upstream_timeout: Dur::secs(2),
             lease_ttl: Dur::secs(300),
+            serve_stale: true,
+            stale_max: Dur::secs(86_400),
             records: Vec::new(),
         }
     }
@@ -50,6 +57,14 @@ impl Default for DnsConfig {
 impl DnsConfig {
     pub fn tcp_addr(&self) -> SocketAddr {
         self.listen_tcp.unwrap_or(self.listen_udp)
+    }
+    /// How long an expired answer may be served stale; zero when `serve_stale` is off.
+    pub fn stale_window(&self) -> Duration {
+        if self.serve_stale {
+            self.stale_max.0
+        } else {
+            Duration::ZERO
+        }
     }
     /// Forwarders as socket addresses (validated at load).
     pub fn forwarder_addrs(&self) -> Vec<SocketAddr> {

@@ -132,6 +132,12 @@ fn validate_dns(d: &DnsConfig) -> Result<(), Invalid> {
     if d.enabled && d.cache_size == 0 {
         return err("dns.cache_size", "must be at least 1");
     }
+    if d.serve_stale && d.stale_max.0 < Duration::from_secs(1) {
+        return err(
+            "dns.stale_max",
+            "must be at least 1s (or set serve_stale = false)",
+        );
+    }
     for (i, r) in d.records.iter().enumerate() {
         let key = format!("dns.record[{i}]");
         let t = r.rtype.to_ascii_uppercase();

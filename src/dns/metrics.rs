@@ -35,6 +35,8 @@ pub enum Outcome {
     Local,
     Cached,
     Forwarded,
+    /// Expired, every forwarder failed: answered from the cache with TTL 30 s (RFC 8767).
+    Stale,
     /// Every forwarder failed, or there are none.
     Servfail,
     /// Opcode other than QUERY, or a zone transfer.
@@ -43,10 +45,11 @@ pub enum Outcome {
     Overload,
 }
 
-pub const OUTCOMES: [Outcome; 6] = [
+pub const OUTCOMES: [Outcome; 7] = [
     Outcome::Local,
     Outcome::Cached,
     Outcome::Forwarded,
+    Outcome::Stale,
     Outcome::Servfail,
     Outcome::Notimp,
     Outcome::Overload,
@@ -58,6 +61,7 @@ impl Outcome {
             Outcome::Local => "local",
             Outcome::Cached => "cached",
             Outcome::Forwarded => "forwarded",
+            Outcome::Stale => "stale",
             Outcome::Servfail => "servfail",
             Outcome::Notimp => "notimp",
             Outcome::Overload => "overload",
@@ -97,6 +101,7 @@ pub struct DnsMetrics {
     queries: Vec<[Counter; OUTCOMES.len()]>,
     cache_hits: Counter,
     cache_misses: Counter,
+    prefetches: Counter,
     upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     malformed: Family<MalformedLabels, Counter>,
@@ -133,6 +138,7 @@ impl DnsMetrics {
             queries,
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            prefetches: Counter::default(),
             upstream_latency: Family::new_with_constructor(latency_histogram),
             upstream_errors: Family::default(),
             malformed: Family::default(),
@@ -154,6 +160,11 @@ impl DnsMetrics {
             "dns_cache_misses",
             "DNS queries not in the local zone or the cache",
             m.cache_misses.clone(),
+        );
+        registry.register(
+            "dns_prefetches",
+            "Cached answers refreshed in the background in the last tenth of their TTL",
+            m.prefetches.clone(),
         );
         registry.register(
             "dns_upstream_latency_seconds",
@@ -202,6 +213,14 @@ impl DnsMetrics {
     #[inline]
     pub fn cache_miss(&self) {
         self.cache_misses.inc();
+    }
+
+    pub fn prefetch(&self) {
+        self.prefetches.inc();
+    }
+
+    pub fn prefetches(&self) -> u64 {
+        self.prefetches.get()
     }
 
     pub fn upstream_latency(&self, upstream: SocketAddr, took: Duration) {

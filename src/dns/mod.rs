@@ -112,6 +112,10 @@ pub struct DnsOptions {
     /// Longest a UDP query may wait so several are answered per wake-up under load (see
     /// `server::serve_udp`); zero answers every datagram at once.
     pub udp_coalesce: Duration,
+    /// After every forwarder failed for a name served stale: how long further queries get
+    /// the stale answer at once before one of them tries upstream again (RFC 8767's
+    /// "failure recheck timer"; 30 s).
+    pub stale_retry: Duration,
 }
 
 impl Default for DnsOptions {
@@ -120,6 +124,7 @@ impl Default for DnsOptions {
             tcp: TcpOptions::default(),
             udp_workers: 1,
             udp_coalesce: Duration::from_micros(250),
+            stale_retry: Duration::from_secs(30),
         }
     }
 }
@@ -151,7 +156,13 @@ impl DnsServer {
         let zone = zone::Zone::new(cfg, node)?;
         let res = Arc::new(server::Resolver::new(
             zone,
-            cache::Cache::new(cfg.cache_size),
+            cache::Cache::with_stale(
+                cfg.cache_size,
+                cache::StalePolicy {
+                    max: cfg.stale_window(),
+                    retry: opts.stale_retry,
+                },
+            ),
             upstream::Upstreams::new(cfg.forwarder_addrs(), cfg.upstream_timeout.get()),
             metrics::DnsMetrics::new(registry),
             tokio::runtime::Handle::current(),
@@ -317,6 +328,7 @@ impl DnsServer {
                 "capacity": r.cache.capacity(),
                 "hits": m.cache_hits(),
                 "misses": m.cache_misses(),
+                "prefetches": m.prefetches(),
             },
             "inflight": r.inflight(),
             "upstreams": r.upstreams.stats(),

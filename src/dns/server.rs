@@ -1,13 +1,15 @@
 //! The query pipeline (local zone → cache → forwarders) and the UDP and TCP serving loops.
 //!
 //! Invariants: a local or cached answer is produced inline by the serving loop (no task, no
-//! allocation beyond the reply buffer it reuses); only a cache miss spawns work, and at most
-//! one upstream query runs per (name, type, class, DO): identical queries arriving meanwhile
-//! wait on the same forward ("in flight"), whose count is bounded. The UDP loop ticks its
-//! health progress handle on every batch and at least every second when idle.
+//! allocation beyond the reply buffer it reuses); only a cache miss, a prefetch or a stale
+//! entry's next refresh spawns work, and at most one upstream query runs per (name, type,
+//! class, DO): identical queries arriving meanwhile wait on the same forward ("in flight"),
+//! whose count is bounded. When every forwarder fails for an expired entry still within
+//! `stale_max`, its waiters get it stale (TTL [`STALE_TTL`]) instead of SERVFAIL. The UDP loop
+//! ticks its health progress handle on every batch and at least every second when idle.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::cache::Cache;
+use super::cache::{Cache, Lookup};
 use super::metrics::{DnsMetrics, Outcome};
 use super::udp::UdpEndpoint;
 use super::upstream::Upstreams;
@@ -33,6 +35,19 @@ const MAX_INFLIGHT: usize = 4096;
 const MAX_WAITERS: usize = 256;
 /// Local answers remembered per serving loop before the memo starts over.
 const MEMO_MAX: usize = 16_384;
+/// TTL of an answer served stale (RFC 8767 §4 recommends 30 s).
+pub const STALE_TTL: u32 = 30;
+
+/// Why a forward runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client's miss or expired entry: clients wait for it.
+    Client,
+    /// In the background: a prefetch, or the next try for a name being served stale.
+    Refresh,
+    /// Asked by the active peer for the warm standby: stored hidden until this node serves.
+    Warm,
+}
 
 /// Where a forwarded answer goes.
 pub enum ReplyTo {
@@ -62,6 +77,8 @@ pub struct Resolver {
     inflight: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     pub metrics: DnsMetrics,
     runtime: tokio::runtime::Handle,
+    /// This node serves clients (standalone, or HA ACTIVE): warm answers count as hits.
+    serving: AtomicBool,
 }
 
 impl Resolver {
@@ -81,7 +98,17 @@ impl Resolver {
             upstreams,
             inflight: Mutex::new(HashMap::new()),
             metrics,
+            serving: AtomicBool::new(true),
         }
+    }
+
+    /// Whether this node serves clients (HA ACTIVE or standalone).
+    pub fn set_serving(&self, on: bool) {
+        self.serving.store(on, Ordering::Relaxed);
+    }
+
+    pub fn serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// Changes the zone; serving loops see the change from their next query on.
@@ -152,11 +179,29 @@ impl Resolver {
             self.metrics.query(qtype, Outcome::Local);
             return true;
         }
-        if let Some((a, age)) = self.cache.get(q.key(), now) {
-            self.metrics.cache_hit();
-            a.render(&q.meta, age, limit, out);
-            self.metrics.query(qtype, Outcome::Cached);
-            return true;
+        match self.cache.lookup(q.key(), now, self.serving()) {
+            Lookup::Fresh {
+                answer,
+                age,
+                prefetch,
+            } => {
+                self.metrics.cache_hit();
+                answer.render(&q.meta, age, limit, out);
+                self.metrics.query(qtype, Outcome::Cached);
+                if prefetch && self.refresh(q.key(), Origin::Refresh) {
+                    self.metrics.prefetch();
+                }
+                return true;
+            }
+            Lookup::Stale { answer, refresh } => {
+                answer.render_stale(&q.meta, STALE_TTL, limit, out);
+                self.metrics.query(qtype, Outcome::Stale);
+                if refresh {
+                    self.refresh(q.key(), Origin::Refresh);
+                }
+                return true;
+            }
+            Lookup::Expired | Lookup::Miss => {}
         }
         self.metrics.cache_miss();
         if self.upstreams.is_empty() {
@@ -184,8 +229,8 @@ impl Resolver {
             drop(inflight);
             let key: Box<[u8]> = q.key().into();
             // The UDP loop runs on its own thread, outside the runtime: spawn through the handle.
-            let dnssec_ok = q.meta.edns.is_some_and(|e| e.dnssec_ok);
-            self.runtime.spawn(self.clone().forward(key, dnssec_ok));
+            self.runtime
+                .spawn(self.clone().forward(key, Origin::Client));
             return false;
         }
         drop(inflight);
@@ -194,9 +239,24 @@ impl Resolver {
         true
     }
 
+    /// Starts a forward for `key` nobody waits for, unless one is in flight already (or too
+    /// many are). True if it started.
+    pub fn refresh(self: &Arc<Self>, key: &[u8], origin: Origin) -> bool {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.contains_key(key) || inflight.len() >= MAX_INFLIGHT {
+            return false;
+        }
+        inflight.insert(key.into(), Vec::new());
+        drop(inflight);
+        self.runtime.spawn(self.clone().forward(key.into(), origin));
+        true
+    }
+
     /// Asks the upstreams for `key` and answers everyone waiting on it.
-    async fn forward(self: Arc<Self>, key: Box<[u8]>, dnssec_ok: bool) {
+    async fn forward(self: Arc<Self>, key: Box<[u8]>, origin: Origin) {
         let (qtype, qclass, name) = split_key(&key);
+        // The key's DO byte: the client's DNSSEC OK bit goes upstream.
+        let dnssec_ok = key[4] != 0;
         let mut question = Vec::with_capacity(name.len() + 4);
         question.extend_from_slice(name);
         question.extend_from_slice(&qtype.to_be_bytes());
@@ -219,11 +279,17 @@ impl Resolver {
                 None
             }
         };
-        if let Some(a) = &answer {
-            if let Some(ttl) = a.cache_ttl() {
-                self.cache.insert(&key, a.clone(), ttl, Instant::now());
+        let now = Instant::now();
+        let stale = match &answer {
+            Some(a) => {
+                if let Some(ttl) = a.cache_ttl() {
+                    self.cache
+                        .insert(&key, a.clone(), ttl, now, origin == Origin::Warm);
+                }
+                None
             }
-        }
+            None => self.cache.failed(&key, now, self.serving()),
+        };
         // Removed only after the cache insert, so a query arriving in between finds one of
         // the two and never starts a second forward for a cacheable answer.
         let waiters = self
@@ -238,12 +304,16 @@ impl Resolver {
                 ReplyTo::Udp(..) => w.meta.udp_limit(),
                 ReplyTo::Chan(_) => u16::MAX as usize,
             };
-            match &answer {
-                Some(a) => {
+            match (&answer, &stale) {
+                (Some(a), _) => {
                     a.render(&w.meta, 0, limit, &mut buf);
                     self.metrics.query(qtype, Outcome::Forwarded);
                 }
-                None => {
+                (None, Some(a)) => {
+                    a.render_stale(&w.meta, STALE_TTL, limit, &mut buf);
+                    self.metrics.query(qtype, Outcome::Stale);
+                }
+                (None, None) => {
                     render_error(&w.meta, RCODE_SERVFAIL, &mut buf);
                     self.metrics.query(qtype, Outcome::Servfail);
                 }

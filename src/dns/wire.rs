@@ -447,6 +447,19 @@ impl Answer {
         }
         push_opt(q, out);
     }
+
+    /// Like [`Answer::render`] for an expired answer served stale: every TTL says `ttl`
+    /// (RFC 8767 §4: 30 s, so clients come back soon for a fresh one).
+    pub fn render_stale(&self, q: &QueryMeta, ttl: u32, limit: usize, out: &mut Vec<u8>) {
+        self.render(q, 0, limit, out);
+        if out[2] & 0x02 != 0 {
+            return; // truncated: no records left (cached answers never carry TC themselves)
+        }
+        for &(off, _) in self.ttl_offsets.iter() {
+            let off = off as usize;
+            out[off..off + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
+    }
 }
 
 fn push_opt(q: &QueryMeta, out: &mut Vec<u8>) {

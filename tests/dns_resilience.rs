@@ -1,0 +1,379 @@
+//! DNS that outlives its upstreams: serve-stale (RFC 8767), prefetch, conditional forwarding
+//! (`[[dns.zone_override]]`) and hostile upstream replies, over real sockets against a fake
+//! upstream written here whose behaviour each test switches while the proxy runs.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use athena_dhcpd::config::{DnsConfig, Dur};
+use athena_dhcpd::dns::{self, DnsOptions, DnsServer};
+use athena_dhcpd::health::Health;
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
+use prometheus_client::registry::Registry;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------------------------
+// A fake upstream whose behaviour changes at run time
+
+const ANSWER: u8 = 0;
+const SILENT: u8 = 1;
+const SERVFAIL: u8 = 2;
+/// Before the real reply: one with a wrong ID, one for another question, one of garbage.
+const HOSTILE_FIRST: u8 = 3;
+
+struct Upstream {
+    addr: SocketAddr,
+    mode: Arc<AtomicU8>,
+    /// TTL of the A records it gives.
+    ttl: Arc<AtomicU32>,
+    /// The A record it gives: 198.51.100.<octet>.
+    octet: Arc<AtomicU8>,
+    /// Every query: the name asked (lowercase, with the final dot) and when.
+    seen: Arc<Mutex<Vec<(String, Instant)>>>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Upstream {
+    async fn start(octet: u8, ttl: u32) -> Upstream {
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = udp.local_addr().unwrap();
+        let mode = Arc::new(AtomicU8::new(ANSWER));
+        let ttl = Arc::new(AtomicU32::new(ttl));
+        let octet = Arc::new(AtomicU8::new(octet));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (m, t, o, s) = (mode.clone(), ttl.clone(), octet.clone(), seen.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, from) = tokio::select! {
+                    _ = &mut stopped => return,
+                    r = udp.recv_from(&mut buf) => match r { Ok(r) => r, Err(_) => return },
+                };
+                let Ok(q) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
+                s.lock().unwrap().push((name, Instant::now()));
+                let mode = m.load(Ordering::SeqCst);
+                let reply = |id: u16, qname: Name, rcode: ResponseCode| {
+                    let mut r = Message::new();
+                    r.set_id(id)
+                        .set_message_type(MessageType::Response)
+                        .set_recursion_desired(true)
+                        .set_recursion_available(true)
+                        .set_response_code(rcode)
+                        .add_query(Query::query(qname.clone(), RecordType::A));
+                    if rcode == ResponseCode::NoError {
+                        r.add_answer(Record::from_rdata(
+                            qname,
+                            t.load(Ordering::SeqCst),
+                            RData::A(rdata::A(Ipv4Addr::new(
+                                198,
+                                51,
+                                100,
+                                o.load(Ordering::SeqCst),
+                            ))),
+                        ));
+                    }
+                    r.to_vec().unwrap()
+                };
+                let qname = q.queries()[0].name().clone();
+                match mode {
+                    SILENT => continue,
+                    SERVFAIL => {
+                        let _ = udp
+                            .send_to(&reply(q.id(), qname, ResponseCode::ServFail), from)
+                            .await;
+                    }
+                    _ => {
+                        if mode == HOSTILE_FIRST {
+                            let other = Name::from_ascii("evil.example.").unwrap();
+                            for bad in [
+                                reply(q.id().wrapping_add(1), qname.clone(), ResponseCode::NoError),
+                                reply(q.id(), other, ResponseCode::NoError),
+                                vec![0xde, 0xad],
+                            ] {
+                                let _ = udp.send_to(&bad, from).await;
+                            }
+                        }
+                        let _ = udp
+                            .send_to(&reply(q.id(), qname, ResponseCode::NoError), from)
+                            .await;
+                    }
+                }
+            }
+        });
+        Upstream {
+            addr,
+            mode,
+            ttl,
+            octet,
+            seen,
+            _stop: stop,
+        }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// How often `name` (e.g. "www.example.com.") was asked.
+    fn asked(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
+    }
+
+    fn asked_at(&self, name: &str) -> Vec<Instant> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The proxy under test and a client
+
+struct Proxy {
+    server: DnsServer,
+    _shutdown: tokio_util::sync::DropGuard,
+}
+
+fn config(forwarders: &[SocketAddr]) -> DnsConfig {
+    DnsConfig {
+        enabled: true,
+        forwarders: forwarders.iter().map(|a| a.to_string()).collect(),
+        upstream_timeout: Dur::millis(300),
+        ..Default::default()
+    }
+}
+
+/// A proxy on loopback; a name served stale is retried upstream every `stale_retry`.
+fn start(cfg: DnsConfig, stale_retry: Duration) -> Proxy {
+    let sockets = dns::bind_addrs(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .expect("bind loopback");
+    let shutdown = CancellationToken::new();
+    let server = DnsServer::start(
+        sockets,
+        &cfg,
+        "test-node",
+        &mut Registry::default(),
+        &Health::new(),
+        shutdown.clone(),
+        DnsOptions {
+            stale_retry,
+            ..Default::default()
+        },
+    )
+    .expect("start");
+    Proxy {
+        server,
+        _shutdown: shutdown.drop_guard(),
+    }
+}
+
+async fn ask(server: SocketAddr, name: &str) -> Message {
+    let mut m = Message::new();
+    m.set_id(rand::random())
+        .set_recursion_desired(true)
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.set_edns(Edns::new());
+    let q = m.to_vec().unwrap();
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.connect(server).await.unwrap();
+    s.send(&q).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no answer for {name}"))
+        .unwrap();
+    let r = Message::from_vec(&buf[..n]).expect("a well-formed reply");
+    assert_eq!(r.id(), m.id());
+    r
+}
+
+/// The A answer and its TTL, if any.
+fn a_of(m: &Message) -> Option<(Ipv4Addr, u32)> {
+    m.answers().iter().find_map(|r| match r.data() {
+        RData::A(a) => Some((a.0, r.ttl())),
+        _ => None,
+    })
+}
+
+fn outcome(p: &Proxy, o: &str) -> u64 {
+    p.server.stats()["queries"][o].as_u64().unwrap_or(0)
+}
+
+async fn eventually(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn ip(octet: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, octet)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Serve-stale
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_name_is_answered_stale_while_upstream_is_dead_and_fresh_once_it_returns() {
+    let up = Upstream::start(1, 1).await;
+    let p = start(config(&[up.addr]), Duration::from_secs(1));
+    let dns = p.server.udp_addr();
+    let fresh = ask(dns, "www.example.com").await;
+    assert_eq!(a_of(&fresh), Some((ip(1), 1)));
+    // The upstream dies; the cached answer expires.
+    up.set(SILENT);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let asked = Instant::now();
+    let stale = ask(dns, "www.example.com").await;
+    assert_eq!(stale.response_code(), ResponseCode::NoError);
+    assert_eq!(
+        a_of(&stale),
+        Some((ip(1), 30)),
+        "the expired answer, TTL 30 s"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_millis(250),
+        "only after the forwarder timed out ({:?})",
+        asked.elapsed()
+    );
+    assert_eq!(up.asked("www.example.com."), 2);
+    // A name never seen before has nothing to fall back to.
+    let never = ask(dns, "never.example.com").await;
+    assert_eq!(never.response_code(), ResponseCode::ServFail);
+    // While the failure is recent, stale answers come at once, without asking upstream.
+    let asked = Instant::now();
+    let again = ask(dns, "www.example.com").await;
+    assert_eq!(a_of(&again), Some((ip(1), 30)));
+    assert!(asked.elapsed() < Duration::from_millis(200));
+    assert_eq!(up.asked("www.example.com."), 2);
+    assert_eq!(outcome(&p, "stale"), 2);
+    assert_eq!(outcome(&p, "servfail"), 1);
+    // Upstream returns with a new address: after the retry period a query (still answered
+    // stale) refreshes the name in the background, and the next ones are fresh.
+    up.octet.store(2, Ordering::SeqCst);
+    up.ttl.store(300, Ordering::SeqCst);
+    up.set(ANSWER);
+    eventually(
+        "a fresh answer after upstream returned",
+        Duration::from_secs(5),
+        async || {
+            a_of(&ask(dns, "www.example.com").await).is_some_and(|(a, ttl)| a == ip(2) && ttl > 30)
+        },
+    )
+    .await;
+    assert_eq!(up.asked("www.example.com."), 3, "one background refresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_serve_stale_or_past_stale_max_an_expired_name_gets_servfail() {
+    let up = Upstream::start(1, 1).await;
+    let mut off = config(&[up.addr]);
+    off.serve_stale = false;
+    let p_off = start(off, Duration::from_secs(1));
+    let mut short = config(&[up.addr]);
+    short.stale_max = Dur::secs(1);
+    let p_short = start(short, Duration::from_secs(1));
+    for p in [&p_off, &p_short] {
+        assert_eq!(
+            a_of(&ask(p.server.udp_addr(), "www.example.com").await),
+            Some((ip(1), 1))
+        );
+    }
+    up.set(SERVFAIL);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = ask(p_off.server.udp_addr(), "www.example.com").await;
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::ServFail,
+        "serve_stale = false"
+    );
+    let m = ask(p_short.server.udp_addr(), "www.example.com").await;
+    assert_eq!(a_of(&m), Some((ip(1), 30)), "within stale_max");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let m = ask(p_short.server.udp_addr(), "www.example.com").await;
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::ServFail,
+        "stale_max = 1s after the 1 s TTL ran out"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefetch
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_asked_in_the_last_tenth_of_its_ttl_is_refreshed_before_it_expires() {
+    let up = Upstream::start(1, 2).await;
+    let p = start(config(&[up.addr]), Duration::from_secs(1));
+    let dns = p.server.udp_addr();
+    assert_eq!(
+        a_of(&ask(dns, "pop.example.com").await).map(|a| a.0),
+        Some(ip(1))
+    );
+    let stored = up.asked_at("pop.example.com.")[0];
+    up.octet.store(2, Ordering::SeqCst);
+    // Not yet in the last tenth: a plain hit.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        a_of(&ask(dns, "pop.example.com").await).map(|a| a.0),
+        Some(ip(1))
+    );
+    assert_eq!(up.asked("pop.example.com."), 1);
+    // In the last tenth (1.8-2 s): answered from the cache, and refreshed in the background.
+    let until = stored + Duration::from_millis(1850);
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    assert_eq!(
+        a_of(&ask(dns, "pop.example.com").await).map(|a| a.0),
+        Some(ip(1))
+    );
+    // More hits meanwhile start no second refresh (they may already see the new answer).
+    for _ in 0..2 {
+        ask(dns, "pop.example.com").await;
+    }
+    eventually(
+        "the prefetch upstream",
+        Duration::from_secs(1),
+        async || up.asked("pop.example.com.") == 2,
+    )
+    .await;
+    let refreshed = up.asked_at("pop.example.com.")[1];
+    assert!(
+        refreshed < stored + Duration::from_secs(2),
+        "upstream asked {:?} after the first answer, before the 2 s TTL ran out",
+        refreshed - stored
+    );
+    // After the old TTL: the refreshed answer, from the cache.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a_of(&ask(dns, "pop.example.com").await).map(|a| a.0),
+        Some(ip(2))
+    );
+    assert_eq!(up.asked("pop.example.com."), 2, "once only");
+    assert_eq!(p.server.stats()["cache"]["prefetches"], 1);
+    assert_eq!(outcome(&p, "forwarded"), 1);
+    assert_eq!(outcome(&p, "cached"), 5);
+}
