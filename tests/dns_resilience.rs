@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use athena_dhcpd::config::{DnsConfig, Dur};
+use athena_dhcpd::config::{DnsConfig, DnsZoneOverride, Dur};
 use athena_dhcpd::dns::{self, DnsOptions, DnsServer};
 use athena_dhcpd::health::Health;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
@@ -34,6 +34,8 @@ struct Upstream {
     octet: Arc<AtomicU8>,
     /// Every query: the name asked (lowercase, with the final dot) and when.
     seen: Arc<Mutex<Vec<(String, Instant)>>>,
+    /// The DNS ID and source port of the last query.
+    last_query: Arc<Mutex<Option<(u16, u16)>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -45,8 +47,10 @@ impl Upstream {
         let ttl = Arc::new(AtomicU32::new(ttl));
         let octet = Arc::new(AtomicU8::new(octet));
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let last_query = Arc::new(Mutex::new(None));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let (m, t, o, s) = (mode.clone(), ttl.clone(), octet.clone(), seen.clone());
+        let lq = last_query.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             loop {
@@ -58,8 +62,10 @@ impl Upstream {
                     continue;
                 };
                 let name = q.queries()[0].name().to_ascii().to_ascii_lowercase();
+                *lq.lock().unwrap() = Some((q.id(), from.port()));
                 s.lock().unwrap().push((name, Instant::now()));
                 let mode = m.load(Ordering::SeqCst);
+                let qtype = q.queries()[0].query_type();
                 let reply = |id: u16, qname: Name, rcode: ResponseCode| {
                     let mut r = Message::new();
                     r.set_id(id)
@@ -67,18 +73,17 @@ impl Upstream {
                         .set_recursion_desired(true)
                         .set_recursion_available(true)
                         .set_response_code(rcode)
-                        .add_query(Query::query(qname.clone(), RecordType::A));
+                        .add_query(Query::query(qname.clone(), qtype));
+                    let octet = o.load(Ordering::SeqCst);
+                    // A: 198.51.100.<octet>; PTR: up<octet>.example.
+                    let data = match qtype {
+                        RecordType::PTR => RData::PTR(rdata::PTR(
+                            Name::from_ascii(format!("up{octet}.example.")).unwrap(),
+                        )),
+                        _ => RData::A(rdata::A(Ipv4Addr::new(198, 51, 100, octet))),
+                    };
                     if rcode == ResponseCode::NoError {
-                        r.add_answer(Record::from_rdata(
-                            qname,
-                            t.load(Ordering::SeqCst),
-                            RData::A(rdata::A(Ipv4Addr::new(
-                                198,
-                                51,
-                                100,
-                                o.load(Ordering::SeqCst),
-                            ))),
-                        ));
+                        r.add_answer(Record::from_rdata(qname, t.load(Ordering::SeqCst), data));
                     }
                     r.to_vec().unwrap()
                 };
@@ -114,6 +119,7 @@ impl Upstream {
             ttl,
             octet,
             seen,
+            last_query,
             _stop: stop,
         }
     }
@@ -188,10 +194,14 @@ fn start(cfg: DnsConfig, stale_retry: Duration) -> Proxy {
 }
 
 async fn ask(server: SocketAddr, name: &str) -> Message {
+    ask_type(server, name, RecordType::A).await
+}
+
+async fn ask_type(server: SocketAddr, name: &str, rtype: RecordType) -> Message {
     let mut m = Message::new();
     m.set_id(rand::random())
         .set_recursion_desired(true)
-        .add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+        .add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
     m.set_edns(Edns::new());
     let q = m.to_vec().unwrap();
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -376,4 +386,163 @@ async fn a_name_asked_in_the_last_tenth_of_its_ttl_is_refreshed_before_it_expire
     assert_eq!(p.server.stats()["cache"]["prefetches"], 1);
     assert_eq!(outcome(&p, "forwarded"), 1);
     assert_eq!(outcome(&p, "cached"), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conditional forwarding
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_overrides_route_by_the_longest_matching_zone_and_are_cached() {
+    let default = Upstream::start(1, 300).await;
+    let corp = Upstream::start(2, 300).await;
+    let lab = Upstream::start(3, 300).await;
+    let reverse = Upstream::start(4, 300).await;
+    let mut cfg = config(&[default.addr]);
+    let zone = |z: &str, up: &Upstream| DnsZoneOverride {
+        zone: z.into(),
+        forwarders: vec![up.addr.to_string()],
+    };
+    // Listed shortest first: the order in the file does not matter, the longest zone wins.
+    cfg.zone_overrides = vec![
+        zone("Corp.Example.", &corp),
+        zone("lab.corp.example", &lab),
+        zone("10.in-addr.arpa", &reverse),
+    ];
+    let p = start(cfg, Duration::from_secs(1));
+    let dns = p.server.udp_addr();
+    let from = async |name: &str| a_of(&ask(dns, name).await).map(|a| a.0);
+    assert_eq!(from("www.example.com").await, Some(ip(1)));
+    assert_eq!(from("corp.example").await, Some(ip(2)), "the zone apex");
+    assert_eq!(from("HOST.corp.example").await, Some(ip(2)));
+    assert_eq!(
+        from("x.lab.corp.example").await,
+        Some(ip(3)),
+        "the longer zone"
+    );
+    assert_eq!(from("lab.corp.example").await, Some(ip(3)));
+    assert_eq!(
+        from("xcorp.example").await,
+        Some(ip(1)),
+        "zones match at label boundaries"
+    );
+    let ptr = ask_type(dns, "5.1.0.10.in-addr.arpa", RecordType::PTR).await;
+    let target = ptr.answers().iter().find_map(|r| match r.data() {
+        RData::PTR(n) => Some(n.0.to_ascii()),
+        _ => None,
+    });
+    assert_eq!(
+        target.as_deref(),
+        Some("up4.example."),
+        "the reverse zone's upstream"
+    );
+    let ptr = ask_type(dns, "5.1.0.192.in-addr.arpa", RecordType::PTR).await;
+    assert_eq!(
+        ptr.answers()[0]
+            .data()
+            .as_ptr()
+            .map(|n| n.0.to_ascii())
+            .as_deref(),
+        Some("up1.example.")
+    );
+    // Cached like any other answer.
+    assert_eq!(from("host.corp.example").await, Some(ip(2)));
+    assert_eq!(corp.asked("host.corp.example."), 1);
+    assert_eq!(default.asked("host.corp.example."), 0);
+    let stats = p.server.stats();
+    let zones = stats["zone_overrides"].as_array().unwrap();
+    assert_eq!(zones.len(), 3, "{stats}");
+    assert_eq!(
+        zones[0]["zone"], "lab.corp.example",
+        "longest first: {stats}"
+    );
+    assert_eq!(zones[0]["upstreams"][0]["queries"], 2, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_zone_override_gets_servfail_and_its_names_are_served_stale() {
+    let default = Upstream::start(1, 300).await;
+    let corp = Upstream::start(2, 1).await;
+    let mut cfg = config(&[default.addr]);
+    cfg.zone_overrides = vec![DnsZoneOverride {
+        zone: "corp.example".into(),
+        forwarders: vec![corp.addr.to_string()],
+    }];
+    let p = start(cfg, Duration::from_secs(1));
+    let dns = p.server.udp_addr();
+    assert_eq!(a_of(&ask(dns, "a.corp.example").await), Some((ip(2), 1)));
+    corp.set(SILENT);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a_of(&ask(dns, "a.corp.example").await), Some((ip(2), 30)));
+    let m = ask(dns, "b.corp.example").await;
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::ServFail,
+        "never falls back to the default forwarders"
+    );
+    assert_eq!(default.asked("b.corp.example."), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile upstream replies
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_replies_with_a_wrong_id_question_or_source_or_garbage_are_dropped_and_counted() {
+    let up = Upstream::start(1, 300).await;
+    up.set(HOSTILE_FIRST);
+    let p = start(config(&[up.addr]), Duration::from_secs(1));
+    let dns = p.server.udp_addr();
+    let m = ask(dns, "www.example.com").await;
+    assert_eq!(
+        a_of(&m),
+        Some((ip(1), 300)),
+        "the real reply, after three bad ones"
+    );
+    let stats = p.server.stats();
+    let by = &stats["malformed_by_reason"];
+    assert_eq!(by["upstream/wrong_id"], 1, "{stats}");
+    assert_eq!(by["upstream/wrong_question"], 1, "{stats}");
+    assert_eq!(by["upstream/short"], 1, "{stats}");
+    // A reply from another address with the right ID and question, sent to the proxy's
+    // query socket before the real one: the connected socket never delivers it.
+    let spoofer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let slow = Upstream::start(7, 300).await;
+    slow.set(SILENT);
+    let p2 = start(config(&[slow.addr]), Duration::from_secs(1));
+    let dns2 = p2.server.udp_addr();
+    let asking = tokio::spawn(async move { ask(dns2, "spoof.example.com").await });
+    eventually("the query upstream", Duration::from_secs(2), async || {
+        slow.asked("spoof.example.com.") == 1
+    })
+    .await;
+    // The fake upstream only saw the ID; rebuild a well-formed reply carrying 6.6.6.6.
+    let (id, port) = {
+        let seen = slow.last_query.lock().unwrap();
+        seen.expect("query recorded")
+    };
+    let mut forged = Message::new();
+    forged
+        .set_id(id)
+        .set_message_type(MessageType::Response)
+        .add_query(Query::query(
+            Name::from_ascii("spoof.example.com.").unwrap(),
+            RecordType::A,
+        ))
+        .add_answer(Record::from_rdata(
+            Name::from_ascii("spoof.example.com.").unwrap(),
+            300,
+            RData::A(rdata::A(Ipv4Addr::new(6, 6, 6, 6))),
+        ));
+    spoofer
+        .send_to(
+            &forged.to_vec().unwrap(),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+        .await
+        .unwrap();
+    let m = asking.await.unwrap();
+    assert_eq!(
+        m.response_code(),
+        ResponseCode::ServFail,
+        "the forged reply was never accepted: {m:?}"
+    );
 }

@@ -33,6 +33,28 @@ pub struct DnsConfig {
     pub stale_max: Dur,
     #[serde(rename = "record")]
     pub records: Vec<DnsRecordConfig>,
+    /// Conditional forwarding: names at or below a zone go to its own forwarders.
+    #[serde(rename = "zone_override")]
+    pub zone_overrides: Vec<DnsZoneOverride>,
+}
+
+/// `[[dns.zone_override]]`: `zone` (e.g. "corp.example" or "10.in-addr.arpa") and below are
+/// forwarded to `forwarders` instead of `[dns] forwarders`; the longest matching zone wins.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsZoneOverride {
+    pub zone: String,
+    pub forwarders: Vec<String>,
+}
+
+impl DnsZoneOverride {
+    /// The forwarders as socket addresses (validated at load).
+    pub fn forwarder_addrs(&self) -> Vec<SocketAddr> {
+        self.forwarders
+            .iter()
+            .filter_map(|f| parse_addr_with_default_port(f, 53).ok())
+            .collect()
+    }
 }
 
 impl Default for DnsConfig {
@@ -50,6 +72,7 @@ impl Default for DnsConfig {
             serve_stale: true,
             stale_max: Dur::secs(86_400),
             records: Vec::new(),
+            zone_overrides: Vec::new(),
         }
     }
 }

@@ -554,6 +554,49 @@ fn bad_dns_record_is_refused() {
 }
 
 #[test]
+fn bad_zone_overrides_are_refused_with_their_key_and_line() {
+    refused(
+        "[[dns.zone_override]]\nzone = \"corp.example\"\nforwarders = [\"10.1.1.53\", \"10.1.1.x\"]\n",
+        3,
+        "dns.zone_override[0].forwarders[1]",
+        "10.1.1.x",
+    );
+    refused(
+        "[[dns.zone_override]]\nzone = \"corp.example\"\nforwarders = []\n",
+        3,
+        "dns.zone_override[0].forwarders",
+        "needs at least one",
+    );
+    refused(
+        "[[dns.zone_override]]\nzone = \"corp..example\"\nforwarders = [\"10.1.1.53\"]\n",
+        2,
+        "dns.zone_override[0].zone",
+        "",
+    );
+    refused(
+        "[[dns.zone_override]]\nzone = \"corp.example\"\nforwarders = [\"10.1.1.53\"]\n\
+         [[dns.zone_override]]\nzone = \"Corp.Example.\"\nforwarders = [\"10.1.1.54\"]\n",
+        5,
+        "dns.zone_override[1].zone",
+        "already dns.zone_override[0]",
+    );
+    refused(
+        "[dns]\ndomain = \"home.lan\"\n[[dns.zone_override]]\nzone = \"iot.home.lan\"\nforwarders = [\"10.1.1.53\"]\n",
+        4,
+        "dns.zone_override[0].zone",
+        "inside dns.domain",
+    );
+    let c = parse_str(
+        "[[dns.zone_override]]\nzone = \"10.in-addr.arpa\"\nforwarders = [\"10.1.1.53:5353\"]\n",
+    )
+    .expect("a reverse zone is a valid override");
+    assert_eq!(
+        c.dns.zone_overrides[0].forwarder_addrs(),
+        vec!["10.1.1.53:5353".parse().unwrap()]
+    );
+}
+
+#[test]
 fn bad_forwarder_is_refused() {
     refused(
         "[dns]\nforwarders = [\"9.9.9.9\", \"dns.google\"]\n",

@@ -132,6 +132,43 @@ fn validate_dns(d: &DnsConfig) -> Result<(), Invalid> {
     if d.enabled && d.cache_size == 0 {
         return err("dns.cache_size", "must be at least 1");
     }
+    let zone_of = |z: &str| z.trim_end_matches('.').to_ascii_lowercase();
+    for (i, z) in d.zone_overrides.iter().enumerate() {
+        let key = format!("dns.zone_override[{i}]");
+        check_domain(&format!("{key}.zone"), &z.zone)?;
+        if z.forwarders.is_empty() {
+            return err(
+                format!("{key}.forwarders"),
+                format!(
+                    "is empty: zone {:?} needs at least one, e.g. [\"10.1.1.53\"]",
+                    z.zone
+                ),
+            );
+        }
+        for (j, f) in z.forwarders.iter().enumerate() {
+            parse_addr_with_default_port(f, 53)
+                .map_err(|m| (format!("{key}.forwarders[{j}]"), m))?;
+        }
+        let zone = zone_of(&z.zone);
+        if let Some(first) = d.zone_overrides[..i]
+            .iter()
+            .position(|o| zone_of(&o.zone) == zone)
+        {
+            return err(
+                format!("{key}.zone"),
+                format!("{zone:?} is already dns.zone_override[{first}]"),
+            );
+        }
+        if let Some(dom) = &d.domain {
+            let dom = zone_of(dom);
+            if zone == dom || zone.ends_with(&format!(".{dom}")) {
+                return err(
+                    format!("{key}.zone"),
+                    format!("{zone:?} is inside dns.domain {dom:?}, which is answered locally and never forwarded"),
+                );
+            }
+        }
+    }
     if d.serve_stale && d.stale_max.0 < Duration::from_secs(1) {
         return err(
             "dns.stale_max",

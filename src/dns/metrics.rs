@@ -309,6 +309,9 @@ impl DnsMetrics {
                 "bad_opt",
                 "zero_length_frame",
                 "oversized",
+                "not_response",
+                "wrong_id",
+                "wrong_question",
             ] {
                 let l = MalformedLabels { transport, reason };
                 if let Some(c) = self.malformed.get(&l) {

@@ -163,7 +163,19 @@ impl DnsServer {
                     retry: opts.stale_retry,
                 },
             ),
-            upstream::Upstreams::new(cfg.forwarder_addrs(), cfg.upstream_timeout.get()),
+            upstream::Forwarders::new(
+                upstream::Upstreams::new(cfg.forwarder_addrs(), cfg.upstream_timeout.get()),
+                cfg.zone_overrides
+                    .iter()
+                    .map(|z| {
+                        let u = upstream::Upstreams::new(
+                            z.forwarder_addrs(),
+                            cfg.upstream_timeout.get(),
+                        );
+                        (z.zone.clone(), u)
+                    })
+                    .collect(),
+            ),
             metrics::DnsMetrics::new(registry),
             tokio::runtime::Handle::current(),
         ));
@@ -194,6 +206,7 @@ impl DnsServer {
             udp = %udp_addr,
             tcp = %tcp_addr,
             forwarders = ?cfg.forwarders,
+            zone_overrides = cfg.zone_overrides.len(),
             domain = cfg.domain.as_deref().unwrap_or("-"),
             records = cfg.records.len(),
             "DNS proxy listening on udp {udp_addr} and tcp {tcp_addr}"
@@ -331,7 +344,8 @@ impl DnsServer {
                 "prefetches": m.prefetches(),
             },
             "inflight": r.inflight(),
-            "upstreams": r.upstreams.stats(),
+            "upstreams": r.forwarders.default_stats(),
+            "zone_overrides": r.forwarders.zone_stats().into_iter().map(|(zone, ups)| json!({"zone": zone, "upstreams": ups})).collect::<Vec<_>>(),
             "zone": {"static_records": statics, "lease_names": leases},
             "malformed": m.malformed_total(),
             "malformed_by_reason": m.malformed_by_reason().into_iter().map(|(k, n)| (k, json!(n))).collect::<serde_json::Map<_, _>>(),

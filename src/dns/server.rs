@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{Cache, Lookup};
 use super::metrics::{DnsMetrics, Outcome};
 use super::udp::UdpEndpoint;
-use super::upstream::Upstreams;
+use super::upstream::Forwarders;
 use super::wire::{
     parse_query, render_error, split_key, Answer, ParsedQuery, QueryMeta, RCODE_NOTIMP,
     RCODE_SERVFAIL,
@@ -73,7 +73,7 @@ pub struct Resolver {
     /// Bumped after every zone change; memos of older generations are dropped.
     zone_generation: AtomicU64,
     pub cache: Cache,
-    pub upstreams: Upstreams,
+    pub forwarders: Forwarders,
     inflight: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     pub metrics: DnsMetrics,
     runtime: tokio::runtime::Handle,
@@ -86,7 +86,7 @@ impl Resolver {
     pub fn new(
         zone: Zone,
         cache: Cache,
-        upstreams: Upstreams,
+        forwarders: Forwarders,
         metrics: DnsMetrics,
         runtime: tokio::runtime::Handle,
     ) -> Resolver {
@@ -95,7 +95,7 @@ impl Resolver {
             zone: RwLock::new(zone),
             zone_generation: AtomicU64::new(1),
             cache,
-            upstreams,
+            forwarders,
             inflight: Mutex::new(HashMap::new()),
             metrics,
             serving: AtomicBool::new(true),
@@ -204,7 +204,7 @@ impl Resolver {
             Lookup::Expired | Lookup::Miss => {}
         }
         self.metrics.cache_miss();
-        if self.upstreams.is_empty() {
+        if self.forwarders.for_name(q.name()).is_empty() {
             render_error(&q.meta, RCODE_SERVFAIL, out);
             self.metrics.query(qtype, Outcome::Servfail);
             return true;
@@ -262,18 +262,12 @@ impl Resolver {
         question.extend_from_slice(&qtype.to_be_bytes());
         question.extend_from_slice(&qclass.to_be_bytes());
         let answer = match self
-            .upstreams
+            .forwarders
+            .for_name(name)
             .resolve(&question, dnssec_ok, &self.metrics)
             .await
         {
-            Ok(reply) => match Answer::from_wire(reply) {
-                Ok(a) => Some(Arc::new(a)),
-                Err(e) => {
-                    self.metrics.malformed("upstream", e.reason());
-                    tracing::debug!(name = %super::wire::wire_to_text(name), "unusable upstream reply: {e}");
-                    None
-                }
-            },
+            Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 tracing::debug!(name = %super::wire::wire_to_text(name), qtype, "forward failed: {e}");
                 None

@@ -1,10 +1,17 @@
 //! Forwarders: asks the configured upstream resolvers, best first.
 //!
 //! Each query goes out from a fresh UDP socket (a random source port on top of a random ID,
-//! so a spoofed reply must guess both) connected to the upstream; only a reply with the same
-//! ID and the same question is accepted. A truncated reply is retried over TCP with the same
-//! upstream. A timeout, a network error, SERVFAIL or REFUSED moves on to the next upstream.
-//! Order: upstreams that failed recently go last; the rest by smoothed round-trip time.
+//! so a spoofed reply must guess both) connected to the upstream, so the kernel drops
+//! datagrams from any other address; of the rest only a reply with the same ID and the same
+//! question is accepted, anything else is counted (`athena_dns_malformed_total{transport=
+//! "upstream"}`: `wrong_id`, `wrong_question`, `short`, `not_response`) and ignored while the
+//! wait goes on. A reply that matches but does not parse is counted too and moves on to the
+//! next upstream, as do a timeout, a network error, SERVFAIL and REFUSED. A truncated reply is
+//! retried over TCP with the same upstream. Order: upstreams that failed recently go last; the
+//! rest by smoothed round-trip time.
+//!
+//! [`Forwarders`] picks the upstreams of a name: the longest `[[dns.zone_override]]` zone it
+//! is at or below, else `[dns] forwarders`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -15,7 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::metrics::DnsMetrics;
-use super::wire::{build_query, is_truncated, rcode, reply_matches, RCODE_REFUSED, RCODE_SERVFAIL};
+use super::wire::{
+    build_query, is_at_or_below, is_truncated, rcode, reply_mismatch, Answer, RCODE_REFUSED,
+    RCODE_SERVFAIL,
+};
 use crate::health::mono_ms;
 
 /// How long an upstream stays at the back of the line after a failure.
@@ -54,7 +64,7 @@ pub struct Upstreams {
 }
 
 enum Attempt {
-    Ok(Vec<u8>),
+    Ok(Answer),
     /// SERVFAIL or REFUSED: try the next upstream.
     Poor(Vec<u8>),
     Failed(&'static str),
@@ -109,13 +119,13 @@ impl Upstreams {
             .collect()
     }
 
-    /// Resolves `question` (wire name + type + class) upstream; the raw reply on success.
+    /// Resolves `question` (wire name + type + class) upstream; the checked answer.
     pub async fn resolve(
         &self,
         question: &[u8],
         dnssec_ok: bool,
         metrics: &DnsMetrics,
-    ) -> Result<Vec<u8>, ForwardError> {
+    ) -> Result<Answer, ForwardError> {
         if self.servers.is_empty() {
             return Err(ForwardError::NoForwarders);
         }
@@ -124,7 +134,7 @@ impl Upstreams {
             let s = &self.servers[i];
             s.queries.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
-            let attempt = self.ask(s.addr, question, dnssec_ok).await;
+            let attempt = self.ask(s.addr, question, dnssec_ok, metrics).await;
             let took = started.elapsed();
             match attempt {
                 Attempt::Ok(reply) => {
@@ -160,17 +170,26 @@ impl Upstreams {
         metrics.upstream_error(s.addr, kind);
     }
 
-    async fn ask(&self, addr: SocketAddr, question: &[u8], dnssec_ok: bool) -> Attempt {
+    async fn ask(
+        &self,
+        addr: SocketAddr,
+        question: &[u8],
+        dnssec_ok: bool,
+        metrics: &DnsMetrics,
+    ) -> Attempt {
         let id: u16 = rand::random();
         let query = build_query(id, question, dnssec_ok);
-        let udp = tokio::time::timeout(self.timeout, ask_udp(addr, &query, id, question)).await;
+        let udp =
+            tokio::time::timeout(self.timeout, ask_udp(addr, &query, id, question, metrics)).await;
         let reply = match udp {
             Err(_) => return Attempt::Failed("timeout"),
             Ok(Err(_)) => return Attempt::Failed("network"),
             Ok(Ok(r)) => r,
         };
         let reply = if is_truncated(&reply) {
-            match tokio::time::timeout(self.timeout, ask_tcp(addr, &query, id, question)).await {
+            match tokio::time::timeout(self.timeout, ask_tcp(addr, &query, id, question, metrics))
+                .await
+            {
                 Err(_) => return Attempt::Failed("tcp_timeout"),
                 Ok(Err(_)) => return Attempt::Failed("tcp_network"),
                 Ok(Ok(r)) => r,
@@ -180,8 +199,57 @@ impl Upstreams {
         };
         match rcode(&reply) {
             RCODE_SERVFAIL | RCODE_REFUSED => Attempt::Poor(reply),
-            _ => Attempt::Ok(reply),
+            _ => match Answer::from_wire(reply) {
+                Ok(a) => Attempt::Ok(a),
+                Err(e) => {
+                    metrics.malformed("upstream", e.reason());
+                    tracing::debug!(upstream = %addr, "unusable upstream reply: {e}");
+                    Attempt::Failed("malformed")
+                }
+            },
         }
+    }
+}
+
+/// The upstreams of every name: `[[dns.zone_override]]` zones, longest first, then the
+/// default forwarders.
+pub struct Forwarders {
+    default: Upstreams,
+    /// (lowercase wire zone, zone as configured, its upstreams), the longest zone first: a
+    /// zone containing another is a suffix of it, so it is shorter and matched later.
+    zones: Vec<(Box<[u8]>, String, Upstreams)>,
+}
+
+impl Forwarders {
+    /// `zones`: (zone name, upstreams); names that are no valid domain are left out (the
+    /// config was validated).
+    pub fn new(default: Upstreams, zones: Vec<(String, Upstreams)>) -> Forwarders {
+        let mut zones: Vec<_> = zones
+            .into_iter()
+            .filter_map(|(z, u)| Some((super::wire::name_to_wire(&z)?.into_boxed_slice(), z, u)))
+            .collect();
+        zones.sort_by_key(|(w, _, _)| std::cmp::Reverse(w.len()));
+        Forwarders { default, zones }
+    }
+
+    /// The upstreams for `name` (lowercase wire name).
+    pub fn for_name(&self, name: &[u8]) -> &Upstreams {
+        self.zones
+            .iter()
+            .find(|(zone, _, _)| is_at_or_below(name, zone))
+            .map_or(&self.default, |(_, _, u)| u)
+    }
+
+    pub fn default_stats(&self) -> Vec<UpstreamStats> {
+        self.default.stats()
+    }
+
+    /// Per override zone: the zone and its upstreams' figures.
+    pub fn zone_stats(&self) -> Vec<(String, Vec<UpstreamStats>)> {
+        self.zones
+            .iter()
+            .map(|(_, z, u)| (z.clone(), u.stats()))
+            .collect()
     }
 }
 
@@ -190,6 +258,7 @@ async fn ask_udp(
     query: &[u8],
     id: u16,
     question: &[u8],
+    metrics: &DnsMetrics,
 ) -> std::io::Result<Vec<u8>> {
     let bind: SocketAddr = if addr.is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
@@ -202,13 +271,20 @@ async fn ask_udp(
     let mut buf = vec![0u8; 65535];
     loop {
         let n = sock.recv(&mut buf).await?;
-        if reply_matches(&buf[..n], id, question) {
-            buf.truncate(n);
-            return Ok(buf);
+        match reply_mismatch(&buf[..n], id, question) {
+            None => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            // Anything else is ignored: a late reply to someone else, a spoofing attempt.
+            Some(why) => ignored(addr, n, why, metrics),
         }
-        // Anything else is ignored: a late reply to someone else, or a spoofing attempt.
-        tracing::debug!(upstream = %addr, len = n, "ignored an upstream reply that does not match the query");
     }
+}
+
+fn ignored(addr: SocketAddr, len: usize, why: &'static str, metrics: &DnsMetrics) {
+    metrics.malformed("upstream", why);
+    tracing::debug!(upstream = %addr, len, reason = why, "ignored an upstream reply that does not match the query");
 }
 
 async fn ask_tcp(
@@ -216,6 +292,7 @@ async fn ask_tcp(
     query: &[u8],
     id: u16,
     question: &[u8],
+    metrics: &DnsMetrics,
 ) -> std::io::Result<Vec<u8>> {
     let mut s = TcpStream::connect(addr).await?;
     let mut framed = Vec::with_capacity(query.len() + 2);
@@ -226,8 +303,9 @@ async fn ask_tcp(
         let len = s.read_u16().await? as usize;
         let mut buf = vec![0u8; len];
         s.read_exact(&mut buf).await?;
-        if reply_matches(&buf, id, question) {
-            return Ok(buf);
+        match reply_mismatch(&buf, id, question) {
+            None => return Ok(buf),
+            Some(why) => ignored(addr, len, why, metrics),
         }
     }
 }

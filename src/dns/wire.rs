@@ -501,11 +501,26 @@ pub fn build_query(id: u16, question: &[u8], dnssec_ok: bool) -> Vec<u8> {
 /// Does `reply` answer the query with `id` for `question`? (ID and question, the latter
 /// case-insensitively: some servers randomise case.) Nothing else is accepted from upstream.
 pub fn reply_matches(reply: &[u8], id: u16, question: &[u8]) -> bool {
-    reply.len() >= HEADER_LEN + question.len()
-        && be16(reply, 0) == id
-        && reply[2] & 0x80 != 0
-        && be16(reply, 4) == 1
-        && reply[HEADER_LEN..HEADER_LEN + question.len()].eq_ignore_ascii_case(question)
+    reply_mismatch(reply, id, question).is_none()
+}
+
+/// Why `reply` does not answer the query with `id` for `question` (a metric reason), or
+/// None when it does.
+pub fn reply_mismatch(reply: &[u8], id: u16, question: &[u8]) -> Option<&'static str> {
+    if reply.len() < HEADER_LEN {
+        return Some("short");
+    }
+    if reply[2] & 0x80 == 0 {
+        return Some("not_response");
+    }
+    if be16(reply, 0) != id {
+        return Some("wrong_id");
+    }
+    let matches = be16(reply, 4) == 1
+        && reply
+            .get(HEADER_LEN..HEADER_LEN + question.len())
+            .is_some_and(|q| q.eq_ignore_ascii_case(question));
+    (!matches).then_some("wrong_question")
 }
 
 /// Is the TC bit set?
