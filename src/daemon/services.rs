@@ -98,6 +98,7 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             vip_claims,
             log,
             replication_rx,
+            dns.as_ref().map(|d| d.warm_link()),
             &mut registry,
             &mut routes,
         )
@@ -105,6 +106,10 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         drop(replication_rx);
         serve_standalone(&c, role_tx)
     };
+    if let Some(dns) = &dns {
+        // Answers resolved for the peer reach clients only while this node serves.
+        dns.follow_serving(ha.serving.clone());
+    }
     if let Some(store) = store {
         // Standalone there is no peer to wait for.
         let replication = ha.handle.as_ref().map(|_| replication);
@@ -207,12 +212,14 @@ fn feed_zone(dns: &DnsServer, store: Arc<LeaseStore>) {
     }));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_ha(
     c: &Common,
     role: watch::Sender<ServiceRole>,
     vip_claims: VipClaims,
     lease_log: Option<Arc<dyn LeaseLog>>,
     replication: ReplicationRx,
+    dns_warm: Option<crate::dns::WarmLink>,
     registry: &mut Registry,
     routes: &mut axum::Router,
 ) -> HaView {
@@ -226,6 +233,7 @@ fn start_ha(
         lease_log,
         replication: Some(replication),
         updates: c.config.clone(),
+        dns_warm,
         shutdown: c.shutdown.clone(),
     };
     let h = crate::ha::node::spawn(params, registry);

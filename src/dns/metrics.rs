@@ -87,6 +87,15 @@ struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WarmLabels {
+    event: &'static str,
+}
+
+/// Warm-standby question counts (`DnsMetrics::warm`): sent to the peer, dropped (queue or
+/// intake full), received from it, skipped as fresh already, resolved.
+pub const WARM_EVENTS: [&str; 5] = ["sent", "dropped", "received", "fresh", "resolved"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MalformedLabels {
     transport: &'static str,
     reason: &'static str,
@@ -106,6 +115,7 @@ pub struct DnsMetrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     malformed: Family<MalformedLabels, Counter>,
     malformed_total: Counter,
+    warm: Family<WarmLabels, Counter>,
     tcp_idle_closed: Counter,
     send_errors: Counter,
 }
@@ -143,6 +153,7 @@ impl DnsMetrics {
             upstream_errors: Family::default(),
             malformed: Family::default(),
             malformed_total: Counter::default(),
+            warm: Family::default(),
             tcp_idle_closed: Counter::default(),
             send_errors: Counter::default(),
         };
@@ -180,6 +191,11 @@ impl DnsMetrics {
             "dns_malformed",
             "DNS messages dropped as malformed, by transport and reason",
             m.malformed.clone(),
+        );
+        registry.register(
+            "dns_warm_questions",
+            "Warm standby: questions sent to the peer, dropped, received, skipped as fresh, resolved",
+            m.warm.clone(),
         );
         registry.register(
             "dns_tcp_idle_closed",
@@ -247,6 +263,21 @@ impl DnsMetrics {
             .inc();
     }
 
+    pub fn warm(&self, event: &'static str, n: u64) {
+        self.warm.get_or_create(&WarmLabels { event }).inc_by(n);
+    }
+
+    /// Warm-standby counts by event.
+    pub fn warm_counts(&self) -> Vec<(&'static str, u64)> {
+        WARM_EVENTS
+            .iter()
+            .map(|&event| {
+                let n = self.warm.get(&WarmLabels { event }).map_or(0, |c| c.get());
+                (event, n)
+            })
+            .collect()
+    }
+
     pub fn tcp_idle_closed(&self) {
         self.tcp_idle_closed.inc();
     }
@@ -299,7 +330,7 @@ impl DnsMetrics {
     pub fn malformed_by_reason(&self) -> Vec<(String, u64)> {
         // Family offers no iteration; the reasons are a short fixed list.
         let mut out = Vec::new();
-        for transport in ["udp", "tcp", "upstream"] {
+        for transport in ["udp", "tcp", "upstream", "warm"] {
             for reason in [
                 "short",
                 "not_query",
@@ -312,6 +343,7 @@ impl DnsMetrics {
                 "not_response",
                 "wrong_id",
                 "wrong_question",
+                "bad_question",
             ] {
                 let l = MalformedLabels { transport, reason };
                 if let Some(c) = self.malformed.get(&l) {

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod server;
 pub mod udp;
 pub mod upstream;
+pub mod warm;
 pub mod wire;
 pub mod zone;
 
@@ -42,6 +43,7 @@ use crate::health::Health;
 use crate::privileges::explain_bind_error;
 
 pub use server::TcpOptions;
+pub use warm::WarmLink;
 
 /// How long the serving loop may go without progress before health calls it stuck.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
@@ -139,6 +141,7 @@ pub struct DnsServer {
     udp_addr: SocketAddr,
     tcp_addr: SocketAddr,
     lease_source: Arc<std::sync::Mutex<Option<LeaseNames>>>,
+    shutdown: CancellationToken,
 }
 
 impl DnsServer {
@@ -216,6 +219,7 @@ impl DnsServer {
             udp_addr,
             tcp_addr,
             lease_source: Default::default(),
+            shutdown,
         })
     }
 
@@ -234,6 +238,31 @@ impl DnsServer {
     /// Empties the answer cache; returns how many entries it held.
     pub fn flush_cache(&self) -> usize {
         self.resolver.cache.flush()
+    }
+
+    /// The warm-standby ends for the HA link (call once): from now on the questions this
+    /// node stores for its clients are queued for the peer, and questions from the peer are
+    /// resolved into the cache, hidden until this node serves.
+    pub fn warm_link(&self) -> WarmLink {
+        WarmLink::start(self.resolver.clone(), self.shutdown.clone())
+    }
+
+    /// Follows the HA serving gate: only while it says ACTIVE do answers resolved for the
+    /// peer reach clients, and only then are this node's own answers offered to the peer.
+    /// (Without this call the node serves: standalone.)
+    pub fn follow_serving(&self, mut serving: watch::Receiver<HaState>) {
+        let res = self.resolver.clone();
+        res.set_serving(serving.borrow_and_update().serves());
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = serving.changed() => if r.is_err() { return },
+                }
+                res.set_serving(serving.borrow_and_update().serves());
+            }
+        });
     }
 
     /// Loads the lease names from `source` now and again whenever this node becomes ACTIVE
@@ -344,6 +373,8 @@ impl DnsServer {
                 "prefetches": m.prefetches(),
             },
             "inflight": r.inflight(),
+            "serving": r.serving(),
+            "warm": obj(m.warm_counts()),
             "upstreams": r.forwarders.default_stats(),
             "zone_overrides": r.forwarders.zone_stats().into_iter().map(|(zone, ups)| json!({"zone": zone, "upstreams": ups})).collect::<Vec<_>>(),
             "zone": {"static_records": statics, "lease_names": leases},

@@ -79,6 +79,8 @@ pub struct Resolver {
     runtime: tokio::runtime::Handle,
     /// This node serves clients (standalone, or HA ACTIVE): warm answers count as hits.
     serving: AtomicBool,
+    /// Questions stored for clients, on their way to the standby (`warm`).
+    pub warm_out: super::warm::Outgoing,
 }
 
 impl Resolver {
@@ -99,6 +101,7 @@ impl Resolver {
             inflight: Mutex::new(HashMap::new()),
             metrics,
             serving: AtomicBool::new(true),
+            warm_out: Default::default(),
         }
     }
 
@@ -242,18 +245,26 @@ impl Resolver {
     /// Starts a forward for `key` nobody waits for, unless one is in flight already (or too
     /// many are). True if it started.
     pub fn refresh(self: &Arc<Self>, key: &[u8], origin: Origin) -> bool {
+        if !self.claim(key) {
+            return false;
+        }
+        self.runtime.spawn(self.clone().forward(key.into(), origin));
+        true
+    }
+
+    /// Marks `key` in flight with nobody waiting, unless it is already (or too many are);
+    /// the caller then runs [`Resolver::forward`]. True if claimed.
+    pub fn claim(&self, key: &[u8]) -> bool {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if inflight.contains_key(key) || inflight.len() >= MAX_INFLIGHT {
             return false;
         }
         inflight.insert(key.into(), Vec::new());
-        drop(inflight);
-        self.runtime.spawn(self.clone().forward(key.into(), origin));
         true
     }
 
-    /// Asks the upstreams for `key` and answers everyone waiting on it.
-    async fn forward(self: Arc<Self>, key: Box<[u8]>, origin: Origin) {
+    /// Asks the upstreams for `key` (claimed in flight) and answers everyone waiting on it.
+    pub async fn forward(self: Arc<Self>, key: Box<[u8]>, origin: Origin) {
         let (qtype, qclass, name) = split_key(&key);
         // The key's DO byte: the client's DNSSEC OK bit goes upstream.
         let dnssec_ok = key[4] != 0;
@@ -277,8 +288,13 @@ impl Resolver {
         let stale = match &answer {
             Some(a) => {
                 if let Some(ttl) = a.cache_ttl() {
-                    self.cache
-                        .insert(&key, a.clone(), ttl, now, origin == Origin::Warm);
+                    let warm = origin == Origin::Warm;
+                    self.cache.insert(&key, a.clone(), ttl, now, warm);
+                    // What this node's clients asked goes to the standby (not what it
+                    // resolved for the peer, nor anything while it does not serve).
+                    if !warm && self.serving() {
+                        self.warm_out.offer(&key, &self.metrics);
+                    }
                 }
                 None
             }

@@ -60,6 +60,9 @@ pub(super) struct Shared {
     pub(super) api_token: Option<String>,
     /// Last time a link error of a kind was logged at warn per address (no log storms).
     pub(super) warned: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+    /// The DNS server's warm-standby ends: the writer sends its batches, the reader hands
+    /// the peer's to it.
+    pub(super) dns_warm: Option<crate::dns::WarmLink>,
 }
 
 impl Shared {
@@ -253,18 +256,26 @@ impl HaHandle {
             dial: my_dial,
             lease_codec: peer::LEASE_CODEC,
             config: Some(my_config),
+            dns_warm: if self.inner.dns_warm.is_some() {
+                peer::DNS_WARM
+            } else {
+                0
+            },
         })
         .await?;
-        let (peer, dial, peer_config) = match r.recv().await? {
+        let (peer, dial, peer_config, warm_out) = match r.recv().await? {
             Msg::Hello {
                 version,
                 status,
                 dial,
                 lease_codec,
                 config,
+                dns_warm,
             } if version == peer::VERSION => {
                 w.use_binary_leases(lease_codec >= peer::LEASE_CODEC);
-                (status, if dialer { my_dial } else { dial }, config)
+                // Warm-standby questions go only to a peer that reads them.
+                let warm = (self.inner.dns_warm.clone()).filter(|_| dns_warm >= peer::DNS_WARM);
+                (status, if dialer { my_dial } else { dial }, config, warm)
             }
             Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
             other => {
@@ -301,11 +312,17 @@ impl HaHandle {
             }))
             .await
             .map_err(|_| LinkError::Closed)?;
-        // Writer.
+        // Writer. Lease and control frames first; a warm-standby DNS batch only when none
+        // is queued (its own pace is bounded in `dns::warm`).
         let c = cancel.clone();
         tokio::spawn(async move {
+            let warm_batch = async || match &warm_out {
+                Some(w) => w.next_batch().await,
+                None => std::future::pending().await,
+            };
             loop {
                 tokio::select! {
+                    biased;
                     _ = c.cancelled() => return,
                     m = out_rx.recv() => match m {
                         Some(m) => {
@@ -321,6 +338,9 @@ impl HaHandle {
                         }
                         None => return,
                     },
+                    b = warm_batch() => {
+                        if w.send(&Msg::DnsWarm(b)).await.is_err() { c.cancel(); return }
+                    }
                 }
             }
         });
@@ -336,6 +356,11 @@ impl HaHandle {
                         return;
                     }
                     m = r.recv() => match m {
+                        Ok(Msg::DnsWarm(batch)) => {
+                            if let Some(w) = &shared.dns_warm {
+                                w.receive(&batch);
+                            }
+                        }
                         Ok(msg) => {
                             if node.send(NodeMsg::LinkMsg { id, msg }).await.is_err() {
                                 return;

@@ -57,6 +57,9 @@ pub struct HaParams {
     pub replication: Option<ReplicationRx>,
     /// Reloaded configs (SIGHUP): the shared-config digest follows, and goes to the peer.
     pub updates: watch::Receiver<Arc<Config>>,
+    /// The DNS server's warm-standby ends (`dns::warm`), when DNS runs: the link carries
+    /// the active node's cached questions to the standby, after the leases.
+    pub dns_warm: Option<crate::dns::WarmLink>,
     pub shutdown: CancellationToken,
 }
 
@@ -146,6 +149,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
         api_token: cfg.api.auth_token.clone(),
         warned: Mutex::new(HashMap::new()),
+        dns_warm: params.dns_warm.clone(),
     });
     let handle = HaHandle {
         tx: tx.clone(),
@@ -450,6 +454,7 @@ impl NodeTask {
     fn on_frame(&mut self, msg: Msg) {
         match msg {
             Msg::Hello { .. } => {} // only valid as the first frame; handled by the link
+            Msg::DnsWarm(_) => {}   // handled by the link's reader
             Msg::Control(c) => {
                 if matches!(c, Control::Status(_)) {
                     self.metrics.heartbeats_received.inc();

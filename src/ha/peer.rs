@@ -43,6 +43,10 @@ pub const LEASE_CODEC: u32 = 1;
 
 /// First payload byte of a binary lease frame; a JSON payload starts with `{` or `"`.
 const BIN_LEASES: u8 = 1;
+/// First payload byte of a warm-standby DNS frame ([`Msg::DnsWarm`]).
+const BIN_DNS_WARM: u8 = 2;
+/// This node reads warm-standby DNS frames (and says so in its hello).
+pub const DNS_WARM: u32 = 1;
 
 /// `Msg::Leases` as a binary payload: [`BIN_LEASES`], the id (u64), then each lease in the
 /// store's record format (`lease::codec`), prefixed by its length (u32). JSON cost the
@@ -100,6 +104,10 @@ pub enum Msg {
         /// config agreement, which get none of the `Config*` frames.
         #[serde(default)]
         config: Option<ConfigDigest>,
+        /// [`DNS_WARM`] when the sender reads [`Msg::DnsWarm`]; 0 (older nodes): none is
+        /// sent to it.
+        #[serde(default)]
+        dns_warm: u32,
     },
     Control(Control),
     /// Our shared config's digest changed (a reload); sent only to a peer whose hello had one.
@@ -124,6 +132,10 @@ pub enum Msg {
         changes: Vec<(u64, Lease)>,
         done: bool,
     },
+    /// Questions the active node's DNS cache learned, for the standby to resolve
+    /// (`dns::warm`; its own compact encoding). Binary only: never JSON.
+    #[serde(skip)]
+    DnsWarm(Vec<u8>),
 }
 
 /// Why a link was refused or closed. Each is logged once with the peer's address and counted
@@ -416,8 +428,10 @@ fn open_frame(key: &[u8], want_seq: u64, body: &[u8]) -> Result<Msg, LinkError> 
             want: want_seq,
         });
     }
-    if payload.first() == Some(&BIN_LEASES) {
-        return decode_leases(payload);
+    match payload.first() {
+        Some(&BIN_LEASES) => return decode_leases(payload),
+        Some(&BIN_DNS_WARM) => return Ok(Msg::DnsWarm(payload[1..].to_vec())),
+        _ => {}
     }
     serde_json::from_slice(payload).map_err(|e| LinkError::Malformed {
         what: "message",
@@ -460,6 +474,12 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         for msg in msgs {
             let payload = match msg {
                 Msg::Leases { id, leases } if self.binary_leases => encode_leases(*id, leases),
+                Msg::DnsWarm(batch) => {
+                    let mut p = Vec::with_capacity(1 + batch.len());
+                    p.push(BIN_DNS_WARM);
+                    p.extend_from_slice(batch);
+                    p
+                }
                 _ => serde_json::to_vec(msg).map_err(|e| LinkError::Malformed {
                     what: "outgoing message",
                     detail: e.to_string(),
@@ -583,11 +603,16 @@ mod tests {
             dial: 1,
             lease_codec: LEASE_CODEC,
             config: Some(crate::config::ConfigDigest::default()),
+            dns_warm: DNS_WARM,
         };
         dw.send(&hello).await.expect("send");
         assert_eq!(ar.recv().await.expect("recv"), hello);
         aw.send(&Msg::LeasesAck { id: 7 }).await.expect("send");
         assert_eq!(dr.recv().await.expect("recv"), Msg::LeasesAck { id: 7 });
+        // A warm-standby DNS batch travels in its own binary form.
+        let warm = Msg::DnsWarm(vec![0, 6, 0, 1, 0, 1, 0, 0]);
+        aw.send(&warm).await.expect("send");
+        assert_eq!(dr.recv().await.expect("recv"), warm);
     }
 
     fn some_lease(last: u8) -> Lease {

@@ -118,6 +118,8 @@ pub struct NodeOpts {
     /// A `[[hooks.vip]]` for 10.0.0.3/24 on eth0.
     pub vip: bool,
     pub dns: bool,
+    /// Extra lines inside `[dns]` (e.g. `forwarders = [...]`).
+    pub dns_extra: String,
     pub dhcp: bool,
     pub lease_time: String,
     /// Extra lines inside `[server]` (e.g. `drop_privileges = false`).
@@ -141,6 +143,7 @@ impl Default for NodeOpts {
             preempt: true,
             vip: true,
             dns: true,
+            dns_extra: String::new(),
             dhcp: true,
             lease_time: "1h".into(),
             server_extra: String::new(),
@@ -227,6 +230,9 @@ pub fn node_config(node: Node, opts: &NodeOpts, dir: &Path) -> String {
         line(w, "listen_udp = \"0.0.0.0:53\"");
         line(w, &format!("domain = \"{DOMAIN}\""));
         line(w, "register_leases = true");
+        if !opts.dns_extra.is_empty() {
+            line(w, &opts.dns_extra);
+        }
         line(w, "");
         line(w, "[[dns.record]]");
         line(w, &format!("name = \"{WHO}\""));

@@ -62,6 +62,7 @@ async fn start(
             lease_log: Some(log.log()),
             replication: Some(rep_rx),
             updates: updates_rx,
+            dns_warm: None,
             shutdown: stop.clone(),
         },
         &mut reg,
