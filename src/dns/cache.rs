@@ -218,12 +218,16 @@ impl Cache {
         Some(s.answer.clone())
     }
 
-    /// Is there a fresh answer for `key`? (No LRU update: for the warm-standby intake.)
-    pub fn has_fresh(&self, key: &[u8], now: Instant) -> bool {
+    /// Was `key`'s answer stored less than half its TTL ago? (No LRU update: the warm-standby
+    /// intake skips those. Not "fresh at all": the active node offers a name again when it
+    /// prefetches it, in the last tenth of its TTL, and the standby's copy, stored moments
+    /// after the active's, must then be refreshed too or it expires first.)
+    pub fn recently_stored(&self, key: &[u8], now: Instant) -> bool {
         let lru = self.lock();
-        lru.map
-            .get(key)
-            .is_some_and(|&i| now < lru.slots[i].expires)
+        lru.map.get(key).is_some_and(|&i| {
+            let s = &lru.slots[i];
+            now < s.stored + (s.expires - s.stored) / 2
+        })
     }
 
     /// Stores `answer` for `ttl` seconds, evicting the least recently used entry when full.
@@ -456,7 +460,11 @@ mod tests {
         );
         let t0 = Instant::now();
         c.insert(b"k", answer("a.example."), 10, t0, true);
-        assert!(c.has_fresh(b"k", t0));
+        assert!(c.recently_stored(b"k", t0 + Duration::from_secs(4)));
+        assert!(
+            !c.recently_stored(b"k", t0 + Duration::from_secs(6)),
+            "half its TTL gone: the peer's offer refreshes it"
+        );
         assert!(matches!(c.lookup(b"k", t0, false), Lookup::Miss));
         assert!(matches!(c.lookup(b"k", t0, true), Lookup::Fresh { .. }));
         let t1 = t0 + Duration::from_secs(11);

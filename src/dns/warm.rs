@@ -1,7 +1,7 @@
 //! Warm standby: the standby's cache follows what the active node's clients ask.
 //!
 //! The active node offers the question of every answer it stores for its clients
-//! ([`WarmLink::offer`]); the HA link's writer takes them in batches of at most
+//! ([`Outgoing::offer`]); the HA link's writer takes them in batches of at most
 //! [`BATCH_MAX`], at most one batch per [`BATCH_INTERVAL`], and only when it has no lease
 //! frame to send, and ships each as one compact frame ([`encode`]); the standby resolves each
 //! question itself, through its own forwarders, into its cache ([`WarmLink::receive`]). The
@@ -11,9 +11,11 @@
 //!
 //! Bounded everywhere, and dropped first: the outgoing queue keeps at most [`QUEUE_MAX`]
 //! questions (later ones are dropped and counted), the standby's intake at most
-//! [`INTAKE_MAX`] and resolves at most [`CONCURRENCY`] at once. A question the standby holds
-//! fresh already costs nothing. Wire form of a batch: per question its length (u16, big
-//! endian) and the cache key (qtype, qclass, DO, lowercase wire name).
+//! [`INTAKE_MAX`] and resolves at most [`CONCURRENCY`] at once. A question the standby
+//! stored less than half its TTL ago costs nothing; an older copy is refreshed, so the active
+//! node's prefetches (last tenth of the TTL) keep the standby's copies from expiring too.
+//! Wire form of a batch: per question its length (u16, big endian) and the cache key
+//! (qtype, qclass, DO, lowercase wire name).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -125,8 +127,8 @@ impl WarmLink {
     }
 
     /// The standby side: questions the active node's cache learned. Malformed entries are
-    /// counted and end the batch; questions this node holds fresh are skipped; the rest are
-    /// resolved in the background (dropped when the intake is full).
+    /// counted and end the batch; questions this node stored recently are skipped; the rest
+    /// are resolved in the background (dropped when the intake is full).
     pub fn receive(&self, batch: &[u8]) {
         let now = Instant::now();
         let mut received = 0;
@@ -140,7 +142,7 @@ impl WarmLink {
                 break;
             };
             received += 1;
-            if self.resolver.cache.has_fresh(key, now) {
+            if self.resolver.cache.recently_stored(key, now) {
                 self.resolver.metrics.warm("fresh", 1);
                 continue;
             }
@@ -168,7 +170,7 @@ async fn resolve_intake(
             return;
         };
         // Checked again: a client of this node, or an earlier batch, may have filled it.
-        if res.cache.has_fresh(&key, Instant::now()) || !res.claim(&key) {
+        if res.cache.recently_stored(&key, Instant::now()) || !res.claim(&key) {
             continue;
         }
         res.metrics.warm("resolved", 1);
