@@ -656,6 +656,7 @@ async fn the_cache_flush_api_needs_the_token_and_then_really_empties_the_cache()
     tokio::spawn(athena_dhcpd::api::serve(
         listener,
         p.server.routes(rx),
+        None,
         stop.clone(),
     ));
     let dns = p.server.udp_addr();

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod ha;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -61,12 +62,16 @@ pub fn router(state: ApiState, extra: Router) -> Router {
         .layer(axum::middleware::from_fn_with_state(config, access::layer))
 }
 
-/// Serves until `shutdown` fires.
+/// Serves until `shutdown` fires; over HTTPS when `tls` is given (see [`tls`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    if let Some(tls) = tls {
+        return tls::serve(listener, app, tls, shutdown).await;
+    }
     // Connect info: the HA peer link logs and rate-limits by the peer's address.
     axum::serve(
         listener,

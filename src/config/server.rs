@@ -93,6 +93,10 @@ pub struct ApiConfig {
     pub read_token: Option<String>,
     /// `/metrics` without a token from anywhere (for a Prometheus without credentials).
     pub public_metrics: bool,
+    /// PEM certificate chain: with `tls_key`, the API speaks HTTPS (see [`crate::api::tls`]).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -103,6 +107,8 @@ impl Default for ApiConfig {
             auth_token: None,
             read_token: None,
             public_metrics: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

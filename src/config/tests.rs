@@ -627,6 +627,30 @@ fn short_api_token_is_refused() {
 }
 
 #[test]
+fn api_tls_needs_both_files_and_names_the_one_that_is_wrong() {
+    refused(
+        "[api]\ntls_cert = \"/etc/ssl/api.pem\"\n",
+        2,
+        "api.tls_cert",
+        "without api.tls_key",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("rcgen");
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, ck.cert.pem()).expect("write");
+    let key = dir.path().join("missing-key.pem");
+    let text = format!(
+        "[api]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    refused(&text, 3, "api.tls_key", "missing-key.pem");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("write");
+    let c = parse_str(&text).expect("a matching pair loads");
+    assert_eq!(c.api.tls_key.as_deref(), Some(key.as_path()));
+}
+
+#[test]
 fn unreadable_file_names_the_file() {
     let e = load(Path::new("/nonexistent/athena.toml")).expect_err("refused");
     assert!(

@@ -7,7 +7,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::values::{parse_addr_with_default_port, parse_hex_bytes, Dur};
-use super::{Config, DnsConfig, HaConfig, HooksConfig, PoolConfig, DNS_RECORD_TYPES, OPTION_TYPES};
+use super::{
+    ApiConfig, Config, DnsConfig, HaConfig, HooksConfig, PoolConfig, DNS_RECORD_TYPES, OPTION_TYPES,
+};
 use crate::events::EventKind;
 
 type Invalid = (String, String);
@@ -45,6 +47,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
             }
         }
     }
+    validate_api_tls(&c.api)?;
     validate_ha(&c.ha)?;
     validate_dns(&c.dns)?;
     validate_times(
@@ -59,6 +62,25 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     validate_subnets(c)?;
     validate_hooks(&c.hooks)?;
     Ok(())
+}
+
+/// Both or neither, and the files must load: a bad certificate is found by `check-config`,
+/// not by the first client.
+fn validate_api_tls(api: &ApiConfig) -> Result<(), Invalid> {
+    match (&api.tls_cert, &api.tls_key) {
+        (None, None) => Ok(()),
+        (Some(_), None) => err(
+            "api.tls_cert",
+            "is set without api.tls_key; set both or neither",
+        ),
+        (None, Some(_)) => err(
+            "api.tls_key",
+            "is set without api.tls_cert; set both or neither",
+        ),
+        (Some(cert), Some(key)) => crate::api::tls::load(cert, key)
+            .map(|_| ())
+            .map_err(|e| (e.key().to_string(), e.to_string())),
+    }
 }
 
 fn validate_ha(ha: &HaConfig) -> Result<(), Invalid> {

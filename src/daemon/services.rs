@@ -336,14 +336,22 @@ fn start_api(
         config: c.config.clone(),
     };
     let app = crate::api::router(state, routes);
+    let tls = match (&c.cfg.api.tls_cert, &c.cfg.api.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            crate::api::tls::load(cert, key).context("[api] tls_cert / tls_key")?,
+        )),
+        _ => None,
+    };
+    let https = tls.is_some();
     let sd = c.shutdown.clone();
     tasks.spawn(async move {
-        if let Err(e) = crate::api::serve(listener, app, sd).await {
+        if let Err(e) = crate::api::serve(listener, app, tls, sd).await {
             tracing::error!("API server stopped: {e}");
         }
     });
     if let Some(a) = addr {
-        tracing::info!(listen = %a, "API listening on {a}");
+        let scheme = if https { "https" } else { "http" };
+        tracing::info!(listen = %a, tls = https, "API listening on {scheme}://{a}");
     }
     Ok(())
 }
