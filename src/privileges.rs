@@ -36,7 +36,7 @@ pub enum PrivilegeError {
 fn exe() -> String {
     std::env::current_exe()
         .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "/usr/local/bin/athena-dhcpd".into())
+        .unwrap_or_else(|_| "/usr/bin/athena-dhcpd".into())
 }
 
 /// Fails with a `setcap` hint when the process cannot do what the config asks.
