@@ -1,8 +1,9 @@
 //! HTTPS on the API (`[api] tls_cert` / `tls_key`) with two real daemons in the lab: curl
 //! from a client checks the certificate and gets health over HTTPS, plain HTTP to the same
 //! port is refused with a body that says to use https, and the HA pair still links (the peer
-//! link upgrades from plain HTTP on the shared port) and replicates a lease. The certificate
-//! is made here with rcgen, self-signed for both nodes' addresses.
+//! link upgrades from plain HTTP on the shared port) and replicates a lease; a renewed
+//! certificate is picked up on SIGHUP, without a restart. The certificates are made here with
+//! rcgen, self-signed for both nodes' addresses.
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::lab::{dhclient_once, Lab, Node, NodeOpts, READ_TOKEN};
 use common::netns::{require_root, Netns};
 
-/// A self-signed certificate for 10.0.0.1 and 10.0.0.2; returns (cert, key) paths.
+/// A fresh self-signed certificate for 10.0.0.1 and 10.0.0.2, written over `dir`'s
+/// api-cert.pem / api-key.pem (as a renewal would); returns their paths.
 fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
     let names = vec![Node::A.addr().to_string(), Node::B.addr().to_string()];
     let ck = rcgen::generate_simple_self_signed(names).expect("rcgen");
@@ -46,9 +48,8 @@ fn ha_status(lab: &Lab, ca: &str, node: Node) -> Option<serde_json::Value> {
 }
 
 #[test]
-fn https_api_serves_health_refuses_plain_http_and_the_pair_links_and_replicates() {
-    if !require_root("https_api_serves_health_refuses_plain_http_and_the_pair_links_and_replicates")
-    {
+fn https_api_serves_health_refuses_plain_http_the_pair_links_and_replicates_and_sighup_renews() {
+    if !require_root("https_api_serves_health_refuses_plain_http_the_pair_links_and_replicates") {
         return;
     }
     let mut lab = Lab::new("tls");
@@ -151,4 +152,43 @@ fn https_api_serves_health_refuses_plain_http_and_the_pair_links_and_replicates(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Renewal: new files in place, SIGHUP to A only. A presents the new certificate at once
+    // (no restart: still ACTIVE and linked); B, not reloaded, still the old one.
+    let old_ca = std::fs::read_to_string(&cert).expect("read cert");
+    let old = lab.dir.path().join("old-ca.pem");
+    std::fs::write(&old, old_ca).expect("keep the old certificate");
+    certificate(lab.dir.path());
+    lab.signal(Node::A, libc::SIGHUP);
+    let health = https(Node::A, "/api/v1/health");
+    lab.wait_for(
+        "A presents the renewed certificate",
+        Duration::from_secs(5),
+        |l| curl(&l.c, &["--cacert", &ca, &health]).0 == 200,
+    );
+    let old = old.display().to_string();
+    assert_eq!(
+        curl(&lab.c, &["--cacert", &old, &health]).0,
+        0,
+        "A dropped the old one"
+    );
+    assert_eq!(
+        curl(
+            &lab.c,
+            &["--cacert", &old, &https(Node::B, "/api/v1/health")]
+        )
+        .0,
+        200,
+        "B was not reloaded"
+    );
+    let a = ha_status(&lab, &ca, Node::A).expect("A's status");
+    assert!(
+        a["state"] == "ACTIVE" && a["peer_connected"] == true,
+        "the reload moved nothing: {a}"
+    );
+    assert!(
+        lab.log(Node::A).contains("API certificate reloaded"),
+        "the reload is logged{}",
+        lab.dump()
+    );
 }

@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -24,9 +24,11 @@ use axum::serve::ListenerExt;
 use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +97,7 @@ fn pem_error(
 }
 
 /// Reads the certificate chain and private key and checks that they belong together.
-pub fn load(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|e| pem_error("api.tls_cert", cert, "certificate", e))?
         .collect::<Result<Vec<_>, _>>()
@@ -109,20 +111,79 @@ pub fn load(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     }
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| pem_error("api.tls_key", key, "private key", e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mismatch = |e: rustls::Error| TlsError::Mismatch {
+    CertifiedKey::from_der(certs, private, &provider()).map_err(|e| TlsError::Mismatch {
         key_path: key.display().to_string(),
         cert_path: cert.display().to_string(),
         reason: e.to_string(),
-    };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(mismatch)?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(mismatch)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    })
+}
+
+fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// The certificate the API presents. A reload (SIGHUP) swaps it, so a renewed certificate
+/// needs no restart, and with HA on no handoff.
+#[derive(Debug)]
+pub struct ApiCert(RwLock<Arc<CertifiedKey>>);
+
+impl ApiCert {
+    pub fn new(key: CertifiedKey) -> Arc<ApiCert> {
+        Arc::new(ApiCert(RwLock::new(Arc::new(key))))
+    }
+
+    fn set(&self, key: CertifiedKey) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+    }
+
+    /// The server side of rustls, presenting this certificate.
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
+        // The ring provider supports the default protocol versions: this does not fail.
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Follows config reloads: reads `tls_cert` / `tls_key` again after each one (the files
+    /// may have been renewed in place). A file that no longer loads is logged and the
+    /// certificate in use kept; the reload itself already refused a broken one.
+    pub fn follow_reloads(
+        self: Arc<Self>,
+        mut config: watch::Receiver<Arc<crate::config::Config>>,
+        shutdown: CancellationToken,
+    ) {
+        config.mark_unchanged();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = config.changed() => if r.is_err() { return },
+                }
+                let api = config.borrow_and_update().api.clone();
+                let (Some(cert), Some(key)) = (api.tls_cert, api.tls_key) else {
+                    continue;
+                };
+                match load(&cert, &key) {
+                    Ok(k) => {
+                        self.set(k);
+                        tracing::info!(cert = %cert.display(), "API certificate reloaded from {}", cert.display());
+                    }
+                    Err(e) => {
+                        tracing::error!("API certificate not reloaded, keeping the one in use: {e}")
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl ResolvesServerCert for ApiCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|e| e.into_inner()).clone())
+    }
 }
 
 /// Serves `app` over HTTPS, and the plain-HTTP remainder described in the module doc, on one

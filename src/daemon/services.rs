@@ -337,9 +337,13 @@ fn start_api(
     };
     let app = crate::api::router(state, routes);
     let tls = match (&c.cfg.api.tls_cert, &c.cfg.api.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(
-            crate::api::tls::load(cert, key).context("[api] tls_cert / tls_key")?,
-        )),
+        (Some(cert), Some(key)) => {
+            let loaded = crate::api::tls::load(cert, key).context("[api] tls_cert / tls_key")?;
+            let cert = crate::api::tls::ApiCert::new(loaded);
+            let server = cert.server_config().context("TLS for the API")?;
+            cert.follow_reloads(c.config.clone(), c.shutdown.clone());
+            Some(Arc::new(server))
+        }
         _ => None,
     };
     let https = tls.is_some();
