@@ -263,6 +263,22 @@ fn the_debian_package_passes_lintian_installs_disabled_and_purges_cleanly() {
             .arg(format!("/usr/share/doc/athena-dhcpd/examples/{ex}")));
     }
 
+    // An admin's edit survives a reinstall (the upgrade path: postinst runs again with the
+    // old version), and so do the config's mode and group.
+    let mut edited = std::fs::read_to_string(CONF).expect("read config");
+    edited.push_str("# edited by the admin\n");
+    std::fs::write(CONF, &edited).expect("edit config");
+    run(Command::new("dpkg")
+        .args(["-i", "--force-confold"])
+        .arg(&deb));
+    assert_eq!(std::fs::read_to_string(CONF).expect("read config"), edited);
+    let conf = std::fs::metadata(CONF).expect("config");
+    assert_eq!(
+        (conf.gid(), conf.permissions().mode() & 0o777),
+        (gid("athena"), 0o640),
+        "{CONF} after a reinstall"
+    );
+
     // A lease database, as a daemon that ran would leave it: purge removes it with the rest.
     std::fs::write(format!("{STATE}/leases.redb"), b"x").expect("write into the state dir");
     run(Command::new("dpkg").args(["--purge", PKG]));
