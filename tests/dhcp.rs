@@ -149,7 +149,10 @@ fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_f
     let _ = client.wait();
     let metrics = lab.api("/metrics");
     assert!(
-        metric(&metrics, "athena_dhcp_packets_sent_total{type=\"ack\"}") >= 2.0,
+        metric(
+            &metrics,
+            "athena_dhcp_packets_sent_total{type=\"ack\",class=\"none\"}"
+        ) >= 2.0,
         "{metrics}"
     );
     assert!(

@@ -100,6 +100,12 @@ impl SubnetConfig {
 pub struct PoolConfig {
     pub range_start: Ipv4Addr,
     pub range_end: Ipv4Addr,
+    /// Only members of these client classes get addresses here; empty: everyone.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Options for clients leased from this pool, over the subnet's.
+    #[serde(default, rename = "option")]
+    pub options: Vec<CustomOptionConfig>,
 }
 
 impl PoolConfig {
@@ -118,8 +124,16 @@ pub struct ReservationConfig {
     pub mac: Option<Mac>,
     /// Hex bytes, e.g. "01:aa:bb:cc:dd:ee:ff".
     pub client_id: Option<String>,
+    /// Option 82 circuit ID (the switch port), text or `hex:...`: whatever device is on
+    /// that port gets `ip`.
+    pub circuit_id: Option<String>,
+    /// Option 82 remote ID (the relay), text or `hex:...`; with `circuit_id`, both must match.
+    pub remote_id: Option<String>,
     pub ip: Ipv4Addr,
     pub hostname: Option<String>,
+    /// Options for this client, over everything else.
+    #[serde(default, rename = "option")]
+    pub options: Vec<CustomOptionConfig>,
 }
 
 impl ReservationConfig {
@@ -153,6 +167,9 @@ impl CustomOptionConfig {
                 _ => Err(want(&format!("an integer from 0 to {max}"))),
             }
         };
+        if let Some(typed) = super::encode_typed(self) {
+            return typed;
+        }
         match self.otype.as_str() {
             "ip" => match &self.value {
                 toml::Value::String(s) => s

@@ -38,7 +38,8 @@ pub struct SharedConfig {
 /// One digest per section, so a mismatch is named by section before any key is exchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigDigest {
-    /// Section name (`subnets`, `defaults`, `dns`, `vips`, `ha`) → hex SHA-256, first 16 bytes.
+    /// Section name (`subnets`, `defaults`, `classes`, `dns`, `vips`, `ha`) → hex SHA-256,
+    /// first 16 bytes.
     pub sections: BTreeMap<String, String>,
 }
 
@@ -99,6 +100,13 @@ impl SharedConfig {
             put(&format!("subnet {} ", s.network), v);
         }
         put("defaults.", to_value(&cfg.defaults));
+        // Both nodes must answer a class member alike (a failover must not change its pool,
+        // options or boot file).
+        for c in &cfg.client_classes {
+            let mut v = to_value(c);
+            strip(&mut v, &["name"]);
+            put(&format!("client_class {} ", c.name), v);
+        }
         let mut dns = to_value(&cfg.dns);
         strip(&mut dns, DNS_PER_NODE);
         put("dns.", dns);
@@ -166,6 +174,8 @@ pub fn section_of(key: &str) -> &'static str {
         "subnets"
     } else if key.starts_with("defaults.") {
         "defaults"
+    } else if key.starts_with("client_class ") {
+        "classes"
     } else if key.starts_with("dns.") {
         "dns"
     } else if key.starts_with("vips") {
@@ -340,6 +350,11 @@ ip = "10.0.0.11"
                 "defaults",
                 A.replace("[dns]", "[defaults]\nlease_time = \"2h\"\n[dns]"),
                 "defaults",
+            ),
+            (
+                "client class",
+                format!("{A}\n[[client_class]]\nname = \"pxe\"\nmatch = {{ arch = [7] }}\n"),
+                "classes",
             ),
         ];
         for (what, b, section) in cases {

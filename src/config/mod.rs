@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Where `athena-dhcpd` looks when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/athena-dhcpd/athena-dhcpd.toml";
 
+mod classes;
 mod dhcp;
 mod digest;
 mod dns;
@@ -24,6 +25,7 @@ mod server;
 mod validate;
 mod values;
 
+pub use classes::*;
 pub use dhcp::*;
 pub use digest::{ConfigDigest, Difference, SharedConfig};
 pub use dns::*;
@@ -47,6 +49,9 @@ pub struct Config {
     pub defaults: DefaultsConfig,
     #[serde(rename = "subnet")]
     pub subnets: Vec<SubnetConfig>,
+    /// Groups of clients that get their own options, pools and boot files.
+    #[serde(rename = "client_class")]
+    pub client_classes: Vec<ClientClassConfig>,
     pub hooks: HooksConfig,
     /// Where the file was read from; set by [`load`], used in messages.
     #[serde(skip)]

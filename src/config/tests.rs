@@ -400,7 +400,7 @@ fn reservation_without_identity_is_refused() {
         "[[subnet]]\nnetwork = \"10.0.0.0/24\"\n[[subnet.reservation]]\nip = \"10.0.0.5\"\n",
         3,
         "subnet[0].reservation[0]",
-        "needs a mac or a client_id",
+        "needs a mac, a client_id, a circuit_id or a remote_id",
     );
 }
 

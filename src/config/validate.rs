@@ -7,9 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::values::{parse_addr_with_default_port, parse_hex_bytes, Dur};
-use super::{
-    ApiConfig, Config, DnsConfig, HaConfig, HooksConfig, PoolConfig, DNS_RECORD_TYPES, OPTION_TYPES,
-};
+use super::{ApiConfig, Config, DnsConfig, HaConfig, HooksConfig, PoolConfig, DNS_RECORD_TYPES};
 use crate::events::EventKind;
 
 type Invalid = (String, String);
@@ -60,6 +58,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         check_domain("defaults.domain_name", d)?;
     }
     validate_subnets(c)?;
+    super::validate_classes(c)?;
     validate_hooks(&c.hooks)?;
     Ok(())
 }
@@ -382,8 +381,15 @@ fn validate_subnets(c: &Config) -> Result<(), Invalid> {
         let mut seen_ip = BTreeSet::new();
         for (ri, r) in s.reservations.iter().enumerate() {
             let rkey = format!("{key}.reservation[{ri}]");
-            if r.mac.is_none() && r.client_id.is_none() {
-                return err(rkey, "needs a mac or a client_id");
+            if r.mac.is_none()
+                && r.client_id.is_none()
+                && r.circuit_id.is_none()
+                && r.remote_id.is_none()
+            {
+                return err(
+                    rkey,
+                    "needs a mac, a client_id, a circuit_id or a remote_id",
+                );
             }
             if let Some(cid) = &r.client_id {
                 parse_hex_bytes(cid).map_err(|m| (format!("{rkey}.client_id"), m))?;
@@ -401,26 +407,7 @@ fn validate_subnets(c: &Config) -> Result<(), Invalid> {
                 );
             }
         }
-        for (oi, o) in s.options.iter().enumerate() {
-            let okey = format!("{key}.option[{oi}]");
-            if o.code == 0 || o.code == 255 {
-                return err(
-                    format!("{okey}.code"),
-                    "codes 0 (pad) and 255 (end) cannot be set",
-                );
-            }
-            if !OPTION_TYPES.contains(&o.otype.as_str()) {
-                return err(
-                    format!("{okey}.type"),
-                    format!(
-                        "unknown option type {:?}: expected one of {}",
-                        o.otype,
-                        OPTION_TYPES.join(", ")
-                    ),
-                );
-            }
-            o.encode().map_err(|m| (format!("{okey}.value"), m))?;
-        }
+        super::validate_options(&key, &s.options)?;
     }
     Ok(())
 }

@@ -84,8 +84,21 @@ impl Allocator {
     /// A free address confirmed by `is_free`, marked taken; None when every pool is full.
     /// The search starts after the last address handed out, so a released address is
     /// reused last and a returning client is likely to find its old one still free.
-    pub fn take(&mut self, mut is_free: impl FnMut(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
-        for p in &mut self.pools {
+    pub fn take(&mut self, is_free: impl FnMut(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+        self.take_in(|_| true, is_free)
+    }
+
+    /// Like [`Allocator::take`], searching only the pools (by index) that `pool_ok` allows:
+    /// pools kept for client classes.
+    pub fn take_in(
+        &mut self,
+        pool_ok: impl Fn(usize) -> bool,
+        mut is_free: impl FnMut(Ipv4Addr) -> bool,
+    ) -> Option<Ipv4Addr> {
+        for (pi, p) in self.pools.iter_mut().enumerate() {
+            if !pool_ok(pi) {
+                continue;
+            }
             let words = p.bits.len();
             let start_bit = p.cursor % (words * 64).max(1);
             let (w0, b0) = (start_bit / 64, start_bit % 64);

@@ -38,6 +38,8 @@ pub struct LeaseView {
     pub expiry: u64,
     pub updated_ms: u64,
     pub relay_info: Option<String>,
+    /// The client classes the lease's request matched.
+    pub classes: Vec<String>,
 }
 
 fn state_name(s: LeaseState) -> &'static str {
@@ -62,6 +64,7 @@ impl From<&Lease> for LeaseView {
             expiry: l.expiry,
             updated_ms: l.updated_ms,
             relay_info: l.relay_info.as_deref().map(hex_colon),
+            classes: l.classes.clone(),
         }
     }
 }
@@ -172,6 +175,7 @@ mod tests {
             expiry: 10,
             updated_ms: 0,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

@@ -19,8 +19,10 @@ use dhcproto::v4::MessageType;
 use ipnet::Ipv4Net;
 
 use super::alloc::Allocator;
+use super::classes::{classify, ClassSet};
 use super::packet::*;
 use super::plan::{Plan, SubnetPlan};
+use super::reply::{build_reply, echo_options, Layers};
 use crate::events::{EventKind, LeaseEvent};
 use crate::lease::{Lease, LeaseIndex, LeaseState};
 
@@ -78,6 +80,8 @@ pub struct Outcome {
     pub events: Vec<(EventKind, LeaseEvent)>,
     /// Why there is no reply (a metrics label), when there is none.
     pub ignored: Option<&'static str>,
+    /// The first client class the request matched (the `class` label of reply metrics).
+    pub class: Option<&'static str>,
 }
 
 impl Outcome {
@@ -98,17 +102,24 @@ fn owns(l: &Lease, req: &Request) -> bool {
     }
 }
 
+/// One allocator per subnet, over its pools.
+fn allocators(plan: &Plan) -> Vec<Allocator> {
+    plan.subnets
+        .iter()
+        .map(|s| {
+            let ranges: Vec<(u32, u32)> = s.pools.iter().map(|p| (p.start, p.end)).collect();
+            Allocator::new(&ranges)
+        })
+        .collect()
+}
+
 fn live(l: &Lease, now_s: u64) -> bool {
     matches!(l.state, LeaseState::Active | LeaseState::Declined) && l.expiry > now_s
 }
 
 impl DhcpState {
     pub fn new(plan: Plan, leases: &LeaseIndex, now_ms: u64) -> Self {
-        let allocs = plan
-            .subnets
-            .iter()
-            .map(|s| Allocator::new(&s.pools))
-            .collect();
+        let allocs = allocators(&plan);
         let mut st = DhcpState {
             plan,
             allocs,
@@ -123,16 +134,12 @@ impl DhcpState {
     /// next packet. Leases stay in the index, so an address outside a shrunk pool is not offered
     /// again while its client keeps it; offers of addresses still in a pool are kept.
     pub fn replace_plan(&mut self, plan: Plan, leases: &LeaseIndex, now_ms: u64) {
-        self.allocs = plan
-            .subnets
-            .iter()
-            .map(|s| Allocator::new(&s.pools))
-            .collect();
+        self.allocs = allocators(&plan);
         self.plan = plan;
         let plan = &self.plan;
         self.offers.retain(|ip, _| {
             plan.subnet_of(*ip)
-                .is_some_and(|i| plan.subnets[i].in_pool(*ip))
+                .is_some_and(|i| plan.subnets[i].pool_of(*ip).is_some())
         });
         let offers = &self.offers;
         self.offer_by_client.retain(|_, ip| offers.contains_key(ip));
@@ -255,12 +262,16 @@ impl DhcpState {
         if !s.network.contains(&ip) || ip == s.network.network() || ip == s.network.broadcast() {
             return false;
         }
-        let mine = s.reservation(req.client_id.as_deref(), &req.mac());
+        let mine = s.reservation(req);
         if s.reserved.contains_key(&ip) && mine.map(|r| r.ip) != Some(ip) {
             return false;
         }
+        // A port's reservation goes to whatever device is on the port now.
+        let port_takeover = mine.is_some_and(|r| r.by_port && r.ip == ip);
         if let Some(l) = leases.get(ip) {
-            if live(l, now_ms / 1000) && (l.state == LeaseState::Declined || !owns(l, req)) {
+            if live(l, now_ms / 1000)
+                && (l.state == LeaseState::Declined || (!owns(l, req) && !port_takeover))
+            {
                 return false;
             }
         }
@@ -303,10 +314,11 @@ impl DhcpState {
         si: usize,
         leases: &LeaseIndex,
         req: &Request,
+        classes: ClassSet,
         now_ms: u64,
     ) -> Option<Ipv4Addr> {
         let s = &self.plan.subnets[si];
-        if let Some(r) = s.reservation(req.client_id.as_deref(), &req.mac()) {
+        if let Some(r) = s.reservation(req) {
             let ip = r.ip;
             return self.available(si, leases, ip, req, now_ms).then_some(ip);
         }
@@ -323,7 +335,7 @@ impl DhcpState {
             }
         }
         let pool_ok = |st: &Self, ip: Ipv4Addr| {
-            st.plan.subnets[si].in_pool(ip) && st.available(si, leases, ip, req, now_ms)
+            st.plan.subnets[si].in_pool(ip, classes) && st.available(si, leases, ip, req, now_ms)
         };
         if let Some(ip) = req.requested_ip.filter(|ip| pool_ok(self, *ip)) {
             return Some(ip);
@@ -334,7 +346,22 @@ impl DhcpState {
             }
         }
         let mut alloc = std::mem::take(&mut self.allocs[si]);
-        let mut got = alloc.take(|ip| pool_ok(self, ip));
+        // A class member fills the pools kept for its classes before the shared ones.
+        let take = |st: &Self, alloc: &mut Allocator| {
+            let pools = &st.plan.subnets[si].pools;
+            let pass = |restricted: bool, alloc: &mut Allocator| {
+                alloc.take_in(
+                    |pi| pools[pi].classes.is_empty() != restricted && pools[pi].serves(classes),
+                    |ip| pool_ok(st, ip),
+                )
+            };
+            if classes.is_empty() {
+                pass(false, alloc)
+            } else {
+                pass(true, alloc).or_else(|| pass(false, alloc))
+            }
+        };
+        let mut got = take(self, &mut alloc);
         if got.is_none() {
             // The bitmap may hold stale "taken" bits (expired leases, lapsed offers).
             let s = &self.plan.subnets[si];
@@ -344,7 +371,7 @@ impl DhcpState {
                     || offers.get(&ip).is_some_and(|o| o.until_ms > now_ms)
                     || leases.get(ip).is_some_and(|l| live(l, now_s))
             });
-            got = alloc.take(|ip| pool_ok(self, ip));
+            got = take(self, &mut alloc);
         }
         self.allocs[si] = alloc;
         got
@@ -391,13 +418,40 @@ pub fn handle(
     let Some(si) = st.select_subnet(req, ing) else {
         return Outcome::ignore("no_subnet");
     };
-    match req.msg_type {
-        MessageType::Discover => discover(st, leases, si, req, ing, now_ms),
-        MessageType::Request => request(st, leases, si, req, ing, now_ms),
+    // Once per packet; with no classes configured this is a length check.
+    let classes = if st.plan.classes.is_empty() {
+        ClassSet::default()
+    } else {
+        classify(&st.plan.classes, req)
+    };
+    let mut out = match req.msg_type {
+        MessageType::Discover => discover(st, leases, si, req, ing, classes, now_ms),
+        MessageType::Request => request(st, leases, si, req, ing, classes, now_ms),
         MessageType::Decline => decline(st, leases, si, req, ing, now_ms),
         MessageType::Release => release(st, leases, si, req, now_ms),
-        MessageType::Inform => inform(st, si, req, ing),
+        MessageType::Inform => inform(st, si, req, ing, classes),
         _ => Outcome::ignore("not_a_client_message"),
+    };
+    out.class = classes.iter().next().map(|i| st.plan.classes[i].name);
+    out
+}
+
+/// The option layers of a reply to `req` leasing `ip` (or nothing, for INFORM).
+fn layers<'a>(
+    st: &'a DhcpState,
+    s: &'a SubnetPlan,
+    req: &Request,
+    ip: Option<Ipv4Addr>,
+    classes: ClassSet,
+) -> Layers<'a> {
+    Layers {
+        subnet: &s.options,
+        pool: ip
+            .and_then(|ip| s.pool_of(ip))
+            .map_or(&[][..], |p| &p.options[..]),
+        classes: &st.plan.classes,
+        members: classes,
+        reservation: s.reservation(req).map_or(&[][..], |r| &r.options[..]),
     }
 }
 
@@ -420,6 +474,7 @@ fn discover(
     si: usize,
     req: &Request,
     ing: &Ingress,
+    classes: ClassSet,
     now_ms: u64,
 ) -> Outcome {
     let subnet = st.plan.subnets[si].name.clone();
@@ -432,13 +487,15 @@ fn discover(
             &subnet,
         ),
     ));
-    let Some(ip) = st.choose(si, leases, req, now_ms) else {
+    let Some(ip) = st.choose(si, leases, req, classes, now_ms) else {
         out.ignored = Some("no_free_address");
         return out;
     };
     st.hold_offer(ip, req, now_ms);
     let s = &st.plan.subnets[si];
-    let reply = build_reply(st, s, req, ing, MessageType::Offer, ip, true);
+    let sid = st.server_id(s, ing);
+    let layers = layers(st, s, req, Some(ip), classes);
+    let reply = build_reply(s, &layers, sid, req, MessageType::Offer, ip, true);
     let mut ev = event_for(req, ip, &subnet);
     ev.lease_start = now_ms / 1000;
     ev.lease_duration = s.times.lease.as_secs();
@@ -463,6 +520,7 @@ fn request(
     si: usize,
     req: &Request,
     ing: &Ingress,
+    classes: ClassSet,
     now_ms: u64,
 ) -> Outcome {
     let sid = st.server_id(&st.plan.subnets[si], ing);
@@ -490,10 +548,10 @@ fn request(
     let now_s = now_ms / 1000;
     let existing = leases.get(ip).cloned();
     let mine = existing.as_ref().is_some_and(|l| owns(l, req));
-    let reservation = s.reservation(req.client_id.as_deref(), &req.mac()).cloned();
+    let reservation = s.reservation(req).map(|r| (r.ip, r.hostname.clone()));
 
     let offered = st.offered_to(ip, &client_key(req), now_ms) == Some(true);
-    let reserved_here = reservation.as_ref().is_some_and(|r| r.ip == ip);
+    let reserved_here = reservation.as_ref().is_some_and(|r| r.0 == ip);
     if state == RequestState::InitReboot
         && s.network.contains(&ip)
         && !mine
@@ -506,19 +564,23 @@ fn request(
     }
     let refusal = if !s.network.contains(&ip) {
         Some("address not on this network")
-    } else if reservation.as_ref().is_some_and(|r| r.ip != ip) {
+    } else if reservation.as_ref().is_some_and(|r| r.0 != ip) {
         Some("client has a reservation for another address")
     } else if !st.available(si, leases, ip, req, now_ms) {
         Some("address belongs to another client")
     } else {
         match state {
             // Our offer, the client's lease, its reservation, or a free pool address.
-            RequestState::Selecting if offered || mine || reserved_here || s.in_pool(ip) => None,
+            RequestState::Selecting
+                if offered || mine || reserved_here || s.in_pool(ip, classes) =>
+            {
+                None
+            }
             // A known client asking for an address that is not its own must start over.
             RequestState::InitReboot if mine || reserved_here => None,
             RequestState::InitReboot => Some("client's lease is for another address"),
             RequestState::Renewing | RequestState::Rebinding
-                if mine || reserved_here || s.in_pool(ip) =>
+                if mine || reserved_here || s.in_pool(ip, classes) =>
             {
                 None
             }
@@ -534,7 +596,7 @@ fn request(
     let lease_secs = s.times.lease.as_secs();
     let hostname = reservation
         .as_ref()
-        .and_then(|r| r.hostname.clone())
+        .and_then(|r| r.1.clone())
         .or_else(|| req.hostname.clone())
         .or_else(|| {
             existing
@@ -558,6 +620,7 @@ fn request(
                 .filter(|_| mine)
                 .and_then(|l| l.relay_info.clone())
         }),
+        classes: super::classes::names(&st.plan.classes, classes),
     };
     // The same client keeps one active address per subnet.
     let mut out = Outcome::default();
@@ -583,8 +646,9 @@ fn request(
     }
     leases.upsert(lease.clone());
     let s = &st.plan.subnets[si];
-    let mut reply = build_reply(st, s, req, ing, MessageType::Ack, ip, true);
-    if let Some(h) = reservation.as_ref().and_then(|r| r.hostname.as_ref()) {
+    let layers = layers(st, s, req, Some(ip), classes);
+    let mut reply = build_reply(s, &layers, sid, req, MessageType::Ack, ip, true);
+    if let Some(h) = reservation.as_ref().and_then(|r| r.1.as_ref()) {
         reply
             .options
             .push((OPT_HOSTNAME, h.as_bytes().into(), true));
@@ -646,6 +710,7 @@ fn nak(
         siaddr: Ipv4Addr::UNSPECIFIED,
         giaddr: req.giaddr,
         chaddr: req.chaddr,
+        file: None,
         options,
         dest: if req.giaddr.is_unspecified() {
             Dest::Broadcast
@@ -662,89 +727,6 @@ fn nak(
     out.events
         .push((EventKind::LeaseNak, event_for(req, ip, subnet)));
     out
-}
-
-/// Client-id (RFC 6842) and relay agent information (RFC 3046) go back as received.
-fn echo_options(req: &Request, options: &mut Vec<ReplyOption>) {
-    if let Some(c) = &req.client_id {
-        options.push((OPT_CLIENT_ID, c.as_slice().into(), true));
-    }
-    if let Some(r) = &req.relay_info {
-        options.push((OPT_RELAY_INFO, r.as_slice().into(), true));
-    }
-}
-
-/// An OFFER or ACK (or INFORM's ACK when `with_lease` is false) with the subnet's options,
-/// the ones the client asked for in its order.
-fn build_reply(
-    st: &DhcpState,
-    s: &SubnetPlan,
-    req: &Request,
-    ing: &Ingress,
-    msg_type: MessageType,
-    yiaddr: Ipv4Addr,
-    with_lease: bool,
-) -> Reply {
-    let sid = st.server_id(s, ing);
-    let mut options: Vec<ReplyOption> = Vec::with_capacity(16);
-    options.push((OPT_SERVER_ID, sid.octets()[..].into(), true));
-    if with_lease {
-        options.extend(s.timer_options.iter().cloned());
-    }
-    // Options the client asked for come first and in its order (RFC 2132 §9.8); the rest of
-    // the always-sent ones follow; optional ones only when asked (or when no list was sent).
-    match &req.prl {
-        Some(prl) => {
-            for code in prl {
-                if let Some((c, v, req_)) = s.options.iter().find(|(c, _, _)| c == code) {
-                    if !options.iter().any(|(x, _, _)| x == c) {
-                        options.push((*c, v.clone(), *req_));
-                    }
-                }
-            }
-            for (c, v, always) in &s.options {
-                if *always && !options.iter().any(|(x, _, _)| x == c) {
-                    options.push((*c, v.clone(), true));
-                }
-            }
-        }
-        None => options.extend(s.options.iter().cloned()),
-    }
-    echo_options(req, &mut options);
-    let relayed = !req.giaddr.is_unspecified();
-    let dest = if relayed {
-        Dest::Relay(req.giaddr)
-    } else if !req.ciaddr.is_unspecified() {
-        Dest::Unicast(req.ciaddr)
-    } else if !req.broadcast_flag && req.htype == 1 && req.hlen == 6 && !yiaddr.is_unspecified() {
-        // Ethernet client without an address that can take a unicast (RFC 2131 §4.1).
-        Dest::Hardware {
-            ip: yiaddr,
-            mac: req.mac(),
-        }
-    } else {
-        Dest::Broadcast
-    };
-    Reply {
-        msg_type,
-        xid: req.xid,
-        broadcast_flag: req.broadcast_flag,
-        htype: req.htype,
-        hlen: req.hlen,
-        ciaddr: if msg_type == MessageType::Ack {
-            req.ciaddr
-        } else {
-            Ipv4Addr::UNSPECIFIED
-        },
-        yiaddr,
-        siaddr: Ipv4Addr::UNSPECIFIED,
-        giaddr: req.giaddr,
-        chaddr: req.chaddr,
-        options,
-        dest,
-        server_id: sid,
-        max_payload: max_payload(req.max_size),
-    }
 }
 
 fn for_server(st: &DhcpState, si: usize, req: &Request, ing: &Ingress) -> bool {
@@ -786,6 +768,7 @@ fn decline(
         expiry: now_s + st.plan.decline_hold_s,
         updated_ms: now_ms.max(leases.get(ip).map_or(0, |l| l.updated_ms + 1)),
         relay_info: req.relay_info.clone(),
+        classes: Vec::new(),
     };
     leases.upsert(lease.clone());
     for a in &mut st.allocs {
@@ -836,13 +819,21 @@ fn release(
     }
 }
 
-fn inform(st: &mut DhcpState, si: usize, req: &Request, ing: &Ingress) -> Outcome {
+fn inform(
+    st: &mut DhcpState,
+    si: usize,
+    req: &Request,
+    ing: &Ingress,
+    classes: ClassSet,
+) -> Outcome {
     let s = &st.plan.subnets[si];
+    let sid = st.server_id(s, ing);
+    let layers = layers(st, s, req, None, classes);
     let mut reply = build_reply(
-        st,
         s,
+        &layers,
+        sid,
         req,
-        ing,
         MessageType::Ack,
         Ipv4Addr::UNSPECIFIED,
         false,

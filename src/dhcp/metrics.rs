@@ -8,6 +8,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// A reply's type and the first client class its request matched ("none" outside every
+/// class; class names are bounded by the config, so the label set stays small).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplyLabel {
+    pub r#type: &'static str,
+    pub class: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub r#type: &'static str,
@@ -31,7 +39,7 @@ pub struct SubnetLabel {
 #[derive(Clone)]
 pub struct DhcpMetrics {
     pub received: Family<TypeLabel, Counter>,
-    pub sent: Family<TypeLabel, Counter>,
+    pub sent: Family<ReplyLabel, Counter>,
     pub malformed: Family<ReasonLabel, Counter>,
     pub ignored: Family<ReasonLabel, Counter>,
     pub rate_limited: Family<ScopeLabel, Counter>,
@@ -78,7 +86,7 @@ impl DhcpMetrics {
         );
         r.register(
             "dhcp_packets_sent",
-            "DHCP replies sent, by message type",
+            "DHCP replies sent, by message type and first client class",
             self.sent.clone(),
         );
         r.register(

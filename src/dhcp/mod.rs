@@ -10,13 +10,18 @@
 pub mod alloc;
 pub mod announce;
 pub mod api;
+pub mod classes;
 pub mod handler;
 pub mod metrics;
+pub mod options;
 pub mod packet;
 pub mod plan;
 pub mod ratelimit;
+mod reply;
 pub mod server;
 pub mod sockets;
 
+#[cfg(test)]
+mod class_tests;
 #[cfg(test)]
 mod tests;

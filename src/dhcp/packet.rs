@@ -28,6 +28,9 @@ pub const MIN_MAX_SIZE: usize = 576;
 /// Largest request accepted. DHCP over Ethernet fits one frame; a jumbo frame is 9000
 /// bytes. Anything bigger is garbage or an attack, and is not worth decoding.
 pub const MAX_DATAGRAM: usize = 9000;
+/// Where the 128-byte `file` field starts in the header.
+const FILE_AT: usize = 108;
+pub const FILE_LEN: usize = 128;
 /// IPv4 + UDP headers, counted in option 57 (RFC 2132 §9.10).
 const IP_UDP: usize = 28;
 
@@ -47,7 +50,11 @@ pub const OPT_MESSAGE: u8 = 56;
 pub const OPT_MAX_SIZE: u8 = 57;
 pub const OPT_T1: u8 = 58;
 pub const OPT_T2: u8 = 59;
+pub const OPT_VENDOR_CLASS: u8 = 60;
 pub const OPT_CLIENT_ID: u8 = 61;
+pub const OPT_BOOT_FILE: u8 = 67;
+pub const OPT_USER_CLASS: u8 = 77;
+pub const OPT_CLIENT_ARCH: u8 = 93;
 pub const OPT_RELAY_INFO: u8 = 82;
 pub const OPT_SUBNET_SELECTION: u8 = 118;
 /// RFC 3527 link selection sub-option of option 82.
@@ -119,6 +126,12 @@ pub struct Request {
     pub relay_info: Option<Vec<u8>>,
     /// Option 118, or option 82 sub-option 5: the link the client is on.
     pub link_selection: Option<Ipv4Addr>,
+    /// Option 60 as sent (e.g. `PXEClient:Arch:00007:UNDI:003016`).
+    pub vendor_class: Option<Vec<u8>>,
+    /// Option 77 as sent (a bare string or an RFC 3004 list).
+    pub user_class: Option<Vec<u8>>,
+    /// Option 93 as sent: architecture numbers, two bytes each.
+    pub arch: Option<Vec<u8>>,
 }
 
 impl Request {
@@ -178,6 +191,9 @@ pub fn parse(buf: &[u8]) -> Result<Request, Malformed> {
     let mut server_id: Option<Vec<u8>> = None;
     let mut subnet_sel: Option<Vec<u8>> = None;
     let mut max_size: Option<Vec<u8>> = None;
+    let mut vendor_class: Option<Vec<u8>> = None;
+    let mut user_class: Option<Vec<u8>> = None;
+    let mut arch: Option<Vec<u8>> = None;
     scan_options(&buf[HEADER_LEN + 4..], |code, v| {
         // RFC 3396: repeated instances of one option are one value.
         let slot = match code {
@@ -190,6 +206,9 @@ pub fn parse(buf: &[u8]) -> Result<Request, Malformed> {
             OPT_SERVER_ID => &mut server_id,
             OPT_SUBNET_SELECTION => &mut subnet_sel,
             OPT_MAX_SIZE => &mut max_size,
+            OPT_VENDOR_CLASS => &mut vendor_class,
+            OPT_USER_CLASS => &mut user_class,
+            OPT_CLIENT_ARCH => &mut arch,
             _ => return,
         };
         slot.get_or_insert_with(Vec::new).extend_from_slice(v);
@@ -217,6 +236,13 @@ pub fn parse(buf: &[u8]) -> Result<Request, Malformed> {
     // RFC 2132 §9.14: a client identifier has a type byte and at least one byte of value.
     if client_id.as_ref().is_some_and(|c| c.len() < 2) {
         return Err(Malformed::BadClientId);
+    }
+    // RFC 4578 §2.1: a list of two-byte architecture types.
+    if arch
+        .as_ref()
+        .is_some_and(|a| a.is_empty() || a.len() % 2 != 0)
+    {
+        return Err(Malformed::BadOption);
     }
     let hostname = hostname
         .as_deref()
@@ -248,6 +274,9 @@ pub fn parse(buf: &[u8]) -> Result<Request, Malformed> {
         max_size,
         relay_info: relay,
         link_selection,
+        vendor_class,
+        user_class,
+        arch,
     })
 }
 
@@ -311,6 +340,8 @@ pub struct Reply {
     pub siaddr: Ipv4Addr,
     pub giaddr: Ipv4Addr,
     pub chaddr: [u8; 16],
+    /// The `file` field: a PXE client's boot file (at most 127 bytes and a NUL).
+    pub file: Option<OptVal>,
     /// (code, value, required): optional ones are dropped first when the reply is too big.
     pub options: Vec<ReplyOption>,
     pub dest: Dest,
@@ -354,6 +385,9 @@ impl Reply {
         }
         out.extend_from_slice(&self.chaddr);
         out.resize(HEADER_LEN, 0); // sname, file
+        if let Some(f) = self.file.as_deref().filter(|f| f.len() < FILE_LEN) {
+            out[FILE_AT..FILE_AT + f.len()].copy_from_slice(f);
+        }
         out.extend_from_slice(&MAGIC);
         out.extend_from_slice(&[OPT_MSG_TYPE, 1, msg_type_byte(self.msg_type)]);
 
@@ -544,6 +578,7 @@ pub mod tests {
             siaddr: Ipv4Addr::UNSPECIFIED,
             giaddr: Ipv4Addr::UNSPECIFIED,
             chaddr: [2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            file: None,
             options,
             dest: Dest::Broadcast,
             server_id: Ipv4Addr::new(10, 0, 0, 1),

@@ -34,7 +34,9 @@ use crate::health::Progress;
 use crate::lease::{Lease, LeaseStore, Replication};
 use crate::pktinfo;
 
-use super::metrics::{type_name, DhcpMetrics, ReasonLabel, ScopeLabel, SubnetLabel, TypeLabel};
+use super::metrics::{
+    type_name, DhcpMetrics, ReasonLabel, ReplyLabel, ScopeLabel, SubnetLabel, TypeLabel,
+};
 use super::ratelimit::RateLimiter;
 use super::sockets::Interfaces;
 
@@ -259,9 +261,10 @@ async fn receive_loop(
         } else {
             Some(rx.dst)
         };
+        let class = outcome.class.unwrap_or("none");
         match (outcome.reply, pending) {
             (Some(reply), None) => {
-                send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
+                send_reply(&sh, &sock, &reply, class, rx.ifindex, src).await;
             }
             (reply, Some(pending)) => {
                 // Wait for the disk (and the standby) off the receive path, so the next
@@ -289,7 +292,7 @@ async fn receive_loop(
                         a.confirm();
                     }
                     if let Some(reply) = reply {
-                        send_reply(&sh, &sock, &reply, rx.ifindex, src).await;
+                        send_reply(&sh, &sock, &reply, class, rx.ifindex, src).await;
                         sh.metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
                     }
                 });
@@ -305,6 +308,7 @@ async fn send_reply(
     sh: &Shared,
     sock: &UdpSocket,
     reply: &Reply,
+    class: &'static str,
     ifindex: u32,
     src: Option<Ipv4Addr>,
 ) {
@@ -356,8 +360,9 @@ async fn send_reply(
         Ok(_) => {
             sh.metrics
                 .sent
-                .get_or_create(&TypeLabel {
+                .get_or_create(&ReplyLabel {
                     r#type: type_name(reply.msg_type),
+                    class,
                 })
                 .inc();
         }
@@ -510,7 +515,7 @@ fn refresh(sh: &Shared, now_ms: u64) {
             .plan
             .subnets
             .iter()
-            .any(|s| s.name == l.subnet && s.in_pool(l.ip));
+            .any(|s| s.name == l.subnet && s.pool_of(l.ip).is_some());
         if in_pool {
             *active_by_subnet.entry(&*l.subnet).or_default() += 1;
         }

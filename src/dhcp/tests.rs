@@ -112,6 +112,9 @@ fn req(t: MessageType, m: u8) -> Request {
         max_size: None,
         relay_info: None,
         link_selection: None,
+        vendor_class: None,
+        user_class: None,
+        arch: None,
     }
 }
 

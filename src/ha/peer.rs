@@ -627,6 +627,7 @@ mod tests {
             expiry: 3610,
             updated_ms: 1_000 + u64::from(last),
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             expiry: 3600,
             updated_ms,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

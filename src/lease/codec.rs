@@ -53,6 +53,11 @@ pub fn encode(lease: &Lease, seq: u64) -> Vec<u8> {
     put_bytes(&mut out, lease.hostname.as_deref().map(str::as_bytes));
     put_bytes(&mut out, Some(lease.subnet.as_bytes()));
     put_bytes(&mut out, lease.relay_info.as_deref());
+    // Optional trailing field: a record without it (older writers) decodes with no classes,
+    // and older readers ignore it. Class names never contain a comma (checked at load).
+    if !lease.classes.is_empty() {
+        put_bytes(&mut out, Some(lease.classes.join(",").as_bytes()));
+    }
     out
 }
 
@@ -184,6 +189,19 @@ pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
         .map_err(|_| bad("subnet is not UTF-8"))?
         .into();
     let relay_info = r.bytes()?.map(<[u8]>::to_vec);
+    let classes = if r.b.is_empty() {
+        Vec::new()
+    } else {
+        match r.bytes()? {
+            Some(c) => std::str::from_utf8(c)
+                .map_err(|_| bad("classes are not UTF-8"))?
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+            None => Vec::new(),
+        }
+    };
     Ok((
         Lease {
             ip,
@@ -196,6 +214,7 @@ pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
             expiry,
             updated_ms,
             relay_info,
+            classes,
         },
         seq,
     ))
@@ -217,6 +236,7 @@ mod tests {
             expiry: 3610,
             updated_ms: 123456,
             relay_info: Some(vec![1, 2, b'x', b'y']),
+            classes: vec!["voip".to_string(), "uefi".to_string()],
         }
     }
 
@@ -251,7 +271,15 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let b = encode(&lease(), 5);
+        let mut without_classes = lease();
+        without_classes.classes.clear();
+        // A record that ends before the optional classes is a valid (older) record.
+        let whole_older = encode(&without_classes, 5).len();
         for n in 0..b.len() {
+            if n == whole_older {
+                assert_eq!(decode(&b[..n]).map(|(l, _)| l), Ok(without_classes.clone()));
+                continue;
+            }
             assert!(decode(&b[..n]).is_err(), "prefix of {n} bytes decoded");
         }
         for n in 0..13 {

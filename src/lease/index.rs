@@ -235,6 +235,7 @@ mod tests {
             expiry: 100,
             updated_ms: 1,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

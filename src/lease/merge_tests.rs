@@ -41,6 +41,7 @@ fn binding(client: u8, addr: u8, ms: u64) -> Lease {
         expiry: ms / 1000 + 3600,
         updated_ms: ms,
         relay_info: None,
+        classes: Vec::new(),
     }
 }
 
@@ -280,6 +281,7 @@ fn lease_strategy() -> impl Strategy<Value = Lease> {
                 expiry,
                 hostname,
                 relay_info,
+                classes: Vec::new(),
                 ..binding(client, addr, ms)
             },
         )

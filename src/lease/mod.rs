@@ -58,6 +58,8 @@ pub struct Lease {
     pub updated_ms: u64,
     /// Relay agent information (option 82) as received, echoed on renewals.
     pub relay_info: Option<Vec<u8>>,
+    /// The client classes the request that made this lease matched, in file order.
+    pub classes: Vec<String>,
 }
 
 impl Lease {
@@ -72,7 +74,8 @@ impl Lease {
     ///    worse than a lost release), and a declined one stays held;
     /// 3. then every other field, as a canonical encoding compared bytewise: the address
     ///    (network order), the MAC, the client-id, `expiry`, `start`, the hostname, the
-    ///    subnet name, the relay information (an absent optional field sorts first).
+    ///    subnet name, the relay information (an absent optional field sorts first), the
+    ///    classes.
     ///
     /// It is a total order, and `Equal` only for identical leases, so merging is
     /// idempotent and its result does not depend on the order changes arrive in. The store's
@@ -90,6 +93,7 @@ impl Lease {
                 l.hostname.as_deref().map(str::as_bytes),
                 l.subnet.as_bytes(),
                 l.relay_info.as_deref(),
+                &l.classes,
             )
         }
         key(self).cmp(&key(other))
@@ -270,6 +274,7 @@ mod tests {
             expiry: 3600,
             updated_ms: 1,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

@@ -21,6 +21,7 @@ fn lease(last: u8, mac: u8, updated_ms: u64) -> Lease {
         expiry: 4_000_000_000,
         updated_ms,
         relay_info: None,
+        classes: Vec::new(),
     }
 }
 

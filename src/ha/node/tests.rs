@@ -153,6 +153,7 @@ fn lease(last: u8, updated_ms: u64) -> Lease {
         expiry: 3601,
         updated_ms,
         relay_info: None,
+        classes: Vec::new(),
     }
 }
 
