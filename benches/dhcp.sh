@@ -9,6 +9,9 @@
 #   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
 #   SERVERS="athena athena-ha" benches/dhcp.sh          # the cost of HA replication
 #   CHECK=1 benches/dhcp.sh             # exit 1 when a figure misses README's target
+#   CLASSES=1 SKIP_PEAK=1 SERVERS=athena benches/dhcp.sh
+#       # athena with two [[client_class]] tables (one matching every client): compare its
+#       # CPU per exchange with a run without CLASSES
 #   PERF_FSYNC=1 SKIP_PEAK=1 SERVERS=athena STEP=20 benches/dhcp.sh
 #       # also times every fdatasync of the fixed-rate run (perf tracepoints): the disk alone,
 #       # printed under the ACK latency and the lease writer's queue and commit times
@@ -106,6 +109,25 @@ interface = "vsrv"
 range_start = "198.18.1.0"
 range_end = "198.19.255.254"
 EOF
+  if [ "${CLASSES:-0}" = 1 ]; then
+    # Two client classes: one every perfdhcp client is in (its MACs start 00:0c), whose domain
+    # name (perfdhcp asks for option 15) goes into each reply, and a PXE class no client is
+    # in (tried and rejected on every packet).
+    cat >>"$d/athena.toml" <<EOF
+[[client_class]]
+name = "pxe"
+match = { vendor_class = "PXEClient*", arch = [7, 9] }
+next_server = "198.18.0.1"
+boot_file = "ipxe.efi"
+[[client_class]]
+name = "bench"
+match = { mac_prefix = "00:0c" }
+[[client_class.option]]
+code = 15
+type = "string"
+value = "bench.lab"
+EOF
+  fi
   # The HA pair: the primary is the standalone config plus [ha]; the standby has the same
   # subnet on no interface (it never sees a client) and its own database.
   cp "$d/athena.toml" "$d/primary.toml"
