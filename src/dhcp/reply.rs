@@ -27,12 +27,9 @@ pub struct Layers<'a> {
 }
 
 impl<'a> Layers<'a> {
-    fn member_classes(&self) -> impl Iterator<Item = &'a ClassPlan> + '_ {
-        self.classes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| self.members.contains(*i))
-            .map(|(_, c)| c)
+    fn member_classes(&self) -> impl Iterator<Item = &'a ClassPlan> + 'a {
+        let classes = self.classes;
+        self.members.iter().filter_map(move |i| classes.get(i))
     }
 
     /// The value of `code` from the most specific layer that sets it.
