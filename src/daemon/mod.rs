@@ -183,7 +183,7 @@ fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
     } else {
         tracing::warn!(
             sections = ?needs_restart,
-            "config reloaded from {}; subnets, pools, reservations, options, hooks and DNS records applied; changes to {} take effect after a restart",
+            "config reloaded from {}; subnets, pools, reservations, options, client classes, hooks and DNS records applied; changes to {} take effect after a restart",
             path.display(),
             needs_restart.join(", ")
         );
