@@ -436,25 +436,6 @@ pub fn handle(
     out
 }
 
-/// The option layers of a reply to `req` leasing `ip` (or nothing, for INFORM).
-fn layers<'a>(
-    st: &'a DhcpState,
-    s: &'a SubnetPlan,
-    req: &Request,
-    ip: Option<Ipv4Addr>,
-    classes: ClassSet,
-) -> Layers<'a> {
-    Layers {
-        subnet: &s.options,
-        pool: ip
-            .and_then(|ip| s.pool_of(ip))
-            .map_or(&[][..], |p| &p.options[..]),
-        classes: &st.plan.classes,
-        members: classes,
-        reservation: s.reservation(req).map_or(&[][..], |r| &r.options[..]),
-    }
-}
-
 fn event_for(req: &Request, ip: Ipv4Addr, subnet: &str) -> LeaseEvent {
     LeaseEvent {
         ip,
@@ -494,7 +475,7 @@ fn discover(
     st.hold_offer(ip, req, now_ms);
     let s = &st.plan.subnets[si];
     let sid = st.server_id(s, ing);
-    let layers = layers(st, s, req, Some(ip), classes);
+    let layers = Layers::new(&st.plan, s, req, Some(ip), classes);
     let reply = build_reply(s, &layers, sid, req, MessageType::Offer, ip, true);
     let mut ev = event_for(req, ip, &subnet);
     ev.lease_start = now_ms / 1000;
@@ -646,7 +627,7 @@ fn request(
     }
     leases.upsert(lease.clone());
     let s = &st.plan.subnets[si];
-    let layers = layers(st, s, req, Some(ip), classes);
+    let layers = Layers::new(&st.plan, s, req, Some(ip), classes);
     let mut reply = build_reply(s, &layers, sid, req, MessageType::Ack, ip, true);
     if let Some(h) = reservation.as_ref().and_then(|r| r.1.as_ref()) {
         reply
@@ -828,7 +809,7 @@ fn inform(
 ) -> Outcome {
     let s = &st.plan.subnets[si];
     let sid = st.server_id(s, ing);
-    let layers = layers(st, s, req, None, classes);
+    let layers = Layers::new(&st.plan, s, req, None, classes);
     let mut reply = build_reply(
         s,
         &layers,

@@ -12,7 +12,7 @@ use dhcproto::v4::MessageType;
 
 use super::classes::{ClassPlan, ClassSet};
 use super::packet::*;
-use super::plan::SubnetPlan;
+use super::plan::{Plan, SubnetPlan};
 
 /// Where a reply's options come from, least specific first.
 pub struct Layers<'a> {
@@ -27,6 +27,25 @@ pub struct Layers<'a> {
 }
 
 impl<'a> Layers<'a> {
+    /// The layers of a reply to `req` leasing `ip` (or nothing, for INFORM).
+    pub fn new(
+        plan: &'a Plan,
+        s: &'a SubnetPlan,
+        req: &Request,
+        ip: Option<Ipv4Addr>,
+        members: ClassSet,
+    ) -> Layers<'a> {
+        Layers {
+            subnet: &s.options,
+            pool: ip
+                .and_then(|ip| s.pool_of(ip))
+                .map_or(&[][..], |p| &p.options[..]),
+            classes: &plan.classes,
+            members,
+            reservation: s.reservation(req).map_or(&[][..], |r| &r.options[..]),
+        }
+    }
+
     fn member_classes(&self) -> impl Iterator<Item = &'a ClassPlan> + 'a {
         let classes = self.classes;
         self.members.iter().filter_map(move |i| classes.get(i))
