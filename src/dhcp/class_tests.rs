@@ -283,3 +283,29 @@ fn a_circuit_and_remote_id_reservation_needs_both() {
     );
     assert_ne!(out.reply.as_ref().map(|r| r.yiaddr), Some(want));
 }
+
+#[test]
+fn a_reload_brings_classes_in_from_the_next_packet() {
+    let plain = CFG
+        .split("[[subnet]]")
+        .nth(1)
+        .map(|s| format!("[server]\nserver_id = \"10.0.0.1\"\n[[subnet]]{s}"))
+        .expect("subnet part")
+        .replace("classes = [\"voip\"]\n", "");
+    let cfg = config::parse(&plain, Path::new("plain.toml")).expect("config without classes");
+    let mut ix = LeaseIndex::new();
+    let mut st = DhcpState::new(Plan::from_config(&cfg), &ix, T0);
+    let mut r = discover(40);
+    r.arch = Some(vec![0, 7]);
+    let out = run(&mut st, &mut ix, &r);
+    assert_eq!(
+        out.reply.as_ref().map(|r| r.siaddr),
+        Some(Ipv4Addr::UNSPECIFIED)
+    );
+    let cfg = config::parse(CFG, Path::new("test.toml")).expect("config");
+    st.replace_plan(Plan::from_config(&cfg), &ix, T0);
+    let out = run(&mut st, &mut ix, &r);
+    let reply = out.reply.expect("offer");
+    assert_eq!(reply.siaddr, Ipv4Addr::new(10, 0, 0, 5));
+    assert_eq!(reply.file.as_deref(), Some(&b"ipxe.efi"[..]));
+}
