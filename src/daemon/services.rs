@@ -286,7 +286,8 @@ fn start_dhcp(
 ) {
     let metrics = crate::dhcp::metrics::DhcpMetrics::default();
     metrics.register(registry);
-    *routes = std::mem::take(routes).merge(crate::dhcp::api::router(store.clone()));
+    let pools = crate::dhcp::pools::PoolBoard::default();
+    *routes = std::mem::take(routes).merge(crate::dhcp::api::router(store.clone(), pools.clone()));
     let server = crate::dhcp::server::DhcpServer {
         sockets: std::mem::take(&mut prepared.dhcp_sockets),
         config: c.cfg.clone(),
@@ -297,6 +298,7 @@ fn start_dhcp(
         bus: c.bus.clone(),
         node: c.node.clone(),
         metrics,
+        pools,
         progress: c.health.worker("dhcp", Duration::from_secs(5)),
         shutdown: c.shutdown.clone(),
     };

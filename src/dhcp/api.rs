@@ -1,6 +1,8 @@
 //! `GET /api/v1/leases` (filters `mac`, `ip`, `hostname`, `subnet`, `state`; paged with
 //! `page` from 1 and `per_page` up to 1000, sorted by address) and `GET /api/v1/leases/{ip}`,
-//! read from the in-memory index, which is what the DHCP server answers from.
+//! read from the in-memory index, which is what the DHCP server answers from; and
+//! `GET /api/v1/pools`, each pool's addresses by state as the DHCP housekeeping last counted
+//! them (see [`super::pools`]).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
+use super::pools::PoolBoard;
 use crate::lease::{hex_colon, Lease, LeaseState, LeaseStore};
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,12 +154,25 @@ async fn lease(State(store): State<Arc<LeaseStore>>, Path(ip): Path<String>) -> 
     }
 }
 
-/// The lease routes, to merge into the API router.
-pub fn router(store: Arc<LeaseStore>) -> Router {
+async fn pools(State(board): State<PoolBoard>) -> Response {
+    let usage = board.read().unwrap_or_else(|e| e.into_inner()).clone();
+    json(
+        StatusCode::OK,
+        serde_json::to_string(&usage).unwrap_or_else(|_| "[]".into()),
+    )
+}
+
+/// The lease and pool routes, to merge into the API router.
+pub fn router(store: Arc<LeaseStore>, board: PoolBoard) -> Router {
     Router::new()
         .route("/api/v1/leases", get(leases))
         .route("/api/v1/leases/{ip}", get(lease))
         .with_state(store)
+        .merge(
+            Router::new()
+                .route("/api/v1/pools", get(pools))
+                .with_state(board),
+        )
 }
 
 #[cfg(test)]

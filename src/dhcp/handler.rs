@@ -177,6 +177,11 @@ impl DhcpState {
         self.offers.len()
     }
 
+    /// Addresses with an offer outstanding (for the pool usage).
+    pub fn offered(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.offers.keys().copied()
+    }
+
     fn drop_offer(&mut self, ip: Ipv4Addr) {
         if let Some(o) = self.offers.remove(&ip) {
             if self.offer_by_client.get(&o.key) == Some(&ip) {

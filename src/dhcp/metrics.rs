@@ -47,6 +47,8 @@ pub struct DhcpMetrics {
     pub leases_active: Gauge,
     pub pool_size: Family<SubnetLabel, Gauge>,
     pub pool_utilization: Family<SubnetLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per pool and address state (see [`super::pools`]).
+    pub pool_addresses: Family<super::pools::PoolLabels, Gauge>,
     pub ack_latency: Histogram,
     /// With HA: how each wait for the standby before a DHCPACK ended.
     pub replication: Family<OutcomeLabel, Counter>,
@@ -69,6 +71,7 @@ impl Default for DhcpMetrics {
             leases_active: Gauge::default(),
             pool_size: Family::default(),
             pool_utilization: Family::default(),
+            pool_addresses: Family::default(),
             ack_latency: Histogram::new([
                 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5,
             ]),
@@ -123,6 +126,11 @@ impl DhcpMetrics {
             "dhcp_pool_utilization",
             "Share of a subnet's pool addresses held by active leases (0..1)",
             self.pool_utilization.clone(),
+        );
+        r.register(
+            "dhcp_pool_addresses",
+            "Addresses of a pool by state: active, declined (held back), offered, reserved, free",
+            self.pool_addresses.clone(),
         );
         r.register(
             "dhcp_ack_latency_seconds",

@@ -5,7 +5,8 @@
 //! `server` is the thin shell around it: the group commit before each DHCPACK and
 //! replication to the standby, with `sockets` (opened before the capability drop),
 //! `ratelimit` and `metrics` beside it; `announce` publishes lease events
-//! once they are durable. `api` lists leases.
+//! once they are durable. `pools` counts how full each pool is. `api` lists leases and
+//! pools.
 
 pub mod alloc;
 pub mod announce;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod options;
 pub mod packet;
 pub mod plan;
+pub mod pools;
 pub mod ratelimit;
 mod reply;
 pub mod server;

@@ -11,7 +11,6 @@
 //! - Lock order: handler state, then the lease index. Nobody takes them the other way round.
 //! - Malformed input is counted by reason and logged at debug; it never stops the loop.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
@@ -27,11 +26,12 @@ use super::announce::Announcer;
 use super::handler::{handle, DhcpState, Ingress};
 use super::packet::{self, Dest, Reply};
 use super::plan::Plan;
+use super::pools::{self, PoolBoard};
 use crate::config::Config;
 use crate::events::{Event, EventBus, EventData, EventKind};
 use crate::ha::HaState;
 use crate::health::Progress;
-use crate::lease::{Lease, LeaseStore, Replication};
+use crate::lease::{LeaseStore, Replication};
 use crate::pktinfo;
 
 use super::metrics::{
@@ -55,6 +55,8 @@ pub struct DhcpServer {
     pub bus: EventBus,
     pub node: String,
     pub metrics: DhcpMetrics,
+    /// Where the housekeeping leaves the pool usage for the API.
+    pub pools: PoolBoard,
     pub progress: Progress,
     pub shutdown: CancellationToken,
 }
@@ -71,6 +73,7 @@ struct Shared {
     announce: Announcer,
     node: String,
     metrics: DhcpMetrics,
+    pools: PoolBoard,
     client_port: u16,
     relay_port: u16,
 }
@@ -100,6 +103,7 @@ impl DhcpServer {
             announce: Announcer::start(self.bus.clone()),
             node: self.node.clone(),
             metrics: self.metrics.clone(),
+            pools: self.pools.clone(),
             client_port: port.saturating_add(1),
             relay_port: port,
         });
@@ -497,34 +501,37 @@ fn apply_config(sh: &Shared, cfg: &Config, now_ms: u64) {
     );
 }
 
-/// Reloads the interface table and updates the lease and pool gauges. The allocator is not
-/// rebuilt here: a pass over a large pool under the locks would stall the receive path, and
-/// the allocator confirms every candidate with the index and rebuilds itself when a pool
-/// looks full, which is the only time stale "taken" bits matter.
+/// Reloads the interface table and updates the lease and pool gauges and the pool usage.
+/// The allocator is not rebuilt here: a pass over a large pool under the locks would stall
+/// the receive path, and the allocator confirms every candidate with the index and rebuilds
+/// itself when a pool looks full, which is the only time stale "taken" bits matter.
 fn refresh(sh: &Shared, now_ms: u64) {
     *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
     let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
     let ix = sh.store.index();
     let now_s = now_ms / 1000;
-    let mut active_by_subnet: HashMap<&str, u64> = HashMap::new();
-    let mut active = 0i64;
-    let live = |l: &&Lease| l.state == crate::lease::LeaseState::Active && l.expiry > now_s;
-    for l in ix.iter().filter(live) {
-        active += 1;
-        let in_pool = st
-            .plan
-            .subnets
-            .iter()
-            .any(|s| s.name == l.subnet && s.pool_of(l.ip).is_some());
-        if in_pool {
-            *active_by_subnet.entry(&*l.subnet).or_default() += 1;
+    let active = ix
+        .iter()
+        .filter(|l| l.state == crate::lease::LeaseState::Active && l.expiry > now_s)
+        .count();
+    let usage = pools::usage(&st.plan, ix.iter(), st.offered(), now_s);
+    drop(ix);
+    drop(st);
+    sh.metrics.leases_active.set(active as i64);
+    pools::export(&usage, &sh.metrics.pool_addresses);
+    let mut by_subnet: Vec<(&str, u64, u64)> = Vec::new();
+    for p in &usage {
+        match by_subnet.iter_mut().find(|(s, _, _)| *s == p.subnet) {
+            Some((_, size, used)) => {
+                *size += p.size;
+                *used += p.active;
+            }
+            None => by_subnet.push((&p.subnet, p.size, p.active)),
         }
     }
-    sh.metrics.leases_active.set(active);
-    for (name, size) in st.pool_sizes() {
-        let used = active_by_subnet.get(name.as_str()).copied().unwrap_or(0);
+    for (name, size, used) in by_subnet {
         let label = SubnetLabel {
-            subnet: name.clone(),
+            subnet: name.to_string(),
         };
         sh.metrics.pool_size.get_or_create(&label).set(size as i64);
         sh.metrics
@@ -536,6 +543,7 @@ fn refresh(sh: &Shared, now_ms: u64) {
                 used as f64 / size as f64
             });
     }
+    *sh.pools.write().unwrap_or_else(|e| e.into_inner()) = usage;
 }
 
 #[cfg(test)]
@@ -564,6 +572,7 @@ mod tests {
             .expect("client port");
         let (ha_tx, ha_rx) = watch::channel(HaState::Active);
         let metrics = DhcpMetrics::default();
+        let pools = PoolBoard::default();
         let shutdown = CancellationToken::new();
         let (_updates_tx, updates) = watch::channel(Arc::new(cfg.clone()));
         let server = DhcpServer {
@@ -576,6 +585,7 @@ mod tests {
             bus: EventBus::new(),
             node: "t".into(),
             metrics: metrics.clone(),
+            pools: pools.clone(),
             progress: crate::health::Health::new().worker("dhcp", Duration::from_secs(5)),
             shutdown: shutdown.clone(),
         };
@@ -604,6 +614,18 @@ mod tests {
             }
         }
         assert!(answered, "no answer while ACTIVE");
+        // The housekeeping's first pass (at start) filled the pool usage: an INFORM takes
+        // no address, so all 101 are free.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let board = loop {
+            let b = pools.read().expect("board").clone();
+            if !b.is_empty() || std::time::Instant::now() > deadline {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(board.len(), 1, "{board:?}");
+        assert_eq!((board[0].size, board[0].free), (101, 101), "{board:?}");
         ha_tx.send(HaState::Standby).expect("ha");
         for _ in 0..5 {
             client

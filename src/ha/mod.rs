@@ -54,9 +54,27 @@ impl fmt::Display for HaState {
     }
 }
 
+/// How many of its latest state changes a node keeps for `/api/v1/ha/status` (in memory: a
+/// restart starts the list again; the journal has the whole story).
+pub const TRANSITION_HISTORY: usize = 10;
+
+/// One HA state change of a node, as `athena-dhcpd status` lists them. No key is named
+/// `state` (see [`HaStatus`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HaTransition {
+    /// Unix milliseconds.
+    pub at: u64,
+    pub from: HaState,
+    pub to: HaState,
+    /// The node's epoch after the change.
+    pub epoch: u64,
+    pub reason: String,
+}
+
 /// What `/api/v1/ha/status` shows. Serialised compactly; `state` is the only key named
-/// exactly "state" (the reference keepalived check greps for `"state":"ACTIVE"`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// exactly "state" (the reference keepalived check greps for `"state":"ACTIVE"`). Read back
+/// by `athena-dhcpd status`, also from a peer one version older: fields added since default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct HaStatus {
     pub enabled: bool,
     pub node: String,
@@ -70,6 +88,17 @@ pub struct HaStatus {
     pub lease_watermark: u64,
     pub peer_lease_watermark: Option<u64>,
     pub vips: Vec<crate::vip::VipStatus>,
+    /// The peer's node name and epoch, from its last status frame.
+    #[serde(default)]
+    pub peer_node: Option<String>,
+    #[serde(default)]
+    pub peer_epoch: Option<u64>,
+    /// `[ha] peer_address` (the peer's API shares the port): where `status` asks the peer.
+    #[serde(default)]
+    pub peer_address: Option<String>,
+    /// The latest state changes, oldest first, at most [`TRANSITION_HISTORY`].
+    #[serde(default)]
+    pub transitions: Vec<HaTransition>,
 }
 
 impl HaStatus {
@@ -87,6 +116,10 @@ impl HaStatus {
             lease_watermark: 0,
             peer_lease_watermark: None,
             vips: Vec::new(),
+            peer_node: None,
+            peer_epoch: None,
+            peer_address: None,
+            transitions: Vec::new(),
         }
     }
 }

@@ -12,7 +12,7 @@
 //! before the event goes on the bus; a link is either the current one or being
 //! closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -34,7 +34,7 @@ use crate::ha::peer::{LinkError, Msg};
 use crate::ha::role::ServiceRole;
 use crate::ha::sync::{self, Applied, ApplyJob, Pending};
 use crate::ha::witness::{self, WitnessTarget};
-use crate::ha::{HaState, HaStatus};
+use crate::ha::{HaState, HaStatus, HaTransition, TRANSITION_HISTORY};
 use crate::health::{mono_ms, Health};
 use crate::lease::{LeaseLog, ReplicationRx};
 use crate::vip::VipClaims;
@@ -126,6 +126,10 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         lease_watermark: watermark,
         peer_lease_watermark: None,
         vips: Vec::new(),
+        peer_node: None,
+        peer_epoch: None,
+        peer_address: ha.peer_address.clone(),
+        transitions: Vec::new(),
     });
     let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
     let (my_tx, my_rx) = watch::channel(machine.status(watermark));
@@ -204,6 +208,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         digest_tx,
         view_tx,
         saved_epoch,
+        history: VecDeque::with_capacity(TRANSITION_HISTORY),
     };
     tokio::spawn(node.run());
     handle
@@ -253,6 +258,8 @@ struct NodeTask {
     view_tx: watch::Sender<AgreementView>,
     /// The highest epoch handed to the store to save (see [`NodeTask::save_epoch`]).
     saved_epoch: u64,
+    /// The latest state changes, for the status (bounded: a flapping node cannot grow it).
+    history: VecDeque<HaTransition>,
 }
 
 impl NodeTask {
@@ -733,6 +740,16 @@ impl NodeTask {
             self.metrics.set_state(new);
             self.metrics.epoch.set(self.m.epoch() as i64);
             let _ = self.serving_tx.send(new);
+            if self.history.len() == TRANSITION_HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(HaTransition {
+                at: crate::events::now_ms(),
+                from: old,
+                to: new,
+                epoch: self.m.epoch(),
+                reason: reason.clone(),
+            });
             tracing::info!(
                 event = kind.as_str(),
                 old_state = %old,
@@ -780,6 +797,10 @@ impl NodeTask {
             lease_watermark: wm,
             peer_lease_watermark: self.m.peer().map(|p| p.watermark),
             vips: Vec::new(),
+            peer_node: self.m.peer().map(|p| p.node.clone()),
+            peer_epoch: self.m.peer().map(|p| p.epoch),
+            peer_address: self.p.config.ha.peer_address.clone(),
+            transitions: self.history.iter().cloned().collect(),
         };
         self.status_tx.send_if_modified(|old| {
             if *old != st {

@@ -19,10 +19,10 @@ pub use claim::Want;
 pub use manager::{VipClaims, VipContext, VipMetrics};
 pub use packet::PacketSockets;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One configured VIP as `/api/v1/ha/status` shows it. No field is named `state`.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct VipStatus {
     pub name: String,
     pub address: String,
