@@ -3,10 +3,12 @@
 //!
 //! The folders are the architecture: `ha/` decides who serves, `vip/` moves the address,
 //! `dhcp/` and `lease/` hand out and remember addresses, `dns/` answers on the VIP, `hooks/`
-//! tells the outside world, `api/` shows it all. `daemon` wires them in start-up order.
+//! tells the outside world, `api/` shows it all and `cli/` reads it back for the admin
+//! commands. `daemon` wires them in start-up order.
 //! `pktinfo` is the socket plumbing DHCP and DNS share: reply from the address asked.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;

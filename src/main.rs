@@ -3,9 +3,12 @@
 //! Exit codes (documented in athena-dhcpd(8)): 0 ok; 1 runtime failure; 2 bad config or
 //! usage; 3 missing privilege or a socket that could not be opened.
 
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
+use athena_dhcpd::cli;
 use athena_dhcpd::config::{self, Config};
 use athena_dhcpd::logging::{self, LogFormat};
 use athena_dhcpd::{daemon, privileges};
@@ -44,6 +47,45 @@ enum Command {
         #[command(subcommand)]
         action: VipAction,
     },
+    /// One screen on the HA pair from the running daemons: both nodes' state, epoch and last
+    /// heartbeat, who holds each VIP, pool use, DNS rate and the latest HA transitions.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the report as JSON instead of the screen.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's leases as a table, sorted by address.
+    Leases {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this client MAC (aa:bb:cc:dd:ee:ff or with dashes).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Only this address.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Only this subnet, as configured (10.0.0.0/24).
+        #[arg(long)]
+        subnet: Option<ipnet::Ipv4Net>,
+    },
+}
+
+/// Where the admin commands find the daemon.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The node's API, e.g. http://10.0.0.1:8067 (default: the config's API address, on
+    /// loopback when it listens on every address).
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// Bearer token (default: the config's [api] read_token, else auth_token). Needed only
+    /// from another host: loopback reads without one.
+    #[arg(long)]
+    token: Option<String>,
+    /// CA certificate(s) (PEM) to trust for an https:// API.
+    #[arg(long, value_name = "PATH")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -91,7 +133,132 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(Command::Status { api, json }) => {
+            let client = match api_client(&api, &cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let report = block_on(cli::status::gather(&client, Duration::from_secs(1)));
+            match report {
+                Ok(Ok(r)) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", cli::status::render(&r, r.taken_at));
+                    }
+                    if r.problems.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(EXIT_RUNTIME)
+                    }
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+                Err(code) => code,
+            }
+        }
+        Some(Command::Leases {
+            api,
+            mac,
+            ip,
+            subnet,
+        }) => {
+            let client = match api_client(&api, &cli.config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let filter = athena_dhcpd::dhcp::api::LeaseQuery {
+                mac,
+                ip: ip.map(|a| a.to_string()),
+                subnet: subnet.map(|n| n.to_string()),
+                ..Default::default()
+            };
+            match block_on(cli::leases::fetch(&client, &filter)) {
+                Ok(Ok(leases)) => {
+                    print!(
+                        "{}",
+                        cli::leases::render(&leases, athena_dhcpd::events::now_ms())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+                Err(code) => code,
+            }
+        }
         None => run_daemon(cli.config, cli.log_format),
+    }
+}
+
+/// Runs an admin command's requests on a small runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> Result<T, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Ok(rt.block_on(f)),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            Err(ExitCode::from(EXIT_RUNTIME))
+        }
+    }
+}
+
+/// The API client of an admin command: `--api`/`--token` win; otherwise the config says
+/// where the API listens and which token to send. Without `--api` the config must load.
+fn api_client(args: &ApiArgs, config_path: &Path) -> Result<cli::client::ApiClient, ExitCode> {
+    let cfg = config::load(config_path);
+    let base = match (&args.api, &cfg) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(c)) => match c.api_listen() {
+            Some(addr) => format!("http://{}", loopback_if_unspecified(addr)),
+            None => {
+                eprintln!(
+                    "error: {}: the API is off ([api] enabled = false); nothing to ask",
+                    config_path.display()
+                );
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        (None, Err(e)) => {
+            eprintln!("error: {e}");
+            eprintln!("give the node's API with --api URL, or a config that loads with --config");
+            return Err(ExitCode::from(EXIT_CONFIG));
+        }
+    };
+    let token = args.token.clone().or_else(|| {
+        let c = cfg.as_ref().ok()?;
+        c.api
+            .read_token
+            .clone()
+            .or_else(|| c.api.auth_token.clone())
+    });
+    cli::client::ApiClient::new(
+        &base,
+        token,
+        args.ca_file.as_deref(),
+        Duration::from_secs(5),
+    )
+    .map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+/// The API on every address is reached on loopback, where no token is needed.
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), addr.port())
+        }
+        _ => addr,
     }
 }
 

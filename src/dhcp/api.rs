@@ -4,6 +4,7 @@
 //! `GET /api/v1/pools`, each pool's addresses by state as the DHCP housekeeping last counted
 //! them (see [`super::pools`]).
 
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -17,26 +18,34 @@ use serde::{Deserialize, Serialize};
 use super::pools::PoolBoard;
 use crate::lease::{hex_colon, Lease, LeaseState, LeaseStore};
 
-#[derive(Debug, Default, Deserialize)]
+/// The filters and page of `GET /api/v1/leases` (also what `athena-dhcpd leases` sends).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 pub struct LeaseQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub page: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub per_page: Option<usize>,
 }
 
 /// A lease as the API shows it: MAC and client-id as text, state in lower case.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub struct LeaseView {
     pub ip: Ipv4Addr,
     pub mac: String,
     pub client_id: Option<String>,
     pub hostname: Option<String>,
     pub subnet: String,
-    pub state: &'static str,
+    pub state: Cow<'static, str>,
     pub start: u64,
     pub expiry: u64,
     pub updated_ms: u64,
@@ -62,7 +71,7 @@ impl From<&Lease> for LeaseView {
             client_id: l.client_id.as_deref().map(hex_colon),
             hostname: l.hostname.clone(),
             subnet: l.subnet.to_string(),
-            state: state_name(l.state),
+            state: Cow::Borrowed(state_name(l.state)),
             start: l.start,
             expiry: l.expiry,
             updated_ms: l.updated_ms,
@@ -72,7 +81,7 @@ impl From<&Lease> for LeaseView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LeasePage {
     pub total: usize,
     pub page: usize,

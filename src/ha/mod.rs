@@ -93,7 +93,8 @@ pub struct HaStatus {
     pub peer_node: Option<String>,
     #[serde(default)]
     pub peer_epoch: Option<u64>,
-    /// `[ha] peer_address` (the peer's API shares the port): where `status` asks the peer.
+    /// `[ha] peer_address` as host:port (the peer's API shares the port): where `status`
+    /// asks the peer.
     #[serde(default)]
     pub peer_address: Option<String>,
     /// The latest state changes, oldest first, at most [`TRANSITION_HISTORY`].

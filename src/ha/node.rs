@@ -128,7 +128,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         vips: Vec::new(),
         peer_node: None,
         peer_epoch: None,
-        peer_address: ha.peer_address.clone(),
+        peer_address: ha.peer_socket_addr().map(|a| a.to_string()),
         transitions: Vec::new(),
     });
     let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
@@ -799,7 +799,7 @@ impl NodeTask {
             vips: Vec::new(),
             peer_node: self.m.peer().map(|p| p.node.clone()),
             peer_epoch: self.m.peer().map(|p| p.epoch),
-            peer_address: self.p.config.ha.peer_address.clone(),
+            peer_address: self.p.config.ha.peer_socket_addr().map(|a| a.to_string()),
             transitions: self.history.iter().cloned().collect(),
         };
         self.status_tx.send_if_modified(|old| {

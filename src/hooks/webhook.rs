@@ -38,7 +38,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// hyper's client error says only "client error (Connect)"; the cause (refused, TLS
 /// certificate unknown, ...) is further down the chain and is what an admin needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
