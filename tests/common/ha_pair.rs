@@ -42,3 +42,25 @@ pub fn epoch(lab: &Lab, n: Node) -> u64 {
         .and_then(|s| s["epoch"].as_u64())
         .unwrap_or(u64::MAX)
 }
+
+/// The full product as a pair (VIP, DNS and DHCP on both nodes, [`NodeOpts::default`]):
+/// A ACTIVE holding the VIP, B STANDBY, linked.
+pub fn full_pair(tag: &str) -> Lab {
+    let mut lab = Lab::new(tag);
+    let opts = NodeOpts::default();
+    lab.start(Node::A, &opts);
+    lab.start(Node::B, &opts);
+    lab.wait_for(
+        "A ACTIVE with the VIP and B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            let a = l.ha_status(Node::A);
+            let b = l.ha_status(Node::B);
+            matches!((a, b), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+                && l.vip_on(Node::A)
+        },
+    );
+    lab
+}

@@ -490,6 +490,14 @@ impl Lab {
             .opts
     }
 
+    /// The node's config file (what its daemon was started with).
+    pub fn config_path(&self, node: Node) -> &Path {
+        &self.nodes[node.idx()]
+            .as_ref()
+            .expect("node configured")
+            .config
+    }
+
     /// Sends a signal to the node's daemon.
     pub fn signal(&self, node: Node, sig: i32) {
         let pid = self
