@@ -35,6 +35,8 @@ pub struct HaMetrics {
     /// Keys whose values differ from the peer's config; 0 when they agree.
     pub(crate) config_mismatch: Gauge,
     pub(crate) replicated: Counter,
+    /// 1 while the peer link is up (what the "peer lost" alert watches).
+    pub(crate) peer_connected: Gauge,
 }
 
 impl HaMetrics {
@@ -81,6 +83,11 @@ impl HaMetrics {
             "replicated_batches",
             "Lease batches acknowledged by the peer",
             self.replicated.clone(),
+        );
+        r.register(
+            "peer_connected",
+            "1 while the link to the peer is up",
+            self.peer_connected.clone(),
         );
     }
 

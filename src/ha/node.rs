@@ -781,6 +781,7 @@ impl NodeTask {
         let wm = self.watermark();
         let _ = self.my_tx.send(self.m.status(wm));
         let connected = self.link.is_some() && self.m.link_up();
+        self.metrics.peer_connected.set(i64::from(connected));
         let st = HaStatus {
             enabled: true,
             node: self.p.node.clone(),
