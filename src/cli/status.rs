@@ -210,7 +210,7 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
                 // What this node knows of its peer, from the peer link.
                 let _ = writeln!(
                     s,
-                    "{:<10} {:<10} {:<8} {:>6} {:>10}  {:<5} {}",
+                    "{:<10} {:<10} {:<8} {:>6} {:>10}  {:<5} ?",
                     n.peer_node.as_deref().unwrap_or("(peer)"),
                     "?",
                     n.peer_state.map_or("?".to_string(), |st| st.to_string()),
@@ -218,7 +218,6 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
                     n.peer_lease_watermark
                         .map_or("?".to_string(), |w| w.to_string()),
                     if n.peer_connected { "up" } else { "down" },
-                    "?"
                 );
             }
         }
