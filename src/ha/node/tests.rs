@@ -313,10 +313,9 @@ async fn a_late_tie_break_swap_loses_neither_replication_nor_a_handoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_path_hands_off_before_returning() {
     let (a, b) = pair(SECRET).await;
-    wait_until("A ACTIVE, B STANDBY", Duration::from_secs(5), || {
-        state(&a) == HaState::Active && state(&b) == HaState::Standby
-    })
-    .await;
+    // Both views, not only both states: A hands off only to a peer it has seen STANDBY, and
+    // right after the connect its view of B may still be the SYNCING of the bulk sync.
+    settled(&a, &b).await;
     a.h.shutdown(Duration::from_secs(3)).await;
     // By the time shutdown returns, B already serves.
     assert_eq!(state(&b), HaState::Active);
@@ -464,4 +463,50 @@ async fn next_event(
             _ => panic!("no {kind} event"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_keeps_the_last_ten_transitions_with_their_reasons() {
+    let (a, b) = pair(SECRET).await;
+    settled(&a, &b).await;
+    // Twelve handoffs, alternating: each is one transition on each node, so A has made
+    // more than ten by the end.
+    for i in 0..12 {
+        let (from, to) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        // Each end sees the other's new state first (a handoff needs a standby peer).
+        wait_until("the views agree", Duration::from_secs(5), || {
+            let (sf, st) = (from.h.status.borrow().clone(), to.h.status.borrow().clone());
+            sf.state == HaState::Active
+                && st.state == HaState::Standby
+                && sf.peer_state == Some(HaState::Standby)
+                && st.peer_state == Some(HaState::Active)
+        })
+        .await;
+        from.h.failover().await.expect("handoff");
+    }
+    assert_eq!((state(&a), state(&b)), (HaState::Active, HaState::Standby));
+    let st = a.h.status.borrow().clone();
+    assert_eq!(
+        st.transitions.len(),
+        crate::ha::TRANSITION_HISTORY,
+        "{st:?}"
+    );
+    assert!(
+        st.transitions.windows(2).all(|w| w[0].at <= w[1].at),
+        "{st:?}"
+    );
+    let last = st.transitions.last().expect("a transition");
+    assert_eq!((last.from, last.to), (HaState::Standby, HaState::Active));
+    assert_eq!(last.epoch, st.epoch);
+    assert_eq!(last.reason, "handoff from node-b (API request)");
+    let before = &st.transitions[st.transitions.len() - 2];
+    assert_eq!(
+        (before.from, before.to),
+        (HaState::Active, HaState::Standby)
+    );
+    assert!(!before.reason.is_empty());
+    assert_eq!(st.peer_node.as_deref(), Some("node-b"));
+    assert_eq!(st.peer_epoch, Some(b.h.status.borrow().epoch));
+    a.stop.cancel();
+    b.stop.cancel();
 }
