@@ -7,9 +7,9 @@
 //! last result, so they always agree.
 //!
 //! Each address counts once, in the first state that applies, in the order of
-//! [`AddrState::ALL`]: a reserved address with an active lease is `active`.
+//! [`AddrState::ALL`]: a reserved address with an active lease is `active`, an offered one
+//! `offered`.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 
 use super::plan::Plan;
-use crate::lease::{Lease, LeaseState};
+use crate::lease::{Lease, LeaseIndex, LeaseState};
 
 /// The state of one pool address, as the metric's `state` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -102,41 +102,11 @@ impl PoolUsage {
 pub type PoolBoard = Arc<RwLock<Vec<PoolUsage>>>;
 
 /// Usage of every pool in `plan`, in config order. `offered`: addresses with an offer
-/// outstanding. Cost: one pass over the leases and the offers, plus one per pool.
-pub fn usage<'a>(
-    plan: &Plan,
-    leases: impl Iterator<Item = &'a Lease>,
-    offered: impl Iterator<Item = Ipv4Addr>,
-    now_s: u64,
-) -> Vec<PoolUsage> {
-    let mut taken: HashMap<Ipv4Addr, AddrState> = HashMap::new();
-    let mut note = |ip: Ipv4Addr, s: AddrState| {
-        taken
-            .entry(ip)
-            .and_modify(|old| {
-                if rank(s) < rank(*old) {
-                    *old = s;
-                }
-            })
-            .or_insert(s);
-    };
-    for l in leases.filter(|l| l.expiry > now_s) {
-        match l.state {
-            LeaseState::Active => note(l.ip, AddrState::Active),
-            LeaseState::Declined => note(l.ip, AddrState::Declined),
-            LeaseState::Released | LeaseState::Expired => {}
-        }
-    }
-    for ip in offered {
-        note(ip, AddrState::Offered);
-    }
-    for s in &plan.subnets {
-        for ip in s.reserved.keys() {
-            note(*ip, AddrState::Reserved);
-        }
-    }
+/// outstanding (each once). One pass over the index, whose addresses are unique, with no
+/// allocation per lease: the caller holds the index lock the DHCP path also needs.
+pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) -> Vec<PoolUsage> {
     let mut out: Vec<PoolUsage> = Vec::new();
-    // Where each pool's entry is, to place an address without a scan over all pools.
+    // Where each subnet's first pool is in `out`.
     let mut first_of_subnet = Vec::with_capacity(plan.subnets.len());
     for s in &plan.subnets {
         first_of_subnet.push(out.len());
@@ -154,27 +124,46 @@ pub fn usage<'a>(
             });
         }
     }
-    for (ip, st) in taken {
+    let mut count = |ip: Ipv4Addr, st: AddrState| {
         let Some(si) = plan.subnet_of(ip) else {
-            continue;
+            return;
         };
         let x = u32::from(ip);
-        let Some(pi) = plan.subnets[si]
+        if let Some(pi) = plan.subnets[si]
             .pools
             .iter()
             .position(|(a, b)| *a <= x && x <= *b)
-        else {
-            continue;
-        };
-        let p = &mut out[first_of_subnet[si] + pi];
-        *p.count_mut(st) += 1;
-        p.free -= 1;
+        {
+            let p = &mut out[first_of_subnet[si] + pi];
+            *p.count_mut(st) += 1;
+            p.free = p.free.saturating_sub(1);
+        }
+    };
+    let held = |l: &Lease| match l.state {
+        _ if l.expiry <= now_s => None,
+        LeaseState::Active => Some(AddrState::Active),
+        LeaseState::Declined => Some(AddrState::Declined),
+        LeaseState::Released | LeaseState::Expired => None,
+    };
+    for l in index.iter() {
+        if let Some(st) = held(l) {
+            count(l.ip, st);
+        }
+    }
+    let leased = |ip: Ipv4Addr| index.get(ip).and_then(held).is_some();
+    for ip in offered {
+        if !leased(*ip) {
+            count(*ip, AddrState::Offered);
+        }
+    }
+    for s in &plan.subnets {
+        for ip in s.reserved.keys() {
+            if !leased(*ip) && !offered.contains(ip) {
+                count(*ip, AddrState::Reserved);
+            }
+        }
     }
     out
-}
-
-fn rank(s: AddrState) -> usize {
-    AddrState::ALL.iter().position(|x| *x == s).unwrap_or(0)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,6 +232,14 @@ mod tests {
         }
     }
 
+    fn index(leases: impl IntoIterator<Item = Lease>) -> LeaseIndex {
+        let mut ix = LeaseIndex::new();
+        for l in leases {
+            ix.upsert(l);
+        }
+        ix
+    }
+
     #[test]
     fn each_pool_address_counts_once_in_its_first_state() {
         let leases = [
@@ -257,7 +254,7 @@ mod tests {
             lease(200, LeaseState::Active, 100),
         ];
         let offered = [Ipv4Addr::new(10, 0, 0, 106), Ipv4Addr::new(10, 0, 0, 100)];
-        let u = usage(&plan(), leases.iter(), offered.into_iter(), 50);
+        let u = usage(&plan(), &index(leases), &offered, 50);
         assert_eq!(
             u,
             vec![
@@ -290,8 +287,8 @@ mod tests {
     fn the_metric_has_every_state_of_every_pool() {
         let u = usage(
             &plan(),
-            [lease(100, LeaseState::Active, 100)].iter(),
-            std::iter::empty(),
+            &index([lease(100, LeaseState::Active, 100)]),
+            &[],
             50,
         );
         let family = Family::<PoolLabels, Gauge>::default();

@@ -510,11 +510,9 @@ fn refresh(sh: &Shared, now_ms: u64) {
     let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
     let ix = sh.store.index();
     let now_s = now_ms / 1000;
-    let active = ix
-        .iter()
-        .filter(|l| l.state == crate::lease::LeaseState::Active && l.expiry > now_s)
-        .count();
-    let usage = pools::usage(&st.plan, ix.iter(), st.offered(), now_s);
+    let active = ix.active_count(now_s);
+    let offered: Vec<_> = st.offered().collect();
+    let usage = pools::usage(&st.plan, &ix, &offered, now_s);
     drop(ix);
     drop(st);
     sh.metrics.leases_active.set(active as i64);

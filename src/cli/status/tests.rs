@@ -59,7 +59,9 @@ fn pools() -> Vec<PoolUsage> {
         updated_ms: 0,
         relay_info: None,
     };
-    crate::dhcp::pools::usage(&plan, [lease].iter(), std::iter::empty(), NOW / 1000)
+    let mut index = crate::lease::LeaseIndex::new();
+    index.upsert(lease);
+    crate::dhcp::pools::usage(&plan, &index, &[], NOW / 1000)
 }
 
 fn healthy_pair() -> StatusReport {
