@@ -91,6 +91,9 @@ config() {  # NODE(a|b)
 node_name = "node-$n"
 lease_db = "$WORK/$n/leases.redb"
 
+[api]
+read_token = "demo-read-token-0123456789"   # for athena-dhcpd status off loopback
+
 [ha]
 enabled = true
 role = "$role"
@@ -215,6 +218,8 @@ say "timeline"
 grep '^summary' "$WORK/probe.txt" | sed 's/^summary /client: /; s/ first_fail=.*//'
 echo "node A: $( [ -z "$(ip -n "$A" -br -4 addr show dev eth0 | grep -o "$VIP/24")" ] && echo "no VIP" || echo "still has the VIP in its kernel (stale until restart; the switch now sends to B)")"
 echo "node B: $(state_of b), $(ip -n "$B" -br -4 addr show dev eth0 | grep -q "$VIP/24" && echo "holds $VIP/24")"
+say "athena-dhcpd status on node B"
+ip netns exec "$B" "$BIN" status --config "$WORK/b.toml" || true
 say "node B's log since the kill (HA and VIP lines)"
 awk -v t0="$t0" '{ cmd = "date -d " $1 " +%s.%N"; cmd | getline t; close(cmd); if (t >= t0) print }' \
   <(grep -E 'HA |peer|floating IP' "$WORK/b.log") | cut -c1-200
