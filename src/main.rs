@@ -47,8 +47,11 @@ enum Command {
         #[command(subcommand)]
         action: VipAction,
     },
-    /// One screen on the HA pair from the running daemons: both nodes' state, epoch and last
-    /// heartbeat, who holds each VIP, pool use, DNS rate and the latest HA transitions.
+    /// One screen on the HA pair: nodes, VIPs, pools, DNS rate, latest HA transitions.
+    ///
+    /// Read from the running daemons' API: both nodes' state, epoch and last heartbeat, who
+    /// holds each VIP, each pool's use, DNS queries per second and cache hit rate (sampled
+    /// for a second) and the pair's latest 10 HA transitions with their reasons.
     Status {
         #[command(flatten)]
         api: ApiArgs,
