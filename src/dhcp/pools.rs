@@ -174,8 +174,22 @@ pub struct PoolLabels {
 }
 
 /// Sets `athena_dhcp_pool_addresses` from `usage`, every state of every pool (zeros too, so
-/// a query such as "free / size" never lacks a series).
-pub fn export(usage: &[PoolUsage], family: &Family<PoolLabels, Gauge>) {
+/// a query such as "free / size" never lacks a series). `before`: the last usage exported;
+/// when a reloaded config changed the pools, the series of pools that are gone are removed.
+pub fn export(usage: &[PoolUsage], before: &[PoolUsage], family: &Family<PoolLabels, Gauge>) {
+    for gone in before.iter().filter(|b| {
+        !usage
+            .iter()
+            .any(|p| p.subnet == b.subnet && p.pool == b.pool)
+    }) {
+        for s in AddrState::ALL {
+            family.remove(&PoolLabels {
+                subnet: gone.subnet.clone(),
+                pool: gone.pool.clone(),
+                state: s.as_str(),
+            });
+        }
+    }
     for p in usage {
         for s in AddrState::ALL {
             family
@@ -292,7 +306,11 @@ mod tests {
             50,
         );
         let family = Family::<PoolLabels, Gauge>::default();
-        export(&u, &family);
+        // A pool of an earlier config, gone since: its series go.
+        let mut old = u.clone();
+        old[1].pool = "10.0.0.50-10.0.0.59".into();
+        export(&old, &[], &family);
+        export(&u, &old, &family);
         let mut reg = prometheus_client::registry::Registry::with_prefix("athena");
         reg.register("dhcp_pool_addresses", "test", family);
         let mut text = String::new();
@@ -301,6 +319,11 @@ mod tests {
             let line = format!("athena_dhcp_pool_addresses{{subnet=\"10.0.0.0/24\",pool=\"10.0.0.100-10.0.0.109\",state=\"{state}\"}} {n}");
             assert!(text.contains(&line), "no {line:?} in:\n{text}");
         }
-        assert_eq!(text.matches("athena_dhcp_pool_addresses{").count(), 10);
+        assert_eq!(
+            text.matches("athena_dhcp_pool_addresses{").count(),
+            10,
+            "{text}"
+        );
+        assert!(!text.contains("10.0.0.50-10.0.0.59"), "{text}");
     }
 }

@@ -516,7 +516,8 @@ fn refresh(sh: &Shared, now_ms: u64) {
     drop(ix);
     drop(st);
     sh.metrics.leases_active.set(active as i64);
-    pools::export(&usage, &sh.metrics.pool_addresses);
+    let mut board = sh.pools.write().unwrap_or_else(|e| e.into_inner());
+    pools::export(&usage, &board, &sh.metrics.pool_addresses);
     let mut by_subnet: Vec<(&str, u64, u64)> = Vec::new();
     for p in &usage {
         match by_subnet.iter_mut().find(|(s, _, _)| *s == p.subnet) {
@@ -541,7 +542,7 @@ fn refresh(sh: &Shared, now_ms: u64) {
                 used as f64 / size as f64
             });
     }
-    *sh.pools.write().unwrap_or_else(|e| e.into_inner()) = usage;
+    *board = usage;
 }
 
 #[cfg(test)]
