@@ -91,6 +91,16 @@ fn status_shows_the_real_pair_and_leases_lists_a_real_clients_lease() {
         screen.contains("pair: one node serves (this one)"),
         "{screen}"
     );
+    // The lab's nodes differ on purpose in one key: who.lab.test answers with each node's
+    // own address, so a DNS reply says who answered.
+    assert!(
+        screen.contains("config: DIFFERS from node-b's in dns"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("  dns.record[0].value: 192.0.2.1 here, 192.0.2.2 on node-b"),
+        "{screen}"
+    );
     let vip = words(line_with(&screen, "dns-vip "));
     assert_eq!(
         vip[..4],
@@ -138,6 +148,10 @@ fn status_shows_the_real_pair_and_leases_lists_a_real_clients_lease() {
     let pools = r.pools.as_ref().expect("pools");
     assert_eq!((pools[0].size, pools[0].active), (100, 1));
     assert!(r.dns.is_some() && r.problems.is_empty(), "{r:?}");
+    let config = r.config.as_ref().expect("config agreement");
+    assert_eq!(config.agreed, Some(false), "{config:?}");
+    assert_eq!(config.peer.as_deref(), Some("node-b"));
+    assert_eq!(config.differences.len(), 1, "{config:?}");
 
     // leases, on the active node and (replicated) on the standby.
     for node in [Node::A, Node::B] {

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::client::{ApiClient, ClientError};
 use super::{ago, clock, utc_datetime};
 use crate::dhcp::pools::PoolUsage;
+use crate::ha::agreement::AgreementView;
 use crate::ha::{HaStatus, HaTransition, TRANSITION_HISTORY};
 
 /// Everything the screen shows, as fetched.
@@ -34,6 +35,9 @@ pub struct StatusReport {
     pub pools: Option<Vec<PoolUsage>>,
     /// `None`: DNS is off here (or could not be read).
     pub dns: Option<DnsSample>,
+    /// Do both nodes serve one config? `None` with HA off (or a daemon without the check).
+    #[serde(default)]
+    pub config: Option<AgreementView>,
     /// Parts of the screen that could not be read (a missing token, an error).
     pub problems: Vec<String>,
 }
@@ -124,11 +128,27 @@ pub async fn gather(api: &ApiClient, sample: Duration) -> Result<StatusReport, C
         let t = Instant::now();
         (api.get::<DnsStatsWire>("/api/v1/dns/stats").await, t)
     };
-    let (peer, pools, (dns_before, t0)) = tokio::join!(
+    let config_fut = async {
+        match node.enabled {
+            true => Some(api.get::<AgreementView>("/api/v1/ha/config").await),
+            false => None,
+        }
+    };
+    let (peer, pools, (dns_before, t0), config) = tokio::join!(
         peer_fut,
         api.get::<Vec<PoolUsage>>("/api/v1/pools"),
-        dns_before
+        dns_before,
+        config_fut
     );
+    let config = match config {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) if e.is_not_found() => None,
+        Some(Err(e)) => {
+            problems.push(format!("config agreement: {e}"));
+            None
+        }
+        None => None,
+    };
     let (peer, peer_error) = match peer {
         Some(Ok(p)) => (Some(p), None),
         Some(Err(e)) => (None, Some(e.to_string())),
@@ -173,6 +193,7 @@ pub async fn gather(api: &ApiClient, sample: Duration) -> Result<StatusReport, C
         peer_error,
         pools,
         dns,
+        config,
         problems,
     })
 }
@@ -225,6 +246,9 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
             let _ = writeln!(s, "  peer API: {e}");
         }
         pair_verdict(&mut s, r);
+        if let Some(c) = &r.config {
+            config_lines(&mut s, c);
+        }
     }
 
     if !n.vips.is_empty() {
@@ -375,6 +399,43 @@ fn pair_verdict(s: &mut String, r: &StatusReport) {
         (_, None) => "pair: this node does not serve and the peer's state is unknown",
     };
     let _ = writeln!(s, "{line}");
+}
+
+/// Differences listed on the screen; `--json` and `/api/v1/ha/config` have them all.
+const DIFFERENCES_SHOWN: usize = 3;
+
+/// Whether both nodes serve one config, and the first differences when not.
+fn config_lines(s: &mut String, c: &AgreementView) {
+    let peer = c.peer.as_deref().unwrap_or("the peer");
+    match c.agreed {
+        Some(true) => {
+            let _ = writeln!(s, "config: both nodes serve the same config");
+        }
+        Some(false) => {
+            let _ = writeln!(
+                s,
+                "config: DIFFERS from {peer}'s in {}",
+                if c.differing_sections.is_empty() {
+                    "?".to_string()
+                } else {
+                    c.differing_sections.join(", ")
+                }
+            );
+            for d in c.differences.iter().take(DIFFERENCES_SHOWN) {
+                let _ = writeln!(s, "  {}", shorten(&d.describe(peer), 100));
+            }
+            if c.differences.len() > DIFFERENCES_SHOWN {
+                let _ = writeln!(
+                    s,
+                    "  and {} more (GET /api/v1/ha/config)",
+                    c.differences.len() - DIFFERENCES_SHOWN
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(s, "config: not compared yet (no peer digest)");
+        }
+    }
 }
 
 /// Both nodes' transitions, oldest first, the latest [`TRANSITION_HISTORY`].

@@ -6,7 +6,7 @@
 //! key with both values. When the digests agree again the mismatch is cleared. The peer's
 //! entries are asked for once per digest it announces, so a mismatch costs one exchange.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigDigest, Difference, SharedConfig};
 
@@ -25,8 +25,8 @@ pub enum AgreementAction {
     Agreed,
 }
 
-/// What `/api/v1/ha/config` and the status show.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What `/api/v1/ha/config` and the status show (read back by `athena-dhcpd status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgreementView {
     pub digest: ConfigDigest,
     /// This node's shared entries (what `check-config --peer` compares a file with).

@@ -4,6 +4,8 @@
 use std::net::Ipv4Addr;
 
 use super::*;
+use crate::config::Difference;
+use crate::ha::agreement::AgreementView;
 use crate::ha::HaState;
 use crate::lease::{Lease, LeaseState};
 use crate::vip::VipStatus;
@@ -113,6 +115,11 @@ fn healthy_pair() -> StatusReport {
                 cache_misses: 11,
             },
         }),
+        config: Some(AgreementView {
+            peer: Some("node-b".into()),
+            agreed: Some(true),
+            ..Default::default()
+        }),
         problems: Vec::new(),
     }
 }
@@ -154,6 +161,10 @@ fn a_healthy_pair_fits_one_screen_with_every_part() {
         ["node-b", "secondary", "STANDBY", "2"]
     );
     assert!(text.contains("pair: one node serves (this one)"), "{text}");
+    assert!(
+        text.contains("config: both nodes serve the same config"),
+        "{text}"
+    );
     assert_eq!(
         words(line_with(&text, "dns-vip ")),
         [
@@ -345,5 +356,38 @@ fn a_dns_sample_reads_the_apis_stats_shape() {
             cache_hits: 4,
             cache_misses: 5
         }
+    );
+}
+
+#[test]
+fn a_config_difference_is_named_with_both_values() {
+    let mut r = healthy_pair();
+    let difference = |i: u8| Difference {
+        key: format!("subnet 10.0.0.0/24 pool[{i}].range_end"),
+        here: Some("10.0.0.200".into()),
+        there: None,
+    };
+    r.config = Some(AgreementView {
+        peer: Some("node-b".into()),
+        differing_sections: vec!["subnets".into()],
+        differences: (0..5).map(difference).collect(),
+        agreed: Some(false),
+        ..Default::default()
+    });
+    let text = render(&through_json(&r), NOW);
+    assert!(
+        text.contains("config: DIFFERS from node-b's in subnets"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  subnet 10.0.0.0/24 pool[0].range_end: 10.0.0.200 here, (not set) on node-b"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("pool[3]"), "{text}");
+    assert!(
+        text.contains("  and 2 more (GET /api/v1/ha/config)"),
+        "{text}"
     );
 }
