@@ -218,6 +218,10 @@ fn api_client(args: &ApiArgs, config_path: &Path) -> Result<cli::client::ApiClie
     let base = match (&args.api, &cfg) {
         (Some(url), _) => url.clone(),
         (None, Ok(c)) => match c.api_listen() {
+            // With [api] tls_cert the API takes plain HTTP only from loopback.
+            Some(addr) if c.api.tls_cert.is_some() => {
+                format!("https://{}", loopback_if_unspecified(addr))
+            }
             Some(addr) => format!("http://{}", loopback_if_unspecified(addr)),
             None => {
                 eprintln!(
@@ -240,16 +244,18 @@ fn api_client(args: &ApiArgs, config_path: &Path) -> Result<cli::client::ApiClie
             .clone()
             .or_else(|| c.api.auth_token.clone())
     });
-    cli::client::ApiClient::new(
-        &base,
-        token,
-        args.ca_file.as_deref(),
-        Duration::from_secs(5),
+    // A self-signed API certificate is its own CA: trust the config's by default.
+    let config_cert = cfg.as_ref().ok().and_then(|c| c.api.tls_cert.clone());
+    let ca_file = args
+        .ca_file
+        .clone()
+        .or(config_cert.filter(|_| base.starts_with("https://")));
+    cli::client::ApiClient::new(&base, token, ca_file.as_deref(), Duration::from_secs(5)).map_err(
+        |e| {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        },
     )
-    .map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_CONFIG)
-    })
 }
 
 /// The API on every address is reached on loopback, where no token is needed.
