@@ -85,6 +85,7 @@ mod tests {
             expiry: now_s + 3540,
             updated_ms: 0,
             relay_info: None,
+            classes: Vec::new(),
         };
         let leases = vec![
             lease(120, None, LeaseState::Declined),

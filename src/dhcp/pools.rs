@@ -110,7 +110,8 @@ pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) 
     let mut first_of_subnet = Vec::with_capacity(plan.subnets.len());
     for s in &plan.subnets {
         first_of_subnet.push(out.len());
-        for (a, b) in &s.pools {
+        for pool in &s.pools {
+            let (a, b) = (&pool.start, &pool.end);
             let size = u64::from(b.saturating_sub(*a)) + 1;
             out.push(PoolUsage {
                 subnet: s.name.to_string(),
@@ -132,7 +133,7 @@ pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) 
         if let Some(pi) = plan.subnets[si]
             .pools
             .iter()
-            .position(|(a, b)| *a <= x && x <= *b)
+            .position(|p| p.start <= x && x <= p.end)
         {
             let p = &mut out[first_of_subnet[si] + pi];
             *p.count_mut(st) += 1;
@@ -243,6 +244,7 @@ mod tests {
             expiry,
             updated_ms: 0,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

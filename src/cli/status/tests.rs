@@ -60,6 +60,7 @@ fn pools() -> Vec<PoolUsage> {
         expiry: u64::MAX,
         updated_ms: 0,
         relay_info: None,
+        classes: Vec::new(),
     };
     let mut index = crate::lease::LeaseIndex::new();
     index.upsert(lease);
