@@ -120,6 +120,7 @@ fn main() -> anyhow::Result<()> {
             garp_count: 1,
             garp_interval: Dur(Duration::from_secs(1)),
             garp_refresh: None,
+            peer: None,
         };
         let bus = EventBus::new();
         let (role_tx, role_rx) = role::channel();

@@ -53,6 +53,9 @@ pub enum EventKind {
     /// They agree again after a mismatch.
     #[serde(rename = "ha.config_agreed")]
     HaConfigAgreed,
+    /// One path to the peer went quiet while another still carries its heartbeats.
+    #[serde(rename = "ha.path_down")]
+    HaPathDown,
     #[serde(rename = "vip.claimed")]
     VipClaimed,
     #[serde(rename = "vip.released")]
@@ -65,7 +68,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the docs and config errors list them.
-    pub const ALL: [EventKind; 19] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::LeaseDiscover,
         EventKind::LeaseOffer,
         EventKind::LeaseAck,
@@ -81,6 +84,7 @@ impl EventKind {
         EventKind::HaSplitBrain,
         EventKind::HaConfigMismatch,
         EventKind::HaConfigAgreed,
+        EventKind::HaPathDown,
         EventKind::VipClaimed,
         EventKind::VipReleased,
         EventKind::VipConflict,
@@ -105,6 +109,7 @@ impl EventKind {
             EventKind::HaSplitBrain => "ha.split_brain",
             EventKind::HaConfigMismatch => "ha.config_mismatch",
             EventKind::HaConfigAgreed => "ha.config_agreed",
+            EventKind::HaPathDown => "ha.path_down",
             EventKind::VipClaimed => "vip.claimed",
             EventKind::VipReleased => "vip.released",
             EventKind::VipConflict => "vip.conflict",

@@ -48,6 +48,7 @@ fn vip_cfg(iface: &str, count: u32, interval_ms: u64) -> VipConfig {
         garp_count: count,
         garp_interval: Dur(Duration::from_millis(interval_ms)),
         garp_refresh: None,
+        peer: None,
     }
 }
 

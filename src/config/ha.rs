@@ -53,6 +53,9 @@ pub struct HaConfig {
     /// How long the VIP witness waits for an answer before declaring the peer gone; unset,
     /// [`HaConfig::witness_timeout`] derives it from `failover_timeout`.
     pub witness_timeout: Option<Dur>,
+    /// UDP port of the datagram heartbeat path, sent to the peer on every VIP network
+    /// besides the link (0: off). The same on both nodes.
+    pub heartbeat_port: u16,
 }
 
 impl Default for HaConfig {
@@ -68,6 +71,7 @@ impl Default for HaConfig {
             preempt: true,
             max_ack_delay: Dur::millis(250),
             witness_timeout: None,
+            heartbeat_port: 8068,
         }
     }
 }

@@ -90,6 +90,10 @@ pub struct VipConfig {
     pub garp_interval: Dur,
     /// Re-announce this often while held (off when unset).
     pub garp_refresh: Option<Dur>,
+    /// The peer's address on this VIP's network, for the datagram heartbeat; unset: the
+    /// host of `[ha] peer_address`.
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 fn default_vip_events() -> Vec<String> {

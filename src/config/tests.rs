@@ -55,6 +55,7 @@ fn empty_file_gives_every_default() {
     assert!(c.ha.preempt);
     assert_eq!(c.ha.max_ack_delay, Dur::millis(250));
     assert_eq!(c.ha.witness_timeout(), Duration::from_millis(200));
+    assert_eq!(c.ha.heartbeat_port, 8068);
     assert!(!c.dns.enabled);
     assert_eq!(c.dns.listen_udp, "0.0.0.0:53".parse().unwrap());
     assert_eq!(c.dns.tcp_addr(), "0.0.0.0:53".parse().unwrap());
@@ -473,6 +474,16 @@ fn vip_without_prefix_is_refused() {
         3,
         "hooks.vip[0].address",
         "has no prefix length",
+    );
+}
+
+#[test]
+fn a_vip_peer_that_is_not_an_address_is_refused_with_its_line() {
+    refused(
+        "[[hooks.vip]]\nname = \"dns-vip\"\naddress = \"10.0.0.3/24\"\ninterface = \"eth0\"\npeer = \"node-b\"\n",
+        5,
+        "hooks.vip[0].peer",
+        "is not an IP address",
     );
 }
 

@@ -514,6 +514,14 @@ fn validate_hooks(h: &HooksConfig) -> Result<(), Invalid> {
                 format!("{} cannot be a floating IP", net.addr()),
             );
         }
+        if let Some(p) = &v.peer {
+            if p.parse::<std::net::IpAddr>().is_err() {
+                return err(
+                    format!("{key}.peer"),
+                    format!("{p:?} is not an IP address (the peer's address on {}'s network, e.g. \"10.0.0.2\")", v.interface),
+                );
+            }
+        }
         if !vip_addrs.insert(net.addr()) {
             return err(
                 format!("{key}.address"),

@@ -43,6 +43,7 @@ struct HaView {
     handle: Option<HaHandle>,
     status: watch::Receiver<HaStatus>,
     serving: watch::Receiver<HaState>,
+    serve_lease: crate::ha::role::ServeLease,
     _standalone: Option<(watch::Sender<HaStatus>, watch::Sender<HaState>)>,
 }
 
@@ -241,6 +242,7 @@ fn start_ha(
     HaView {
         status: h.status.clone(),
         serving: h.serving.clone(),
+        serve_lease: h.serve_lease.clone(),
         handle: Some(h),
         _standalone: None,
     }
@@ -269,6 +271,7 @@ fn serve_standalone(c: &Common, role_tx: watch::Sender<ServiceRole>) -> HaView {
         handle: None,
         status,
         serving,
+        serve_lease: crate::ha::role::ServeLease::always(),
         _standalone: Some((status_tx, serving_tx)),
     }
 }
@@ -294,6 +297,7 @@ fn start_dhcp(
         updates: c.config.clone(),
         store,
         ha: ha.serving.clone(),
+        serve_lease: ha.serve_lease.clone(),
         replication,
         bus: c.bus.clone(),
         node: c.node.clone(),

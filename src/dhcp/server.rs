@@ -29,6 +29,7 @@ use super::plan::Plan;
 use super::pools::{self, PoolBoard};
 use crate::config::Config;
 use crate::events::{Event, EventBus, EventData, EventKind};
+use crate::ha::role::ServeLease;
 use crate::ha::HaState;
 use crate::health::Progress;
 use crate::lease::{LeaseStore, Replication};
@@ -51,6 +52,9 @@ pub struct DhcpServer {
     pub updates: watch::Receiver<Arc<Config>>,
     pub store: Arc<LeaseStore>,
     pub ha: watch::Receiver<HaState>,
+    /// HA's confirmation that this node still serves (always valid standalone): after a
+    /// stall, no DISCOVER queued meanwhile is answered before HA decided.
+    pub serve_lease: ServeLease,
     pub replication: Option<Replication>,
     pub bus: EventBus,
     pub node: String,
@@ -67,6 +71,7 @@ struct Shared {
     ifaces: std::sync::RwLock<Interfaces>,
     store: Arc<LeaseStore>,
     ha: watch::Receiver<HaState>,
+    serve_lease: ServeLease,
     replication: Option<Replication>,
     max_ack_delay: Duration,
     /// Lease events, each published once its commit is durable (see [`Announcer`]).
@@ -98,6 +103,7 @@ impl DhcpServer {
             ifaces: std::sync::RwLock::new(Interfaces::load()),
             store: self.store.clone(),
             ha: self.ha.clone(),
+            serve_lease: self.serve_lease.clone(),
             replication: self.replication.clone(),
             max_ack_delay: self.config.ha.max_ack_delay.0,
             announce: Announcer::start(self.bus.clone()),
@@ -208,7 +214,7 @@ async fn receive_loop(
                 r#type: type_name(req.msg_type),
             })
             .inc();
-        if !sh.ha.borrow().serves() {
+        if !sh.ha.borrow().serves() || !sh.serve_lease.valid() {
             sh.metrics.ignored("not_active");
             continue;
         }
@@ -580,6 +586,7 @@ mod tests {
             updates,
             store: LeaseStore::open(&dir.path().join("l.redb")).expect("store"),
             ha: ha_rx,
+            serve_lease: ServeLease::always(),
             replication: None,
             bus: EventBus::new(),
             node: "t".into(),

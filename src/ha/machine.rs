@@ -19,6 +19,12 @@
 //! - A node that was itself frozen (SIGSTOP, a long GC-like stall) does not judge the peer by
 //!   the silence it measured while frozen: the first tick after a gap skips the silence check,
 //!   so frames already waiting in the socket are read first.
+//! - An ACTIVE node whose own inputs stopped for longer than `failover_ms` (the peer may have
+//!   taken over meanwhile) is *fenced*: it stays ACTIVE but does not serve until a peer status
+//!   answering its fresh question (`ask`) arrives on some path, or the VIP witness says nobody
+//!   else serves. Frames queued during the stall cannot answer a question asked after it.
+//! - The peer is silent only when every path (the link and each datagram path) is; statuses
+//!   from two paths are ordered by the sender's (boot, gen), so a late copy never undoes news.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,10 +32,15 @@ use crate::config::Role;
 use crate::events::EventKind;
 use crate::ha::HaState;
 
+mod fence;
 mod link;
 mod local;
+mod paths;
 mod peer;
 mod timer;
+
+pub use paths::PathView;
+use paths::Paths;
 
 use timer::{Timer, Timers};
 
@@ -50,11 +61,22 @@ pub struct MachineConfig {
     /// How long the witness may take. It is asked this much before `failover_ms`, so its
     /// answer is in when the timeout expires instead of adding to the outage.
     pub witness_ms: u64,
+    /// This incarnation's number (wall-clock microseconds at start): orders its statuses
+    /// after any of a previous life, and makes its questions unique across restarts.
+    pub boot: u64,
+    /// Names of the datagram paths to the peer (`Input::Datagram::path` indexes them).
+    pub paths: Vec<String>,
 }
 
 impl MachineConfig {
     /// Derives the timings from `[ha]`.
-    pub fn from_config(node: &str, ha: &crate::config::HaConfig, witness: bool) -> Self {
+    pub fn from_config(
+        node: &str,
+        ha: &crate::config::HaConfig,
+        witness: bool,
+        boot: u64,
+        paths: Vec<String>,
+    ) -> Self {
         let hb = ha.heartbeat_interval.0.as_millis() as u64;
         let fo = ha.failover_timeout.0.as_millis() as u64;
         MachineConfig {
@@ -69,6 +91,8 @@ impl MachineConfig {
             sync_ms: (fo * 3).max(5000),
             witness,
             witness_ms: (ha.witness_timeout().as_millis() as u64).min(fo / 2),
+            boot,
+            paths,
         }
     }
 }
@@ -84,6 +108,19 @@ pub struct PeerStatus {
     pub watermark: u64,
     /// A returning primary with `preempt = true` that finished its sync asks for the service.
     pub wants_active: bool,
+    /// The sender's incarnation and the count of its state changes: of two statuses heard on
+    /// different paths the higher (boot, gen) is the newer. 0 from older nodes.
+    #[serde(default)]
+    pub boot: u64,
+    #[serde(default)]
+    pub gen: u64,
+    /// A question the sender wants answered by a fresh status (0: none): it was stalled, or
+    /// it saw its VIP announced from elsewhere, and frames queued before cannot answer it.
+    #[serde(default)]
+    pub ask: u64,
+    /// The last `ask` the sender heard from the receiver.
+    #[serde(default)]
+    pub answer: u64,
 }
 
 /// Control frames the machine sends. Lease frames belong to `sync` and never reach it.
@@ -129,6 +166,12 @@ pub enum Input {
     Witness { answered: bool },
     /// The bulk sync from the peer finished (`detail` is for the event).
     SyncComplete { detail: String },
+    /// An authenticated heartbeat on datagram path `path` (an index into
+    /// [`MachineConfig::paths`]); replays were dropped before it got here.
+    Datagram { path: usize, status: PeerStatus },
+    /// The VIP was announced from another MAC. An ACTIVE node without fresh peer news asks
+    /// on every path before it defends the address.
+    VipConflict,
 }
 
 /// `ha.*` news that changes nothing this node does (unlike a transition).
@@ -139,6 +182,8 @@ pub enum HaNotice {
     SyncComplete,
     /// Two ACTIVE nodes met, or a takeover was averted because the VIP still answered.
     SplitBrain,
+    /// One path to the peer went quiet while another still carries its heartbeats.
+    PathDown,
 }
 
 impl HaNotice {
@@ -148,6 +193,7 @@ impl HaNotice {
             HaNotice::PeerDown => EventKind::HaPeerDown,
             HaNotice::SyncComplete => EventKind::HaSyncComplete,
             HaNotice::SplitBrain => EventKind::HaSplitBrain,
+            HaNotice::PathDown => EventKind::HaPathDown,
         }
     }
 }
@@ -188,6 +234,13 @@ pub enum Action {
     /// Still ACTIVE, but clients may have followed another node's last announcement: claim
     /// and announce the service again (published as `ha.failover` ACTIVE → ACTIVE).
     Reannounce {
+        reason: String,
+    },
+    /// Fenced (`true`): ACTIVE but not serving, no DHCP answers and no VIP, until the peer
+    /// answers a fresh question or the witness finds nobody serving; `false`: serving again.
+    /// The state stays ACTIVE, so no `ha.failover` is published for it.
+    Fence {
+        on: bool,
         reason: String,
     },
     /// Publish an `ha.*` notice; nothing else follows from it.
@@ -242,6 +295,8 @@ enum Phase {
         /// This node took a handoff and the old owner has not yet said it let go: when it
         /// does, announce the VIP once more (see `peer_heard`).
         reannounce_on_release: bool,
+        /// Not serving after a stall until the peer answers or the witness decides.
+        fence: Option<fence::Fence>,
     },
     /// Cannot serve: entered on failing health and left only when health returns.
     Fault,
@@ -256,6 +311,7 @@ impl Phase {
                 handoff: None,
                 handoff_taken: None,
                 reannounce_on_release: false,
+                fence: None,
             },
             HaState::Fault => Phase::Fault,
         }
@@ -283,8 +339,22 @@ pub struct Machine {
     linked_once: bool,
     /// For `ha.peer_up`/`ha.peer_down`: do we currently consider the peer present?
     peer_present: bool,
+    /// Last news from the peer on any path.
     last_peer_ms: u64,
+    /// Last frame on the link (it is closed after `failover_ms` of silence of its own).
+    last_link_ms: u64,
     last_tick_ms: Option<u64>,
+    /// Last input of any kind: a gap longer than `failover_ms` means this node was stalled.
+    last_step_ms: Option<u64>,
+    /// Count of this node's state changes (see [`PeerStatus::gen`]).
+    gen: u64,
+    /// The question this node waits to see answered (0: none) and how many it asked.
+    ask: u64,
+    asks: u64,
+    /// The peer's last question, echoed as `answer` in every status.
+    peer_ask: u64,
+    /// When each path last carried news, for `ha.path_down` and the status.
+    paths: Paths,
     /// Why a takeover waits for the witness's answer (its guard is [`Timer::WitnessGuard`]).
     witness: Option<Cause>,
     /// `ha.split_brain` (averted) already reported for the current silence.
@@ -303,7 +373,6 @@ impl Machine {
     /// A node that just started: STANDBY, not serving, the silence clock running from `now`.
     pub fn new(cfg: MachineConfig, now: u64) -> Self {
         Machine {
-            cfg,
             phase: Phase::Standby,
             epoch: 0,
             peer: None,
@@ -311,13 +380,21 @@ impl Machine {
             linked_once: false,
             peer_present: false,
             last_peer_ms: now,
+            last_link_ms: now,
             last_tick_ms: None,
+            last_step_ms: None,
+            gen: 0,
+            ask: 0,
+            asks: 0,
+            peer_ask: 0,
+            paths: Paths::new(&cfg.paths),
             witness: None,
             averted: false,
             dual_reported: false,
             timers: Timers::default(),
             stopping: false,
             yielded: false,
+            cfg,
         }
     }
 
@@ -348,6 +425,14 @@ impl Machine {
     pub fn handoff_pending(&self) -> bool {
         self.handoff().is_some()
     }
+    /// ACTIVE but fenced after a stall: not serving until the question is answered.
+    pub fn fenced(&self) -> bool {
+        matches!(self.phase, Phase::Active { fence: Some(_), .. })
+    }
+    /// Each path to the peer with the age of its last frame at `now`.
+    pub fn paths(&self, now: u64) -> Vec<PathView> {
+        self.paths.view(now)
+    }
 
     /// What this node tells the peer now.
     pub fn status(&self, watermark: u64) -> PeerStatus {
@@ -361,6 +446,10 @@ impl Machine {
             state: self.state(),
             epoch: self.epoch,
             watermark,
+            boot: self.cfg.boot,
+            gen: self.gen,
+            ask: self.ask,
+            answer: self.peer_ask,
             wants_active: self.cfg.preempt
                 && self.cfg.role == Role::Primary
                 && self.state() == HaState::Standby
@@ -387,6 +476,11 @@ impl Machine {
     /// The transition function. `watermark` is only copied into outgoing status frames.
     pub fn step(&mut self, input: Input, now: u64, watermark: u64) -> Vec<Action> {
         let mut out = Vec::new();
+        let gap = self.last_step_ms.map_or(0, |t| now.saturating_sub(t));
+        self.last_step_ms = Some(now);
+        if gap > self.cfg.failover_ms {
+            self.on_stall(gap, now, watermark, &mut out);
+        }
         match input {
             Input::Tick => self.on_timer(now, watermark, &mut out),
             Input::Witness { answered } => self.on_witness(answered, now, watermark, &mut out),
@@ -401,6 +495,10 @@ impl Machine {
             Input::Health { stuck } => self.on_health(stuck, now, watermark, &mut out),
             Input::Shutdown => self.on_shutdown(now, watermark, &mut out),
             Input::ApiFailover => self.on_api_failover(now, &mut out),
+            Input::Datagram { path, status } => {
+                self.on_datagram(path, status, now, watermark, &mut out)
+            }
+            Input::VipConflict => self.on_vip_conflict(now, watermark, &mut out),
         }
         out
     }
@@ -430,6 +528,7 @@ impl Machine {
         if new == old {
             return;
         }
+        self.gen += 1;
         let left = std::mem::replace(&mut self.phase, Phase::entered(new));
         if new != HaState::Syncing {
             self.timers.stop(Timer::Sync);
@@ -446,9 +545,8 @@ impl Machine {
             })));
         }
         out.push(Action::Transition { old, new, reason });
-        if self.link_up {
-            out.push(Action::Send(Control::Status(self.status(watermark))));
-        }
+        // On the link when there is one, and on every datagram path.
+        out.push(Action::Send(Control::Status(self.status(watermark))));
     }
 
     /// The handoff this node started and the peer has not yet acknowledged.
@@ -533,3 +631,7 @@ pub fn secs(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+use tests as tests_support;
+#[cfg(test)]
+mod fence_tests;

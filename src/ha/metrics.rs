@@ -17,6 +17,11 @@ pub(crate) struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PathLabel {
+    pub(crate) path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StateLabel {
     state: String,
 }
@@ -37,6 +42,10 @@ pub struct HaMetrics {
     pub(crate) replicated: Counter,
     /// 1 while the peer link is up (what the "peer lost" alert watches).
     pub(crate) peer_connected: Gauge,
+    pub(crate) path_sent: Family<PathLabel, Counter>,
+    pub(crate) path_received: Family<PathLabel, Counter>,
+    pub(crate) path_age_ms: Family<PathLabel, Gauge>,
+    pub(crate) heartbeat_dropped: Family<KindLabel, Counter>,
 }
 
 impl HaMetrics {
@@ -80,6 +89,26 @@ impl HaMetrics {
             self.sync_lag_ms.clone(),
         );
         r.register(
+            "path_datagrams_sent",
+            "Heartbeat datagrams sent to the peer, by path",
+            self.path_sent.clone(),
+        );
+        r.register(
+            "path_datagrams_received",
+            "Authentic, fresh heartbeat datagrams from the peer, by path",
+            self.path_received.clone(),
+        );
+        r.register(
+            "path_last_frame_age_milliseconds",
+            "Age of the last frame from the peer on each path (-1: never heard)",
+            self.path_age_ms.clone(),
+        );
+        r.register(
+            "heartbeat_datagrams_dropped",
+            "Heartbeat datagrams dropped, by reason (bad_mac, replay, truncated, ...)",
+            self.heartbeat_dropped.clone(),
+        );
+        r.register(
             "replicated_batches",
             "Lease batches acknowledged by the peer",
             self.replicated.clone(),
@@ -89,6 +118,30 @@ impl HaMetrics {
             "1 while the link to the peer is up",
             self.peer_connected.clone(),
         );
+    }
+
+    pub(crate) fn path_sent(&self, path: &str) {
+        self.path_sent
+            .get_or_create(&PathLabel { path: path.into() })
+            .inc();
+    }
+
+    pub(crate) fn path_received(&self, path: &str) {
+        self.path_received
+            .get_or_create(&PathLabel { path: path.into() })
+            .inc();
+    }
+
+    pub(crate) fn path_age(&self, path: &str, ms: i64) {
+        self.path_age_ms
+            .get_or_create(&PathLabel { path: path.into() })
+            .set(ms);
+    }
+
+    pub(crate) fn heartbeat_dropped(&self, kind: &str) {
+        self.heartbeat_dropped
+            .get_or_create(&KindLabel { kind: kind.into() })
+            .inc();
     }
 
     pub(crate) fn link_error(&self, kind: &str) {

@@ -9,6 +9,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub mod agreement;
+pub mod heartbeat;
 pub mod link;
 pub mod machine;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod node;
 pub mod peer;
 pub mod role;
 pub mod sync;
+pub mod udp;
 pub mod witness;
 
 /// A node's HA state. Only `Active` serves DHCP and holds the VIP. Default: STANDBY, where
@@ -100,6 +102,11 @@ pub struct HaStatus {
     /// The latest state changes, oldest first, at most [`TRANSITION_HISTORY`].
     #[serde(default)]
     pub transitions: Vec<HaTransition>,
+    /// ACTIVE but fenced after a stall: not serving until the peer answers.
+    pub fenced: bool,
+    /// The paths to the peer (the link, the heartbeat datagrams per VIP network) with the
+    /// age of the last frame on each, as of the last heartbeat.
+    pub paths: Vec<machine::PathView>,
 }
 
 impl HaStatus {
@@ -121,6 +128,8 @@ impl HaStatus {
             peer_epoch: None,
             peer_address: None,
             transitions: Vec::new(),
+            fenced: false,
+            paths: Vec::new(),
         }
     }
 }

@@ -31,8 +31,9 @@ use crate::ha::link::{
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
 use crate::ha::metrics::HaMetrics;
 use crate::ha::peer::{LinkError, Msg};
-use crate::ha::role::ServiceRole;
+use crate::ha::role::{ServeLease, ServiceRole};
 use crate::ha::sync::{self, Applied, ApplyJob, Pending};
+use crate::ha::udp;
 use crate::ha::witness::{self, WitnessTarget};
 use crate::ha::{HaState, HaStatus, HaTransition, TRANSITION_HISTORY};
 use crate::health::{mono_ms, Health};
@@ -99,6 +100,9 @@ pub struct HaHandle {
     pub serving: watch::Receiver<HaState>,
     /// Do both nodes serve one config? (`/api/v1/ha/config`)
     pub config: watch::Receiver<AgreementView>,
+    /// Renewed by every step of this node while it serves unfenced; DHCP answers only while
+    /// it holds (see [`ServeLease`]).
+    pub serve_lease: ServeLease,
     pub(super) inner: Arc<Shared>,
 }
 
@@ -108,7 +112,19 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
     let cfg = params.config.clone();
     let ha = &cfg.ha;
     let witness_target = witness_target(&cfg);
-    let mcfg = MachineConfig::from_config(&params.node, ha, witness_target.is_some());
+    // This incarnation: wall-clock microseconds, so a restarted node's statuses and
+    // heartbeats sort after its previous life's.
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let dpaths = udp::paths(&cfg);
+    let mcfg = MachineConfig::from_config(
+        &params.node,
+        ha,
+        witness_target.is_some(),
+        boot,
+        dpaths.iter().map(|p| p.name.clone()).collect(),
+    );
     let now = mono_ms();
     let mut machine = Machine::new(mcfg, now);
     let saved_epoch = params.lease_log.as_ref().map_or(0, |l| l.saved_epoch());
@@ -130,6 +146,8 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         peer_epoch: None,
         peer_address: ha.peer_socket_addr().map(|a| a.to_string()),
         transitions: Vec::new(),
+        fenced: false,
+        paths: Vec::new(),
     });
     let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
     let (my_tx, my_rx) = watch::channel(machine.status(watermark));
@@ -155,7 +173,17 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         warned: Mutex::new(HashMap::new()),
         dns_warm: params.dns_warm.clone(),
     });
+    let serve_lease = ServeLease::revoked();
+    let datagrams = udp::start(
+        &cfg,
+        boot,
+        dpaths,
+        tx.clone(),
+        metrics.clone(),
+        params.shutdown.clone(),
+    );
     let handle = HaHandle {
+        serve_lease: serve_lease.clone(),
         tx: tx.clone(),
         status: status_rx,
         serving: serving_rx,
@@ -209,6 +237,8 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         view_tx,
         saved_epoch,
         history: VecDeque::with_capacity(TRANSITION_HISTORY),
+        datagrams,
+        serve_lease,
     };
     tokio::spawn(node.run());
     handle
@@ -260,6 +290,9 @@ struct NodeTask {
     saved_epoch: u64,
     /// The latest state changes, for the status (bounded: a flapping node cannot grow it).
     history: VecDeque<HaTransition>,
+    /// The datagram paths' sender (`None`: the link alone carries heartbeats).
+    datagrams: Option<udp::DatagramSender>,
+    serve_lease: ServeLease,
 }
 
 impl NodeTask {
@@ -347,7 +380,20 @@ impl NodeTask {
 
     fn step(&mut self, input: Input) {
         let wm = self.watermark();
-        let actions = self.m.step(input, mono_ms(), wm);
+        let now = mono_ms();
+        let actions = self.m.step(input, now, wm);
+        // Before any action: a fence revokes DHCP's lease at once, a takeover finds it valid.
+        // It runs out a heartbeat before the peer could take over from a silent node.
+        if self.m.state().serves() && !self.m.fenced() {
+            let cfg = self.m.config();
+            let valid = cfg
+                .failover_ms
+                .saturating_sub(cfg.heartbeat_ms)
+                .max(cfg.heartbeat_ms);
+            self.serve_lease.renew(now + valid);
+        } else {
+            self.serve_lease.revoke();
+        }
         // The status first: whoever an action wakes (shutdown, the API) sees the new state.
         self.publish_status();
         for a in actions {
@@ -376,6 +422,11 @@ impl NodeTask {
     }
 
     fn on_tick(&mut self) {
+        let now = mono_ms();
+        for p in self.m.paths(now) {
+            self.metrics
+                .path_age(&p.name, p.last_frame_ms_ago.map_or(-1, |a| a as i64));
+        }
         let stuck = self.p.health.cannot_serve();
         self.step(Input::Health { stuck });
         self.step(Input::Tick);
@@ -628,6 +679,9 @@ impl NodeTask {
     fn act(&mut self, a: Action) {
         match a {
             Action::Send(c) => {
+                if let (Control::Status(s), Some(d)) = (&c, self.datagrams.as_mut()) {
+                    d.send(s);
+                }
                 let Some(l) = &self.link else { return };
                 if matches!(c, Control::Status(_)) {
                     self.metrics.heartbeats_sent.inc();
@@ -705,6 +759,21 @@ impl NodeTask {
             }
             Action::Refused(r) => self.answer_failover(Err(r)),
             Action::Log(n) => tracing::info!("{n}"),
+            Action::Fence { on, reason } => {
+                // The VIP lets go (or claims again) through the role; DHCP through the
+                // serve lease, which `step` revokes while fenced.
+                let peer = self.m.peer().map(|p| p.state);
+                self.p.role.send_modify(|r| {
+                    r.fenced = on;
+                    r.peer_state = if on { None } else { peer };
+                    r.since = Instant::now();
+                });
+                if on {
+                    tracing::warn!(event = "ha.fenced", reason = %reason, "HA fenced: {reason}");
+                } else {
+                    tracing::info!(event = "ha.unfenced", reason = %reason, "HA unfenced: {reason}");
+                }
+            }
         }
     }
 
@@ -730,6 +799,7 @@ impl NodeTask {
                     peer_state: peer,
                     reannounce,
                     since: Instant::now(),
+                    fenced: self.m.fenced(),
                 };
             });
         }
@@ -794,6 +864,8 @@ impl NodeTask {
                 None
             },
             last_heartbeat: self.last_heartbeat_unix,
+            fenced: self.m.fenced(),
+            paths: self.m.paths(mono_ms()),
             epoch: self.m.epoch(),
             lease_watermark: wm,
             peer_lease_watermark: self.m.peer().map(|p| p.watermark),

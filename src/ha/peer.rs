@@ -566,6 +566,10 @@ mod tests {
             epoch: 3,
             watermark: 9,
             wants_active: false,
+            boot: 5,
+            gen: 1,
+            ask: 0,
+            answer: 0,
         }
     }
 

@@ -11,6 +11,8 @@
 //! re-announce that keeps ACTIVE), and standalone the daemon sends [`ServiceRole::standalone`]
 //! once. Readers get it through [`watch::Receiver`] and act on `changed()`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -33,6 +35,9 @@ pub struct ServiceRole {
     pub reannounce: u64,
     /// When HA decided this, for the decision → first announcement latency.
     pub since: Instant,
+    /// ACTIVE but fenced after a stall (see `ha::machine::fence`): hold no VIP until HA has
+    /// fresh news.
+    pub fenced: bool,
 }
 
 impl ServiceRole {
@@ -45,6 +50,7 @@ impl ServiceRole {
             peer_state: None,
             reannounce: 0,
             since: Instant::now(),
+            fenced: false,
         }
     }
 
@@ -57,12 +63,41 @@ impl ServiceRole {
     }
 
     pub fn serves(&self) -> bool {
-        self.state.serves()
+        self.state.serves() && !self.fenced
     }
 
     /// Not serving because the peer now does (as opposed to no one serving).
     pub fn yields_to_peer(&self) -> bool {
         !self.serves() && self.peer_state == Some(HaState::Active)
+    }
+}
+
+/// Until when (monotonic ms, [`crate::health::mono_ms`]) HA's own loop last confirmed that
+/// this node serves. DHCP answers only while it holds: after a stall (SIGSTOP, a paused VM)
+/// every thread resumes at once, and a DHCP task may run before the HA loop has noticed the
+/// gap and fenced; the lease, renewed on every HA step for less than a failover timeout,
+/// has run out by then. Cheap to clone and to check (one atomic load).
+#[derive(Debug, Clone)]
+pub struct ServeLease(Arc<AtomicU64>);
+
+impl ServeLease {
+    /// Standalone: always valid.
+    pub fn always() -> ServeLease {
+        ServeLease(Arc::new(AtomicU64::new(u64::MAX)))
+    }
+    /// Not valid until renewed.
+    pub fn revoked() -> ServeLease {
+        ServeLease(Arc::new(AtomicU64::new(0)))
+    }
+    pub fn renew(&self, until_ms: u64) {
+        self.0.store(until_ms, Ordering::Relaxed);
+    }
+    pub fn revoke(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+    pub fn valid(&self) -> bool {
+        let until = self.0.load(Ordering::Relaxed);
+        until == u64::MAX || crate::health::mono_ms() < until
     }
 }
 

@@ -12,7 +12,14 @@ impl Machine {
     ) {
         self.link_up = true;
         self.linked_once = true;
-        self.peer_heard(ps, now, out);
+        self.last_link_ms = now;
+        self.paths.heard(paths::LINK, now);
+        if self.is_stale(&ps) {
+            // The hello was written before a status a datagram already brought.
+            self.last_peer_ms = now;
+        } else {
+            self.peer_heard(ps, now, watermark, out);
+        }
         if !self.peer_present {
             self.peer_present = true;
             let name = self.peer_name();
@@ -33,6 +40,7 @@ impl Machine {
             );
         }
         self.evaluate(now, watermark, out);
+        self.settle_fence(now, out);
     }
 
     pub(super) fn on_link_swapped(
@@ -51,6 +59,7 @@ impl Machine {
         // service back from a peer that just took it; its current status follows on
         // the new link. It does prove the peer alive.
         self.last_peer_ms = now;
+        self.last_link_ms = now;
         self.forget_witness();
         // Frames on the retired link are ignored by the peer: our current status
         // (e.g. a step-down the peer waits for to announce again) goes now.

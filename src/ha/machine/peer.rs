@@ -11,10 +11,19 @@ impl Machine {
         watermark: u64,
         out: &mut Vec<Action>,
     ) {
+        // Any authenticated frame proves the link alive, even a status older than one a
+        // datagram already brought.
+        self.last_link_ms = now;
+        self.paths.heard(paths::LINK, now);
         match frame {
             Control::Status(ps) => {
-                self.peer_heard(ps, now, out);
+                if self.is_stale(&ps) {
+                    self.last_peer_ms = now;
+                    return;
+                }
+                self.peer_heard(ps, now, watermark, out);
                 self.evaluate(now, watermark, out);
+                self.settle_fence(now, out);
             }
             Control::Handoff { reason, epoch } => {
                 self.last_peer_ms = now;
@@ -113,7 +122,52 @@ impl Machine {
         }
     }
 
-    pub(super) fn peer_heard(&mut self, ps: PeerStatus, now: u64, out: &mut Vec<Action>) {
+    /// A datagram heartbeat: news like a status on the link, but it cannot carry a handoff
+    /// or a sync, so only the decisions that need no link are taken on it (see `evaluate`).
+    pub(super) fn on_datagram(
+        &mut self,
+        path: usize,
+        ps: PeerStatus,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        // Another pair sharing the secret and the network is not our peer.
+        let stranger = self.peer.as_ref().is_some_and(|p| p.node != ps.node);
+        if path >= self.cfg.paths.len() || ps.node == self.cfg.node || stranger {
+            return;
+        }
+        self.paths.heard(path + 1, now);
+        if self.is_stale(&ps) {
+            return;
+        }
+        self.peer_heard(ps, now, watermark, out);
+        self.evaluate(now, watermark, out);
+        self.settle_fence(now, out);
+    }
+
+    /// Whether `ps` is older than the status already applied (a copy that took the slower
+    /// path): same incarnation and fewer state changes, or an earlier incarnation.
+    pub(super) fn is_stale(&self, ps: &PeerStatus) -> bool {
+        self.peer
+            .as_ref()
+            .is_some_and(|p| p.node == ps.node && (ps.boot, ps.gen) < (p.boot, p.gen))
+    }
+
+    pub(super) fn peer_heard(
+        &mut self,
+        ps: PeerStatus,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.note_answer(&ps);
+        if ps.ask != 0 && ps.ask != self.peer_ask {
+            // The peer asks for fresh news (it was stalled, or its VIP is claimed
+            // elsewhere): answer now on every path rather than a heartbeat later.
+            self.peer_ask = ps.ask;
+            out.push(Action::Send(Control::Status(self.status(watermark))));
+        }
         let was_active = self
             .peer
             .as_ref()
@@ -176,11 +230,17 @@ impl Machine {
         }
     }
 
-    /// Decisions that need a connected peer whose status is fresh.
+    /// Decisions on a fresh peer status. Two ACTIVE nodes resolve on news from any path; a
+    /// preemption needs the link (it is a handoff); two STANDBY nodes that hear each other
+    /// only on a datagram path wait until the link has been silent for a failover timeout
+    /// (at start the link normally comes up first and the sync runs before anyone serves).
     pub(super) fn evaluate(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {
-        if !self.link_up || self.stopping || self.faulted() {
+        let heard = now.saturating_sub(self.last_peer_ms) < self.cfg.failover_ms;
+        if !(self.link_up || heard) || self.stopping || self.faulted() {
             return;
         }
+        let link_gone =
+            !self.link_up && now.saturating_sub(self.last_link_ms) >= self.cfg.failover_ms;
         let Some(p) = self.peer.clone() else { return };
         match (self.state(), p.state) {
             (HaState::Active, HaState::Active) => {
@@ -223,7 +283,8 @@ impl Machine {
                 }
             }
             (HaState::Active, HaState::Standby)
-                if p.wants_active
+                if self.link_up
+                    && p.wants_active
                     && p.role == Role::Primary
                     && self.cfg.role == Role::Secondary
                     && self.handoff().is_none()
@@ -231,7 +292,9 @@ impl Machine {
             {
                 self.start_handoff(format!("preemption by primary {}", p.node), false, now, out);
             }
-            (HaState::Standby, HaState::Standby) if !wins_tie(&p.role, &p.node, &self.cfg) => {
+            (HaState::Standby, HaState::Standby)
+                if (self.link_up || link_gone) && !wins_tie(&p.role, &p.node, &self.cfg) =>
+            {
                 self.take_over(
                     format!(
                         "{} is STANDBY too; the {} takes the service",

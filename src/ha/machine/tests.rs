@@ -1,14 +1,14 @@
 //! Table-driven tests for each transition, and a two-node simulation (simulated link, clock,
 //! witness and faults) driven by proptest.
 
-use super::*;
+pub(super) use super::*;
 use proptest::prelude::*;
 use std::collections::VecDeque;
 
-const HB: u64 = 100;
-const FO: u64 = 500;
+pub(super) const HB: u64 = 100;
+pub(super) const FO: u64 = 500;
 
-fn cfg(node: &str, role: Role) -> MachineConfig {
+pub(super) fn cfg(node: &str, role: Role) -> MachineConfig {
     MachineConfig {
         node: node.into(),
         role,
@@ -19,10 +19,12 @@ fn cfg(node: &str, role: Role) -> MachineConfig {
         sync_ms: 1500,
         witness: true,
         witness_ms: 100,
+        boot: if node == "node-a" { 1000 } else { 2000 },
+        paths: vec!["eth0".into()],
     }
 }
 
-fn ps(node: &str, role: Role, state: HaState, epoch: u64) -> PeerStatus {
+pub(super) fn ps(node: &str, role: Role, state: HaState, epoch: u64) -> PeerStatus {
     PeerStatus {
         node: node.into(),
         role,
@@ -30,19 +32,23 @@ fn ps(node: &str, role: Role, state: HaState, epoch: u64) -> PeerStatus {
         epoch,
         watermark: 0,
         wants_active: false,
+        boot: 0,
+        gen: 0,
+        ask: 0,
+        answer: 0,
     }
 }
 
-fn primary() -> Machine {
+pub(super) fn primary() -> Machine {
     Machine::new(cfg("node-a", Role::Primary), 0)
 }
-fn secondary() -> Machine {
+pub(super) fn secondary() -> Machine {
     Machine::new(cfg("node-b", Role::Secondary), 0)
 }
 
 /// `m` after connecting to `peer` and finishing the bulk sync. Checks that this left it in
 /// `state` with `epoch`, so a case cannot silently start from somewhere else.
-fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Machine {
+pub(super) fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Machine {
     let hello = format!("{peer:?}");
     m.step(Input::LinkUp(peer), 10, 0);
     m.step(
@@ -62,7 +68,7 @@ fn connected(mut m: Machine, peer: PeerStatus, state: HaState, epoch: u64) -> Ma
 
 /// `m` synced with `peer`, then took the service when the peer's process went away (link
 /// closed, reconnect refused, the VIP silent): ACTIVE one epoch above the peer, link down.
-fn took_over_from(m: Machine, peer: PeerStatus) -> Machine {
+pub(super) fn took_over_from(m: Machine, peer: PeerStatus) -> Machine {
     let want = peer.epoch + 1;
     let mut m = connected(m, peer, HaState::Standby, 0);
     m.step(Input::LinkDown, 21, 0);
@@ -74,7 +80,7 @@ fn took_over_from(m: Machine, peer: PeerStatus) -> Machine {
 
 /// `m` synced with an ACTIVE `peer`, took the service from it by a handoff and heard it let
 /// go (the re-announcement that follows is done): ACTIVE one epoch above, peer STANDBY.
-fn took_handoff_from(m: Machine, peer: PeerStatus) -> Machine {
+pub(super) fn took_handoff_from(m: Machine, peer: PeerStatus) -> Machine {
     let released = PeerStatus {
         state: HaState::Standby,
         ..peer.clone()
@@ -96,7 +102,7 @@ fn took_handoff_from(m: Machine, peer: PeerStatus) -> Machine {
 
 /// A node with no peer that took the service when the silence reached the failover timeout
 /// and the VIP did not answer: ACTIVE at epoch 1, never linked.
-fn alone_and_active(mut m: Machine) -> Machine {
+pub(super) fn alone_and_active(mut m: Machine) -> Machine {
     m.step(Input::Tick, FO - 100, 0);
     m.step(Input::Witness { answered: false }, FO - 90, 0);
     assert_eq!((m.state(), m.epoch()), (HaState::Active, 1));
@@ -105,7 +111,7 @@ fn alone_and_active(mut m: Machine) -> Machine {
 
 /// The `ha.failover` events the actions publish: transitions, and re-announcements as
 /// ACTIVE → ACTIVE.
-fn failovers(actions: &[Action]) -> Vec<(HaState, HaState, String)> {
+pub(super) fn failovers(actions: &[Action]) -> Vec<(HaState, HaState, String)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -130,7 +136,7 @@ struct Case {
     must: Vec<&'static str>,
 }
 
-fn action_name(a: &Action) -> String {
+pub(super) fn action_name(a: &Action) -> String {
     match a {
         Action::Send(Control::Status(_)) => "send_status".into(),
         Action::Send(Control::Handoff { .. }) => "send_handoff".into(),
@@ -152,6 +158,8 @@ fn action_name(a: &Action) -> String {
         Action::ShutdownReady => "shutdown_ready".into(),
         Action::Refused(_) => "refused".into(),
         Action::Log(_) => "log".into(),
+        Action::Fence { on: true, .. } => "fence".into(),
+        Action::Fence { on: false, .. } => "unfence".into(),
     }
 }
 
@@ -1061,6 +1069,8 @@ impl Sim {
         n.alive = true;
         n.host_down = false;
         n.paused = false;
+        // A new incarnation: its boot number is the wall clock at start, always higher.
+        n.cfg.boot += 1_000_000 + self.now;
         n.m = Machine::new(n.cfg.clone(), self.now);
         n.inbox.clear();
         n.next_tick = self.now;
@@ -1111,6 +1121,7 @@ impl Sim {
                     self.reset_link();
                 }
                 Action::Transition { .. }
+                | Action::Fence { .. }
                 | Action::Reannounce { .. }
                 | Action::Notify { .. }
                 | Action::HandoffEnded(_)

@@ -16,10 +16,13 @@ pub(super) enum Timer {
     PreemptHold,
     /// A witness answer that never came stops blocking the next takeover attempt.
     WitnessGuard,
+    /// A fenced node that heard no answer to its question asks the witness (or, without
+    /// one, serves again after a failover timeout of silence).
+    Fence,
 }
 
 impl Timer {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 }
 
 /// When each [`Timer`] fires (monotonic ms), `None` when it is not armed.
@@ -91,40 +94,51 @@ impl Machine {
         }
         // The hold only delays a decision `evaluate` takes below; its end decides nothing else.
         self.timers.fire(Timer::PreemptHold, now);
+        if self.timers.fire(Timer::Fence, now) {
+            self.on_fence_timer(now, out);
+        }
         // A node that cannot serve stops heartbeating (the transition to FAULT already told
         // the peer) but still notices a silent peer and closes the link, so it never leaves
-        // FAULT trusting a link that died meanwhile.
-        if self.link_up && !self.faulted() {
+        // FAULT trusting a link that died meanwhile. The status goes on the link when there
+        // is one and on every datagram path.
+        if !self.faulted() {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
         if frozen {
             return;
         }
+        self.paths.check(now, self.cfg.failover_ms, out);
         let silent_ms = now.saturating_sub(self.last_peer_ms);
-        if self.faulted() {
-            if silent_ms >= self.cfg.failover_ms && self.link_up {
-                let name = self.peer_name();
+        let link_silent_ms = now.saturating_sub(self.last_link_ms);
+        if self.link_up && link_silent_ms >= self.cfg.failover_ms {
+            // The link alone may be dead (a firewall on its port) while datagrams still
+            // arrive: close it on its own silence, a fresh one is dialled.
+            let name = self.peer_name();
+            if silent_ms >= self.cfg.failover_ms || self.faulted() {
                 self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
-                self.link_up = false;
-                out.push(Action::CloseLink);
+            } else {
+                out.push(Action::Log(format!(
+                    "no frame on the peer link from {name} for {}; still heard on another path",
+                    secs(link_silent_ms)
+                )));
             }
+            self.link_up = false;
+            out.push(Action::CloseLink);
+            if self.state() == HaState::Syncing {
+                self.transition(
+                    HaState::Standby,
+                    format!("{name} went silent during bulk sync"),
+                    watermark,
+                    out,
+                );
+            }
+        }
+        if self.faulted() {
             return;
         }
         if silent_ms >= self.cfg.failover_ms {
             let name = self.peer_name();
             self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
-            if self.link_up {
-                self.link_up = false;
-                out.push(Action::CloseLink);
-                if self.state() == HaState::Syncing {
-                    self.transition(
-                        HaState::Standby,
-                        format!("{name} went silent during bulk sync"),
-                        watermark,
-                        out,
-                    );
-                }
-            }
         }
         if silent_ms >= self.probe_after()
             && matches!(self.state(), HaState::Standby | HaState::Syncing)
@@ -159,7 +173,7 @@ impl Machine {
         let takeover = waiting.then(|| self.last_peer_ms + self.probe_after());
         let close = self
             .link_up
-            .then(|| self.last_peer_ms + self.cfg.failover_ms);
+            .then(|| self.last_link_ms + self.cfg.failover_ms);
         [takeover, close, self.timers.next()]
             .into_iter()
             .flatten()
@@ -174,6 +188,9 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.timers.stop(Timer::WitnessGuard);
+        if self.fenced() {
+            return self.on_fence_witness(answered, now, watermark, out);
+        }
         let Some(cause) = self.witness.take() else {
             return;
         };

@@ -31,6 +31,8 @@ fn config(role: Role, me: SocketAddr, peer: SocketAddr, secret: &str) -> Config 
     c.ha.heartbeat_interval = Dur::millis(50);
     c.ha.failover_timeout = Dur::millis(400);
     c.ha.shared_secret = Some(secret.into());
+    // Pairs run in parallel on one loopback: the datagram path has tests of its own.
+    c.ha.heartbeat_port = 0;
     c.api.auth_token = Some("test-token-0123456789".into());
     c
 }
