@@ -611,6 +611,31 @@ impl Lab {
         self.sw.run(&["nft", "-f", &path.to_string_lossy()]);
     }
 
+    /// Blocks only the peer link: TCP to and from the API/peer port between the nodes' own
+    /// addresses, in the switch. The heartbeat datagrams, the clients and the VIP witness
+    /// still pass (a firewall rule an admin forgot for the HA port).
+    pub fn block_peer_link(&self) {
+        let mut rules = String::from(
+            "table bridge labhaport {\n chain cut {\n type filter hook forward priority 0; policy accept;\n",
+        );
+        for (s, d) in [("10.0.0.1", "10.0.0.2"), ("10.0.0.2", "10.0.0.1")] {
+            for dir in ["dport", "sport"] {
+                rules.push_str(&format!(
+                    "ip saddr {s} ip daddr {d} tcp {dir} {API_PORT} drop\n"
+                ));
+            }
+        }
+        rules.push_str("}\n}\n");
+        let path = self.dir.path().join("labhaport.nft");
+        fs::write(&path, rules).expect("write nft rules");
+        self.sw.run(&["nft", "-f", &path.to_string_lossy()]);
+    }
+
+    pub fn unblock_peer_link(&self) {
+        self.sw
+            .run(&["nft", "delete", "table", "bridge", "labhaport"]);
+    }
+
     pub fn heal_ab(&self) {
         self.sw.run(&["nft", "delete", "table", "bridge", "labcut"]);
     }
