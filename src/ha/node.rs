@@ -358,6 +358,7 @@ impl NodeTask {
                     self.on_config_reload(&cfg);
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = self.p.vip_claims.rival_seen() => self.step(Input::VipConflict),
                 _ = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d).await,

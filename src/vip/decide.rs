@@ -119,6 +119,9 @@ pub enum Report {
     Vanished,
     /// The refresh check failed (the address is assumed still there).
     CheckFailed(String),
+    /// Another MAC announced the VIP while it is held: HA is told at once, so it can ask the
+    /// peer on every path before the hold-off ends and the address is defended.
+    Rival { rival: [u8; 6] },
     /// Another MAC still sends ARP as the VIP after the hold-off.
     Conflict { rival: [u8; 6], own_mac: [u8; 6] },
     /// Announcing again against a conflict (rate-limited).
@@ -304,7 +307,7 @@ impl VipClaim {
                     self.start_claim(now, &mut out);
                 }
             }
-            Input::Arp { seen, ifindex } => self.on_arp(seen, ifindex, now),
+            Input::Arp { seen, ifindex } => self.on_arp(seen, ifindex, now, &mut out),
             Input::Timer => self.on_timer(now, &mut out),
             Input::Shutdown => {
                 if self.want_hold || self.held {
@@ -495,7 +498,7 @@ impl VipClaim {
         }
     }
 
-    fn on_arp(&mut self, seen: ArpSeen, ifindex: u32, now: Instant) {
+    fn on_arp(&mut self, seen: ArpSeen, ifindex: u32, now: Instant, out: &mut Vec<Output>) {
         let Some(link) = &self.link else { return };
         let vip = match self.s.net.addr() {
             IpAddr::V4(a) => a,
@@ -511,6 +514,9 @@ impl VipClaim {
         if self.timers.defend.is_none() {
             self.timers.defend = Some(now + DEFEND_HOLDOFF);
             self.rival = Some(seen.sender_mac);
+            out.push(Output::Report(Report::Rival {
+                rival: seen.sender_mac,
+            }));
         }
     }
 

@@ -142,17 +142,25 @@ type Claimed = Vec<Option<ServiceRole>>;
 #[derive(Clone, Debug)]
 pub struct VipClaims {
     rx: watch::Receiver<Claimed>,
+    /// Woken when a held VIP is announced from another MAC (HA asks its peer then).
+    rival: Arc<tokio::sync::Notify>,
 }
 
 impl Default for VipClaims {
     fn default() -> Self {
         VipClaims {
             rx: watch::channel(Vec::new()).1,
+            rival: Arc::new(tokio::sync::Notify::new()),
         }
     }
 }
 
 impl VipClaims {
+    /// Returns when a held VIP was announced from another MAC (a conflict's first sight).
+    pub async fn rival_seen(&self) {
+        self.rival.notified().await
+    }
+
     /// Waits until every VIP is claimed for `role` (or for a newer role that still serves),
     /// at most `limit`. True when they all are.
     pub async fn wait_claimed(&self, role: &ServiceRole, limit: Duration) -> bool {
@@ -204,6 +212,7 @@ pub fn start(
     }
     let (claims_tx, claims_rx) = watch::channel(vec![None; vips.len()]);
     let claims_tx = Arc::new(claims_tx);
+    let rival = Arc::new(tokio::sync::Notify::new());
     let mut arp_routes = Vec::new();
     for (i, cfg) in vips.iter().enumerate() {
         let (conflict_tx, conflict_rx) = mpsc::channel(16);
@@ -220,6 +229,7 @@ pub fn start(
             role: ctx.role.clone(),
             applied: *ctx.role.borrow(),
             claims: claims_tx.clone(),
+            rival: rival.clone(),
             ctx: ctx.clone(),
             core: VipClaim::new(
                 VipSettings {
@@ -241,7 +251,10 @@ pub fn start(
     // nothing else closes or replaces.
     let rx = unsafe { AsyncFd::register(sockets.arp_rx)? };
     tokio::spawn(read_arp(rx, arp_routes, ctx.shutdown.clone()));
-    Ok(VipClaims { rx: claims_rx })
+    Ok(VipClaims {
+        rx: claims_rx,
+        rival,
+    })
 }
 
 /// A conflicting-looking ARP, with the interface it arrived on.
@@ -333,6 +346,8 @@ struct Worker {
     /// The role last fed to the core (what a claim is reported for in [`VipClaims`]).
     applied: ServiceRole,
     claims: Arc<watch::Sender<Claimed>>,
+    /// Tells HA a held VIP was announced from another MAC.
+    rival: Arc<tokio::sync::Notify>,
     ctx: VipContext,
     core: VipClaim,
     /// Whether the last announcement went out (for the claim's log line).
@@ -477,6 +492,10 @@ impl Worker {
                 tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "floating IP {} vanished from {}; adding it back", self.vip(), self.cfg.interface);
             }
             Report::CheckFailed(msg) => tracing::warn!("{msg}"),
+            Report::Rival { rival } => {
+                tracing::debug!(vip = %self.vip(), other_mac = %arp::mac_string(rival), "floating IP {} announced by {}; asking HA before defending", self.vip(), arp::mac_string(rival));
+                self.rival.notify_one();
+            }
             Report::Conflict { rival, own_mac } => self.report_conflict(rival, own_mac),
             Report::Defending => {
                 tracing::warn!(vip = %self.vip(), interface = %self.cfg.interface, "defending floating IP {} on {}: announcing it again", self.vip(), self.cfg.interface);

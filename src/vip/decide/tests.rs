@@ -279,6 +279,14 @@ fn a_conflict_is_reported_and_defended_only_if_still_held_after_the_hold_off() {
         target_ip: "10.0.0.3".parse().expect("ip"),
     };
     k.feed(&mut core, Input::Arp { seen, ifindex: 2 }, now);
+    // HA hears of the rival at once (it asks its peer), the defence waits for the hold-off.
+    assert_eq!(
+        k.reports.last(),
+        Some(&Report::Rival {
+            rival: seen.sender_mac
+        })
+    );
+    assert!(!k.reports.contains(&Report::Defending));
     advance(&mut k, &mut core, &mut now, DEFEND_HOLDOFF);
     assert!(k.reports.contains(&Report::Conflict {
         rival: seen.sender_mac,
