@@ -105,3 +105,36 @@ impl ServeLease {
 pub fn channel() -> (watch::Sender<ServiceRole>, watch::Receiver<ServiceRole>) {
     watch::channel(ServiceRole::undecided())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::mono_ms;
+
+    #[test]
+    fn a_serve_lease_holds_only_until_it_runs_out_unless_standalone() {
+        assert!(ServeLease::always().valid());
+        let l = ServeLease::revoked();
+        assert!(!l.valid(), "not valid before HA renewed it");
+        l.renew(mono_ms() + 60_000);
+        assert!(l.valid());
+        l.renew(mono_ms().saturating_sub(1));
+        assert!(!l.valid(), "a lease that ran out during a stall");
+        l.renew(mono_ms() + 60_000);
+        l.revoke();
+        assert!(!l.valid(), "fenced");
+    }
+
+    #[test]
+    fn a_fenced_active_role_does_not_serve() {
+        let r = ServiceRole {
+            fenced: true,
+            ..ServiceRole::standalone()
+        };
+        assert!(!r.serves());
+        assert!(
+            !r.yields_to_peer(),
+            "fenced: the VIP goes at once, it is not handed over"
+        );
+    }
+}
