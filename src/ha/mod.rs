@@ -103,9 +103,11 @@ pub struct HaStatus {
     #[serde(default)]
     pub transitions: Vec<HaTransition>,
     /// ACTIVE but fenced after a stall: not serving until the peer answers.
+    #[serde(default)]
     pub fenced: bool,
     /// The paths to the peer (the link, the heartbeat datagrams per VIP network) with the
     /// age of the last frame on each, as of the last heartbeat.
+    #[serde(default)]
     pub paths: Vec<machine::PathView>,
 }
 

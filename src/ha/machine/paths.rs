@@ -2,7 +2,7 @@
 //! last carried news: a path that goes quiet while another still works is reported once as
 //! `ha.path_down`, and one that works again is logged once.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::*;
 
@@ -10,7 +10,7 @@ use super::*;
 pub(super) const LINK: usize = 0;
 
 /// One path as `/api/v1/ha/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathView {
     pub name: String,
     /// Milliseconds since its last frame from the peer; `None`: never heard on it.
