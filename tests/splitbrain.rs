@@ -26,11 +26,13 @@ fn metrics(lab: &Lab, n: Node) -> String {
         .unwrap_or_default()
 }
 
+/// OFFERs sent, whatever client class they went to.
 fn offers_sent(lab: &Lab, n: Node) -> f64 {
-    metric(
-        &metrics(lab, n),
-        "athena_dhcp_packets_sent_total{type=\"offer\"}",
-    )
+    metrics(lab, n)
+        .lines()
+        .filter(|l| l.starts_with("athena_dhcp_packets_sent_total{type=\"offer\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn dropped(lab: &Lab, n: Node, kind: &str) -> f64 {
