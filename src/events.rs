@@ -64,11 +64,17 @@ pub enum EventKind {
     VipConflict,
     #[serde(rename = "vip.error")]
     VipError,
+    /// The lease database cannot be written (a commit failed); DHCPACKs wait until it can.
+    #[serde(rename = "store.failed")]
+    StoreFailed,
+    /// The lease database was reopened and takes durable writes again.
+    #[serde(rename = "store.healed")]
+    StoreHealed,
 }
 
 impl EventKind {
     /// Every kind, in the order the docs and config errors list them.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 22] = [
         EventKind::LeaseDiscover,
         EventKind::LeaseOffer,
         EventKind::LeaseAck,
@@ -89,6 +95,8 @@ impl EventKind {
         EventKind::VipReleased,
         EventKind::VipConflict,
         EventKind::VipError,
+        EventKind::StoreFailed,
+        EventKind::StoreHealed,
     ];
 
     /// The wire name (the same string serde writes).
@@ -114,6 +122,8 @@ impl EventKind {
             EventKind::VipReleased => "vip.released",
             EventKind::VipConflict => "vip.conflict",
             EventKind::VipError => "vip.error",
+            EventKind::StoreFailed => "store.failed",
+            EventKind::StoreHealed => "store.healed",
         }
     }
 
@@ -181,6 +191,7 @@ pub enum EventData {
     Lease(LeaseEvent),
     Vip(VipEvent),
     Config(ConfigEvent),
+    Store(StoreEvent),
 }
 
 /// `ha.config_*`: what differs between the two nodes' shared configs.
@@ -190,6 +201,15 @@ pub struct ConfigEvent {
     /// `subnet 10.0.0.0/24 pool[0].range_end: 10.0.0.200 here, 10.0.0.199 on node-b`; empty
     /// when they agree again.
     pub differences: Vec<String>,
+}
+
+/// `store.*`: the lease database failed or healed.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct StoreEvent {
+    /// The database file.
+    pub path: String,
+    /// Why it cannot be written (`No space left on device`); `None` once healed.
+    pub reason: Option<String>,
 }
 
 /// `ha.*`: state changes and peer link news.

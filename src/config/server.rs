@@ -57,6 +57,12 @@ pub struct ServerConfig {
     pub rate_limit_per_mac: u32,
     /// DISCOVERs per second accepted in total (0 = unlimited).
     pub rate_limit_global: u32,
+    /// A lease database that cannot be read at start: "resync" (move it aside, take every
+    /// lease from the HA peer before serving) or "refuse" (exit 1). Default: resync with HA,
+    /// refuse without.
+    pub damaged_lease_db: Option<crate::lease::damaged::DamagedLeaseDb>,
+    /// Health is `degraded` while the lease database's filesystem has less free space.
+    pub lease_db_min_free: crate::lease::space::ByteSize,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +81,8 @@ impl Default for ServerConfig {
             offer_hold: Dur::secs(30),
             rate_limit_per_mac: 10,
             rate_limit_global: 0,
+            damaged_lease_db: None,
+            lease_db_min_free: crate::lease::space::ByteSize::mib(64),
         }
     }
 }

@@ -46,6 +46,14 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         }
     }
     validate_api_tls(&c.api)?;
+    if c.server.damaged_lease_db == Some(crate::lease::damaged::DamagedLeaseDb::Resync)
+        && !c.ha.enabled
+    {
+        return err(
+            "server.damaged_lease_db",
+            "\"resync\" takes the leases from the HA peer and needs [ha] enabled = true; use \"refuse\"",
+        );
+    }
     validate_ha(&c.ha)?;
     validate_dns(&c.dns)?;
     validate_times(

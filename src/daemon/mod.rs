@@ -20,6 +20,7 @@ use crate::health::Health;
 use crate::privileges::explain_bind_error;
 
 mod services;
+mod store;
 
 /// Sockets opened while the process still has its privileges.
 pub struct Prepared {

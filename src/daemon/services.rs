@@ -26,13 +26,13 @@ use crate::lease::{LeaseLog, LeaseStore, ReplicationRx};
 use crate::vip::{VipBoard, VipClaims};
 
 /// What every service is started with; made once, before any of them.
-struct Common {
-    cfg: Arc<Config>,
-    node: String,
-    bus: EventBus,
-    health: Health,
+pub(super) struct Common {
+    pub(super) cfg: Arc<Config>,
+    pub(super) node: String,
+    pub(super) bus: EventBus,
+    pub(super) health: Health,
     /// One broadcast stops every task but the hooks (they outlive the rest, see [`stop`]).
-    shutdown: CancellationToken,
+    pub(super) shutdown: CancellationToken,
     /// The running config; SIGHUP sends a new one (hooks and DNS records follow it).
     config: watch::Receiver<Arc<Config>>,
 }
@@ -81,10 +81,11 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         config: c.config.clone(),
     });
     // The lease store, opened when DHCP serves: DHCP writes it, HA replicates it.
-    let store = if prepared.dhcp_sockets.is_empty() {
-        None
+    let (store, resync_marker) = if prepared.dhcp_sockets.is_empty() {
+        (None, None)
     } else {
-        Some(open_store(&c.cfg, &mut registry)?)
+        let (store, marker) = super::store::open_store(&c, &mut registry, &mut tasks)?;
+        (Some(store), marker)
     };
     if let (Some(dns), Some(store), true) = (&dns, &store, c.cfg.dns.register_leases) {
         feed_zone(dns, store.clone());
@@ -100,6 +101,7 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
             log,
             replication_rx,
             dns.as_ref().map(|d| d.warm_link()),
+            resync_marker,
             &mut registry,
             &mut routes,
         )
@@ -191,15 +193,6 @@ fn start_vips(
         .context("starting the VIP manager (netlink)")
 }
 
-fn open_store(cfg: &Config, registry: &mut Registry) -> anyhow::Result<Arc<LeaseStore>> {
-    let store = LeaseStore::open(&cfg.server.lease_db).context("opening the lease database")?;
-    store.register_metrics(registry);
-    if cfg.ha.enabled {
-        store.set_batch_target(crate::lease::store::BATCH_TARGET_REPLICATED);
-    }
-    Ok(store)
-}
-
 /// The DNS zone's names for active leases, read from the store when the zone is rebuilt.
 fn feed_zone(dns: &DnsServer, store: Arc<LeaseStore>) {
     dns.set_lease_source(Arc::new(move || {
@@ -221,6 +214,7 @@ fn start_ha(
     lease_log: Option<Arc<dyn LeaseLog>>,
     replication: ReplicationRx,
     dns_warm: Option<crate::dns::WarmLink>,
+    resync_marker: Option<std::path::PathBuf>,
     registry: &mut Registry,
     routes: &mut axum::Router,
 ) -> HaView {
@@ -235,6 +229,7 @@ fn start_ha(
         replication: Some(replication),
         updates: c.config.clone(),
         dns_warm,
+        resync_marker,
         shutdown: c.shutdown.clone(),
     };
     let h = crate::ha::node::spawn(params, registry);

@@ -289,7 +289,9 @@ async fn receive_loop(
                             // `announced` drops here: the events of a withheld ACK are
                             // never published.
                             sh.metrics.commit_failed.inc();
-                            tracing::error!("lease commit failed, reply withheld: {e}");
+                            // The store logs its failure once, when it begins; a line per
+                            // withheld reply would flood the log while the disk is full.
+                            tracing::debug!("lease commit failed, reply withheld: {e}");
                             return;
                         }
                     }
@@ -477,6 +479,7 @@ async fn housekeeping(
                     }
                     sh.announce.now(events);
                 }
+                Err(e) if e.store_failed() => {} // logged once by the store
                 Err(e) => tracing::error!("lease expiry failed: {e}"),
             }
         }

@@ -217,6 +217,7 @@ mod tests {
             gen: 2,
             ask: 0,
             answer: 0,
+            store_failed: false,
         }
     }
 

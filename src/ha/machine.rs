@@ -121,6 +121,10 @@ pub struct PeerStatus {
     /// The last `ask` the sender heard from the receiver.
     #[serde(default)]
     pub answer: u64,
+    /// The sender's lease store cannot write: it merges nothing, so the active stops waiting
+    /// for its acks. Absent from older nodes (false).
+    #[serde(default)]
+    pub store_failed: bool,
 }
 
 /// Control frames the machine sends. Lease frames belong to `sync` and never reach it.
@@ -172,6 +176,22 @@ pub enum Input {
     /// The VIP was announced from another MAC. An ACTIVE node without fresh peer news asks
     /// on every path before it defends the address.
     VipConflict,
+    /// The lease store's condition changed (see [`StoreInput`]).
+    Store(StoreInput),
+}
+
+/// What the lease store tells HA. A node that cannot make a lease durable must not hold the
+/// service: it goes FAULT (the peer, which has every acknowledged lease, takes over) and
+/// comes back through a bulk sync, since it missed what the peer gave out meanwhile.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreInput {
+    /// A commit failed; the store reopens itself with a backoff.
+    Failed(String),
+    /// The store takes durable writes again.
+    Healed,
+    /// The store was started empty in place of a damaged file: this node must take the
+    /// peer's whole lease set (one complete bulk sync) before it may serve.
+    NeedsResync,
 }
 
 /// `ha.*` news that changes nothing this node does (unlike a transition).
@@ -298,7 +318,8 @@ enum Phase {
         /// Not serving after a stall until the peer answers or the witness decides.
         fence: Option<fence::Fence>,
     },
-    /// Cannot serve: entered on failing health and left only when health returns.
+    /// Cannot serve: entered on failing health or a failing lease store, left only when
+    /// both are well again (and a store that lost its leases has resynced).
     Fault,
 }
 
@@ -367,6 +388,13 @@ pub struct Machine {
     /// This node handed the service away on request (API): it does not preempt it back
     /// until it is ACTIVE again, or the request would be undone a heartbeat later.
     yielded: bool,
+    /// The last health report named something stuck (FAULT stays while it does).
+    health_stuck: bool,
+    /// The lease store cannot write, and why (FAULT stays while it cannot).
+    store_failed: Option<String>,
+    /// The store started empty in place of a damaged file; FAULT stays until a bulk sync
+    /// from the peer completes.
+    store_resync: bool,
 }
 
 impl Machine {
@@ -395,6 +423,9 @@ impl Machine {
             stopping: false,
             yielded: false,
             cfg,
+            health_stuck: false,
+            store_failed: None,
+            store_resync: false,
         }
     }
 
@@ -457,6 +488,7 @@ impl Machine {
                 && !self.faulted()
                 && !self.stopping
                 && !self.yielded,
+            store_failed: self.store_failed.is_some(),
         }
     }
 
@@ -499,6 +531,7 @@ impl Machine {
                 self.on_datagram(path, status, now, watermark, &mut out)
             }
             Input::VipConflict => self.on_vip_conflict(now, watermark, &mut out),
+            Input::Store(s) => self.on_store(s, now, watermark, &mut out),
         }
         out
     }

@@ -28,7 +28,7 @@ use crate::ha::agreement::{Agreement, AgreementView};
 use crate::ha::link::{
     dialer, preferred_dialer, replaces, retire, LinkReady, Shared, MAX_PENDING_HANDSHAKES,
 };
-use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus};
+use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus, StoreInput};
 use crate::ha::metrics::HaMetrics;
 use crate::ha::peer::{LinkError, Msg};
 use crate::ha::role::{ServeLease, ServiceRole};
@@ -61,6 +61,9 @@ pub struct HaParams {
     /// The DNS server's warm-standby ends (`dns::warm`), when DNS runs: the link carries
     /// the active node's cached questions to the standby, after the leases.
     pub dns_warm: Option<crate::dns::WarmLink>,
+    /// The lease database was started empty in place of a damaged file: this marker file
+    /// says so (across restarts) until a bulk sync from the peer completes.
+    pub resync_marker: Option<std::path::PathBuf>,
     pub shutdown: CancellationToken,
 }
 
@@ -129,6 +132,9 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
     let mut machine = Machine::new(mcfg, now);
     let saved_epoch = params.lease_log.as_ref().map_or(0, |l| l.saved_epoch());
     machine.restore_epoch(saved_epoch);
+    if params.resync_marker.is_some() {
+        machine.step(Input::Store(StoreInput::NeedsResync), now, 0);
+    }
     let watermark = params.lease_log.as_ref().map_or(0, |l| l.watermark());
     let (status_tx, status_rx) = watch::channel(HaStatus {
         enabled: true,
@@ -239,6 +245,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         history: VecDeque::with_capacity(TRANSITION_HISTORY),
         datagrams,
         serve_lease,
+        store_failed: None,
     };
     tokio::spawn(node.run());
     handle
@@ -293,6 +300,8 @@ struct NodeTask {
     /// The datagram paths' sender (`None`: the link alone carries heartbeats).
     datagrams: Option<udp::DatagramSender>,
     serve_lease: ServeLease,
+    /// The store's failure as last told to the machine.
+    store_failed: Option<String>,
 }
 
 impl NodeTask {
@@ -428,6 +437,14 @@ impl NodeTask {
             self.metrics
                 .path_age(&p.name, p.last_frame_ms_ago.map_or(-1, |a| a as i64));
         }
+        let store = self.p.lease_log.as_ref().and_then(|l| l.failure());
+        if store != self.store_failed {
+            self.store_failed = store.clone();
+            self.step(Input::Store(match store {
+                Some(why) => StoreInput::Failed(why),
+                None => StoreInput::Healed,
+            }));
+        }
         let stuck = self.p.health.cannot_serve();
         self.step(Input::Health { stuck });
         self.step(Input::Tick);
@@ -475,6 +492,12 @@ impl NodeTask {
                         l.synced += received;
                         l.changed += changed;
                         if done {
+                            if let Some(marker) = self.p.resync_marker.take() {
+                                // The rebuilt database holds the peer's lease set now.
+                                if let Err(e) = std::fs::remove_file(&marker) {
+                                    tracing::warn!("cannot remove {}: {e}", marker.display());
+                                }
+                            }
                             let detail = format!(
                                 "bulk sync from {} complete: {} leases received, {} changed here",
                                 self.m.peer().map_or("peer", |p| p.node.as_str()),
@@ -530,6 +553,7 @@ impl NodeTask {
                 self.metrics.replicated.inc();
                 self.pending.ack(id);
             }
+            Msg::LeasesNack { id } => self.pending.nack(id),
             Msg::SyncRequest { since } => {
                 if let Some(l) = &self.link {
                     sync::spawn_bulk_sender(self.p.lease_log.clone(), since, l.tx.clone());
@@ -576,9 +600,14 @@ impl NodeTask {
             }
             _ => {
                 // No peer to wait for: the lease is durable here and goes out in the next
-                // bulk sync.
+                // bulk sync (a peer whose store failed takes it once its store heals).
+                let how = if self.m.peer().is_some_and(|p| p.store_failed) {
+                    crate::lease::Replicated::PeerStoreFailed
+                } else {
+                    crate::lease::Replicated::PeerDown
+                };
                 for r in batch {
-                    let _ = r.done.send(crate::lease::Replicated::PeerDown);
+                    let _ = r.done.send(how);
                 }
             }
         }

@@ -123,6 +123,11 @@ pub enum Msg {
     LeasesAck {
         id: u64,
     },
+    /// The answer to `Leases` when the receiver's store could not merge them (its disk
+    /// failed): the sender stops waiting for that frame at once.
+    LeasesNack {
+        id: u64,
+    },
     /// "Send me your changes after sequence `since`."
     SyncRequest {
         since: u64,
@@ -570,6 +575,7 @@ mod tests {
             gen: 1,
             ask: 0,
             answer: 0,
+            store_failed: false,
         }
     }
 

@@ -65,9 +65,18 @@ impl Pending {
 
     /// The peer acknowledged `id`: those DHCPACKs may leave.
     pub fn ack(&mut self, id: u64) {
+        self.complete(id, Replicated::Acked);
+    }
+
+    /// The peer could not store `id`: its DHCPACKs leave without waiting any longer.
+    pub fn nack(&mut self, id: u64) {
+        self.complete(id, Replicated::PeerStoreFailed);
+    }
+
+    fn complete(&mut self, id: u64, how: Replicated) {
         if let Some(f) = self.waiting.remove(&id) {
             for d in f.done {
-                let _ = d.send(Replicated::Acked);
+                let _ = d.send(how);
             }
         }
     }
@@ -189,10 +198,15 @@ pub fn spawn_applier(
             match staged {
                 Staged::Live(id, merge) => {
                     if let Err(e) = merge.await {
-                        tracing::warn!(
+                        // The store logged its failure once; the active learns it per frame
+                        // so its DHCPACKs stop waiting for this node.
+                        tracing::debug!(
                             frame = id,
-                            "replicated lease frame {id} could not be merged; not acknowledged: {e}"
+                            "replicated lease frame {id} could not be merged: {e}"
                         );
+                        if link_tx.send(Msg::LeasesNack { id }).await.is_err() {
+                            return;
+                        }
                         continue;
                     }
                     if link_tx.send(Msg::LeasesAck { id }).await.is_err() {

@@ -110,6 +110,10 @@ pub fn script_env(event: &Event, hook: &str, vips: &str) -> Vec<(String, String)
             put("ATHENA_PEER", c.peer.clone());
             put("ATHENA_CONFIG_DIFFERENCES", c.differences.join("\n"));
         }
+        EventData::Store(st) => {
+            put("ATHENA_LEASE_DB", st.path.clone());
+            put("ATHENA_REASON", st.reason.clone().unwrap_or_default());
+        }
     }
     env
 }

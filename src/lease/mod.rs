@@ -13,16 +13,21 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod codec;
+pub mod damaged;
+pub mod fault;
 pub mod index;
 mod merge;
 #[cfg(test)]
 mod merge_tests;
 mod migrate;
+pub mod report;
+pub mod space;
 pub mod store;
 #[cfg(test)]
 pub(crate) mod testing;
 mod writer;
 
+pub use fault::StoreCondition;
 pub use index::LeaseIndex;
 pub use store::{LeaseStore, StoreError};
 
@@ -161,6 +166,9 @@ pub enum Replicated {
     PeerDown,
     /// The standby did not answer within `max_ack_delay`.
     TimedOut,
+    /// The standby's lease store cannot write (it said so): not waited for; it catches up
+    /// by bulk sync once its store heals.
+    PeerStoreFailed,
 }
 
 impl Replicated {
@@ -170,6 +178,7 @@ impl Replicated {
             Replicated::Acked => "acked",
             Replicated::PeerDown => "peer_down",
             Replicated::TimedOut => "timeout",
+            Replicated::PeerStoreFailed => "peer_store_failed",
         }
     }
 }
@@ -231,6 +240,11 @@ pub trait LeaseLog: Send + Sync + 'static {
     /// Saves the HA epoch durably. Blocking: callers on the runtime use `spawn_blocking`.
     fn save_epoch(&self, _epoch: u64) -> Result<(), LeaseLogError> {
         Ok(())
+    }
+    /// Why the store cannot make changes durable now (`None`: it can). HA gives up the
+    /// service while it cannot.
+    fn failure(&self) -> Option<String> {
+        None
     }
 
     /// [`apply_remote`](LeaseLog::apply_remote) for callers on the runtime; resolves to how

@@ -26,14 +26,15 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
 use redb::{Database, ReadableTable};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::codec;
+use super::fault::{self, OpenError, StoreCondition};
 use super::index::LeaseIndex;
 use super::migrate::META;
 use super::writer::{self, boxed, durable_lock, records, Durable, Job, NewestMap, WriteError, LOG};
@@ -41,9 +42,6 @@ use super::{merge, migrate};
 use super::{Lease, LeaseLog, LeaseLogError};
 
 pub use super::writer::{StoreMetrics, BATCH_TARGET, BATCH_TARGET_REPLICATED};
-
-/// redb page cache (bytes).
-const REDB_CACHE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,6 +51,10 @@ pub enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// The file exists but cannot be read as a lease database (truncated, random bytes, a
+    /// format this version cannot read): the daemon moves it aside or refuses to start.
+    #[error("lease database {path} is damaged: {detail}")]
+    Damaged { path: PathBuf, detail: String },
     #[error("lease database {path}: cannot create {dir}: {source}")]
     CreateDir {
         path: PathBuf,
@@ -74,6 +76,19 @@ pub enum StoreError {
     SaveEpoch(#[source] Box<redb::Error>),
     #[error("lease database writer has stopped")]
     WriterGone,
+    #[error("the lease database is failed: {0}")]
+    Failed(String),
+}
+
+impl StoreError {
+    /// Refused because the store is failed, without a try (logged once when it failed).
+    pub fn store_failed(&self) -> bool {
+        match self {
+            StoreError::Write(w) => w.store_failed(),
+            StoreError::Failed(_) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Why a read of the lease log failed: the database, or a record it holds.
@@ -95,7 +110,7 @@ fn bad(e: codec::CodecError) -> StoreError {
 
 /// Reads the log into the index (newest record per address) and the writer's view of it;
 /// returns them and the watermark (the last sequence number).
-fn load(db: &Database) -> Result<(LeaseIndex, Durable, u64), Box<redb::Error>> {
+pub(super) fn load(db: &Database) -> Result<(LeaseIndex, Durable, u64), Box<redb::Error>> {
     let r = db.begin_read().map_err(boxed)?;
     let log = r.open_table(LOG).map_err(boxed)?;
     // First the newest record of each address (sequence and address are cheap to read), so
@@ -162,27 +177,50 @@ impl PendingCommit {
     }
 }
 
+/// What the store and its writer thread share.
+pub(super) struct Shared {
+    pub path: PathBuf,
+    /// `None` while the store is failed: closed, waiting to be reopened (see [`fault`]).
+    pub db: RwLock<Option<Arc<Database>>>,
+    pub index: Mutex<LeaseIndex>,
+    pub durable: Mutex<Durable>,
+    pub watermark: AtomicU64,
+    /// Leases a commit waits for under load (see [`BATCH_TARGET`]); read by the writer.
+    pub batch_target: AtomicUsize,
+    /// Bumped (under the index lock) each time a heal reloads the index.
+    pub generation: AtomicU64,
+    pub condition: watch::Sender<StoreCondition>,
+    pub metrics: StoreMetrics,
+}
+
+impl Shared {
+    pub fn db(&self) -> Option<Arc<Database>> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn index(&self) -> MutexGuard<'_, LeaseIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct LeaseStore {
-    db: Arc<Database>,
-    index: Mutex<LeaseIndex>,
-    durable: Arc<Mutex<Durable>>,
+    s: Arc<Shared>,
     /// `None` only while dropping.
     writer: Option<std_mpsc::Sender<Job>>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
-    watermark: Arc<AtomicU64>,
-    /// Leases a commit waits for under load (see [`BATCH_TARGET`]); read by the writer.
-    batch_target: Arc<AtomicUsize>,
-    metrics: StoreMetrics,
-    path: PathBuf,
 }
 
 impl LeaseStore {
     /// Opens (or creates) the database, loads every lease into memory and starts the writer.
     /// After a crash redb repairs the file here; committed transactions are all present.
+    /// A file redb cannot read is [`StoreError::Damaged`], never a panic.
     pub fn open(path: &Path) -> Result<Arc<LeaseStore>, StoreError> {
         let open_err = |source: Box<redb::Error>| StoreError::Open {
             path: path.to_path_buf(),
             source,
+        };
+        let damaged = |detail: String| StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
@@ -191,69 +229,87 @@ impl LeaseStore {
                 source,
             })?;
         }
-        // Lookups come from the in-memory index, so redb's page cache only needs the pages
-        // a commit touches; its 1 GiB default would let RSS grow with the file.
-        let db = Database::builder()
-            .set_cache_size(REDB_CACHE)
-            .create(path)
-            .map_err(|e| open_err(boxed(e)))?;
-        // Create the tables once so readers never see "table does not exist".
-        let txn = db.begin_write().map_err(|e| open_err(boxed(e)))?;
-        txn.open_table(LOG).map_err(|e| open_err(boxed(e)))?;
-        migrate::drop_legacy_indexes(&txn).map_err(open_err)?;
-        migrate::migrate_legacy(&txn, path).map_err(open_err)?;
-        txn.commit().map_err(|e| open_err(boxed(e)))?;
-
-        let (index, durable, watermark) = load(&db).map_err(open_err)?;
-        let db = Arc::new(db);
-        let durable = Arc::new(Mutex::new(durable));
-        let wm = Arc::new(AtomicU64::new(watermark));
+        let db = match fault::open_db(path) {
+            Ok(db) => db,
+            Err(e) if e.is_damaged() => return Err(damaged(e.to_string())),
+            Err(OpenError::Redb(e)) => return Err(open_err(e)),
+            Err(e) => return Err(damaged(e.to_string())),
+        };
+        // A damaged file can also get past the header and fail (or assert) in its tables.
+        let prepared = fault::quiet_catch_unwind(|| -> Result<_, Box<redb::Error>> {
+            // Create the tables once so readers never see "table does not exist".
+            let txn = db.begin_write().map_err(boxed)?;
+            txn.open_table(LOG).map_err(boxed)?;
+            migrate::drop_legacy_indexes(&txn)?;
+            migrate::migrate_legacy(&txn, path)?;
+            txn.commit().map_err(boxed)?;
+            load(&db)
+        });
+        let (index, durable, watermark) = match prepared {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) if fault::is_damage(&e) => return Err(damaged(e.to_string())),
+            Ok(Err(e)) => return Err(open_err(e)),
+            Err(panic) => return Err(damaged(format!("redb: {panic}"))),
+        };
         let metrics = StoreMetrics::default();
-        metrics
-            .log_records
-            .set(durable_lock(&durable).records as i64);
-        let batch_target = Arc::new(AtomicUsize::new(BATCH_TARGET));
-        let (tx, writer_thread) = writer::spawn(
-            db.clone(),
-            durable.clone(),
-            wm.clone(),
-            batch_target.clone(),
-            metrics.clone(),
-            watermark,
-        )
-        .map_err(|source| StoreError::StartWriter {
+        metrics.log_records.set(durable.records as i64);
+        let leases = index.len();
+        let s = Arc::new(Shared {
             path: path.to_path_buf(),
-            source,
-        })?;
+            db: RwLock::new(Some(Arc::new(db))),
+            index: Mutex::new(index),
+            durable: Mutex::new(durable),
+            watermark: AtomicU64::new(watermark),
+            batch_target: AtomicUsize::new(BATCH_TARGET),
+            generation: AtomicU64::new(0),
+            condition: watch::channel(StoreCondition::Writable).0,
+            metrics,
+        });
+        let (tx, writer_thread) =
+            writer::spawn(s.clone(), watermark).map_err(|source| StoreError::StartWriter {
+                path: path.to_path_buf(),
+                source,
+            })?;
         tracing::info!(
             path = %path.display(),
-            leases = index.len(),
+            leases,
             watermark,
             "lease database {} opened with {} leases",
             path.display(),
-            index.len()
+            leases
         );
         Ok(Arc::new(LeaseStore {
-            db,
-            index: Mutex::new(index),
-            durable,
+            s,
             writer: Some(tx),
             writer_thread: Some(writer_thread),
-            watermark: wm,
-            batch_target,
-            metrics,
-            path: path.to_path_buf(),
         }))
     }
 
+    /// Whether the store can make changes durable; follows every change of state.
+    pub fn condition(&self) -> watch::Receiver<StoreCondition> {
+        self.s.condition.subscribe()
+    }
+
+    /// Why the store cannot write now (`None`: it can).
+    pub fn failure(&self) -> Option<String> {
+        self.s.condition.borrow().failure().map(str::to_string)
+    }
+
+    /// The open database, or why there is none (the store is failed and closed).
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.s
+            .db()
+            .ok_or_else(|| StoreError::Failed(self.failure().unwrap_or_default()))
+    }
+
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.s.path
     }
 
     /// The in-memory view. Hold it briefly; submit the changes made under it before
     /// releasing it, so the disk sees them in the same order.
     pub fn index(&self) -> MutexGuard<'_, LeaseIndex> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+        self.s.index()
     }
 
     /// Queues leases (already applied to the index) for the next group commit.
@@ -266,7 +322,7 @@ impl LeaseStore {
     /// frame, one merge and one fsync on the standby, so fewer, bigger commits save CPU on
     /// both nodes for about the same ACK latency (the standby no longer waits to batch).
     pub fn set_batch_target(&self, leases: usize) {
-        self.batch_target.store(leases.max(1), Ordering::Relaxed);
+        self.s.batch_target.store(leases.max(1), Ordering::Relaxed);
     }
 
     fn submit_job(&self, leases: Vec<Lease>, remote: bool) -> PendingCommit {
@@ -276,6 +332,8 @@ impl LeaseStore {
             queued: Instant::now(),
             done,
             remote,
+            // Callers submit under the index lock, which a heal holds while it bumps this.
+            generation: self.s.generation.load(Ordering::Acquire),
         };
         // A job the writer cannot take is dropped with its sender: the caller's wait then
         // says WriterGone.
@@ -322,11 +380,11 @@ impl LeaseStore {
 
     /// Reads one lease from disk (not the index): what a restart would see.
     pub fn read_durable(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
-        let d = durable_lock(&self.durable);
+        let d = durable_lock(&self.s.durable);
         let Some(&seq) = d.newest.get(&u32::from(ip)) else {
             return Ok(None);
         };
-        let r = self.db.begin_read().map_err(rd)?;
+        let r = self.db()?.begin_read().map_err(rd)?;
         let t = r.open_table(LOG).map_err(rd)?;
         let Some(row) = t.range(..=seq).map_err(rd)?.next_back() else {
             return Ok(None);
@@ -342,7 +400,7 @@ impl LeaseStore {
 
     /// Number of addresses with a lease record on disk (read from the log itself).
     pub fn durable_len(&self) -> Result<u64, StoreError> {
-        let r = self.db.begin_read().map_err(rd)?;
+        let r = self.db()?.begin_read().map_err(rd)?;
         let t = r.open_table(LOG).map_err(rd)?;
         let mut ips = std::collections::HashSet::new();
         for row in t.iter().map_err(rd)? {
@@ -355,11 +413,11 @@ impl LeaseStore {
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
-        &self.metrics
+        &self.s.metrics
     }
 
     pub fn register_metrics(&self, registry: &mut Registry) {
-        self.metrics.register(registry);
+        self.s.metrics.register(registry);
     }
 }
 
@@ -379,12 +437,12 @@ const EPOCH_KEY: &str = "ha_epoch";
 
 impl LeaseLog for LeaseStore {
     fn watermark(&self) -> u64 {
-        self.watermark.load(Ordering::Acquire)
+        self.s.watermark.load(Ordering::Acquire)
     }
 
     fn saved_epoch(&self) -> u64 {
         let read = || -> Result<u64, StoreError> {
-            let r = self.db.begin_read().map_err(rd)?;
+            let r = self.db()?.begin_read().map_err(rd)?;
             let meta = match r.open_table(META) {
                 Ok(t) => t,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -401,8 +459,9 @@ impl LeaseLog for LeaseStore {
     fn save_epoch(&self, epoch: u64) -> Result<(), LeaseLogError> {
         // Its own transaction beside the writer's commits (redb runs one writer at a time):
         // epochs change at takeovers only, never on the DHCP path.
+        let db = self.db()?;
         let write = || -> Result<(), Box<redb::Error>> {
-            let txn = self.db.begin_write().map_err(boxed)?;
+            let txn = db.begin_write().map_err(boxed)?;
             {
                 let mut meta = txn.open_table(META).map_err(boxed)?;
                 let saved = meta.get(EPOCH_KEY).map_err(boxed)?.map_or(0, |v| v.value());
@@ -418,8 +477,8 @@ impl LeaseLog for LeaseStore {
     fn changes_since(&self, seq: u64, limit: usize) -> Result<Vec<(u64, Lease)>, LeaseLogError> {
         // Taken before the snapshot: a record skipped as superseded below has its successor
         // in the snapshot (the writer records a commit here only after it is durable).
-        let d = durable_lock(&self.durable);
-        let r = self.db.begin_read().map_err(rd)?;
+        let d = durable_lock(&self.s.durable);
+        let r = self.db()?.begin_read().map_err(rd)?;
         let log = r.open_table(LOG).map_err(rd)?;
         let after = seq.saturating_add(1);
         // The entry holding `after` may start before it.
@@ -447,6 +506,10 @@ impl LeaseLog for LeaseStore {
             }
         }
         Ok(out)
+    }
+
+    fn failure(&self) -> Option<String> {
+        LeaseStore::failure(self)
     }
 
     fn apply_remote(&self, remote: &[Lease]) -> Result<Vec<Lease>, LeaseLogError> {

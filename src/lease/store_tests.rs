@@ -46,7 +46,7 @@ fn table_names(path: &Path) -> Vec<String> {
 
 /// Records in the log, superseded ones included (read from disk, not the writer's count).
 fn log_len(store: &LeaseStore) -> u64 {
-    let r = store.db.begin_read().expect("read");
+    let r = store.db().expect("db").begin_read().expect("read");
     let t = r.open_table(LOG).expect("log");
     t.iter()
         .expect("iter")
@@ -219,7 +219,7 @@ fn one_commit_is_one_entry_and_reads_start_inside_it() {
             .expect("put")
     });
     assert_eq!(log_len(&store), 3);
-    let r = store.db.begin_read().expect("read");
+    let r = store.db().expect("db").begin_read().expect("read");
     assert_eq!(
         redb::ReadableTableMetadata::len(&r.open_table(LOG).expect("log")).expect("len"),
         1,
@@ -263,7 +263,7 @@ fn rewrites_are_compacted_and_the_newest_of_each_survives_reopen() {
         );
         // Every record written and no longer on disk was counted as compacted.
         assert_eq!(
-            store.metrics.compacted.get(),
+            store.metrics().compacted.get(),
             rounds * u64::from(live) - on_disk
         );
         assert_eq!(store.durable_len().expect("len"), u64::from(live));
@@ -320,12 +320,12 @@ fn concurrent_commits_are_batched_and_all_durable() {
     // A tenth of the jobs leaves room for a loaded machine preempting the spawning
     // loop for a commit's length a dozen times; one transaction per few jobs is a
     // batching that does not work.
-    let commits = store.metrics.commits.get();
+    let commits = store.metrics().commits.get();
     assert!(
         (1..=20).contains(&commits),
         "200 concurrent commits took {commits} transactions"
     );
-    assert_eq!(store.metrics.leases_written.get(), 200);
+    assert_eq!(store.metrics().leases_written.get(), 200);
 }
 
 #[test]

@@ -13,13 +13,17 @@
 //! written), and rewrites each entry without its stale records (or deletes it), so no commit
 //! is held up by a big clean-up.
 //!
+//! **Failure.** A commit that fails puts the store into the failed state ([`super::fault`]):
+//! the database is closed, later jobs are refused without a try, and the writer reopens it
+//! with a backoff until a test write is durable.
+//!
 //! Invariants: jobs are written in the order they were submitted; the watermark only moves
 //! after a commit is durable; the sweep never deletes the newest record of an address (so
 //! the last record of the log is always live and the watermark survives a restart);
 //! [`Durable::newest`] is updated after each commit under its lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -32,6 +36,8 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::codec::{self, push_record};
+use super::fault::{self, Backoff, StoreCondition};
+use super::store::Shared;
 use super::Lease;
 
 /// First sequence number of a commit → that commit's records (see [`codec::push_record`]).
@@ -72,10 +78,23 @@ pub const BATCH_TARGET: usize = 12;
 /// Below ~6,000 ACKs/s both targets give the same 2 ms linger.
 pub const BATCH_TARGET_REPLICATED: usize = 48;
 
-/// A group commit that failed; every job it carried gets the same error.
+/// Why a change was not made durable.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct WriteError(Arc<redb::Error>);
+pub enum WriteError {
+    /// The group commit that carried it failed; every job in it gets the same error.
+    #[error("{0}")]
+    Commit(Arc<redb::Error>),
+    /// The store is failed (an earlier commit failed) and was not tried: see [`super::fault`].
+    #[error("the lease database is failed: {0}")]
+    StoreFailed(Arc<str>),
+}
+
+impl WriteError {
+    /// The store refused it without trying (the failure was logged once, when it began).
+    pub fn store_failed(&self) -> bool {
+        matches!(self, WriteError::StoreFailed(_))
+    }
+}
 
 /// Store metrics, registered on the daemon's registry by [`StoreMetrics::register`].
 #[derive(Clone)]
@@ -92,6 +111,13 @@ pub struct StoreMetrics {
     pub log_records: Gauge,
     /// Superseded records the sweep deleted.
     pub compacted: Counter,
+    /// 1 while the store is failed (a commit failed, not yet reopened and probed).
+    pub failed: Gauge,
+    /// Times the store went failed.
+    pub failures: Counter,
+    /// Size of the database file, and free space on its filesystem (bytes).
+    pub db_bytes: Gauge,
+    pub fs_free_bytes: Gauge,
 }
 
 /// Buckets for the writer's timings: fine below 5 ms (the ACK latency target).
@@ -112,6 +138,10 @@ impl Default for StoreMetrics {
             batch_leases: Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0]),
             log_records: Gauge::default(),
             compacted: Counter::default(),
+            failed: Gauge::default(),
+            failures: Counter::default(),
+            db_bytes: Gauge::default(),
+            fs_free_bytes: Gauge::default(),
         }
     }
 }
@@ -159,6 +189,26 @@ impl StoreMetrics {
             "Superseded lease records deleted by the log's compaction",
             m.compacted.clone(),
         );
+        registry.register(
+            "lease_store_failed",
+            "1 while the lease database cannot be written (a commit failed; reopening with backoff)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "lease_store_failures",
+            "Times the lease database went from writable to failed",
+            m.failures.clone(),
+        );
+        registry.register(
+            "lease_db_size_bytes",
+            "Size of the lease database file",
+            m.db_bytes.clone(),
+        );
+        registry.register(
+            "lease_db_filesystem_free_bytes",
+            "Space available to the daemon on the lease database's filesystem",
+            m.fs_free_bytes.clone(),
+        );
     }
 }
 
@@ -176,6 +226,10 @@ pub(super) struct Job {
     pub done: Done,
     /// A merge of the peer's leases: it never waits for company (see `writer_loop`).
     pub remote: bool,
+    /// The store's generation when the job was submitted (under the index lock). A heal
+    /// reloads the index and bumps it: a job of an older generation belongs to an index that
+    /// no longer exists and is refused.
+    pub generation: u64,
 }
 
 /// Hashes an IPv4 address (as `u32`) with one multiply. The writer updates its map for every
@@ -234,44 +288,18 @@ pub(super) fn records(entry: &[u8]) -> impl Iterator<Item = &[u8]> {
     codec::records(entry).map_while(Result::ok)
 }
 
-/// Starts the writer thread on `db`, whose log ends at sequence `seq`. Commits complete
-/// from the caller's tokio runtime when there is one (see `complete`).
+/// Starts the writer thread on the store's database, whose log ends at sequence `seq`.
+/// Commits complete from the caller's tokio runtime when there is one (see `complete`).
 pub(super) fn spawn(
-    db: Arc<Database>,
-    durable: Arc<Mutex<Durable>>,
-    watermark: Arc<AtomicU64>,
-    batch_target: Arc<AtomicUsize>,
-    metrics: StoreMetrics,
+    shared: Arc<Shared>,
     seq: u64,
 ) -> std::io::Result<(std_mpsc::Sender<Job>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std_mpsc::channel();
     let rt = tokio::runtime::Handle::try_current().ok();
     let thread = std::thread::Builder::new()
         .name("lease-writer".into())
-        .spawn(move || {
-            let w = Writer {
-                db: &db,
-                watermark: &watermark,
-                durable: &durable,
-                batch_target: &batch_target,
-                m: &metrics,
-                rt,
-            };
-            writer_loop(&w, rx, seq)
-        })?;
+        .spawn(move || writer_loop(&shared, rt.as_ref(), rx, seq))?;
     Ok((tx, thread))
-}
-
-/// What the writer thread works with.
-struct Writer<'a> {
-    db: &'a Database,
-    watermark: &'a AtomicU64,
-    durable: &'a Mutex<Durable>,
-    batch_target: &'a AtomicUsize,
-    m: &'a StoreMetrics,
-    /// The runtime of the store's users, when it was opened on one: a commit's waiters are
-    /// woken from there, all at once (see `complete`).
-    rt: Option<tokio::runtime::Handle>,
 }
 
 /// Completes the jobs of one durable commit. From the runtime when there is one: woken
@@ -293,15 +321,23 @@ fn complete(rt: Option<&tokio::runtime::Handle>, done: Vec<(Done, u64)>) {
     }
 }
 
-fn writer_loop(ctx: &Writer<'_>, rx: std_mpsc::Receiver<Job>, mut seq: u64) {
-    let Writer {
-        db,
-        watermark,
-        durable,
-        batch_target,
-        m,
-        ..
-    } = *ctx;
+/// The writer while the store is failed: why, and when it next tries to reopen.
+struct Failed {
+    reason: Arc<str>,
+    retry_at: Instant,
+}
+
+fn refuse(job: Job, reason: &Arc<str>) {
+    let _ = job.done.send(Err(WriteError::StoreFailed(reason.clone())));
+}
+
+fn writer_loop(
+    s: &Shared,
+    rt: Option<&tokio::runtime::Handle>,
+    rx: std_mpsc::Receiver<Job>,
+    mut seq: u64,
+) {
+    let m = &s.metrics;
     // Where the compaction sweep goes on (sequence numbers; 0: from the oldest record).
     let mut sweep = 0u64;
     let mut busy = false;
@@ -309,11 +345,62 @@ fn writer_loop(ctx: &Writer<'_>, rx: std_mpsc::Receiver<Job>, mut seq: u64) {
     let mut rate = 0.0f64;
     let mut last_start: Option<Instant> = None;
     let mut last_end: Option<Instant> = None;
-    while let Ok(first) = rx.recv() {
+    let mut failed: Option<Failed> = None;
+    let mut backoff = Backoff::default();
+    loop {
+        let first = match &failed {
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            },
+            Some(f) => {
+                match rx.recv_timeout(f.retry_at.saturating_duration_since(Instant::now())) {
+                    // Not tried: redb refuses every transaction after an I/O error anyway.
+                    Ok(j) => refuse(j, &f.reason),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => match heal(s) {
+                        Ok(end) => {
+                            seq = end;
+                            sweep = 0;
+                            backoff.healed(Instant::now());
+                            failed = None;
+                            m.failed.set(0);
+                            tracing::warn!(
+                                path = %s.path.display(),
+                                event = "store.healed",
+                                "lease database {} is writable again (reopened, test write durable); {} leases loaded",
+                                s.path.display(),
+                                s.index().len()
+                            );
+                            s.condition.send_replace(StoreCondition::Writable);
+                        }
+                        Err(why) => {
+                            tracing::debug!(
+                                "lease database {}: reopen failed: {why}",
+                                s.path.display()
+                            );
+                            let wait = backoff.retry();
+                            if let Some(f) = failed.as_mut() {
+                                f.retry_at = Instant::now() + wait;
+                            }
+                        }
+                    },
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                continue;
+            }
+        };
+        let generation = s.generation.load(Ordering::Acquire);
+        if first.generation != generation {
+            refuse(
+                first,
+                &Arc::from("the database was reopened after a failure"),
+            );
+            continue;
+        }
         let mut n = first.leases.len();
         let streaming =
             last_end.is_some_and(|e| first.queued.saturating_duration_since(e) < LINGER);
-        let target = batch_target.load(Ordering::Relaxed);
+        let target = s.batch_target.load(Ordering::Relaxed);
         // A merge never lingers: it is the active node's batch already, and its DHCPACKs
         // wait for it on the other node.
         let linger = !first.remote && (busy || streaming) && n < target;
@@ -333,6 +420,9 @@ fn writer_loop(ctx: &Writer<'_>, rx: std_mpsc::Receiver<Job>, mut seq: u64) {
         }
         while n < MAX_BATCH {
             match rx.try_recv() {
+                Ok(j) if j.generation != generation => {
+                    refuse(j, &Arc::from("the database was reopened after a failure"))
+                }
                 Ok(j) => {
                     n += j.leases.len();
                     jobs.push(j);
@@ -359,12 +449,16 @@ fn writer_loop(ctx: &Writer<'_>, rx: std_mpsc::Receiver<Job>, mut seq: u64) {
                 .observe(t.saturating_duration_since(j.queued).as_secs_f64());
         }
         let start_seq = seq;
-        match write_batch(db, &jobs, &mut seq, durable, sweep) {
+        let result = match s.db() {
+            Some(db) => write_batch(&db, &jobs, &mut seq, &s.durable, sweep),
+            None => Err(boxed(redb::Error::PreviousIo)),
+        };
+        match result {
             Ok(w) => {
                 {
-                    let mut d = durable_lock(durable);
-                    for (ip, s) in w.written {
-                        d.newest.insert(ip, s);
+                    let mut d = durable_lock(&s.durable);
+                    for (ip, sq) in w.written {
+                        d.newest.insert(ip, sq);
                     }
                     d.records = d.records + n as u64 - w.deleted;
                     m.log_records.set(d.records as i64);
@@ -373,30 +467,69 @@ fn writer_loop(ctx: &Writer<'_>, rx: std_mpsc::Receiver<Job>, mut seq: u64) {
                 m.compacted.inc_by(w.deleted);
                 let (ends, flush) = (w.ends, w.flush);
                 m.flush_seconds.observe(flush.as_secs_f64());
-                watermark.store(seq, Ordering::Release);
+                s.watermark.store(seq, Ordering::Release);
                 m.commits.inc();
                 m.leases_written.inc_by(n as u64);
                 m.commit_seconds.observe(t.elapsed().as_secs_f64());
                 m.batch_leases.observe(n as f64);
-                complete(
-                    ctx.rt.as_ref(),
-                    jobs.into_iter().map(|j| j.done).zip(ends).collect(),
-                );
+                complete(rt, jobs.into_iter().map(|j| j.done).zip(ends).collect());
                 last_end = Some(Instant::now());
             }
             Err(e) => {
                 seq = start_seq;
-                tracing::error!(
-                    leases = n,
-                    "lease commit of {n} leases failed, no DHCPACK sent for them: {e}"
-                );
-                let e = WriteError(Arc::from(e));
+                let reason: Arc<str> = Arc::from(fault::reason(&e));
+                let e = WriteError::Commit(Arc::from(e));
                 for job in jobs {
                     let _ = job.done.send(Err(e.clone()));
                 }
+                // redb refuses every later transaction until the file is closed: close it
+                // now (readers get "failed" instead of the same error) and reopen later.
+                s.db.write().unwrap_or_else(|p| p.into_inner()).take();
+                let wait = backoff.failed(Instant::now());
+                m.failed.set(1);
+                m.failures.inc();
+                // One line per change of state; the refused requests after it are counted
+                // (`athena_dhcp_commit_failed_total`), not logged.
+                tracing::error!(
+                    path = %s.path.display(),
+                    leases = n,
+                    event = "store.failed",
+                    reason = %reason,
+                    "lease database {} cannot be written: {reason}; no lease is acknowledged until it is (commit of {n} leases failed; reopening with backoff)",
+                    s.path.display()
+                );
+                s.condition.send_replace(StoreCondition::Failed {
+                    reason: reason.to_string(),
+                });
+                failed = Some(Failed {
+                    reason,
+                    retry_at: Instant::now() + wait,
+                });
             }
         }
     }
+}
+
+/// Reopens the closed database, proves it takes a durable write, reloads the index from it
+/// (dropping what failed commits left in memory) and makes it the store's database again.
+/// Returns the log's last sequence number.
+fn heal(s: &Shared) -> Result<u64, String> {
+    let db = fault::open_db(&s.path).map_err(|e| e.to_string())?;
+    fault::probe(&s.path, &db).map_err(|e| fault::reason(&e))?;
+    let (index, durable, watermark) = super::store::load(&db).map_err(|e| e.to_string())?;
+    let records = durable.records;
+    {
+        // Under the index lock: a job submitted from here on is of the new generation and
+        // sees the reloaded index; every older one is refused (see `Job::generation`).
+        let mut ix = s.index();
+        *ix = index;
+        *durable_lock(&s.durable) = durable;
+        s.watermark.store(watermark, Ordering::Release);
+        s.generation.fetch_add(1, Ordering::AcqRel);
+        *s.db.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(db));
+    }
+    s.metrics.log_records.set(records as i64);
+    Ok(watermark)
 }
 
 /// What one transaction did.

@@ -131,6 +131,12 @@ pub struct NodeOpts {
     /// The peer link runs over the dedicated A–B cable of [`Lab::add_ha_link`] instead of
     /// the switch; the API still answers on every address.
     pub ha_link: bool,
+    /// The lease database; default `<node dir>/leases.redb`.
+    pub lease_db: Option<PathBuf>,
+    /// A shell command run in the daemon's own mount namespace (the one `ip netns exec`
+    /// makes, a slave of the host's: nothing mounted there reaches the host) just before the
+    /// daemon is exec'd, e.g. mounting a small tmpfs for its database.
+    pub pre_exec: Option<String>,
 }
 
 impl Default for NodeOpts {
@@ -150,6 +156,8 @@ impl Default for NodeOpts {
             api_extra: String::new(),
             extra: String::new(),
             ha_link: false,
+            lease_db: None,
+            pre_exec: None,
         }
     }
 }
@@ -175,10 +183,11 @@ pub fn node_config(node: Node, opts: &NodeOpts, dir: &Path) -> String {
     line(w, "[server]");
     line(w, &format!("node_name = \"{}\"", node.name()));
     line(w, "log_level = \"info\"");
-    line(
-        w,
-        &format!("lease_db = \"{}\"", dir.join("leases.redb").display()),
-    );
+    let db = opts
+        .lease_db
+        .clone()
+        .unwrap_or_else(|| dir.join("leases.redb"));
+    line(w, &format!("lease_db = \"{}\"", db.display()));
     if !opts.server_extra.is_empty() {
         line(w, &opts.server_extra);
     }
@@ -452,17 +461,15 @@ impl Lab {
             std::time::SystemTime::now()
         );
         let err = log.try_clone().expect("dup log");
-        // `ip netns exec` execs the program in place, so the child's pid is the daemon's.
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &ns_name,
-                daemon_bin(),
-                "--log-format",
-                "text",
-                "--config",
-            ])
+        // `ip netns exec` execs the program in place, so the child's pid is the daemon's
+        // (a `pre_exec` shell execs it in turn).
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns_name]);
+        if let Some(pre) = &slot.opts.pre_exec {
+            cmd.args(["sh", "-c", &format!("{pre} && exec \"$0\" \"$@\"")]);
+        }
+        let child = cmd
+            .args([daemon_bin(), "--log-format", "text", "--config"])
             .arg(&slot.config)
             .env("RUST_BACKTRACE", "1")
             .env_remove("JOURNAL_STREAM")

@@ -130,6 +130,20 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.emit(out, HaNotice::SyncComplete, detail.clone());
+        if self.store_resync {
+            // The peer's whole lease set is here now: the rebuilt store may serve.
+            self.store_resync = false;
+            if self.faulted() && !self.health_stuck && self.store_failed.is_none() {
+                self.transition(
+                    HaState::Standby,
+                    format!("lease database rebuilt from the peer: {detail}"),
+                    watermark,
+                    out,
+                );
+                self.evaluate(now, watermark, out);
+            }
+            return;
+        }
         if self.state() == HaState::Syncing {
             self.transition(HaState::Standby, detail, watermark, out);
             self.evaluate(now, watermark, out);

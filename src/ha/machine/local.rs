@@ -10,25 +10,14 @@ impl Machine {
         watermark: u64,
         out: &mut Vec<Action>,
     ) {
+        self.health_stuck = !stuck.is_empty();
         if !stuck.is_empty() && !self.faulted() {
-            self.forget_witness();
-            if let Some(h) = self.end_handoff() {
-                out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
-                    peer: self.peer_name(),
-                    reason: h.reason,
-                    state: HaState::Fault,
-                })));
-                if h.shutdown {
-                    out.push(Action::ShutdownReady);
-                }
-            }
-            self.transition(
-                HaState::Fault,
+            self.enter_fault(
                 format!("cannot serve: {}", stuck.join(", ")),
                 watermark,
                 out,
             );
-        } else if stuck.is_empty() && self.faulted() {
+        } else if stuck.is_empty() && self.faulted() && self.store_ok() {
             self.transition(
                 HaState::Standby,
                 "can serve again".to_string(),
@@ -41,6 +30,88 @@ impl Machine {
                 self.evaluate(now, watermark, out);
             }
         }
+    }
+
+    /// The lease store failed, healed, or must be rebuilt from the peer.
+    pub(super) fn on_store(
+        &mut self,
+        input: StoreInput,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        match input {
+            StoreInput::Failed(why) => {
+                self.store_failed = Some(why.clone());
+                if !self.faulted() {
+                    self.enter_fault(
+                        format!("lease database cannot be written: {why}"),
+                        watermark,
+                        out,
+                    );
+                }
+            }
+            StoreInput::NeedsResync => {
+                self.store_resync = true;
+                if !self.faulted() {
+                    self.enter_fault(
+                        "lease database started empty in place of a damaged one: waiting for the peer's leases".into(),
+                        watermark,
+                        out,
+                    );
+                }
+            }
+            StoreInput::Healed => {
+                self.store_failed = None;
+                self.leave_store_fault("lease database writable again", now, watermark, out);
+            }
+        }
+    }
+
+    /// A store fault is over: unless something else keeps FAULT, resync with the peer
+    /// (it gave out leases this node could not take) before standing by.
+    pub(super) fn leave_store_fault(
+        &mut self,
+        why: &str,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.faulted() || self.health_stuck || !self.store_ok() {
+            return;
+        }
+        if self.link_up && !self.stopping {
+            let name = self.peer_name();
+            self.timers.set(Timer::Sync, now + self.cfg.sync_ms);
+            self.transition(
+                HaState::Syncing,
+                format!("{why}: bulk sync with {name}"),
+                watermark,
+                out,
+            );
+            out.push(Action::StartSync);
+        } else {
+            self.transition(HaState::Standby, why.to_string(), watermark, out);
+        }
+    }
+
+    fn store_ok(&self) -> bool {
+        self.store_failed.is_none() && !self.store_resync
+    }
+
+    fn enter_fault(&mut self, reason: String, watermark: u64, out: &mut Vec<Action>) {
+        self.forget_witness();
+        if let Some(h) = self.end_handoff() {
+            out.push(Action::HandoffEnded(Err(HandoffError::Abandoned {
+                peer: self.peer_name(),
+                reason: h.reason,
+                state: HaState::Fault,
+            })));
+            if h.shutdown {
+                out.push(Action::ShutdownReady);
+            }
+        }
+        self.transition(HaState::Fault, reason, watermark, out);
     }
 
     pub(super) fn on_shutdown(&mut self, now: u64, watermark: u64, out: &mut Vec<Action>) {

@@ -36,6 +36,7 @@ pub(super) fn ps(node: &str, role: Role, state: HaState, epoch: u64) -> PeerStat
         gen: 0,
         ask: 0,
         answer: 0,
+        store_failed: false,
     }
 }
 
@@ -1499,4 +1500,127 @@ fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
     assert!(asked, "a lone standby asks the witness");
     m.step(Input::Witness { answered: true }, t, 0);
     assert_eq!(m.state(), HaState::Standby, "took the VIP the peer serves");
+}
+
+fn store(m: &mut Machine, input: StoreInput, t: u64) -> Vec<Action> {
+    m.step(Input::Store(input), t, 0)
+}
+
+#[test]
+fn an_active_node_whose_store_fails_goes_fault_and_its_standby_peer_takes_over() {
+    let b = ps("node-b", Role::Secondary, HaState::Standby, 0);
+    let mut a = connected(primary(), b, HaState::Active, 1);
+    let out = store(
+        &mut a,
+        StoreInput::Failed("No space left on device".into()),
+        30,
+    );
+    assert_eq!(a.state(), HaState::Fault);
+    let f = failovers(&out);
+    assert_eq!(f.len(), 1, "{out:?}");
+    assert_eq!(
+        f[0].2,
+        "lease database cannot be written: No space left on device"
+    );
+    assert!(
+        out.iter()
+            .any(|x| matches!(x, Action::Send(Control::Status(s)) if s.state == HaState::Fault)),
+        "the peer is told at once: {out:?}"
+    );
+    // B, hearing FAULT, takes the service without waiting for a timeout.
+    let a_status = ps("node-a", Role::Primary, HaState::Fault, 1);
+    let mut b = connected(
+        secondary(),
+        ps("node-a", Role::Primary, HaState::Active, 1),
+        HaState::Standby,
+        0,
+    );
+    b.step(Input::Peer(Control::Status(a_status)), 31, 0);
+    assert_eq!((b.state(), b.epoch()), (HaState::Active, 2));
+}
+
+#[test]
+fn a_healed_store_resyncs_before_standing_by_and_health_alone_does_not_end_its_fault() {
+    let b = ps("node-b", Role::Secondary, HaState::Standby, 0);
+    let mut a = connected(primary(), b, HaState::Active, 1);
+    store(
+        &mut a,
+        StoreInput::Failed("Read-only file system".into()),
+        30,
+    );
+    let b_active = ps("node-b", Role::Secondary, HaState::Active, 2);
+    a.step(Input::Peer(Control::Status(b_active)), 35, 0);
+    // Healthy workers do not end a store fault.
+    a.step(Input::Health { stuck: vec![] }, 40, 0);
+    assert_eq!(a.state(), HaState::Fault);
+    let out = store(&mut a, StoreInput::Healed, 50);
+    assert_eq!(a.state(), HaState::Syncing, "{out:?}");
+    assert!(
+        out.iter().any(|x| matches!(x, Action::StartSync)),
+        "{out:?}"
+    );
+    a.step(
+        Input::SyncComplete {
+            detail: "sync".into(),
+        },
+        60,
+        0,
+    );
+    assert_eq!(a.state(), HaState::Standby);
+    assert!(
+        a.status(0).wants_active,
+        "a synced primary asks for the service back"
+    );
+}
+
+#[test]
+fn a_store_that_heals_while_a_worker_is_stuck_stays_fault() {
+    let mut a = primary();
+    store(&mut a, StoreInput::Failed("Input/output error".into()), 5);
+    a.step(
+        Input::Health {
+            stuck: vec!["dhcp worker stuck".into()],
+        },
+        6,
+        0,
+    );
+    store(&mut a, StoreInput::Healed, 7);
+    assert_eq!(a.state(), HaState::Fault);
+    a.step(Input::Health { stuck: vec![] }, 8, 0);
+    assert_eq!(a.state(), HaState::Standby);
+}
+
+#[test]
+fn a_rebuilt_store_serves_only_after_a_complete_bulk_sync() {
+    let mut a = primary();
+    store(&mut a, StoreInput::NeedsResync, 1);
+    assert_eq!(a.state(), HaState::Fault);
+    // Alone, silence never makes it take over with an empty database.
+    for t in (HB..10 * FO).step_by(HB as usize) {
+        for x in a.step(Input::Tick, t, 0) {
+            if matches!(x, Action::ProbeWitness) {
+                a.step(Input::Witness { answered: false }, t, 0);
+            }
+        }
+    }
+    assert_eq!(a.state(), HaState::Fault);
+    let t = 10 * FO;
+    let out = a.step(
+        Input::LinkUp(ps("node-b", Role::Secondary, HaState::Active, 3)),
+        t,
+        0,
+    );
+    assert!(
+        out.iter().any(|x| matches!(x, Action::StartSync)),
+        "{out:?}"
+    );
+    assert_eq!(a.state(), HaState::Fault, "not before the sync is complete");
+    a.step(
+        Input::SyncComplete {
+            detail: "sync".into(),
+        },
+        t + 1,
+        0,
+    );
+    assert_eq!(a.state(), HaState::Standby);
 }

@@ -100,8 +100,10 @@ impl Machine {
         // A node that cannot serve stops heartbeating (the transition to FAULT already told
         // the peer) but still notices a silent peer and closes the link, so it never leaves
         // FAULT trusting a link that died meanwhile. The status goes on the link when there
-        // is one and on every datagram path.
-        if !self.faulted() {
+        // is one and on every datagram path. A node whose only fault is its lease store is
+        // otherwise well: it keeps saying FAULT, so the link (and the resync it needs when
+        // the store heals) stays up.
+        if !self.faulted() || !self.health_stuck {
             out.push(Action::Send(Control::Status(self.status(watermark))));
         }
         if frozen {

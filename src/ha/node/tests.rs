@@ -65,6 +65,7 @@ async fn start(
             replication: Some(rep_rx),
             updates: updates_rx,
             dns_warm: None,
+            resync_marker: None,
             shutdown: stop.clone(),
         },
         &mut reg,
