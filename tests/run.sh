@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(iproute2 isc-dhcp-client isc-dhcp-relay udhcpc busybox bind9-dnsutils curl procps psmisc tcpdump iputils-arping nftables man-db groff-base strace systemd e2fsprogs adduser lintian dpkg-dev binutils prometheus)
+pkgs=(iproute2 isc-dhcp-client isc-dhcp-relay udhcpc busybox bind9-dnsutils curl procps psmisc tcpdump iputils-arping nftables man-db groff-base strace systemd e2fsprogs adduser lintian dpkg-dev binutils prometheus util-linux mount)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

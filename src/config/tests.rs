@@ -695,3 +695,34 @@ fn example_secret_and_non_wildcard_dns_are_warned_about() {
         ok.warnings()
     );
 }
+
+#[test]
+fn lease_db_min_free_takes_a_size_with_a_unit_and_refuses_an_unknown_unit() {
+    let c = parse_str("[server]\nlease_db_min_free = \"1GiB\"\n").expect("loads");
+    assert_eq!(c.server.lease_db_min_free.0, 1 << 30);
+    assert_eq!(
+        parse_str("").expect("defaults").server.lease_db_min_free.0,
+        64 << 20
+    );
+    refused(
+        "[server]\nlease_db_min_free = \"64 megs\"\n",
+        2,
+        "server.lease_db_min_free",
+        "unknown unit",
+    );
+}
+
+#[test]
+fn damaged_lease_db_resync_needs_ha() {
+    refused(
+        "[server]\ndamaged_lease_db = \"resync\"\n",
+        2,
+        "server.damaged_lease_db",
+        "needs [ha] enabled = true",
+    );
+    let c = parse_str("[server]\ndamaged_lease_db = \"refuse\"\n").expect("loads");
+    assert_eq!(
+        c.server.damaged_lease_db,
+        Some(crate::lease::damaged::DamagedLeaseDb::Refuse)
+    );
+}
