@@ -420,3 +420,97 @@ fn the_ha_epoch_is_saved_with_the_leases_and_never_goes_back() {
     let store = LeaseStore::open(&path).expect("reopen");
     assert_eq!(store.saved_epoch(), 7, "survives a restart");
 }
+
+/// Runs `f` on a thread with a mount namespace of its own (a slave of the host's: nothing
+/// mounted there reaches the host) and a 4 MiB tmpfs at a fresh directory, passed to `f`.
+/// Needs root; `None` (skipped) without.
+fn on_small_tmpfs(f: impl FnOnce(&Path) + Send + 'static) -> Option<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return None;
+    }
+    let t = std::thread::spawn(move || {
+        // SAFETY: plain syscalls on this thread; the strings outlive them.
+        unsafe {
+            assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+            let root = c"/";
+            let r = libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            );
+            assert_eq!(r, 0, "make / a slave");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target =
+            std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: as above.
+        let r = unsafe {
+            libc::mount(
+                c"athena-test".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                c"size=4m".as_ptr().cast(),
+            )
+        };
+        assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+        f(dir.path());
+        // SAFETY: as above.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    });
+    t.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+    Some(())
+}
+
+#[test]
+fn a_full_disk_fails_the_store_which_refuses_without_a_try_and_heals_to_its_durable_leases() {
+    on_small_tmpfs(|dir| {
+        let store = LeaseStore::open(&dir.join("l.redb")).expect("open");
+        let rt = rt();
+        rt.block_on(store.put(vec![lease(1, 1, 1)])).expect("put");
+        let filler = dir.join("filler");
+        let _ = std::fs::write(&filler, vec![0u8; 8 << 20]); // ENOSPC when full: expected
+        let mut failed_ip = None;
+        for i in 2..250u8 {
+            if let Err(e) = rt.block_on(store.put(vec![lease(i, i, 2)])) {
+                assert!(!e.store_failed(), "the first failure is a real try: {e}");
+                failed_ip = Some(Ipv4Addr::new(10, 0, 0, i));
+                break;
+            }
+        }
+        let failed_ip = failed_ip.expect("no commit failed on a full disk");
+        assert_eq!(store.failure().as_deref(), Some("No space left on device"));
+        // Refused without a try: no transaction is attempted.
+        let commits = store.metrics().commits.get();
+        let e = rt
+            .block_on(store.put(vec![lease(250, 250, 3)]))
+            .expect_err("refused while failed");
+        assert!(e.store_failed(), "{e}");
+        assert_eq!(store.metrics().commits.get(), commits);
+        assert_eq!(store.metrics().failed.get(), 1);
+
+        std::fs::remove_file(&filler).expect("free the space");
+        let t = Instant::now();
+        while store.failure().is_some() {
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(10),
+                "never healed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // What never became durable is gone from the index; what did is there.
+        assert!(store.index().get(failed_ip).is_none(), "{failed_ip} kept");
+        assert!(store.index().get(Ipv4Addr::new(10, 0, 0, 1)).is_some());
+        rt.block_on(store.put(vec![lease(251, 251, 4)]))
+            .expect("writes after the heal");
+        assert!(store
+            .read_durable(Ipv4Addr::new(10, 0, 0, 251))
+            .expect("read")
+            .is_some());
+        assert_eq!(store.metrics().failed.get(), 0);
+        assert_eq!(store.metrics().failures.get(), 1);
+    });
+}
