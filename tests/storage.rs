@@ -738,6 +738,15 @@ fn a_standalone_node_with_a_full_disk_degrades_keeps_dns_and_recovers() {
             lab.dump()
         );
     }
+    // What needs no write goes on: an OFFER is only held in memory.
+    relay.send(&request(1, mac(400), 400, GIADDR, &[]));
+    assert!(
+        relay
+            .wait(400, &[MessageType::Offer], Duration::from_secs(2))
+            .is_some(),
+        "no OFFER with a full disk{}",
+        lab.dump()
+    );
     assert_eq!(
         lab.dig(Node::A.addr(), common::lab::WHO),
         vec![Node::A.who_answer()],
