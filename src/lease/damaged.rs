@@ -49,7 +49,16 @@ pub fn marker_path(db: &Path) -> PathBuf {
 
 /// Moves the damaged file aside and leaves the marker; returns where it went.
 pub fn move_aside(db: &Path) -> std::io::Result<PathBuf> {
-    let aside = aside_path(db, SystemTime::now());
+    let mut aside = aside_path(db, SystemTime::now());
+    // Never over an earlier damaged file (two in the same second): `-2`, `-3`, ...
+    let first = aside.clone();
+    let mut n = 1;
+    while aside.exists() {
+        n += 1;
+        let mut name = first.as_os_str().to_os_string();
+        name.push(format!("-{n}"));
+        aside = PathBuf::from(name);
+    }
     std::fs::rename(db, &aside)?;
     std::fs::write(
         marker_path(db),
@@ -130,6 +139,11 @@ mod tests {
         assert!(!db.exists());
         assert_eq!(std::fs::read(&aside).expect("aside"), b"garbage");
         assert!(marker_path(&db).exists());
+        // A second damaged file in the same second keeps the first.
+        std::fs::write(&db, b"more garbage").expect("write");
+        let second = move_aside(&db).expect("move again");
+        assert_ne!(second, aside);
+        assert_eq!(std::fs::read(&aside).expect("first"), b"garbage");
     }
 
     #[test]

@@ -479,9 +479,6 @@ fn writer_loop(
                 seq = start_seq;
                 let reason: Arc<str> = Arc::from(fault::reason(&e));
                 let e = WriteError::Commit(Arc::from(e));
-                for job in jobs {
-                    let _ = job.done.send(Err(e.clone()));
-                }
                 // redb refuses every later transaction until the file is closed: close it
                 // now (readers get "failed" instead of the same error) and reopen later.
                 s.db.write().unwrap_or_else(|p| p.into_inner()).take();
@@ -501,6 +498,10 @@ fn writer_loop(
                 s.condition.send_replace(StoreCondition::Failed {
                     reason: reason.to_string(),
                 });
+                // Only now: whoever sees its commit fail finds the store failed already.
+                for job in jobs {
+                    let _ = job.done.send(Err(e.clone()));
+                }
                 failed = Some(Failed {
                     reason,
                     retry_at: Instant::now() + wait,
