@@ -300,6 +300,7 @@ fn status(node: &str, state: HaState, epoch: u64, boot: u64) -> PeerStatus {
         gen: 99,
         ask: 0,
         answer: 0,
+        store_failed: false,
     }
 }
 
