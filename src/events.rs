@@ -36,6 +36,9 @@ pub enum EventKind {
     LeaseDecline,
     #[serde(rename = "lease.expire")]
     LeaseExpire,
+    /// An address was found in use by a host that is not its client (conflict detection).
+    #[serde(rename = "lease.conflict")]
+    LeaseConflict,
     /// The HA state changed, or (old = new = ACTIVE) the service is announced again.
     #[serde(rename = "ha.failover")]
     HaFailover,
@@ -74,7 +77,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order the docs and config errors list them.
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::LeaseDiscover,
         EventKind::LeaseOffer,
         EventKind::LeaseAck,
@@ -83,6 +86,7 @@ impl EventKind {
         EventKind::LeaseRelease,
         EventKind::LeaseDecline,
         EventKind::LeaseExpire,
+        EventKind::LeaseConflict,
         EventKind::HaFailover,
         EventKind::HaPeerUp,
         EventKind::HaPeerDown,
@@ -110,6 +114,7 @@ impl EventKind {
             EventKind::LeaseRelease => "lease.release",
             EventKind::LeaseDecline => "lease.decline",
             EventKind::LeaseExpire => "lease.expire",
+            EventKind::LeaseConflict => "lease.conflict",
             EventKind::HaFailover => "ha.failover",
             EventKind::HaPeerUp => "ha.peer_up",
             EventKind::HaPeerDown => "ha.peer_down",

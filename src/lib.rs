@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod daemon;
 pub mod dhcp;
 pub mod dns;

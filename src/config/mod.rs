@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/athena-dhcpd/athena-dhcpd.toml";
 
 mod classes;
+mod conflict;
 mod dhcp;
 mod digest;
 mod dns;
@@ -26,6 +27,7 @@ mod validate;
 mod values;
 
 pub use classes::*;
+pub use conflict::ConflictConfig;
 pub use dhcp::*;
 pub use digest::{ConfigDigest, Difference, SharedConfig};
 pub use dns::*;
@@ -53,6 +55,7 @@ pub struct Config {
     #[serde(rename = "client_class")]
     pub client_classes: Vec<ClientClassConfig>,
     pub hooks: HooksConfig,
+    pub conflict_detection: ConflictConfig,
     /// Where the file was read from; set by [`load`], used in messages.
     #[serde(skip)]
     pub source: PathBuf,

@@ -68,6 +68,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     validate_subnets(c)?;
     super::validate_classes(c)?;
     validate_hooks(&c.hooks)?;
+    super::conflict::validate_conflict(&c.conflict_detection)?;
     Ok(())
 }
 

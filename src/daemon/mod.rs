@@ -33,6 +33,9 @@ pub struct Prepared {
     /// DHCP UDP sockets (port 67 needs CAP_NET_BIND_SERVICE, binding to a device may need
     /// CAP_NET_RAW); empty when no subnet is configured.
     pub dhcp_sockets: Vec<std::net::UdpSocket>,
+    /// The conflict prober's ARP and raw ICMP sockets (CAP_NET_RAW), when DHCP serves and
+    /// `[conflict_detection]` is enabled.
+    pub conflict_sockets: Option<crate::conflict::ConflictSockets>,
 }
 
 /// Opens every socket that needs a capability the process will drop.
@@ -70,6 +73,17 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
             "CAP_NET_BIND_SERVICE"
         ))
     })?;
+    let conflict_sockets = if config.conflict_detection.enabled && !dhcp_sockets.is_empty() {
+        Some(crate::conflict::open_sockets().map_err(|e| {
+            anyhow::anyhow!(explain_bind_error(
+                &e,
+                "packet and ICMP sockets for conflict detection ([conflict_detection])",
+                "CAP_NET_RAW"
+            ))
+        })?)
+    } else {
+        None
+    };
     Ok(Prepared {
         config: Arc::new(config),
         config_path,
@@ -77,6 +91,7 @@ pub fn prepare(config: Config, config_path: PathBuf) -> anyhow::Result<Prepared>
         dns,
         vip_sockets,
         dhcp_sockets,
+        conflict_sockets,
     })
 }
 
@@ -218,6 +233,9 @@ pub fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if j(&old.hooks.vips) != j(&new.hooks.vips) {
         out.push("[[hooks.vip]]");
+    }
+    if old.conflict_detection != new.conflict_detection {
+        out.push("[conflict_detection]");
     }
     out
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -286,6 +286,9 @@ fn start_dhcp(
     metrics.register(registry);
     let pools = crate::dhcp::pools::PoolBoard::default();
     *routes = std::mem::take(routes).merge(crate::dhcp::api::router(store.clone(), pools.clone()));
+    let (clear_tx, clears) = mpsc::channel(16);
+    *routes = std::mem::take(routes).merge(crate::conflict::api::router(store.clone(), clear_tx));
+    let conflicts = start_prober(c, prepared, registry);
     let server = crate::dhcp::server::DhcpServer {
         sockets: std::mem::take(&mut prepared.dhcp_sockets),
         config: c.cfg.clone(),
@@ -300,6 +303,8 @@ fn start_dhcp(
         pools,
         progress: c.health.worker("dhcp", Duration::from_secs(5)),
         shutdown: c.shutdown.clone(),
+        conflicts,
+        conflict_clears: Some(clears),
     };
     tasks.spawn(async move {
         if let Err(e) = server.run().await {
@@ -313,6 +318,48 @@ fn start_dhcp(
         subnets,
         "DHCP serving {subnets} subnets on UDP port {port}"
     );
+}
+
+/// The conflict prober on the sockets `prepare` opened; None when detection is off (or its
+/// sockets could not be registered with the runtime: DHCP then serves unchecked, said once).
+fn start_prober(
+    c: &Common,
+    prepared: &mut Prepared,
+    registry: &mut Registry,
+) -> Option<(
+    crate::dhcp::probe::Probing,
+    mpsc::Receiver<crate::conflict::Sighting>,
+)> {
+    let cd = &c.cfg.conflict_detection;
+    let sockets = prepared.conflict_sockets.take()?;
+    let metrics = crate::conflict::ConflictMetrics::default();
+    metrics.register(registry);
+    let times = crate::conflict::ProbeTimes {
+        timeout: cd.probe_timeout.0,
+        cache_ttl: cd.probe_cache_ttl.0,
+    };
+    match crate::conflict::Prober::start(sockets, times, metrics.clone(), c.shutdown.clone()) {
+        Ok((prober, sightings)) => {
+            tracing::info!(
+                timeout = %cd.probe_timeout,
+                "conflict detection on: addresses are probed for {} before they are offered",
+                cd.probe_timeout
+            );
+            Some((
+                crate::dhcp::probe::Probing {
+                    prober,
+                    hold: cd.conflict_hold_time,
+                    max_probes: cd.max_probes_per_discover,
+                    metrics,
+                },
+                sightings,
+            ))
+        }
+        Err(e) => {
+            tracing::error!("conflict detection off: its sockets cannot be used: {e}");
+            None
+        }
+    }
 }
 
 fn start_api(

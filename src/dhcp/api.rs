@@ -60,6 +60,7 @@ fn state_name(s: LeaseState) -> &'static str {
         LeaseState::Released => "released",
         LeaseState::Expired => "expired",
         LeaseState::Declined => "declined",
+        LeaseState::Conflict { .. } => "conflict",
     }
 }
 

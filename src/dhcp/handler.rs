@@ -82,6 +82,9 @@ pub struct Outcome {
     pub ignored: Option<&'static str>,
     /// The first client class the request matched (the `class` label of reply metrics).
     pub class: Option<&'static str>,
+    /// An OFFER of an address that is not the client's own (lease or reservation): the
+    /// caller checks it is free on the wire before the reply leaves (conflict detection).
+    pub probe: Option<Ipv4Addr>,
 }
 
 impl Outcome {
@@ -114,7 +117,7 @@ fn allocators(plan: &Plan) -> Vec<Allocator> {
 }
 
 fn live(l: &Lease, now_s: u64) -> bool {
-    matches!(l.state, LeaseState::Active | LeaseState::Declined) && l.expiry > now_s
+    l.state.holds() && l.expiry > now_s
 }
 
 impl DhcpState {
@@ -402,6 +405,59 @@ impl DhcpState {
         }
     }
 
+    /// Records that `ip` is in use on the wire by `mac` (a probe was answered, or an ARP
+    /// claimed it): the address is held as a conflict until `hold_s` from now, its offer
+    /// (if any) withdrawn. Seen again, the record keeps its first-seen time and counts up.
+    /// Returns the record to commit, or None for an address outside every subnet.
+    pub fn record_conflict(
+        &mut self,
+        leases: &mut LeaseIndex,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+        hold_s: u64,
+        now_ms: u64,
+    ) -> Option<Lease> {
+        let si = self.plan.subnet_of(ip)?;
+        self.drop_offer(ip);
+        let now_s = now_ms / 1000;
+        let prev = leases.get(ip);
+        let (start, seen) = match prev {
+            Some(l) if l.state.is_conflict() && l.mac == mac && l.expiry > now_s => {
+                let LeaseState::Conflict { seen } = l.state else {
+                    unreachable!("is_conflict")
+                };
+                (l.start, seen.saturating_add(1))
+            }
+            _ => (now_s, 1),
+        };
+        let lease = Lease {
+            ip,
+            mac,
+            client_id: None,
+            hostname: None,
+            subnet: self.plan.subnets[si].name.clone(),
+            state: LeaseState::Conflict { seen },
+            start,
+            expiry: now_s + hold_s,
+            updated_ms: now_ms.max(prev.map_or(0, |l| l.updated_ms + 1)),
+            relay_info: None,
+            classes: Vec::new(),
+        };
+        leases.upsert(lease.clone());
+        for a in &mut self.allocs {
+            a.mark(ip, true);
+        }
+        Some(lease)
+    }
+
+    /// An operator cleared the conflict on `ip` (the record is already gone from the
+    /// index): the address may be offered again.
+    pub fn conflict_cleared(&mut self, ip: Ipv4Addr) {
+        for a in &mut self.allocs {
+            a.mark(ip, false);
+        }
+    }
+
     fn forget_offer_of(&mut self, req: &Request) {
         if let Some(ip) = self.offer_by_client.get(&client_key(req)).copied() {
             self.drop_offer(ip);
@@ -477,6 +533,13 @@ fn discover(
         out.ignored = Some("no_free_address");
         return out;
     };
+    let own = {
+        let s = &st.plan.subnets[si];
+        s.reservation(req).is_some_and(|r| r.ip == ip)
+            || DhcpState::client_lease(leases, s, req)
+                .is_some_and(|l| l.ip == ip && live(l, now_ms / 1000))
+    };
+    out.probe = (!own).then_some(ip);
     st.hold_offer(ip, req, now_ms);
     let s = &st.plan.subnets[si];
     let sid = st.server_id(s, ing);

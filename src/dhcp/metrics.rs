@@ -50,6 +50,8 @@ pub struct DhcpMetrics {
     /// Per pool and address state (see [`super::pools`]).
     pub pool_addresses: Family<super::pools::PoolLabels, Gauge>,
     pub ack_latency: Histogram,
+    /// DISCOVER to OFFER of the OFFERs that waited for a conflict probe.
+    pub offer_latency: Histogram,
     /// With HA: how each wait for the standby before a DHCPACK ended.
     pub replication: Family<OutcomeLabel, Counter>,
 }
@@ -74,6 +76,9 @@ impl Default for DhcpMetrics {
             pool_addresses: Family::default(),
             ack_latency: Histogram::new([
                 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.025, 0.1, 0.5,
+            ]),
+            offer_latency: Histogram::new([
+                0.001, 0.01, 0.05, 0.1, 0.15, 0.2, 0.201, 0.202, 0.205, 0.21, 0.25, 0.5, 1.0, 5.0,
             ]),
             replication: Family::default(),
         }
@@ -136,6 +141,11 @@ impl DhcpMetrics {
             "dhcp_ack_latency_seconds",
             "From REQUEST received to ACK sent, including commit and replication",
             self.ack_latency.clone(),
+        );
+        r.register(
+            "dhcp_offer_latency_seconds",
+            "From DISCOVER received to OFFER sent, for OFFERs that waited for a conflict probe",
+            self.offer_latency.clone(),
         );
         r.register(
             "dhcp_replication",

@@ -6,7 +6,8 @@
 //! replication to the standby, with `sockets` (opened before the capability drop),
 //! `ratelimit` and `metrics` beside it; `announce` publishes lease events
 //! once they are durable. `pools` counts how full each pool is. `api` lists leases and
-//! pools.
+//! pools. `probe` checks an address is free on the wire before it is offered (conflict
+//! detection, with `crate::conflict`).
 
 pub mod alloc;
 pub mod announce;
@@ -18,6 +19,7 @@ pub mod options;
 pub mod packet;
 pub mod plan;
 pub mod pools;
+pub mod probe;
 pub mod ratelimit;
 mod reply;
 pub mod server;

@@ -143,7 +143,9 @@ pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) 
     let held = |l: &Lease| match l.state {
         _ if l.expiry <= now_s => None,
         LeaseState::Active => Some(AddrState::Active),
-        LeaseState::Declined => Some(AddrState::Declined),
+        // Held back like a declined address (counted with them until the pool view has a
+        // state of its own for conflicts).
+        LeaseState::Declined | LeaseState::Conflict { .. } => Some(AddrState::Declined),
         LeaseState::Released | LeaseState::Expired => None,
     };
     for l in index.iter() {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::MessageType;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::announce::Announcer;
@@ -27,7 +27,10 @@ use super::handler::{handle, DhcpState, Ingress};
 use super::packet::{self, Dest, Reply};
 use super::plan::Plan;
 use super::pools::{self, PoolBoard};
+use super::probe::{self, Probing};
 use crate::config::Config;
+use crate::conflict::api::ClearRequest;
+use crate::conflict::Sighting;
 use crate::events::{Event, EventBus, EventData, EventKind};
 use crate::ha::role::ServeLease;
 use crate::ha::HaState;
@@ -63,24 +66,31 @@ pub struct DhcpServer {
     pub pools: PoolBoard,
     pub progress: Progress,
     pub shutdown: CancellationToken,
+    /// Conflict detection: the prober and what it hears outside its probes (None when
+    /// `[conflict_detection] enabled = false`).
+    pub conflicts: Option<(Probing, mpsc::Receiver<Sighting>)>,
+    /// `DELETE /api/v1/conflicts/{ip}` requests.
+    pub conflict_clears: Option<mpsc::Receiver<ClearRequest>>,
 }
 
-struct Shared {
-    state: Mutex<DhcpState>,
+pub(super) struct Shared {
+    pub(super) state: Mutex<DhcpState>,
     limiter: Mutex<RateLimiter>,
     ifaces: std::sync::RwLock<Interfaces>,
-    store: Arc<LeaseStore>,
-    ha: watch::Receiver<HaState>,
-    serve_lease: ServeLease,
-    replication: Option<Replication>,
-    max_ack_delay: Duration,
+    pub(super) store: Arc<LeaseStore>,
+    pub(super) ha: watch::Receiver<HaState>,
+    pub(super) serve_lease: ServeLease,
+    pub(super) replication: Option<Replication>,
+    pub(super) max_ack_delay: Duration,
     /// Lease events, each published once its commit is durable (see [`Announcer`]).
-    announce: Announcer,
-    node: String,
-    metrics: DhcpMetrics,
+    pub(super) announce: Announcer,
+    pub(super) node: String,
+    pub(super) metrics: DhcpMetrics,
     pools: PoolBoard,
     client_port: u16,
     relay_port: u16,
+    /// Conflict detection before OFFER (see `probe`).
+    pub(super) probing: Option<Probing>,
 }
 
 impl DhcpServer {
@@ -94,6 +104,10 @@ impl DhcpServer {
             DhcpState::new(plan, &ix, now)
         };
         let port = self.config.server.dhcp_port;
+        let (probing, sightings) = match self.conflicts {
+            Some((p, s)) => (Some(p), Some(s)),
+            None => (None, None),
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             limiter: Mutex::new(RateLimiter::new(
@@ -112,6 +126,7 @@ impl DhcpServer {
             pools: self.pools.clone(),
             client_port: port.saturating_add(1),
             relay_port: port,
+            probing,
         });
         let mut tasks = tokio::task::JoinSet::new();
         for s in self.sockets {
@@ -127,6 +142,11 @@ impl DhcpServer {
             let progress = self.progress.clone();
             let updates = self.updates.clone();
             tasks.spawn(async move { housekeeping(sh, sd, progress, updates).await });
+        }
+        if let Some(clears) = self.conflict_clears {
+            let sh = shared.clone();
+            let sd = self.shutdown.clone();
+            tasks.spawn(async move { probe::conflict_loop(sh, sightings, clears, sd).await });
         }
         while tasks.join_next().await.is_some() {}
         Ok(())
@@ -244,14 +264,25 @@ async fn receive_loop(
             // A new interface: refresh the table for next time.
             *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
         }
-        let (outcome, pending, announced) = {
+        let (outcome, pending, announced, held) = {
             let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
             let mut ix = sh.store.index();
             let mut out = handle(&mut st, &mut ix, &req, &ingress, now);
-            let events: Vec<Event> = std::mem::take(&mut out.events)
+            let mut events: Vec<Event> = std::mem::take(&mut out.events)
                 .into_iter()
                 .map(|(kind, ev)| Event::new(kind, sh.node.clone(), EventData::Lease(ev)))
                 .collect();
+            // An OFFER to probe first: its event waits with it.
+            let held: Vec<Event> = match (&sh.probing, out.probe, &out.reply) {
+                (Some(_), Some(_), Some(_)) => {
+                    let (offer, rest) = events
+                        .into_iter()
+                        .partition(|e| e.kind == EventKind::LeaseOffer);
+                    events = rest;
+                    offer
+                }
+                _ => Vec::new(),
+            };
             // Submitted and announced under the locks: disk order = index order = event order.
             let pending = (!out.commit.is_empty()).then(|| sh.store.submit(out.commit.clone()));
             let announced = match pending {
@@ -261,7 +292,7 @@ async fn receive_loop(
                     None
                 }
             };
-            (out, pending, announced)
+            (out, pending, announced, held)
         };
         if let Some(why) = outcome.ignored {
             sh.metrics.ignored(why);
@@ -272,6 +303,27 @@ async fn receive_loop(
             Some(rx.dst)
         };
         let class = outcome.class.unwrap_or("none");
+        if let (Some(ip), Some(reply), true) = (outcome.probe, &outcome.reply, sh.probing.is_some())
+        {
+            // Probed off the receive path: this loop goes on with the next request.
+            let pending = probe::Pending {
+                req,
+                ingress,
+                ifindex: rx.ifindex,
+                src,
+                class,
+                sock: sock.clone(),
+                t0,
+            };
+            tokio::spawn(probe::offer_when_free(
+                sh.clone(),
+                pending,
+                ip,
+                reply.clone(),
+                held,
+            ));
+            continue;
+        }
         match (outcome.reply, pending) {
             (Some(reply), None) => {
                 send_reply(&sh, &sock, &reply, class, rx.ifindex, src).await;
@@ -316,7 +368,7 @@ async fn receive_loop(
 
 /// Sends per RFC 2131 §4.1 from `src` (the address the request reached) or else the server
 /// identifier; broadcasts leave through the interface the request came in on.
-async fn send_reply(
+pub(super) async fn send_reply(
     sh: &Shared,
     sock: &UdpSocket,
     reply: &Reply,
@@ -597,6 +649,8 @@ mod tests {
             pools: pools.clone(),
             progress: crate::health::Health::new().worker("dhcp", Duration::from_secs(5)),
             shutdown: shutdown.clone(),
+            conflicts: None,
+            conflict_clears: None,
         };
         let task = tokio::spawn(server.run());
         let mut inform = vec![0u8; packet::HEADER_LEN];

@@ -814,3 +814,84 @@ fn a_binding_moved_to_another_address_releases_the_old_one_as_the_later_change()
     assert_eq!(released.state, LeaseState::Released);
     assert!(released.updated_ms > T0 + 60_000, "{released:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Conflict detection
+
+const SQUATTER: [u8; 6] = [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+
+#[test]
+fn a_new_address_is_offered_for_probing_but_a_lease_or_reservation_is_not() {
+    let mut l = lab();
+    let out = l.run(&req(MessageType::Discover, 1), &eth0());
+    let offered = out.reply.expect("offer").yiaddr;
+    assert_eq!(out.probe, Some(offered), "a pool address is probed first");
+    let a = l.bind(2);
+    let again = l.run(&req(MessageType::Discover, 2), &eth0());
+    assert_eq!(again.reply.expect("offer").yiaddr, a);
+    assert_eq!(again.probe, None, "the client's own lease is not probed");
+    let mut printer = req(MessageType::Discover, 1);
+    printer.chaddr[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xaa]);
+    let out = l.run(&printer, &eth0());
+    assert_eq!(out.reply.expect("offer").yiaddr, ip(50));
+    assert_eq!(out.probe, None, "a reservation is not probed");
+}
+
+#[test]
+fn an_address_in_conflict_is_not_offered_until_its_hold_ends() {
+    let mut l = lab();
+    let first = l.offer(1);
+    let rec =
+        l.st.record_conflict(&mut l.ix, first, SQUATTER, 3600, l.now)
+            .expect("in a subnet");
+    assert_eq!(rec.state, LeaseState::Conflict { seen: 1 });
+    assert_eq!(rec.mac, SQUATTER);
+    // The same client asks again: its offer was withdrawn, another address comes.
+    let next = l.offer(1);
+    assert_ne!(next, first);
+    // A client asking for it by name does not get it either.
+    let mut r = req(MessageType::Discover, 3);
+    r.requested_ip = Some(first);
+    assert_ne!(l.run(&r, &eth0()).reply.expect("offer").yiaddr, first);
+    let mut sel = req(MessageType::Request, 3);
+    sel.server_id = Some(VIP);
+    sel.requested_ip = Some(first);
+    assert_eq!(kind(&l.run(&sel, &eth0())), Some(MessageType::Nak));
+    // Seen again: first-seen time kept, counted.
+    l.now += 5_000;
+    let again =
+        l.st.record_conflict(&mut l.ix, first, SQUATTER, 3600, l.now)
+            .expect("in a subnet");
+    assert_eq!(again.state, LeaseState::Conflict { seen: 2 });
+    assert_eq!(again.start, rec.start);
+    assert!(again.updated_ms > rec.updated_ms);
+    // The hold over, the address is free again.
+    l.now += 3_601_000;
+    let mut r = req(MessageType::Discover, 4);
+    r.requested_ip = Some(first);
+    assert_eq!(l.run(&r, &eth0()).reply.expect("offer").yiaddr, first);
+}
+
+#[test]
+fn the_host_that_answered_may_still_get_its_address() {
+    let mut l = lab();
+    let first = l.offer(1);
+    let mut squatter = req(MessageType::Discover, 9);
+    squatter.chaddr[..6].copy_from_slice(&SQUATTER);
+    l.st.record_conflict(&mut l.ix, first, SQUATTER, 3600, l.now);
+    squatter.requested_ip = Some(first);
+    let out = l.run(&squatter, &eth0());
+    assert_eq!(out.reply.expect("offer").yiaddr, first);
+    assert_eq!(out.probe, None, "it is the squatter's own");
+}
+
+#[test]
+fn a_conflict_outside_every_subnet_is_not_recorded() {
+    let mut l = lab();
+    let outside = Ipv4Addr::new(192, 168, 7, 7);
+    assert!(l
+        .st
+        .record_conflict(&mut l.ix, outside, SQUATTER, 3600, l.now)
+        .is_none());
+    assert!(l.ix.is_empty());
+}

@@ -272,7 +272,7 @@ impl HaHandle {
                 config,
                 dns_warm,
             } if version == peer::VERSION => {
-                w.use_binary_leases(lease_codec >= peer::LEASE_CODEC);
+                w.peer_lease_codec(lease_codec);
                 // Warm-standby questions go only to a peer that reads them.
                 let warm = (self.inner.dns_warm.clone()).filter(|_| dns_warm >= peer::DNS_WARM);
                 (status, if dialer { my_dial } else { dial }, config, warm)

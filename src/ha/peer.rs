@@ -38,8 +38,12 @@ pub const VERSION: u32 = 1;
 /// Largest authenticated frame (a bulk-sync batch of a few hundred leases fits easily).
 pub const MAX_FRAME: usize = 4 << 20;
 
-/// This node reads binary lease frames (and says so in its hello).
-pub const LEASE_CODEC: u32 = 1;
+/// What this node reads, in its hello: 1 binary lease frames; 2 also conflict records
+/// (`LeaseState::Conflict`). A peer below 2 is not sent conflict records at all (it would
+/// refuse the whole frame): its conflict table stays empty until it is upgraded.
+pub const LEASE_CODEC: u32 = 2;
+/// The first [`LEASE_CODEC`] that reads conflict records.
+const CODEC_CONFLICTS: u32 = 2;
 
 /// First payload byte of a binary lease frame; a JSON payload starts with `{` or `"`.
 const BIN_LEASES: u8 = 1;
@@ -444,6 +448,30 @@ fn open_frame(key: &[u8], want_seq: u64, body: &[u8]) -> Result<Msg, LinkError> 
     })
 }
 
+/// `msg` without conflict records, for a peer that cannot read them. A lease frame keeps
+/// its id even when nothing is left, since the active node waits for its ack.
+fn without_conflicts(msg: &Msg) -> Msg {
+    match msg {
+        Msg::Leases { id, leases } => Msg::Leases {
+            id: *id,
+            leases: leases
+                .iter()
+                .filter(|l| !l.state.is_conflict())
+                .cloned()
+                .collect(),
+        },
+        Msg::SyncBatch { changes, done } => Msg::SyncBatch {
+            changes: changes
+                .iter()
+                .filter(|(_, l)| !l.state.is_conflict())
+                .cloned()
+                .collect(),
+            done: *done,
+        },
+        other => other.clone(),
+    }
+}
+
 /// The sending half: numbers and MACs every frame.
 pub struct Writer<W> {
     w: W,
@@ -451,6 +479,8 @@ pub struct Writer<W> {
     seq: u64,
     /// The peer reads binary lease frames (its hello said so).
     binary_leases: bool,
+    /// The peer reads conflict records (its hello said so).
+    conflicts: bool,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -460,6 +490,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             key,
             seq: 0,
             binary_leases: false,
+            conflicts: false,
         }
     }
 
@@ -472,11 +503,25 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         self.binary_leases = on;
     }
 
+    /// What the peer's hello said it reads ([`LEASE_CODEC`]; 0 from old nodes).
+    pub fn peer_lease_codec(&mut self, level: u32) {
+        self.binary_leases = level >= 1;
+        self.conflicts = level >= CODEC_CONFLICTS;
+    }
+
     /// Seals each message as its own frame (own sequence number and MAC) and writes them all
     /// with one write: the link's writer sends whatever queued meanwhile together.
     pub async fn send_all(&mut self, msgs: &[Msg]) -> Result<(), LinkError> {
         let mut buf = Vec::new();
         for msg in msgs {
+            let filtered;
+            let msg = match msg {
+                Msg::Leases { .. } | Msg::SyncBatch { .. } if !self.conflicts => {
+                    filtered = without_conflicts(msg);
+                    &filtered
+                }
+                _ => msg,
+            };
             let payload = match msg {
                 Msg::Leases { id, leases } if self.binary_leases => encode_leases(*id, leases),
                 Msg::DnsWarm(batch) => {
@@ -668,6 +713,49 @@ mod tests {
             bin.len(),
             json.len()
         );
+    }
+
+    #[tokio::test]
+    async fn conflict_records_reach_only_a_peer_that_reads_them() {
+        let (d, a) = pair(K, K).await;
+        let (_dr, mut dw) = d.expect("dialer");
+        let (mut ar, _aw) = a.expect("acceptor");
+        let mut conflict = some_lease(2);
+        conflict.state = crate::lease::LeaseState::Conflict { seen: 3 };
+        let frame = Msg::Leases {
+            id: 5,
+            leases: vec![some_lease(1), conflict.clone()],
+        };
+        let batch = Msg::SyncBatch {
+            changes: vec![(7, conflict.clone())],
+            done: true,
+        };
+        // A node of the binary codec only: the conflict is left out, the frame (and its
+        // ack) is not.
+        dw.peer_lease_codec(1);
+        dw.send_all(&[frame.clone(), batch.clone()])
+            .await
+            .expect("send");
+        assert_eq!(
+            ar.recv().await.expect("recv"),
+            Msg::Leases {
+                id: 5,
+                leases: vec![some_lease(1)]
+            }
+        );
+        assert_eq!(
+            ar.recv().await.expect("recv"),
+            Msg::SyncBatch {
+                changes: vec![],
+                done: true
+            }
+        );
+        dw.peer_lease_codec(LEASE_CODEC);
+        dw.send_all(&[frame.clone(), batch.clone()])
+            .await
+            .expect("send");
+        assert_eq!(ar.recv().await.expect("recv"), frame);
+        assert_eq!(ar.recv().await.expect("recv"), batch);
     }
 
     #[test]

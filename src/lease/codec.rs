@@ -4,6 +4,11 @@
 //! transaction. The record carries the sequence number of the change that wrote it (the key
 //! of its log entry; also what the store's older layout keyed its change log by). Decoding
 //! never panics: a record that does not parse is reported with its length, never trusted.
+//!
+//! A conflict record (state 4) carries its count after the classes field (always present
+//! in such a record). Readers ignore bytes after the last field they know, so the count
+//! needed no new version; a node that
+//! does not know state 4 is never sent one (see `ha::peer::LEASE_CODEC`).
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +29,7 @@ fn state_byte(s: LeaseState) -> u8 {
         LeaseState::Released => 1,
         LeaseState::Expired => 2,
         LeaseState::Declined => 3,
+        LeaseState::Conflict { .. } => 4,
     }
 }
 
@@ -54,9 +60,17 @@ pub fn encode(lease: &Lease, seq: u64) -> Vec<u8> {
     put_bytes(&mut out, Some(lease.subnet.as_bytes()));
     put_bytes(&mut out, lease.relay_info.as_deref());
     // Optional trailing field: a record without it (older writers) decodes with no classes,
-    // and older readers ignore it. Class names never contain a comma (checked at load).
-    if !lease.classes.is_empty() {
-        put_bytes(&mut out, Some(lease.classes.join(",").as_bytes()));
+    // and older readers ignore it. Class names never contain a comma (checked at load). A
+    // conflict record always has it (absent = the None marker), so its count comes after.
+    if !lease.classes.is_empty() || lease.state.is_conflict() {
+        let joined = lease.classes.join(",");
+        put_bytes(
+            &mut out,
+            (!lease.classes.is_empty()).then_some(joined.as_bytes()),
+        );
+    }
+    if let LeaseState::Conflict { seen } = lease.state {
+        out.extend_from_slice(&seen.to_be_bytes());
     }
     out
 }
@@ -171,6 +185,7 @@ pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
         1 => LeaseState::Released,
         2 => LeaseState::Expired,
         3 => LeaseState::Declined,
+        4 => LeaseState::Conflict { seen: 0 },
         _ => return Err(bad("unknown state")),
     };
     let start = r.u64()?;
@@ -201,6 +216,15 @@ pub fn decode(b: &[u8]) -> Result<(Lease, u64), CodecError> {
                 .collect(),
             None => Vec::new(),
         }
+    };
+    let state = match state {
+        LeaseState::Conflict { .. } => {
+            let n = r.take(4)?;
+            LeaseState::Conflict {
+                seen: u32::from_be_bytes([n[0], n[1], n[2], n[3]]),
+            }
+        }
+        s => s,
     };
     Ok((
         Lease {
@@ -251,6 +275,12 @@ mod tests {
         bare.hostname = None;
         bare.relay_info = Some(Vec::new());
         assert_eq!(decode(&encode(&bare, 1)), Ok((bare, 1)));
+        let mut conflict = lease();
+        conflict.state = LeaseState::Conflict { seen: 7 };
+        let b = encode(&conflict, 2);
+        assert_eq!(decode(&b), Ok((conflict, 2)));
+        // The count is the last field: a record cut before it is corrupt, not a count of 0.
+        assert!(decode(&b[..b.len() - 1]).is_err());
     }
 
     #[test]

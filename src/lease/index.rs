@@ -184,16 +184,14 @@ impl LeaseIndex {
         self.by_ip.values()
     }
 
-    /// Active leases whose time ran out, and declined addresses whose hold ended, at `now`
+    /// Active leases whose time ran out, and declined or conflicting addresses whose hold ended, at `now`
     /// (Unix seconds), turned into `Expired` with `updated_ms`. Returns the new leases (the
     /// caller commits them) and whether each was active before (only those are announced).
     pub fn expire_due(&mut self, now: u64, updated_ms: u64) -> Vec<(Lease, bool)> {
         let due: Vec<Ipv4Addr> = self
             .by_ip
             .values()
-            .filter(|l| {
-                matches!(l.state, LeaseState::Active | LeaseState::Declined) && l.expiry <= now
-            })
+            .filter(|l| l.state.holds() && l.expiry <= now)
             .map(|l| l.ip)
             .collect();
         let mut out = Vec::with_capacity(due.len());

@@ -343,3 +343,33 @@ fn a_renewal_and_an_expiry_in_the_same_millisecond_keep_the_address_bound() {
     assert_eq!(a, b);
     assert_eq!(a[0].state, LeaseState::Active, "{:?}", a[0]);
 }
+
+#[test]
+fn a_conflict_record_merges_by_the_same_total_order() {
+    let mut a = Lease {
+        ip: std::net::Ipv4Addr::new(10, 0, 0, 120),
+        mac: [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff],
+        client_id: None,
+        hostname: None,
+        subnet: "10.0.0.0/24".into(),
+        state: LeaseState::Conflict { seen: 1 },
+        start: 1,
+        expiry: 3601,
+        updated_ms: 1000,
+        relay_info: None,
+    };
+    let mut b = a.clone();
+    b.state = LeaseState::Conflict { seen: 2 };
+    // Equal times: the higher count wins on both sides; only identical records are Equal.
+    assert_eq!(b.merge_order(&a), std::cmp::Ordering::Greater);
+    assert_eq!(a.merge_order(&b), std::cmp::Ordering::Less);
+    let mut active = a.clone();
+    active.state = LeaseState::Active;
+    assert_eq!(active.merge_order(&b), std::cmp::Ordering::Greater);
+    let mut declined = a.clone();
+    declined.state = LeaseState::Declined;
+    assert_eq!(b.merge_order(&declined), std::cmp::Ordering::Greater);
+    // The newer change wins whatever its state.
+    a.updated_ms = 1001;
+    assert_eq!(a.merge_order(&b), std::cmp::Ordering::Greater);
+}

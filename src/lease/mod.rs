@@ -40,6 +40,27 @@ pub enum LeaseState {
     Expired,
     /// Address declined by a client (RFC 2131 §4.3.3): held back until `expiry`.
     Declined,
+    /// Address found in use on the wire by a host that is not its client (a probe was
+    /// answered, or an ARP claimed it): held back until `expiry`. The record's `mac` is the
+    /// host that answered, `start` when it was first seen, `updated_ms` the last time,
+    /// `seen` how many times. Only the host that answered may still be given it.
+    Conflict {
+        seen: u32,
+    },
+}
+
+impl LeaseState {
+    /// An address no client but its holder may get while `expiry` is ahead.
+    pub fn holds(self) -> bool {
+        matches!(
+            self,
+            LeaseState::Active | LeaseState::Declined | LeaseState::Conflict { .. }
+        )
+    }
+
+    pub fn is_conflict(self) -> bool {
+        matches!(self, LeaseState::Conflict { .. })
+    }
 }
 
 /// One address binding.
@@ -74,9 +95,10 @@ impl Lease {
     /// its own version and the two views would differ for good. The order compares, in turn:
     ///
     /// 1. `updated_ms`: the newer change wins;
-    /// 2. the state: `Active` > `Declined` > `Expired` > `Released`. An address a client may
-    ///    be using stays bound rather than being handed out again (a duplicate address is
-    ///    worse than a lost release), and a declined one stays held;
+    /// 2. the state: `Active` > `Conflict` > `Declined` > `Expired` > `Released` (conflicts
+    ///    by their count). An address a client may be using stays bound rather than being
+    ///    handed out again (a duplicate address is worse than a lost release), and a declined
+    ///    or conflicting one stays held;
     /// 3. then every other field, as a canonical encoding compared bytewise: the address
     ///    (network order), the MAC, the client-id, `expiry`, `start`, the hostname, the
     ///    subnet name, the relay information (an absent optional field sorts first), the
@@ -124,12 +146,13 @@ impl Lease {
 }
 
 /// A state's weight in [`Lease::merge_order`] on a tie of `updated_ms`.
-fn state_rank(s: LeaseState) -> u8 {
+fn state_rank(s: LeaseState) -> (u8, u32) {
     match s {
-        LeaseState::Released => 0,
-        LeaseState::Expired => 1,
-        LeaseState::Declined => 2,
-        LeaseState::Active => 3,
+        LeaseState::Released => (0, 0),
+        LeaseState::Expired => (1, 0),
+        LeaseState::Declined => (2, 0),
+        LeaseState::Conflict { seen } => (3, seen),
+        LeaseState::Active => (4, 0),
     }
 }
 

@@ -49,6 +49,17 @@ pub fn garp_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; GARP_LEN] {
     buf
 }
 
+/// An RFC 5227 ARP probe asking whether anyone holds `ip`: a broadcast request from `mac`
+/// with sender IP 0.0.0.0, so no host's cache learns a binding from it. A host using `ip`
+/// answers it (and one that follows RFC 5227 treats it as a conflict only if it is probing
+/// the same address itself).
+pub fn probe_frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; GARP_LEN] {
+    let mut buf = garp_frame(mac, ip);
+    // Sender protocol address: bytes 28..32 of the frame (14 Ethernet + 14 into the ARP).
+    buf[28..32].copy_from_slice(&[0, 0, 0, 0]);
+    buf
+}
+
 /// The fields of a received ARP frame that matter for defending the VIP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArpSeen {
@@ -175,6 +186,23 @@ mod tests {
             target_ip: VIP,
         };
         assert!(!is_conflict(&query, VIP, MAC));
+    }
+
+    #[test]
+    fn a_probe_is_a_broadcast_request_from_0_0_0_0_for_the_address() {
+        let ip = Ipv4Addr::new(10, 0, 0, 120);
+        let f = probe_frame(MAC, ip);
+        assert_eq!(&f[..6], &[0xff; 6]);
+        let seen = parse_arp(&f).expect("arp");
+        assert_eq!(
+            seen,
+            ArpSeen {
+                operation: 1,
+                sender_mac: MAC,
+                sender_ip: Ipv4Addr::UNSPECIFIED,
+                target_ip: ip
+            }
+        );
     }
 
     #[test]

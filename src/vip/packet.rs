@@ -39,7 +39,7 @@ impl PacketSockets {
     }
 }
 
-fn packet_socket(protocol: u16, nonblocking: bool) -> io::Result<OwnedFd> {
+pub(crate) fn packet_socket(protocol: u16, nonblocking: bool) -> io::Result<OwnedFd> {
     let mut ty = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
     if nonblocking {
         ty |= libc::SOCK_NONBLOCK;

@@ -1,0 +1,447 @@
+//! Conflict detection in the DHCP server: an OFFER of an address that is not the client's
+//! own waits for the prober's verdict off the receive path; an address found in use is
+//! recorded as a conflict (durable, replicated like a lease) and the next candidate is
+//! probed, up to `max_probes_per_discover`. Late answers and ARP sightings come in from the
+//! prober and are judged here against the leases ([`judge_sighting`], pure).
+//!
+//! Invariants: no receive task waits for a probe; an OFFER never leaves for an address that
+//! answered; only a serving node records conflicts or sends the delayed OFFER; lock order as
+//! everywhere: handler state, then the lease index.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{handle, Ingress};
+use super::packet::{Reply, Request};
+use super::plan::Plan;
+use super::server::{send_reply, Shared};
+use crate::config::Dur;
+use crate::conflict::api::{ClearError, ClearRequest};
+use crate::conflict::{log_conflict, ConflictMetrics, Prober, Sighting, Source, Verdict, Via};
+use crate::events::{Event, EventData, EventKind};
+use crate::lease::{Lease, LeaseIndex, LeaseState};
+
+/// What the server probes with (absent when `[conflict_detection] enabled = false`).
+pub struct Probing {
+    pub prober: Prober,
+    pub hold: Dur,
+    pub max_probes: u32,
+    pub metrics: ConflictMetrics,
+}
+
+/// How to probe `ip` for this request: ARP on the interface it came in on when the subnet is
+/// attached there, else ICMP (relayed, or selected by option 118).
+pub(super) fn via_for(
+    plan: &Plan,
+    req: &Request,
+    ing: &Ingress,
+    ifindex: u32,
+    ip: Ipv4Addr,
+) -> Via {
+    let attached = req.giaddr.is_unspecified()
+        && ifindex != 0
+        && plan.subnet_of(ip).is_some_and(|i| {
+            let s = &plan.subnets[i];
+            s.interface
+                .as_deref()
+                .is_some_and(|n| Some(n) == ing.ifname.as_deref())
+                || ing.if_addrs.iter().any(|n| s.network.contains(&n.addr()))
+        });
+    if attached {
+        Via::Arp { ifindex }
+    } else {
+        Via::Icmp
+    }
+}
+
+/// Where the delayed OFFER goes once its address is found free.
+pub(super) struct Pending {
+    pub req: Request,
+    pub ingress: Ingress,
+    pub ifindex: u32,
+    pub src: Option<Ipv4Addr>,
+    /// The request's first client class (the reply metrics' label).
+    pub class: &'static str,
+    pub sock: Arc<UdpSocket>,
+    pub t0: Instant,
+}
+
+/// Probes `ip`; sends `reply` (and publishes `events`) when it is free, else records the
+/// conflict and asks the handler for the next candidate.
+pub(super) async fn offer_when_free(
+    sh: Arc<Shared>,
+    p: Pending,
+    mut ip: Ipv4Addr,
+    mut reply: Reply,
+    mut events: Vec<Event>,
+) {
+    let Some(probing) = sh.probing.as_ref() else {
+        return;
+    };
+    let mut attempt = 1;
+    loop {
+        let via = {
+            let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+            via_for(&st.plan, &p.req, &p.ingress, p.ifindex, ip)
+        };
+        let verdict = probing.prober.probe(ip, via).await.unwrap_or(Verdict::Free);
+        if !sh.ha.borrow().serves() {
+            sh.metrics.ignored("not_active");
+            return;
+        }
+        let mac = match verdict {
+            Verdict::Free => {
+                sh.announce.now(events);
+                send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src).await;
+                sh.metrics
+                    .offer_latency
+                    .observe(p.t0.elapsed().as_secs_f64());
+                return;
+            }
+            Verdict::InUse { mac } => mac,
+        };
+        record(&sh, probing, ip, mac, Source::Probe).await;
+        if attempt >= probing.max_probes {
+            sh.metrics.ignored("conflict_probes_exhausted");
+            return;
+        }
+        attempt += 1;
+        let now = crate::events::now_ms();
+        let out = {
+            let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ix = sh.store.index();
+            handle(&mut st, &mut ix, &p.req, &p.ingress, now)
+        };
+        // The DISCOVER itself was announced with the first candidate.
+        events = out
+            .events
+            .into_iter()
+            .filter(|(k, _)| *k != EventKind::LeaseDiscover)
+            .map(|(k, ev)| Event::new(k, sh.node.clone(), EventData::Lease(ev)))
+            .collect();
+        match (out.reply, out.probe) {
+            (Some(r), Some(next)) => {
+                reply = r;
+                ip = next;
+            }
+            (Some(r), None) => {
+                sh.announce.now(events);
+                send_reply(&sh, &p.sock, &r, p.class, p.ifindex, p.src).await;
+                return;
+            }
+            (None, _) => {
+                sh.metrics.ignored(out.ignored.unwrap_or("no_free_address"));
+                return;
+            }
+        }
+    }
+}
+
+/// Records `ip` as in use by `mac`, durably and on the standby, then logs, counts and
+/// announces it.
+async fn record(
+    sh: &Shared,
+    probing: &Probing,
+    ip: Ipv4Addr,
+    mac: Option<[u8; 6]>,
+    source: Source,
+) {
+    let now = crate::events::now_ms();
+    let (lease, pending) = {
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ix = sh.store.index();
+        let hold_s = probing.hold.0.as_secs().max(1);
+        let Some(l) = st.record_conflict(&mut ix, ip, mac.unwrap_or_default(), hold_s, now) else {
+            return;
+        };
+        let pending = sh.store.submit(vec![l.clone()]);
+        (l, pending)
+    };
+    commit_and_replicate(sh, pending, lease.clone()).await;
+    probing.metrics.conflict(source);
+    if lease.state == (LeaseState::Conflict { seen: 1 }) {
+        log_conflict(ip, mac, probing.hold, source);
+    } else {
+        tracing::debug!(ip = %ip, "address conflict on {ip} seen again ({:?})", lease.state);
+    }
+    sh.announce.now(vec![Event::new(
+        EventKind::LeaseConflict,
+        sh.node.clone(),
+        EventData::Lease(lease.event()),
+    )]);
+}
+
+async fn commit_and_replicate(
+    sh: &Shared,
+    pending: crate::lease::store::PendingCommit,
+    lease: Lease,
+) {
+    if let Err(e) = pending.wait().await {
+        sh.metrics.commit_failed.inc();
+        tracing::error!(ip = %lease.ip, "recording the conflict on {} failed: {e}", lease.ip);
+        return;
+    }
+    if let Some(rep) = &sh.replication {
+        sh.metrics
+            .replicated(rep.replicate(vec![lease], sh.max_ack_delay).await);
+    }
+}
+
+/// Should an address heard outside a probe be recorded as a conflict? When it lies in a
+/// subnet of ours and is claimed by a MAC that is not its holder's: leased to another
+/// client, reserved for another, or free in a pool. An ICMP answer (no MAC) counts only for
+/// an address nobody holds: a client answers ping for its own lease. A conflict already
+/// held for the same MAC is refreshed once half its hold has passed, not on every ARP.
+pub fn judge_sighting(
+    plan: &Plan,
+    leases: &LeaseIndex,
+    s: &Sighting,
+    hold_s: u64,
+    now_ms: u64,
+) -> bool {
+    let Some(si) = plan.subnet_of(s.ip) else {
+        return false;
+    };
+    let subnet = &plan.subnets[si];
+    let now_s = now_ms / 1000;
+    match leases.get(s.ip) {
+        Some(l) if l.state.holds() && l.expiry > now_s => match l.state {
+            LeaseState::Conflict { .. } => {
+                s.mac.is_some_and(|m| m != l.mac)
+                    || (s.mac == Some(l.mac) || l.mac == [0; 6])
+                        && now_ms.saturating_sub(l.updated_ms) >= hold_s * 500
+            }
+            LeaseState::Active => s.mac.is_some_and(|m| m != l.mac),
+            // Declined: already held back.
+            _ => false,
+        },
+        _ => {
+            if subnet.reserved.contains_key(&s.ip) {
+                // Reserved for a MAC other than the one heard; a reservation by client-id
+                // names no MAC, so its holder could be anyone: not judged.
+                s.mac
+                    .is_some_and(|m| subnet.by_mac.get(&m).is_none_or(|r| r.ip != s.ip))
+                    && subnet.by_client_id.values().all(|r| r.ip != s.ip)
+            } else {
+                // In a pool whatever classes it serves: a host squatting it is a conflict.
+                subnet.pool_of(s.ip).is_some()
+            }
+        }
+    }
+}
+
+/// Late answers and ARP sightings from the prober, and the API's clear requests.
+pub(super) async fn conflict_loop(
+    sh: Arc<Shared>,
+    mut sightings: Option<mpsc::Receiver<Sighting>>,
+    mut clears: mpsc::Receiver<ClearRequest>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let sighting = async {
+            match sightings.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            s = sighting => match s {
+                Some(s) => sighted(&sh, s).await,
+                None => sightings = None,
+            },
+            c = clears.recv() => match c {
+                Some(c) => {
+                    let r = clear(&sh, c.ip).await;
+                    let _ = c.done.send(r);
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+async fn sighted(sh: &Shared, s: Sighting) {
+    let Some(probing) = sh.probing.as_ref() else {
+        return;
+    };
+    if !sh.ha.borrow().serves() {
+        return;
+    }
+    let conflict = {
+        let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let ix = sh.store.index();
+        judge_sighting(
+            &st.plan,
+            &ix,
+            &s,
+            probing.hold.0.as_secs(),
+            crate::events::now_ms(),
+        )
+    };
+    if conflict {
+        let source = if s.late {
+            Source::LateReply
+        } else {
+            Source::PassiveArp
+        };
+        record(sh, probing, s.ip, s.mac, source).await;
+    }
+}
+
+/// An admin cleared the conflict on `ip`: the record ends (expired now, replicated) and the
+/// address may be offered again.
+async fn clear(sh: &Shared, ip: Ipv4Addr) -> Result<(), ClearError> {
+    if !sh.ha.borrow().serves() {
+        return Err(ClearError::NotServing);
+    }
+    let now = crate::events::now_ms();
+    let (lease, pending) = {
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ix = sh.store.index();
+        let l = ix
+            .get(ip)
+            .filter(|l| l.state.is_conflict() && l.expiry > now / 1000)
+            .cloned()
+            .ok_or(ClearError::NotFound(ip))?;
+        let l = Lease {
+            state: LeaseState::Expired,
+            expiry: now / 1000,
+            updated_ms: now.max(l.updated_ms + 1),
+            ..l
+        };
+        ix.upsert(l.clone());
+        st.conflict_cleared(ip);
+        (l.clone(), sh.store.submit(vec![l]))
+    };
+    pending
+        .wait()
+        .await
+        .map_err(|e| ClearError::Store(e.to_string()))?;
+    if let Some(rep) = &sh.replication {
+        sh.metrics
+            .replicated(rep.replicate(vec![lease], sh.max_ack_delay).await);
+    }
+    tracing::info!(ip = %ip, "address conflict on {ip} cleared; it may be offered again");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = r#"
+[[subnet]]
+network = "10.0.0.0/24"
+[[subnet.pool]]
+range_start = "10.0.0.100"
+range_end = "10.0.0.150"
+[[subnet.reservation]]
+mac = "02:00:00:00:00:aa"
+ip = "10.0.0.50"
+"#;
+    const NOW: u64 = 1_700_000_000_000;
+    const OTHER: [u8; 6] = [0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+
+    fn plan() -> Plan {
+        Plan::from_config(
+            &crate::config::parse(CFG, std::path::Path::new("t.toml")).expect("config"),
+        )
+    }
+
+    fn seen(last: u8, mac: Option<[u8; 6]>) -> Sighting {
+        Sighting {
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac,
+            late: false,
+        }
+    }
+
+    fn lease(last: u8, mac: [u8; 6], state: LeaseState, updated_ms: u64) -> Lease {
+        Lease {
+            ip: Ipv4Addr::new(10, 0, 0, last),
+            mac,
+            client_id: None,
+            hostname: None,
+            subnet: "10.0.0.0/24".into(),
+            state,
+            start: NOW / 1000 - 10,
+            expiry: NOW / 1000 + 3000,
+            updated_ms,
+            relay_info: None,
+        }
+    }
+
+    #[test]
+    fn a_claim_on_another_clients_lease_or_a_free_pool_address_is_a_conflict() {
+        let (p, mut ix) = (plan(), LeaseIndex::new());
+        let client = [2, 0, 0, 0, 0, 1];
+        ix.upsert(lease(100, client, LeaseState::Active, NOW));
+        assert!(judge_sighting(&p, &ix, &seen(100, Some(OTHER)), 3600, NOW));
+        assert!(
+            !judge_sighting(&p, &ix, &seen(100, Some(client)), 3600, NOW),
+            "its own"
+        );
+        assert!(
+            !judge_sighting(&p, &ix, &seen(100, None), 3600, NOW),
+            "a ping answer"
+        );
+        assert!(
+            judge_sighting(&p, &ix, &seen(120, Some(OTHER)), 3600, NOW),
+            "free pool"
+        );
+        assert!(
+            judge_sighting(&p, &ix, &seen(120, None), 3600, NOW),
+            "late ping answer"
+        );
+        assert!(
+            !judge_sighting(&p, &ix, &seen(20, Some(OTHER)), 3600, NOW),
+            "not pooled"
+        );
+        assert!(
+            !judge_sighting(&p, &ix, &seen(1, Some(OTHER)), 3600, NOW),
+            "router"
+        );
+        let outside = Sighting {
+            ip: Ipv4Addr::new(192, 168, 1, 1),
+            mac: Some(OTHER),
+            late: false,
+        };
+        assert!(!judge_sighting(&p, &ix, &outside, 3600, NOW));
+    }
+
+    #[test]
+    fn a_reserved_address_is_judged_by_the_reservations_mac() {
+        let (p, ix) = (plan(), LeaseIndex::new());
+        assert!(!judge_sighting(
+            &p,
+            &ix,
+            &seen(50, Some([2, 0, 0, 0, 0, 0xaa])),
+            3600,
+            NOW
+        ));
+        assert!(judge_sighting(&p, &ix, &seen(50, Some(OTHER)), 3600, NOW));
+    }
+
+    #[test]
+    fn a_held_conflict_is_refreshed_only_after_half_its_hold() {
+        let (p, mut ix) = (plan(), LeaseIndex::new());
+        ix.upsert(lease(120, OTHER, LeaseState::Conflict { seen: 1 }, NOW));
+        let s = seen(120, Some(OTHER));
+        assert!(!judge_sighting(&p, &ix, &s, 3600, NOW + 60_000));
+        assert!(judge_sighting(&p, &ix, &s, 3600, NOW + 1_800_000));
+        // Another MAC on the same address: recorded at once.
+        assert!(judge_sighting(
+            &p,
+            &ix,
+            &seen(120, Some([2, 0, 0, 0, 0, 9])),
+            3600,
+            NOW
+        ));
+    }
+}
