@@ -1,0 +1,272 @@
+//! Conflict detection on real links (root, namespaces).
+//!
+//! The prober alone: namespace `p` probes across a veth to namespace `h`, whose kernel
+//! answers ARP and ping for its own addresses: a thousand probes in flight, ICMP, a late
+//! answer, malformed frames. Then the daemon pair: a host with a static address inside the
+//! pool, a real `udhcpc` offered another address, the conflict on both nodes, and after a
+//! kill -9 of the active the new active does not offer it either.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use athena_dhcpd::conflict::{
+    open_sockets, ConflictMetrics, ProbeTimes, Prober, Sighting, Verdict, Via,
+};
+use athena_dhcpd::vip::{arp, packet};
+use common::netns::{require_root, veth, Netns};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const HOST_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x02];
+const SQUATTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x77];
+
+/// `p` (p0 10.77.0.1/16) and `h` (h0 10.77.0.2/16 and 10.77.0.120/16, MAC [`HOST_MAC`]).
+struct Link {
+    p: Netns,
+    h: Netns,
+    ifindex: u32,
+    h_ifindex: u32,
+}
+
+fn link(tag: &str) -> Link {
+    let p = Netns::new(&format!("{tag}p"));
+    let h = Netns::new(&format!("{tag}h"));
+    veth(&p, "p0", &h, "h0");
+    h.run(&["ip", "link", "set", "h0", "address", "02:77:00:00:00:02"]);
+    p.addr("p0", "10.77.0.1/16");
+    h.addr("h0", "10.77.0.2/16");
+    h.run(&["ip", "addr", "add", "10.77.0.120/16", "dev", "h0"]);
+    let ifindex = p.in_netns(|| nix::net::if_::if_nametoindex("p0").expect("p0"));
+    let h_ifindex = h.in_netns(|| nix::net::if_::if_nametoindex("h0").expect("h0"));
+    Link {
+        p,
+        h,
+        ifindex,
+        h_ifindex,
+    }
+}
+
+fn start(
+    l: &Link,
+    rt: &tokio::runtime::Runtime,
+    timeout: Duration,
+) -> (
+    Prober,
+    mpsc::Receiver<Sighting>,
+    ConflictMetrics,
+    CancellationToken,
+) {
+    let sockets =
+        l.p.in_netns(|| open_sockets().expect("open prober sockets"));
+    let metrics = ConflictMetrics::default();
+    let shutdown = CancellationToken::new();
+    let times = ProbeTimes {
+        timeout,
+        cache_ttl: Duration::from_secs(10),
+    };
+    let _guard = rt.enter();
+    let (prober, sightings) =
+        Prober::start(sockets, times, metrics.clone(), shutdown.clone()).expect("start prober");
+    (prober, sightings, metrics, shutdown)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Sends raw Ethernet frames out of `h0`, as a host on the link would.
+fn send_from_h(l: &Link, frames: Vec<Vec<u8>>) {
+    let ifindex = l.h_ifindex;
+    l.h.in_netns(move || {
+        let s = packet::PacketSockets::open().expect("packet socket in h");
+        for f in frames {
+            packet::send_frame(&s.send, ifindex, arp::ETH_P_ARP, [0xff; 6], &f).expect("send");
+        }
+    });
+}
+
+/// An ARP reply from `ip` at `mac`, as a squatter sends it.
+fn arp_reply(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
+    let mut f = arp::garp_frame(mac, ip).to_vec();
+    f[21] = 2; // operation: reply
+    f
+}
+
+#[test]
+fn a_thousand_probes_in_flight_end_on_time_and_the_address_in_use_is_found() {
+    if !require_root("a_thousand_probes_in_flight_end_on_time_and_the_address_in_use_is_found") {
+        return;
+    }
+    let l = link("pk");
+    let rt = runtime();
+    let timeout = Duration::from_millis(300);
+    let (prober, _sightings, metrics, shutdown) = start(&l, &rt, timeout);
+    let used = Ipv4Addr::new(10, 77, 0, 120);
+    let mut addrs: Vec<Ipv4Addr> = (0..999u32)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 77, 1, 0)) + i))
+        .collect();
+    addrs.push(used);
+    let via = Via::Arp { ifindex: l.ifindex };
+    let (verdicts, elapsed, peak) = rt.block_on(async {
+        let t0 = Instant::now();
+        let waits: Vec<_> = addrs
+            .iter()
+            .map(|ip| (*ip, prober.probe(*ip, via)))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let peak = metrics.in_flight.get();
+        let mut out = Vec::new();
+        for (ip, w) in waits {
+            out.push((ip, w.await.expect("verdict")));
+        }
+        (out, t0.elapsed(), peak)
+    });
+    let in_use: Vec<_> = verdicts
+        .iter()
+        .filter(|(_, v)| *v != Verdict::Free)
+        .collect();
+    assert_eq!(
+        in_use,
+        vec![&(
+            used,
+            Verdict::InUse {
+                mac: Some(HOST_MAC)
+            }
+        )]
+    );
+    assert!(peak >= 999, "only {peak} probes were in flight at once");
+    // One timeout for all of them, not one after another.
+    assert!(
+        elapsed < timeout + Duration::from_millis(400),
+        "1000 probes took {elapsed:?}"
+    );
+    assert_eq!(metrics.probes("arp", "free"), 999);
+    assert_eq!(metrics.probes("arp", "in_use"), 1);
+    // Probed free a moment ago: not probed again.
+    let again = rt.block_on(async { prober.probe(addrs[0], via).await.expect("verdict") });
+    assert_eq!(again, Verdict::Free);
+    assert_eq!(metrics.probes("cached", "free"), 1);
+    shutdown.cancel();
+}
+
+#[test]
+fn an_icmp_probe_finds_a_host_that_answers_ping_and_times_out_on_silence() {
+    if !require_root("an_icmp_probe_finds_a_host_that_answers_ping_and_times_out_on_silence") {
+        return;
+    }
+    let l = link("pi");
+    let rt = runtime();
+    let (prober, _s, metrics, shutdown) = start(&l, &rt, Duration::from_millis(300));
+    let (up, silent) = rt.block_on(async {
+        let a = prober.probe(Ipv4Addr::new(10, 77, 0, 2), Via::Icmp);
+        let b = prober.probe(Ipv4Addr::new(10, 77, 9, 9), Via::Icmp);
+        (a.await.expect("verdict"), b.await.expect("verdict"))
+    });
+    // On this one link the kernel's own ARP for the echo may be answered first: the host
+    // is found either way (with its MAC then).
+    assert!(
+        matches!(
+            up,
+            Verdict::InUse {
+                mac: None | Some(HOST_MAC)
+            }
+        ),
+        "{up:?}"
+    );
+    assert_eq!(silent, Verdict::Free);
+    assert_eq!(metrics.probes("icmp", "in_use"), 1);
+    assert_eq!(metrics.probes("icmp", "free"), 1);
+    shutdown.cancel();
+}
+
+#[test]
+fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted() {
+    if !require_root("a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted")
+    {
+        return;
+    }
+    let l = link("pl");
+    let rt = runtime();
+    let (prober, mut sightings, metrics, shutdown) = start(&l, &rt, Duration::from_millis(100));
+    let late_ip = Ipv4Addr::new(10, 77, 2, 5);
+    let v = rt.block_on(async {
+        prober
+            .probe(late_ip, Via::Arp { ifindex: l.ifindex })
+            .await
+            .expect("verdict")
+    });
+    assert_eq!(v, Verdict::Free, "nobody answered within the timeout");
+    // The squatter answers after the timeout; another host claims an address in passing.
+    let passing = Ipv4Addr::new(10, 77, 3, 3);
+    let mut bad_arp = arp::garp_frame(SQUATTER_MAC, passing).to_vec();
+    bad_arp[18] = 0; // hardware address length 0
+    send_from_h(
+        &l,
+        vec![
+            arp_reply(SQUATTER_MAC, late_ip),
+            arp::garp_frame(SQUATTER_MAC, passing).to_vec(),
+            bad_arp,
+        ],
+    );
+    // Two messages with bad checksums (an echo reply among them) to p's address, on a raw
+    // ICMP socket in h. (A message shorter than its header never reaches a raw socket: the
+    // kernel's ICMP filter drops it.)
+    l.h.in_netns(|| {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .expect("raw icmp in h");
+        let to: std::net::SocketAddr = "10.77.0.1:0".parse().expect("addr");
+        let bad_sum = [0u8, 0, 0x12, 0x34, 0, 1, 0, 1, 1, 2, 3, 4];
+        s.send_to(&bad_sum, &to.into()).expect("send");
+        let bad_reply = [0u8, 0, 0xde, 0xad, 0x12, 0x34, 0, 9, b'x'];
+        s.send_to(&bad_reply, &to.into()).expect("send");
+    });
+    let got: Vec<Sighting> = rt.block_on(async {
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match tokio::time::timeout(Duration::from_secs(3), sightings.recv()).await {
+                Ok(Some(s)) => got.push(s),
+                _ => break,
+            }
+        }
+        got
+    });
+    let want: HashSet<_> = [
+        (late_ip, Some(SQUATTER_MAC), true),
+        (passing, Some(SQUATTER_MAC), false),
+    ]
+    .into_iter()
+    .collect();
+    let seen: HashSet<_> = got.iter().map(|s| (s.ip, s.mac, s.late)).collect();
+    assert_eq!(seen, want);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while metrics.malformed_count("arp") < 1 || metrics.malformed_count("icmp") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "malformed counted: arp {}, icmp {}",
+            metrics.malformed_count("arp"),
+            metrics.malformed_count("icmp")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The late address is probed again next time, not answered from the cache.
+    let v = rt.block_on(async {
+        prober
+            .probe(late_ip, Via::Arp { ifindex: l.ifindex })
+            .await
+            .expect("verdict")
+    });
+    assert_eq!(v, Verdict::Free);
+    assert_eq!(metrics.probes("cached", "free"), 0);
+    shutdown.cancel();
+}
