@@ -270,3 +270,190 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
     assert_eq!(metrics.probes("cached", "free"), 0);
     shutdown.cancel();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon
+
+const ADMIN_TOKEN: &str = "lab-admin-token-0123456789";
+const STATIC: &str = "10.0.0.100";
+
+/// Runs `udhcpc` in `ns` asking for `want`; returns the address it was bound to.
+fn udhcpc(ns: &Netns, dir: &std::path::Path, want: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let out_file = dir.join(format!("{}.ip", ns.name));
+    let script = dir.join(format!("{}.sh", ns.name));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > {}\nexit 0\n",
+            out_file.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = ns
+        .cmd("udhcpc")
+        .args([
+            "-f", "-q", "-n", "-t", "5", "-T", "2", "-i", "eth0", "-r", want, "-s",
+        ])
+        .arg(&script)
+        .output()
+        .expect("run udhcpc");
+    if !out.status.success() {
+        eprintln!(
+            "udhcpc failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return None;
+    }
+    std::fs::read_to_string(out_file)
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn conflicts(lab: &common::lab::Lab, node: common::lab::Node) -> Vec<serde_json::Value> {
+    lab.api_get(node, "/api/v1/conflicts")
+        .filter(|(code, _)| *code == 200)
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .and_then(|v| v["conflicts"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> String {
+    ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover() {
+    use common::lab::{Lab, Node, NodeOpts};
+    if !require_root(
+        "a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover",
+    ) {
+        return;
+    }
+    let opts = NodeOpts {
+        vip: false,
+        dns: false,
+        api_extra: format!("auth_token = \"{ADMIN_TOKEN}\""),
+        ..Default::default()
+    };
+    let mut lab = Lab::new("cfl");
+    lab.start(Node::A, &opts);
+    lab.start(Node::B, &opts);
+    lab.wait_for(
+        "A ACTIVE, B STANDBY, linked",
+        Duration::from_secs(15),
+        |l| {
+            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true)
+        },
+    );
+    lab.add_client("sq");
+    lab.add_client("dc");
+    lab.add_client("dd");
+    let (sq, dc) = (&lab.clients()[0], &lab.clients()[1]);
+    sq.run(&["ip", "addr", "add", &format!("{STATIC}/24"), "dev", "eth0"]);
+    let squatter = mac_of(sq, "eth0");
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // A real client asks for the squatter's address and is offered another one.
+    let got = udhcpc(dc, dir.path(), STATIC).expect("udhcpc bound");
+    assert_ne!(got, STATIC, "the address in use was handed out");
+    let log_a = lab.log(Node::A);
+    let line = format!("address conflict: {STATIC} is in use by {squatter}, not offered for 1h");
+    assert!(log_a.contains(&line), "no {line:?} in A's log:\n{log_a}");
+    let (_, metrics) = lab.api_get(Node::A, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains("athena_dhcp_conflicts_total{source=\"probe\"} 1"),
+        "{metrics}"
+    );
+
+    // On both nodes' tables, with the MAC that answered.
+    for node in [Node::A, Node::B] {
+        lab.wait_for(
+            &format!("the conflict on {}", node.name()),
+            Duration::from_secs(5),
+            |l| {
+                conflicts(l, node)
+                    .iter()
+                    .any(|c| c["ip"] == STATIC && c["mac"] == squatter.as_str() && c["count"] == 1)
+            },
+        );
+    }
+
+    // The active dies; the squatter goes quiet, so only the replicated table can keep the
+    // new active from offering the address.
+    lab.kill9(Node::A);
+    lab.wait_state(Node::B, "ACTIVE", Duration::from_secs(10));
+    let (sq, dd) = (&lab.clients()[0], &lab.clients()[2]);
+    sq.run(&["ip", "addr", "del", &format!("{STATIC}/24"), "dev", "eth0"]);
+    let got = udhcpc(dd, dir.path(), STATIC).expect("udhcpc bound by B");
+    assert_ne!(got, STATIC, "the new active offered the held address");
+    let (_, metrics) = lab.api_get(Node::B, "/metrics").expect("metrics");
+    assert!(
+        !metrics.contains("athena_dhcp_probes_total{method=\"arp\",result=\"in_use\"}"),
+        "B found it by probing, not from the table:\n{metrics}"
+    );
+
+    // An admin clears it (the admin token is needed); then it may be offered again.
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let path = format!("/api/v1/conflicts/{STATIC}");
+    let read = format!("Authorization: Bearer {}", common::lab::READ_TOKEN);
+    let (code, _) = common::lab::http_request(&lab.b, Node::B.api(), "DELETE", &path, &[&read])
+        .expect("delete with the read token");
+    assert!(
+        code == 401 || code == 403,
+        "read token cleared a conflict: {code}"
+    );
+    let (code, body) = common::lab::http_request(&lab.b, Node::B.api(), "DELETE", &path, &[&auth])
+        .expect("delete");
+    assert_eq!(code, 200, "{body}");
+    assert!(conflicts(&lab, Node::B).is_empty());
+    let (code, _) = common::lab::http_request(&lab.b, Node::B.api(), "DELETE", &path, &[&auth])
+        .expect("delete again");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn a_relayed_subnet_is_probed_by_icmp() {
+    use common::dhcp_lab::{exchange, relay_exchange, request, Lab, GIADDR, OPT82};
+    if !require_root("a_relayed_subnet_is_probed_by_icmp") {
+        return;
+    }
+    let lab = Lab::new("cfr", "1h");
+    // A host behind the relay answers ping for the first pool address.
+    lab.rly
+        .run(&["ip", "addr", "add", "10.9.0.10/32", "dev", "lo"]);
+    let s = lab.relay_socket();
+    let mac = [2, 0x99, 0, 0, 0, 1];
+    let d = request(
+        1,
+        mac,
+        77,
+        GIADDR,
+        &[(50, vec![10, 9, 0, 10]), (82, OPT82.to_vec())],
+    );
+    let offer = exchange(&s, &d, 77, dhcproto::v4::MessageType::Offer).expect("an offer");
+    assert_ne!(offer.yiaddr(), Ipv4Addr::new(10, 9, 0, 10));
+    let table: serde_json::Value =
+        serde_json::from_str(&lab.api("/api/v1/conflicts")).expect("conflicts json");
+    let held = table["conflicts"].as_array().cloned().unwrap_or_default();
+    assert!(
+        held.iter()
+            .any(|c| c["ip"] == "10.9.0.10" && c["mac"].is_null()),
+        "{table}\n{}",
+        lab.log()
+    );
+    assert!(
+        lab.log()
+            .contains("address conflict: 10.9.0.10 is in use by a host answering ping"),
+        "{}",
+        lab.log()
+    );
+    // The rest of the exchange goes on as usual.
+    assert!(relay_exchange(&s, [2, 0x99, 0, 0, 0, 2], 78).is_some());
+}

@@ -389,7 +389,7 @@ impl Task {
 
     fn read_icmp(&mut self, buf: &mut [u8]) {
         loop {
-            let n = match (&*self.icmp.get_ref()).read(buf) {
+            let n = match self.icmp.get_ref().read(buf) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
