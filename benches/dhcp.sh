@@ -8,6 +8,7 @@
 #   STEP=20 SERVERS="athena kea" benches/dhcp.sh
 #   SKIP_PEAK=1 SERVERS="athena kea" benches/dhcp.sh   # only the fixed-rate CPU run
 #   SERVERS="athena athena-ha" benches/dhcp.sh          # the cost of HA replication
+#   SERVERS="athena athena-noprobe kea" benches/dhcp.sh # conflict detection on (default) / off
 #   CHECK=1 benches/dhcp.sh             # exit 1 when a figure misses README's target
 #   CLASSES=1 SKIP_PEAK=1 SERVERS=athena benches/dhcp.sh
 #       # athena with two [[client_class]] tables (one matching every client): compare its
@@ -24,6 +25,13 @@
 # fdatasync. Every step starts a fresh server with a
 # fresh lease database. Each step's figures go to $OUT/steps.tsv; the table is printed at
 # the end with ratios to Kea.
+#
+# `athena-noprobe` is athena with `[conflict_detection] enabled = false`. With detection on
+# (the default) every OFFER waits probe_timeout (200 ms) for an ARP answer that perfdhcp's
+# clients never give, so each step waits 0.5 s after its end (perfdhcp -W) for the exchanges
+# still in flight, for every server; athena's fixed-rate run prints the DISCOVER->OFFER
+# latency, and with both athena and athena-noprobe run, athena also runs at half its peak
+# for the OFFER latency there (CHECK=1: p99 <= probe_timeout + 5 ms, CPU <= 1.15x noprobe).
 #
 # Lab: namespaces dsrv/dcli joined by a veth created inside dsrv; server 198.18.0.1/15,
 # client 198.18.0.2/15, pool 198.18.1.0 - 198.19.255.254, 50,000 client MACs.
@@ -128,6 +136,7 @@ type = "string"
 value = "bench.lab"
 EOF
   fi
+  { cat "$d/athena.toml"; printf '[conflict_detection]\nenabled = false\n'; } >"$d/athena-noprobe.toml"
   # The HA pair: the primary is the standalone config plus [ha]; the standby has the same
   # subnet on no interface (it never sees a client) and its own database.
   cp "$d/athena.toml" "$d/primary.toml"
@@ -206,8 +215,8 @@ start_server() {
         sleep 0.1
       done
       [ $ok = 1 ] || { echo "athena-ha: the pair did not reach ACTIVE/STANDBY (logs in $d)" >&2; exit 1; } ;;
-    athena)
-      ip netns exec "$S" env ${ATHENA_ENV:-} taskset -c 1 "$BIN" --config "$d/athena.toml" 2>"$d/athena.log" &
+    athena|athena-noprobe)
+      ip netns exec "$S" env ${ATHENA_ENV:-} taskset -c 1 "$BIN" --config "$d/$name.toml" 2>"$d/athena.log" &
       SRV_PID=$!
       for _ in $(seq 100); do
         ip netns exec "$S" curl -s -m 1 http://127.0.0.1:18067/api/v1/health 2>/dev/null | grep -q status && break
@@ -264,7 +273,7 @@ step() {
   t0=$(date +%s.%N)
   local rcv0 rcv1
   rcv0=$(udp_rcvbuf_errors "$C")
-  out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -g single 2>&1 || true)
+  out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -W 500000 -g single 2>&1 || true)
   rcv1=$(udp_rcvbuf_errors "$C")
   printf '%s\n' "$out" >"$OUT/$name-perfdhcp-$rate.txt"
   # Replies the client's kernel dropped because perfdhcp's socket buffer was full (perfdhcp
@@ -360,17 +369,34 @@ for s in $SERVERS; do
   CPU[$s]=$cpu
   RSS[$s]=$rss
   echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB" >&2
-  if [ "$s" = athena ] || [ "$s" = athena-ha ]; then
+  if [ "$s" = athena ] || [ "$s" = athena-ha ] || [ "$s" = athena-noprobe ]; then
     m="$OUT/$s-metrics-$FIXED_RATE.txt"
     commits=$(awk '/^athena_lease_commits_total/{print $2}' "$m")
     writes=$(awk '/^athena_lease_writes_total/{print $2}' "$m")
     echo "  $s at $FIXED_RATE/s: $writes leases in $commits durable commits; latency percentiles (upper bounds of histogram buckets, s):" >&2
-    for h in dhcp_ack_latency lease_commit_queue lease_commit_flush; do
+    for h in dhcp_offer_latency dhcp_ack_latency lease_commit_queue lease_commit_flush; do
       percentiles "athena_${h}_seconds" "$m" >&2
     done
     [ -s "$OUT/$s-fdatasync-$FIXED_RATE.txt" ] && fsync_percentiles "$OUT/$s-fdatasync-$FIXED_RATE.txt" >&2
   fi
 done
+
+# The p99 of histogram $1 in metrics file $2 (upper bound of its bucket, seconds).
+p99() {
+  awk -v h="$1" '$1 ~ "^"h"_bucket" {split($1,a,"\""); n[++k]=a[2]; c[k]=$2} $1==h"_count"{t=$2}
+    END{ for(i=1;i<=k;i++) if (t > 0 && c[i]>=0.99*t) {print n[i]; exit} print "nan" }' "$2"
+}
+
+# Conflict detection: the DISCOVER->OFFER latency at half athena's peak.
+OFFER_P99=
+if [ -n "${PEAK[athena]:-}" ] && [ "${PEAK[athena]}" -gt 0 ] && [ -n "${CPU[athena-noprobe]:-}" ]; then
+  half=$((PEAK[athena] / 2))
+  echo "== athena: fixed $half/s (half its peak), OFFER latency" >&2
+  read -r _ ach lost _ _ _ < <(step athena "$half")
+  OFFER_P99=$(p99 athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt")
+  echo "  athena $half/s -> $ach/s, lost $lost%" >&2
+  percentiles athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt" >&2
+fi
 
 echo
 echo "DHCP, $(date -u +%F), $(nproc) cores, perfdhcp -R 50000 -g single, $STEP s steps, HA standby on core $STANDBY_CORE (raw: $OUT/steps.tsv)"
@@ -407,6 +433,12 @@ if [ "${CHECK:-0}" = 1 ]; then
   fi
   if [ -n "${CPU[athena]:-}" ] && [ -n "$kcpu" ]; then
     target "athena CPU us/exchange vs 0.7x Kea's" "${CPU[athena]}" "<=" "$(awk -v k="$kcpu" 'BEGIN {printf "%.1f", 0.7 * k}')"
+  fi
+  if [ -n "${CPU[athena]:-}" ] && [ -n "${CPU[athena-noprobe]:-}" ]; then
+    target "athena CPU us/exchange (probing) vs 1.15x without" "${CPU[athena]}" "<=" "$(awk -v k="${CPU[athena-noprobe]}" 'BEGIN {printf "%.1f", 1.15 * k}')"
+  fi
+  if [ -n "$OFFER_P99" ]; then
+    target "athena DISCOVER->OFFER p99 (s) at half its peak vs probe_timeout + 5 ms" "$OFFER_P99" "<=" 0.205
   fi
   if [ -n "${PEAK[athena-ha]:-}" ] && [ -n "${PEAK[athena]:-}" ] && [ "${SKIP_PEAK:-0}" != 1 ]; then
     target "athena-ha peak/s vs 0.8x athena's" "${PEAK[athena-ha]}" ">=" "$(awk -v a="${PEAK[athena]}" 'BEGIN {printf "%d", 0.8 * a}')"

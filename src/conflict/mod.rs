@@ -101,7 +101,7 @@ impl ConflictMetrics {
         );
         r.register(
             "dhcp_probes",
-            "Conflict probes by method (arp, icmp, cached) and result (free, in_use, unsent)",
+            "Conflict probes by method (arp, icmp, cached, queue) and result (free, in_use, unsent, full: offered unchecked)",
             self.probes.clone(),
         );
         r.register(

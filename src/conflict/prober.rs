@@ -32,6 +32,8 @@ use crate::vip::packet::{recv_frame, send_frame};
 
 /// `PACKET_OUTGOING`: a frame this host sent, looped back to the packet socket.
 const PACKET_OUTGOING: u8 = 4;
+/// `PACKET_IGNORE_OUTGOING` (linux/if_packet.h).
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// How often one address/MAC pair is reported by passive detection.
 const PASSIVE_EVERY: Duration = Duration::from_secs(60);
 /// Sightings queued towards the DHCP server; more are dropped (and counted).
@@ -83,6 +85,7 @@ struct Probe {
 #[derive(Clone)]
 pub struct Prober {
     tx: mpsc::Sender<Probe>,
+    metrics: ConflictMetrics,
 }
 
 impl Prober {
@@ -103,6 +106,7 @@ impl Prober {
                 AsyncFd::register(sockets.icmp)?,
             )
         };
+        let handle_metrics = metrics.clone();
         let task = Task {
             arp,
             icmp,
@@ -119,7 +123,13 @@ impl Prober {
             sightings: sight_tx,
         };
         tokio::spawn(task.run(rx, shutdown));
-        Ok((Prober { tx }, sight_rx))
+        Ok((
+            Prober {
+                tx,
+                metrics: handle_metrics,
+            },
+            sight_rx,
+        ))
     }
 
     /// Probes `ip`; the answer comes when the probe ends. Resolves to `Free` at once when
@@ -128,7 +138,11 @@ impl Prober {
         let (done, rx) = oneshot::channel();
         if let Err(e) = self.tx.try_send(Probe { ip, via, done }) {
             let p = match e {
-                mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p) => p,
+                mpsc::error::TrySendError::Full(p) => {
+                    self.metrics.probed("queue", "full");
+                    p
+                }
+                mpsc::error::TrySendError::Closed(p) => p,
             };
             let _ = p.done.send(Verdict::Free);
         }
@@ -438,6 +452,19 @@ fn interface_macs() -> HashMap<u32, [u8; 6]> {
 /// Opens the prober's sockets; needs CAP_NET_RAW now, never again.
 pub fn open_sockets() -> std::io::Result<ConflictSockets> {
     let arp = crate::vip::packet::packet_socket(ETH_P_ARP, true)?;
+    // Our own probes would come back to this socket, one read each, only to be dropped
+    // (Linux 4.20+; older kernels loop them back and `read_arp` drops them).
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from a valid pointer.
+    let _ = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&arp),
+            libc::SOL_PACKET,
+            PACKET_IGNORE_OUTGOING,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
     let icmp = socket2::Socket::new(
         socket2::Domain::IPV4,
         socket2::Type::RAW.nonblocking().cloexec(),
