@@ -34,17 +34,14 @@ pub struct Probing {
     pub metrics: ConflictMetrics,
 }
 
-/// How to probe `ip` for this request: ARP on the interface it came in on when the subnet is
-/// attached there, else ICMP (relayed, or selected by option 118).
-pub(super) fn via_for(
-    plan: &Plan,
-    req: &Request,
-    ing: &Ingress,
-    ifindex: u32,
-    ip: Ipv4Addr,
-) -> Via {
-    let attached = req.giaddr.is_unspecified()
-        && ifindex != 0
+/// How to probe `ip` for this request: ARP out of the interface it came in on when the
+/// subnet is attached there (named as its interface, or the interface has an address in it),
+/// else ICMP (a subnet behind a relay). A relayed request from an attached subnet is probed
+/// by ARP too: an echo to an on-link address would make the kernel resolve it first, one
+/// neighbour entry per probe, and at a few thousand a second the table overflows
+/// (`gc_thresh3`) and the echoes cannot be sent.
+pub(super) fn via_for(plan: &Plan, ing: &Ingress, ifindex: u32, ip: Ipv4Addr) -> Via {
+    let attached = ifindex != 0
         && plan.subnet_of(ip).is_some_and(|i| {
             let s = &plan.subnets[i];
             s.interface
@@ -87,7 +84,7 @@ pub(super) async fn offer_when_free(
     loop {
         let via = {
             let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-            via_for(&st.plan, &p.req, &p.ingress, p.ifindex, ip)
+            via_for(&st.plan, &p.ingress, p.ifindex, ip)
         };
         let verdict = probing.prober.probe(ip, via).await.unwrap_or(Verdict::Free);
         if !sh.ha.borrow().serves() {
@@ -413,6 +410,24 @@ ip = "10.0.0.50"
             late: false,
         };
         assert!(!judge_sighting(&p, &ix, &outside, 3600, NOW));
+    }
+
+    #[test]
+    fn an_attached_subnet_is_probed_by_arp_and_one_behind_a_relay_by_icmp() {
+        let p = plan();
+        let ing = |net: &str| Ingress {
+            ifname: Some("eth1".into()),
+            if_addrs: vec![net.parse().expect("net")].into(),
+            dst: Ipv4Addr::BROADCAST,
+        };
+        let ip = Ipv4Addr::new(10, 0, 0, 120);
+        // Relayed or not, an address on the link the request came in on is asked by ARP.
+        assert_eq!(
+            via_for(&p, &ing("10.0.0.1/24"), 4, ip),
+            Via::Arp { ifindex: 4 }
+        );
+        assert_eq!(via_for(&p, &ing("10.1.0.1/24"), 4, ip), Via::Icmp);
+        assert_eq!(via_for(&p, &ing("10.0.0.1/24"), 0, ip), Via::Icmp);
     }
 
     #[test]
