@@ -154,6 +154,7 @@ mod tests {
             expiry: 3700,
             updated_ms: 200_000,
             relay_info: None,
+            classes: Vec::new(),
         };
         let v = ConflictView::of(&l, 150).expect("live");
         assert_eq!(v.mac.as_deref(), Some("aa:bb:cc:dd:ee:ff"));

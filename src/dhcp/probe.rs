@@ -371,6 +371,7 @@ ip = "10.0.0.50"
             expiry: NOW / 1000 + 3000,
             updated_ms,
             relay_info: None,
+            classes: Vec::new(),
         }
     }
 

@@ -278,9 +278,13 @@ mod tests {
         let mut conflict = lease();
         conflict.state = LeaseState::Conflict { seen: 7 };
         let b = encode(&conflict, 2);
-        assert_eq!(decode(&b), Ok((conflict, 2)));
+        assert_eq!(decode(&b), Ok((conflict.clone(), 2)));
         // The count is the last field: a record cut before it is corrupt, not a count of 0.
         assert!(decode(&b[..b.len() - 1]).is_err());
+        // With classes, the count still comes after them.
+        let mut classed = conflict.clone();
+        classed.classes = vec!["voip".into()];
+        assert_eq!(decode(&encode(&classed, 3)), Ok((classed, 3)));
     }
 
     #[test]

@@ -357,6 +357,7 @@ fn a_conflict_record_merges_by_the_same_total_order() {
         expiry: 3601,
         updated_ms: 1000,
         relay_info: None,
+        classes: Vec::new(),
     };
     let mut b = a.clone();
     b.state = LeaseState::Conflict { seen: 2 };
