@@ -161,7 +161,9 @@ fn a_hung_active_behind_a_blocked_peer_link_resumes_into_exactly_one_serving_nod
         std::thread::sleep(Duration::from_millis(10));
     }
     let settled = settled.unwrap_or_else(|| panic!("never one serving node\n{}", lab.dump()));
-    eprintln!("resumed node settled after {settled:?}; both held the VIP again in {both_seen} samples");
+    eprintln!(
+        "resumed node settled after {settled:?}; both held the VIP again in {both_seen} samples"
+    );
     // failover_timeout (1 s) + one heartbeat (100 ms), plus polling two APIs.
     assert!(
         settled < Duration::from_millis(1100 + 200),
