@@ -45,8 +45,11 @@ pub struct Agreement {
     digest: ConfigDigest,
     peer: Option<String>,
     peer_digest: Option<ConfigDigest>,
-    /// The peer digest whose entries we asked for (not asked twice).
+    /// The peer digest whose entries we asked for (not asked twice in a row).
     asked_for: Option<ConfigDigest>,
+    /// The peer's entries arrived for its current digest; until then every heartbeat asks
+    /// again (a request or its answer can be lost with a link that is being replaced).
+    answered: bool,
     differences: Vec<Difference>,
     mismatch: bool,
 }
@@ -59,6 +62,7 @@ impl Agreement {
             peer: None,
             peer_digest: None,
             asked_for: None,
+            answered: false,
             differences: Vec::new(),
             mismatch: false,
         }
@@ -87,6 +91,9 @@ impl Agreement {
     /// The peer's digest, from its hello or a later announcement.
     pub fn peer_digest(&mut self, node: &str, d: ConfigDigest) -> Vec<AgreementAction> {
         self.peer = Some(node.to_string());
+        if self.peer_digest.as_ref() != Some(&d) {
+            self.answered = false;
+        }
         self.peer_digest = Some(d.clone());
         if d == self.digest {
             self.differences.clear();
@@ -112,6 +119,7 @@ impl Agreement {
     pub fn peer_entries(&mut self, theirs: &SharedConfig) -> Vec<AgreementAction> {
         // Entries for a digest we no longer hold as the peer's (it reloaded meanwhile) are
         // still the best we know; its next digest asks again.
+        self.answered = true;
         let diff = self.mine.diff(theirs);
         if diff.is_empty() {
             // Same values under different digests cannot happen for one version; treat as
@@ -131,9 +139,17 @@ impl Agreement {
         vec![AgreementAction::Mismatch(diff)]
     }
 
-    /// The link is gone: what we know of the peer's config may change before it returns.
+    /// The link is gone or replaced: ask again on the next one.
     pub fn link_down(&mut self) {
         self.asked_for = None;
+    }
+
+    /// Every heartbeat: the digests differ and the peer's entries never came, ask again.
+    pub fn heartbeat(&mut self) -> Vec<AgreementAction> {
+        match &self.peer_digest {
+            Some(p) if *p != self.digest && !self.answered => vec![AgreementAction::RequestEntries],
+            _ => Vec::new(),
+        }
     }
 
     pub fn view(&self) -> AgreementView {
@@ -182,8 +198,10 @@ mod tests {
             a.peer_digest("node-b", theirs.digest()),
             vec![AgreementAction::RequestEntries]
         );
-        // The same digest again (a reconnect's hello) asks nothing more.
+        // The same digest again (a reconnect's hello) asks nothing more, but until the
+        // entries arrive each heartbeat asks again (the request or its answer may be lost).
         assert_eq!(a.peer_digest("node-b", theirs.digest()), vec![]);
+        assert_eq!(a.heartbeat(), vec![AgreementAction::RequestEntries]);
         let acts = a.peer_entries(&theirs);
         let [AgreementAction::Mismatch(d)] = acts.as_slice() else {
             panic!("{acts:?}")
@@ -193,6 +211,7 @@ mod tests {
             "subnet 10.0.0.0/24 pool[0].range_end: 10.0.0.200 here, 10.0.0.199 on node-b"
         );
         assert_eq!(a.peer_entries(&theirs), vec![], "reported once");
+        assert_eq!(a.heartbeat(), vec![], "answered: no more requests");
         assert_eq!(a.view().differing_sections, vec!["subnets".to_string()]);
         assert_eq!(a.view().agreed, Some(false));
 

@@ -432,6 +432,7 @@ impl NodeTask {
     }
 
     fn on_tick(&mut self) {
+        self.on_config_heartbeat();
         let now = mono_ms();
         for p in self.m.paths(now) {
             self.metrics
@@ -700,6 +701,9 @@ impl NodeTask {
             changed: 0,
         });
         if let Some((node, digest)) = peer_config {
+            // A new link (also one replacing a link to the same peer): what was asked on the
+            // old one may be lost with it.
+            self.agreement.link_down();
             self.on_peer_digest(&node, digest);
         }
         let _ = self.link_up_tx.send(true);

@@ -19,6 +19,14 @@ impl NodeTask {
         self.agree(actions);
     }
 
+    /// Each heartbeat: a request for the peer's entries that got no answer goes again.
+    pub(super) fn on_config_heartbeat(&mut self) {
+        let actions = self.agreement.heartbeat();
+        if !actions.is_empty() {
+            self.agree(actions);
+        }
+    }
+
     pub(super) fn on_peer_digest(&mut self, node: &str, digest: ConfigDigest) {
         let actions = self.agreement.peer_digest(node, digest);
         self.agree(actions);
