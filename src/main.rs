@@ -38,9 +38,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a config file and print a one-screen summary.
+    ///
+    /// With --peer, also compares the file with what the running peer serves (the keys both
+    /// nodes of a pair must agree on) and prints each difference with both values: exit 0
+    /// the same, 1 different, 2 invalid.
     CheckConfig {
         /// The file to check (default: --config).
         path: Option<PathBuf>,
+        /// The running peer's API, `HOST:PORT` or a URL (e.g. 10.0.0.2:8067).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer: Option<String>,
+        /// Bearer token for the peer (default: the file's [api] read_token, else auth_token).
+        #[arg(long, requires = "peer")]
+        token: Option<String>,
+        /// CA certificate(s) (PEM) to trust for an https:// peer API.
+        #[arg(long, value_name = "PATH", requires = "peer")]
+        ca_file: Option<PathBuf>,
     },
     /// Floating IP administration.
     Vip {
@@ -100,21 +113,28 @@ enum VipAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { path }) => {
+        Some(Command::CheckConfig {
+            path,
+            peer,
+            token,
+            ca_file,
+        }) => {
             let path = path.unwrap_or(cli.config);
-            match config::load(&path) {
-                Ok(cfg) => {
-                    print!("{}", summary(&cfg));
-                    for w in cfg.warnings() {
-                        println!("warning: {w}");
-                    }
-                    println!("{}: OK", path.display());
-                    ExitCode::SUCCESS
-                }
+            let cfg = match config::load(&path) {
+                Ok(cfg) => cfg,
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(EXIT_CONFIG)
+                    return ExitCode::from(EXIT_CONFIG);
                 }
+            };
+            print!("{}", summary(&cfg));
+            for w in cfg.warnings() {
+                println!("warning: {w}");
+            }
+            println!("{}: OK", path.display());
+            match peer {
+                None => ExitCode::SUCCESS,
+                Some(peer) => check_against_peer(&cfg, &path, &peer, token, ca_file.as_deref()),
             }
         }
         Some(Command::Vip {
@@ -194,6 +214,51 @@ fn main() -> ExitCode {
             }
         }
         None => run_daemon(cli.config, cli.log_format),
+    }
+}
+
+/// `check-config --peer`: the file's shared keys against the running peer's.
+fn check_against_peer(
+    cfg: &Config,
+    path: &Path,
+    peer: &str,
+    token: Option<String>,
+    ca_file: Option<&Path>,
+) -> ExitCode {
+    let base = if peer.starts_with("http://") || peer.starts_with("https://") {
+        peer.to_string()
+    } else {
+        format!("http://{peer}")
+    };
+    let token = token
+        .or_else(|| cfg.api.read_token.clone())
+        .or_else(|| cfg.api.auth_token.clone());
+    let client = match cli::client::ApiClient::new(&base, token, ca_file, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: --peer: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match block_on(cli::agreement::fetch(&client)) {
+        Ok(Ok(theirs)) => {
+            let diffs = cli::agreement::compare(cfg, &theirs);
+            print!(
+                "{}",
+                cli::agreement::render(&path.display().to_string(), peer, &diffs)
+            );
+            if diffs.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: cannot read the peer's configuration: {e}");
+            // Neither "the same" nor "different": the comparison did not happen.
+            ExitCode::from(EXIT_CONFIG)
+        }
+        Err(code) => code,
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::ha_pair::opts;
-use common::lab::{Lab, Node, NodeOpts};
+use common::lab::{daemon_bin, Lab, Node, NodeOpts};
 use common::netns::require_root;
 
 fn with_pool_end(end: &str) -> NodeOpts {
@@ -81,8 +81,22 @@ fn differing_pools_are_named_on_both_nodes_and_a_reload_of_one_file_clears_it() 
         assert_eq!(warns, 1, "{}", lab.log(n));
     }
 
+    // Before a deploy: B's file checked against what A serves (the token from the file).
+    let (code, out) = check_against_a(&lab);
+    assert_eq!(code, Some(1), "different: exit 1\n{out}");
+    assert!(
+        out.contains(&format!(
+            "{key}: 10.0.0.199 here, 10.0.0.200 on {}",
+            Node::A.api()
+        )),
+        "{out}"
+    );
+
     // The admin fixes B's file and reloads it.
     lab.write_config(Node::B, &with_pool_end("10.0.0.200"));
+    let (code, out) = check_against_a(&lab);
+    assert_eq!(code, Some(0), "the same: exit 0\n{out}");
+    assert!(out.contains("serves the same configuration"), "{out}");
     let t = Instant::now();
     lab.signal(Node::B, libc::SIGHUP);
     lab.wait_for("both agree again", Duration::from_secs(5), |l| {
@@ -102,4 +116,38 @@ fn differing_pools_are_named_on_both_nodes_and_a_reload_of_one_file_clears_it() 
         let (_, metrics) = lab.api_get(n, "/metrics").expect("metrics");
         assert!(metrics.contains("athena_ha_config_mismatch 0"), "{metrics}");
     }
+}
+
+/// `athena-dhcpd check-config B's-file --peer A` from B's namespace: exit code and output.
+fn check_against_a(lab: &Lab) -> (Option<i32>, String) {
+    let file = lab.config_path(Node::B).display().to_string();
+    let peer = Node::A.api().to_string();
+    let out = lab
+        .ns(Node::B)
+        .try_run(&[daemon_bin(), "check-config", &file, "--peer", &peer]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// An invalid file is exit 2 before any peer is asked.
+#[test]
+fn check_config_with_a_peer_refuses_an_invalid_file_with_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[[subnet]]\nnetwrok = \"10.0.0.0/24\"\n").expect("write");
+    let out = std::process::Command::new(daemon_bin())
+        .args([
+            "check-config",
+            &file.display().to_string(),
+            "--peer",
+            "127.0.0.1:1",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("netwrok"));
 }

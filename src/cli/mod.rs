@@ -2,6 +2,7 @@
 //! pair) and `leases` (a table). `client` is the HTTP side; each command splits into an async
 //! gather and a pure render, so the screens are tested without a daemon.
 
+pub mod agreement;
 pub mod client;
 pub mod leases;
 pub mod status;
