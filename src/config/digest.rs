@@ -38,7 +38,7 @@ pub struct SharedConfig {
 /// One digest per section, so a mismatch is named by section before any key is exchanged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigDigest {
-    /// Section name (`subnets`, `defaults`, `classes`, `dns`, `vips`, `ha`) → hex SHA-256,
+    /// Section name (`subnets`, `defaults`, `conflict_detection`, `classes`, `dns`, `vips`, `ha`) → hex SHA-256,
     /// first 16 bytes.
     pub sections: BTreeMap<String, String>,
 }
@@ -100,6 +100,7 @@ impl SharedConfig {
             put(&format!("subnet {} ", s.network), v);
         }
         put("defaults.", to_value(&cfg.defaults));
+        put("conflict_detection.", to_value(&cfg.conflict_detection));
         // Both nodes must answer a class member alike (a failover must not change its pool,
         // options or boot file).
         for c in &cfg.client_classes {
@@ -176,6 +177,8 @@ pub fn section_of(key: &str) -> &'static str {
         "defaults"
     } else if key.starts_with("client_class ") {
         "classes"
+    } else if key.starts_with("conflict_detection.") {
+        "conflict_detection"
     } else if key.starts_with("dns.") {
         "dns"
     } else if key.starts_with("vips") {
@@ -350,6 +353,14 @@ ip = "10.0.0.11"
                 "defaults",
                 A.replace("[dns]", "[defaults]\nlease_time = \"2h\"\n[dns]"),
                 "defaults",
+            ),
+            (
+                "conflict detection",
+                A.replace(
+                    "[dns]",
+                    "[conflict_detection]\nprobe_timeout = \"300ms\"\n[dns]",
+                ),
+                "conflict_detection",
             ),
             (
                 "client class",
