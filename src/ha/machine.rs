@@ -19,8 +19,8 @@
 //! - A node that was itself frozen (SIGSTOP, a long GC-like stall) does not judge the peer by
 //!   the silence it measured while frozen: the first tick after a gap skips the silence check,
 //!   so frames already waiting in the socket are read first.
-//! - An ACTIVE node whose own inputs stopped for longer than `failover_ms` (the peer may have
-//!   taken over meanwhile) is *fenced*: it stays ACTIVE but does not serve until a peer status
+//! - An ACTIVE node whose own inputs stopped for longer than its serve lease (`failover_ms`
+//!   less a heartbeat: the peer may have taken over meanwhile) is *fenced*: it stays ACTIVE but does not serve until a peer status
 //!   answering its fresh question (`ask`) arrives on some path, or the VIP witness says nobody
 //!   else serves. Frames queued during the stall cannot answer a question asked after it.
 //! - The peer is silent only when every path (the link and each datagram path) is; statuses
@@ -69,6 +69,20 @@ pub struct MachineConfig {
 }
 
 impl MachineConfig {
+    /// How long one step of an unfenced ACTIVE node lets DHCP serve ([`crate::ha::ServeLease`]):
+    /// it runs out a heartbeat before the peer could take over from a silent node. A gap
+    /// between two steps longer than this is a stall (see `fence`): the lease ran out, and the
+    /// next step must not renew it before the peer was asked. A threshold of `failover_ms`
+    /// left a hole: the last heartbeat left up to a heartbeat before the last step, so the
+    /// peer could take over while the gap stayed under `failover_ms`, and the first step
+    /// after the stall (a status queued from before the takeover) renewed the lease for the
+    /// DISCOVERs queued meanwhile.
+    pub fn serve_lease_ms(&self) -> u64 {
+        self.failover_ms
+            .saturating_sub(self.heartbeat_ms)
+            .max(self.heartbeat_ms)
+    }
+
     /// Derives the timings from `[ha]`.
     pub fn from_config(
         node: &str,
@@ -365,7 +379,7 @@ pub struct Machine {
     /// Last frame on the link (it is closed after `failover_ms` of silence of its own).
     last_link_ms: u64,
     last_tick_ms: Option<u64>,
-    /// Last input of any kind: a gap longer than `failover_ms` means this node was stalled.
+    /// Last input of any kind: a gap longer than the serve lease means this node was stalled.
     last_step_ms: Option<u64>,
     /// Count of this node's state changes (see [`PeerStatus::gen`]).
     gen: u64,
@@ -510,7 +524,7 @@ impl Machine {
         let mut out = Vec::new();
         let gap = self.last_step_ms.map_or(0, |t| now.saturating_sub(t));
         self.last_step_ms = Some(now);
-        if gap > self.cfg.failover_ms {
+        if gap > self.cfg.serve_lease_ms() {
             self.on_stall(gap, now, watermark, &mut out);
         }
         match input {

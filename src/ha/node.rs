@@ -395,12 +395,8 @@ impl NodeTask {
         // Before any action: a fence revokes DHCP's lease at once, a takeover finds it valid.
         // It runs out a heartbeat before the peer could take over from a silent node.
         if self.m.state().serves() && !self.m.fenced() {
-            let cfg = self.m.config();
-            let valid = cfg
-                .failover_ms
-                .saturating_sub(cfg.heartbeat_ms)
-                .max(cfg.heartbeat_ms);
-            self.serve_lease.renew(now + valid);
+            self.serve_lease
+                .renew(now + self.m.config().serve_lease_ms());
         } else {
             self.serve_lease.revoke();
         }

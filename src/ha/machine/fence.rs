@@ -1,7 +1,7 @@
 //! Self-fencing after a stall, and the question a node asks when its own view may be stale.
 //!
-//! A node whose inputs stopped for longer than `failover_ms` (SIGSTOP, a paused VM, a swap
-//! storm) may have been taken over from meanwhile. If it was ACTIVE it is fenced: still
+//! A node whose inputs stopped for longer than its serve lease (`failover_ms` less a
+//! heartbeat; SIGSTOP, a paused VM, a swap storm) may have been taken over from meanwhile. If it was ACTIVE it is fenced: still
 //! ACTIVE (its epoch is its claim), but not serving, no DHCP answers and no VIP, until
 //! - a peer status answers the question it asks on every path (`PeerStatus::ask`, echoed in
 //!   `answer`): frames queued during the stall were written before the question and cannot

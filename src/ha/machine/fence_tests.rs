@@ -40,8 +40,22 @@ fn a_stall_longer_than_failover_timeout_fences_an_active_node_and_asks_the_peer(
 fn a_short_pause_does_not_fence() {
     let mut a = alone_and_active(primary());
     a.step(Input::Tick, FO, 0);
-    let out = a.step(Input::Tick, FO + FO - 10, 0);
+    let out = a.step(Input::Tick, FO + FO - HB - 10, 0);
     assert!(!a.fenced(), "{out:?}");
+}
+
+/// The last heartbeat may have left up to a heartbeat before the last step (a status read
+/// in between), so the peer can take over while the gap is still under the failover
+/// timeout: a gap past the serve lease fences, or the first step after it would renew the
+/// lease for the DISCOVERs queued meanwhile.
+#[test]
+fn a_stall_past_the_serve_lease_but_under_failover_timeout_fences() {
+    let mut a = alone_and_active(primary());
+    a.step(Input::Tick, FO, 0);
+    let gap = a.config().serve_lease_ms() + 10;
+    assert!(gap < FO);
+    let out = a.step(Input::Tick, FO + gap, 0);
+    assert!(a.fenced(), "{out:?}");
 }
 
 #[test]
