@@ -390,6 +390,13 @@ fn sigterm_on_the_active_node_hands_off_with_zero_failed_queries() {
     );
     assert_eq!(log.last_node(), Some(Node::B));
     assert!(!lab.vip_on(Node::A), "A kept the VIP after exiting");
+    // The VIP lingers on A (unannounced, still answered) after the handoff; the shutdown
+    // waits for that release instead of cutting it short while DNS stops.
+    assert!(
+        !lab.log(Node::A).contains("(shutting down)"),
+        "A released the VIP with the shutdown, not after the linger:{}",
+        lab.dump()
+    );
     // B announcing the VIP before A let go is the handoff, not an intruder.
     assert!(
         !lab.log(Node::A).contains("address conflict"),

@@ -97,7 +97,7 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
         start_ha(
             &c,
             role_tx,
-            vip_claims,
+            vip_claims.clone(),
             log,
             replication_rx,
             dns.as_ref().map(|d| d.warm_link()),
@@ -144,7 +144,7 @@ pub(super) async fn serve(mut prepared: Prepared) -> anyhow::Result<()> {
     spawn_watchdog(c.health.clone(), c.shutdown.clone());
 
     wait_for_signals(&prepared.config_path, &config_tx, &c.shutdown).await;
-    stop(&c, ha.handle.as_ref(), tasks, hooks).await;
+    stop(&c, ha.handle.as_ref(), &vip_claims, tasks, hooks).await;
     Ok(())
 }
 
@@ -408,11 +408,13 @@ fn start_api(
     Ok(())
 }
 
-/// Hands the service to the standby first (it claims the VIP before we release it), stops
-/// every task, then lets the hooks see the shutdown's events and finish running scripts.
+/// Hands the service to the standby first (it claims the VIP before we release it), lets
+/// the VIP go while DNS still answers, stops every task, then lets the hooks see the
+/// shutdown's events and finish running scripts.
 async fn stop(
     c: &Common,
     ha: Option<&HaHandle>,
+    vip_claims: &VipClaims,
     mut tasks: JoinSet<()>,
     hooks: crate::hooks::Hooks,
 ) {
@@ -421,6 +423,16 @@ async fn stop(
         let limit =
             c.cfg.ha.failover_timeout.0.max(Duration::from_secs(1)) + Duration::from_secs(1);
         h.shutdown(limit).await;
+        // A VIP handed to the peer stays here, unannounced, for `YIELD_LINGER`: clients
+        // whose ARP entry still names this node are answered until the peer's announcement
+        // moves them. Cancelling every task at once cut that linger short (the address
+        // went with the shutdown, DNS maybe first), so the tasks stop only once it is gone.
+        let linger = crate::vip::claim::YIELD_LINGER + Duration::from_millis(250);
+        if !vip_claims.wait_released(linger).await {
+            tracing::debug!(
+                "a floating IP was still held {linger:?} after the handoff; releasing it now"
+            );
+        }
     }
     c.shutdown.cancel();
     let drain = async { while tasks.join_next().await.is_some() {} };
