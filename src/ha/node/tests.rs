@@ -3,10 +3,13 @@
 
 use super::*;
 use crate::config::{Dur, Role};
+use crate::events::EventData;
+use crate::ha::link::replaces;
 use crate::ha::metrics::KindLabel;
 use crate::lease::testing::TempStore;
 use crate::lease::{replication_channel, Lease, LeaseState, Replication};
 use std::net::Ipv4Addr;
+use std::time::Instant;
 
 const SECRET: &str = "0123456789abcdef-secret";
 

@@ -3,9 +3,15 @@
 //! serving gate for DHCP, witness probes, bulk syncs, the shutdown handoff.
 //!
 //! Around it: the link tasks of [`crate::ha::link`] (dialling, accepting, the hello and the
-//! tie-break between two links) and one lease applier per link. The heartbeat tick runs on the same runtime as the workers and
-//! first asks [`Health::cannot_serve`], so a wedged node (stuck workers) or one that cannot
-//! reach its clients (the VIP's link has no carrier) stops heartbeating and goes FAULT.
+//! tie-break between two links) and one lease applier per link. The heartbeat tick runs on
+//! the same runtime as the workers and first asks [`Health::cannot_serve`], so a wedged node
+//! (stuck workers) or one that cannot reach its clients (the VIP's link has no carrier)
+//! stops heartbeating and goes FAULT.
+//!
+//! This file holds the task loop and the carrying out of actions; its glue for each concern
+//! is beside it: `peer_link` (the current peer link and its frames), `replicate` (lease frames
+//! and bulk sync), `serve` (serve lease and fencing), `status` (events and the status),
+//! `config` (config agreement).
 //!
 //! Invariants: only this task calls `Machine::step`; every `ha.failover` action updates the
 //! serving gate, the service role (which the VIP follows) and the status in the same step,
@@ -16,32 +22,27 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigDigest, SharedConfig};
-use crate::events::{Event, EventBus, EventData, EventKind, HaEvent};
+use crate::events::{EventBus, EventKind};
 use crate::ha::agreement::{Agreement, AgreementView};
-use crate::ha::link::{
-    dialer, preferred_dialer, replaces, retire, LinkReady, Shared, MAX_PENDING_HANDSHAKES,
-};
+use crate::ha::link::{dialer, LinkReady, Shared, MAX_PENDING_HANDSHAKES};
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus, StoreInput};
 use crate::ha::metrics::HaMetrics;
 use crate::ha::peer::{LinkError, Msg};
 use crate::ha::role::{ServeLease, ServiceRole};
-use crate::ha::sync::{self, Applied, ApplyJob, Pending};
+use crate::ha::sync::{Applied, ApplyJob, Pending};
 use crate::ha::udp;
 use crate::ha::witness::{self, WitnessTarget};
 use crate::ha::{HaState, HaStatus, HaTransition, TRANSITION_HISTORY};
 use crate::health::{mono_ms, Health};
 use crate::lease::{LeaseLog, ReplicationRx};
 use crate::vip::VipClaims;
-
-/// Most yields while gathering one frame's leases (each lets the woken DHCP tasks run).
-const GATHER_ROUNDS: usize = 8;
 
 /// Everything the node needs from the daemon.
 pub struct HaParams {
@@ -333,32 +334,10 @@ impl NodeTask {
                     }
                 } => match req {
                     Some(req) => {
-                        // The ACKs of one group commit wake together: let the others queue
-                        // their leases too, so they ride in the same frame (one frame, one
-                        // merge and one fsync on the standby for the burst). One yield let
-                        // only about half of a 40-lease commit through; yield until a round
-                        // brings nothing new.
-                        let mut batch = vec![req];
-                        let mut n = batch[0].leases.len();
-                        let mut rounds = 0;
-                        'gather: while n < sync::LIVE_BATCH && rounds < GATHER_ROUNDS {
-                            rounds += 1;
-                            tokio::task::yield_now().await;
-                            let before = batch.len();
-                            while n < sync::LIVE_BATCH {
-                                match replication.as_mut().map(|r| r.try_recv()) {
-                                    Some(Ok(more)) => {
-                                        n += more.leases.len();
-                                        batch.push(more);
-                                    }
-                                    _ => break,
-                                }
-                            }
-                            if batch.len() == before {
-                                break 'gather;
-                            }
+                        if let Some(r) = replication.as_mut() {
+                            let batch = replicate::gather(req, r).await;
+                            self.on_replicate(batch);
                         }
-                        self.on_replicate(batch);
                     }
                     None => replication = None,
                 },
@@ -393,13 +372,7 @@ impl NodeTask {
         let now = mono_ms();
         let actions = self.m.step(input, now, wm);
         // Before any action: a fence revokes DHCP's lease at once, a takeover finds it valid.
-        // It runs out a heartbeat before the peer could take over from a silent node.
-        if self.m.state().serves() && !self.m.fenced() {
-            self.serve_lease
-                .renew(now + self.m.config().serve_lease_ms());
-        } else {
-            self.serve_lease.revoke();
-        }
+        self.renew_serve_lease(now);
         // The status first: whoever an action wakes (shutdown, the API) sees the new state.
         self.publish_status();
         for a in actions {
@@ -456,59 +429,14 @@ impl NodeTask {
         match msg {
             NodeMsg::Input(i) => self.step(i),
             NodeMsg::Link(l) => self.on_link(l),
-            NodeMsg::LinkClosed { id, err } => {
-                if self.link.as_ref().is_some_and(|l| l.id == id) {
-                    let l = self.link.take();
-                    if let (Some(l), Some(_)) = (l, err) {
-                        l.cancel.cancel();
-                    }
-                    self.pending.fail_all();
-                    self.agreement.link_down();
-                    let _ = self.link_up_tx.send(false);
-                    self.step(Input::LinkDown);
-                }
-            }
+            NodeMsg::LinkClosed { id, err } => self.on_link_closed(id, err),
             NodeMsg::LinkMsg { id, msg } => {
                 if self.link.as_ref().is_none_or(|l| l.id != id) {
                     return;
                 }
                 self.on_frame(msg);
             }
-            NodeMsg::Applied { id, applied } => {
-                let Some(l) = self.link.as_mut().filter(|l| l.id == id) else {
-                    return;
-                };
-                match applied {
-                    Applied::Batch {
-                        upto,
-                        received,
-                        changed,
-                        done,
-                    } => {
-                        self.peer_synced = self.peer_synced.max(upto);
-                        l.synced += received;
-                        l.changed += changed;
-                        if done {
-                            if let Some(marker) = self.p.resync_marker.take() {
-                                // The rebuilt database holds the peer's lease set now.
-                                if let Err(e) = std::fs::remove_file(&marker) {
-                                    tracing::warn!("cannot remove {}: {e}", marker.display());
-                                }
-                            }
-                            let detail = format!(
-                                "bulk sync from {} complete: {} leases received, {} changed here",
-                                self.m.peer().map_or("peer", |p| p.node.as_str()),
-                                l.synced,
-                                l.changed
-                            );
-                            self.step(Input::SyncComplete { detail });
-                        }
-                    }
-                    Applied::Failed(e) => {
-                        tracing::error!("bulk sync: merging the peer's leases failed: {e}");
-                    }
-                }
-            }
+            NodeMsg::Applied { id, applied } => self.on_applied(id, applied),
             NodeMsg::Failover(reply) => {
                 self.failover_waiters.push(reply);
                 self.step(Input::ApiFailover);
@@ -528,182 +456,6 @@ impl NodeTask {
         for w in self.failover_waiters.drain(..) {
             let _ = w.send(r.clone());
         }
-    }
-
-    fn on_frame(&mut self, msg: Msg) {
-        match msg {
-            Msg::Hello { .. } => {} // only valid as the first frame; handled by the link
-            Msg::DnsWarm(_) => {}   // handled by the link's reader
-            Msg::Control(c) => {
-                if matches!(c, Control::Status(_)) {
-                    self.metrics.heartbeats_received.inc();
-                    self.last_heartbeat_unix = Some(crate::events::now_ms());
-                }
-                self.step(Input::Peer(c));
-            }
-            Msg::Leases { id, leases } => {
-                if let Some(l) = &self.link {
-                    let _ = l.applier.send(ApplyJob::Live { id, leases });
-                }
-            }
-            Msg::LeasesAck { id } => {
-                self.metrics.replicated.inc();
-                self.pending.ack(id);
-            }
-            Msg::LeasesNack { id } => self.pending.nack(id),
-            Msg::SyncRequest { since } => {
-                if let Some(l) = &self.link {
-                    sync::spawn_bulk_sender(self.p.lease_log.clone(), since, l.tx.clone());
-                }
-            }
-            Msg::SyncBatch { changes, done } => {
-                if let Some(l) = &self.link {
-                    let _ = l.applier.send(ApplyJob::Bulk { changes, done });
-                }
-            }
-            Msg::ConfigDigest(_) | Msg::ConfigRequest | Msg::ConfigEntries(_) => {
-                self.on_config_frame(msg)
-            }
-        }
-    }
-
-    fn on_replicate(&mut self, batch: Vec<crate::lease::ReplicationRequest>) {
-        let connected = self.link.is_some()
-            && self
-                .m
-                .peer()
-                .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
-        match &self.link {
-            Some(l) if connected => {
-                let mut leases = Vec::with_capacity(batch.len());
-                let mut done = Vec::with_capacity(batch.len());
-                for r in batch {
-                    leases.extend(r.leases);
-                    done.push(r.done);
-                }
-                let id = self.pending.add(done, leases.clone());
-                if let Err(mpsc::error::TrySendError::Full(frame)) =
-                    l.tx.try_send(Msg::Leases { id, leases })
-                {
-                    // The writer is behind: queue the frame behind it rather than drop it
-                    // (the standby would miss these leases until the next bulk sync). The
-                    // DHCPACKs keep waiting, bounded by max_ack_delay; the send ends when
-                    // the link does.
-                    let tx = l.tx.clone();
-                    tokio::spawn(async move {
-                        let _ = tx.send(frame).await;
-                    });
-                }
-            }
-            _ => {
-                // No peer to wait for: the lease is durable here and goes out in the next
-                // bulk sync (a peer whose store failed takes it once its store heals).
-                let how = if self.m.peer().is_some_and(|p| p.store_failed) {
-                    crate::lease::Replicated::PeerStoreFailed
-                } else {
-                    crate::lease::Replicated::PeerDown
-                };
-                for r in batch {
-                    let _ = r.done.send(how);
-                }
-            }
-        }
-    }
-
-    fn on_link(&mut self, new: LinkReady) {
-        if let Some(cur) = &self.link {
-            let preferred = preferred_dialer(
-                &self.inner.node,
-                self.inner.role,
-                &new.peer.node,
-                new.peer.role,
-            );
-            let keep_new = replaces((&new.dialer, new.dial), (&cur.dialer, cur.dial), &preferred);
-            let same_peer =
-                self.m.link_up() && self.m.peer().is_some_and(|p| p.node == new.peer.node);
-            if !keep_new {
-                tracing::debug!(peer = %new.addr, "second peer link dialled by {} closed; keeping the one dialled by {}", new.dialer, cur.dialer);
-                retire(new.cancel);
-                return;
-            }
-            tracing::debug!(peer = %new.addr, "replacing the peer link dialled by {} with the one dialled by {}", cur.dialer, new.dialer);
-            if let Some(old) = self.link.take() {
-                if same_peer {
-                    retire(old.cancel);
-                } else {
-                    old.cancel.cancel();
-                }
-            }
-            if same_peer {
-                // The tie-break can land after the pair settled (a dial slowed by load): the
-                // peer never went away, so swap the transport under the machine instead of
-                // a link-down/up that would abandon a handoff in flight and release the
-                // DHCPACKs waiting for the standby. What was in flight goes again.
-                let peer = new.peer.clone();
-                self.install_link(new);
-                if let Some(l) = &self.link {
-                    for frame in self.pending.unacked() {
-                        if l.tx.try_send(frame).is_err() {
-                            break; // the ACKs' bounded wait covers the rest
-                        }
-                    }
-                }
-                self.step(Input::LinkSwapped(peer));
-                return;
-            }
-            self.pending.fail_all();
-            self.step(Input::LinkDown);
-        }
-        let peer = new.peer.clone();
-        self.install_link(new);
-        self.step(Input::LinkUp(peer));
-    }
-
-    /// Makes `new` the current link, with its own applier.
-    fn install_link(&mut self, new: LinkReady) {
-        let id = new.id;
-        let tx = self.tx.clone();
-        let applier =
-            sync::spawn_applier(self.p.lease_log.clone(), new.tx.clone(), move |applied| {
-                let _ = tx.try_send(NodeMsg::Applied { id, applied });
-            });
-        tracing::info!(
-            peer = %new.addr,
-            peer_node = %new.peer.node,
-            peer_state = %new.peer.state,
-            epoch = new.peer.epoch,
-            "peer link to {} ({}) up: peer is {} with epoch {}, lease watermark {}",
-            new.peer.node,
-            new.addr,
-            new.peer.state,
-            new.peer.epoch,
-            new.peer.watermark
-        );
-        let peer_config = new.peer_config.clone().map(|d| (new.peer.node.clone(), d));
-        if new.peer.watermark < self.peer_synced {
-            // The peer's lease log is younger than what we merged (a new database): start over.
-            self.peer_synced = 0;
-        }
-        self.link = Some(CurrentLink {
-            id,
-            dialer: new.dialer,
-            dial: new.dial,
-            addr: new.addr,
-            tx: new.tx,
-            cancel: new.cancel,
-            applier,
-            agrees: peer_config.is_some(),
-            synced: 0,
-            changed: 0,
-        });
-        if let Some((node, digest)) = peer_config {
-            // A new link (also one replacing a link to the same peer): what was asked on the
-            // old one may be lost with it.
-            self.agreement.link_down();
-            self.on_peer_digest(&node, digest);
-        }
-        let _ = self.link_up_tx.send(true);
-        self.last_heartbeat_unix = Some(crate::events::now_ms());
     }
 
     fn act(&mut self, a: Action) {
@@ -789,130 +541,8 @@ impl NodeTask {
             }
             Action::Refused(r) => self.answer_failover(Err(r)),
             Action::Log(n) => tracing::info!("{n}"),
-            Action::Fence { on, reason } => {
-                // The VIP lets go (or claims again) through the role; DHCP through the
-                // serve lease, which `step` revokes while fenced.
-                let peer = self.m.peer().map(|p| p.state);
-                self.p.role.send_modify(|r| {
-                    r.fenced = on;
-                    r.peer_state = if on { None } else { peer };
-                    r.since = Instant::now();
-                });
-                if on {
-                    tracing::warn!(event = "ha.fenced", reason = %reason, "HA fenced: {reason}");
-                } else {
-                    tracing::info!(event = "ha.unfenced", reason = %reason, "HA unfenced: {reason}");
-                }
-            }
+            Action::Fence { on, reason } => self.fence(on, reason),
         }
-    }
-
-    /// Logs and publishes one `ha.*` event; a `ha.failover` that changes the state also moves
-    /// the serving gate and the metrics, and every `ha.failover` (a re-announce too) is first
-    /// written to the service role the VIP follows.
-    fn emit(&mut self, kind: EventKind, old: HaState, new: HaState, reason: String) {
-        let peer = self.m.peer().map(|p| p.state);
-        let peer_state = peer;
-        if kind == EventKind::HaFailover {
-            // The VIP's channel, before the event: the bus may drop for a slow subscriber,
-            // the role never does (latest value wins).
-            let epoch = self.m.epoch();
-            self.p.role.send_modify(|r| {
-                let reannounce = if old == new && new.serves() {
-                    r.reannounce + 1
-                } else {
-                    r.reannounce
-                };
-                *r = ServiceRole {
-                    state: new,
-                    epoch,
-                    peer_state: peer,
-                    reannounce,
-                    since: Instant::now(),
-                    fenced: self.m.fenced(),
-                };
-            });
-        }
-        if kind == EventKind::HaFailover && old == new {
-            tracing::info!(event = kind.as_str(), state = %new, reason = %reason, "HA stays {new}: {reason}");
-        } else if kind == EventKind::HaFailover {
-            self.metrics.transitions.inc();
-            self.metrics.set_state(new);
-            self.metrics.epoch.set(self.m.epoch() as i64);
-            let _ = self.serving_tx.send(new);
-            if self.history.len() == TRANSITION_HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(HaTransition {
-                at: crate::events::now_ms(),
-                from: old,
-                to: new,
-                epoch: self.m.epoch(),
-                reason: reason.clone(),
-            });
-            tracing::info!(
-                event = kind.as_str(),
-                old_state = %old,
-                new_state = %new,
-                epoch = self.m.epoch(),
-                reason = %reason,
-                "HA {old} -> {new}: {reason}"
-            );
-        } else if kind == EventKind::HaSplitBrain {
-            tracing::warn!(event = kind.as_str(), reason = %reason, "{kind}: {reason}");
-        } else {
-            tracing::info!(event = kind.as_str(), reason = %reason, "{kind}: {reason}");
-        }
-        self.p.bus.publish(Event::new(
-            kind,
-            self.p.node.clone(),
-            EventData::Ha(HaEvent {
-                old_state: old,
-                new_state: new,
-                reason,
-                role: self.inner.role,
-                peer_state,
-                epoch: self.m.epoch(),
-            }),
-        ));
-    }
-
-    fn publish_status(&mut self) {
-        let wm = self.watermark();
-        let _ = self.my_tx.send(self.m.status(wm));
-        let connected = self.link.is_some() && self.m.link_up();
-        self.metrics.peer_connected.set(i64::from(connected));
-        let st = HaStatus {
-            enabled: true,
-            node: self.p.node.clone(),
-            role: self.inner.role.to_string(),
-            state: self.m.state(),
-            peer_connected: connected,
-            peer_state: if connected {
-                self.m.peer().map(|p| p.state)
-            } else {
-                None
-            },
-            last_heartbeat: self.last_heartbeat_unix,
-            fenced: self.m.fenced(),
-            paths: self.m.paths(mono_ms()),
-            epoch: self.m.epoch(),
-            lease_watermark: wm,
-            peer_lease_watermark: self.m.peer().map(|p| p.watermark),
-            vips: Vec::new(),
-            peer_node: self.m.peer().map(|p| p.node.clone()),
-            peer_epoch: self.m.peer().map(|p| p.epoch),
-            peer_address: self.p.config.ha.peer_socket_addr().map(|a| a.to_string()),
-            transitions: self.history.iter().cloned().collect(),
-        };
-        self.status_tx.send_if_modified(|old| {
-            if *old != st {
-                *old = st;
-                true
-            } else {
-                false
-            }
-        });
     }
 }
 
@@ -950,5 +580,9 @@ impl HaHandle {
 }
 
 mod config;
+mod peer_link;
+mod replicate;
+mod serve;
+mod status;
 #[cfg(test)]
 mod tests;
