@@ -15,7 +15,11 @@ use crate::events::{Event, EventBus};
 
 /// The receive loop's end: queues the events of one handled request.
 #[derive(Clone)]
-pub struct Announcer(mpsc::UnboundedSender<Announcement>);
+pub struct Announcer {
+    tx: mpsc::UnboundedSender<Announcement>,
+    /// Asked before an event is built: nobody may want it.
+    bus: EventBus,
+}
 
 struct Announcement {
     events: Vec<Event>,
@@ -39,14 +43,19 @@ impl Announcer {
     /// Starts the publisher task; it ends when every `Announcer` is dropped.
     pub fn start(bus: EventBus) -> Announcer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_in_order(bus, rx));
-        Announcer(tx)
+        tokio::spawn(publish_in_order(bus.clone(), rx));
+        Announcer { tx, bus }
+    }
+
+    /// Whether anyone takes events of `kind` now (see [`EventBus::wants`]).
+    pub fn wants(&self, kind: crate::events::EventKind) -> bool {
+        self.bus.wants(kind)
     }
 
     /// Events that need no commit: published after the ones queued before them.
     pub fn now(&self, events: Vec<Event>) {
         if !events.is_empty() {
-            let _ = self.0.send(Announcement {
+            let _ = self.tx.send(Announcement {
                 events,
                 durable: None,
             });
@@ -60,7 +69,7 @@ impl Announcer {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        let _ = self.0.send(Announcement {
+        let _ = self.tx.send(Announcement {
             events,
             durable: Some(rx),
         });

@@ -118,7 +118,7 @@ pub(super) async fn offer_when_free(
         events = out
             .events
             .into_iter()
-            .filter(|(k, _)| *k != EventKind::LeaseDiscover)
+            .filter(|(k, _)| *k != EventKind::LeaseDiscover && sh.announce.wants(*k))
             .map(|(k, ev)| Event::new(k, sh.node.clone(), EventData::Lease(ev)))
             .collect();
         match (out.reply, out.probe) {

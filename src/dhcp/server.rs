@@ -270,6 +270,7 @@ async fn receive_loop(
             let mut out = handle(&mut st, &mut ix, &req, &ingress, now);
             let mut events: Vec<Event> = std::mem::take(&mut out.events)
                 .into_iter()
+                .filter(|(kind, _)| sh.announce.wants(*kind))
                 .map(|(kind, ev)| Event::new(kind, sh.node.clone(), EventData::Lease(ev)))
                 .collect();
             // An OFFER to probe first: its event waits with it.

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::events::{Event, EventBus, EventData};
+use crate::events::{Event, EventBus, EventData, EventKind, KindMask, Subscription};
 
 type Labels = Vec<(String, String)>;
 type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
@@ -154,15 +154,29 @@ impl Hooks {
 
 /// Subscribes to the bus now (so no event published after this returns is missed) and
 /// spawns the dispatcher and one task per script/webhook hook.
-pub fn start(ctx: HookContext) -> Hooks {
-    let cfg = ctx.config.borrow().clone();
-    let sub = ctx.bus.subscribe("hooks", cfg.hooks.queue_size.max(16));
+pub fn start(mut ctx: HookContext) -> Hooks {
+    // Marked seen here, not when the dispatcher first runs: a reload in between is a change.
+    let cfg = ctx.config.borrow_and_update().clone();
     let sem = Arc::new(Semaphore::new(cfg.hooks.script_concurrency.max(1)));
     let (alive, done) = mpsc::channel(1);
     let queues = spawn_queues(&cfg, &ctx, &sem, &alive);
+    let sub = ctx.bus.subscribe_to(
+        "hooks",
+        cfg.hooks.queue_size.max(16),
+        KindMask::of(kinds_wanted(&queues)),
+    );
     let flush = CancellationToken::new();
     let stop = ctx.shutdown.clone();
-    tokio::spawn(dispatch(ctx, sub.rx, queues, sem, flush.clone(), alive));
+    let applied = hook_fingerprint(&cfg);
+    tokio::spawn(dispatch(
+        ctx,
+        sub,
+        queues,
+        applied,
+        sem,
+        flush.clone(),
+        alive,
+    ));
     Hooks { flush, stop, done }
 }
 
@@ -224,17 +238,28 @@ fn spawn_queues(
     out
 }
 
+/// The kinds at least one hook's patterns select: the bus passes the hooks nothing else.
+fn kinds_wanted(queues: &[Queue]) -> impl Iterator<Item = EventKind> + '_ {
+    EventKind::ALL.into_iter().filter(|k| {
+        queues
+            .iter()
+            .any(|q| q.patterns.iter().any(|p| k.matches(p)))
+    })
+}
+
 async fn dispatch(
     mut ctx: HookContext,
-    mut rx: mpsc::Receiver<Arc<Event>>,
+    sub: Subscription,
     mut queues: Vec<Queue>,
+    mut fingerprint: String,
     mut sem: Arc<Semaphore>,
     flush: CancellationToken,
     alive: mpsc::Sender<()>,
 ) {
+    let Subscription { mut rx, kinds, .. } = sub;
     let mut config_live = true;
-    let mut fingerprint = hook_fingerprint(&ctx.config.borrow());
-    let mut concurrency = ctx.config.borrow().hooks.script_concurrency.max(1);
+    // The semaphore is new: no run holds a permit before the first event is routed.
+    let mut concurrency = sem.available_permits().max(1);
     loop {
         // A reload is applied before events that are already waiting: whoever changed the
         // config and then caused an event expects the new hooks to see it.
@@ -269,6 +294,7 @@ async fn dispatch(
                 }
                 // Dropping the old senders lets each old hook task finish its queue and exit.
                 queues = spawn_queues(&cfg, &ctx, &sem, &alive);
+                kinds.set(kinds_wanted(&queues));
                 tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
             }
             ev = rx.recv() => {
@@ -361,6 +387,43 @@ mod tests {
         assert!(!hook_wants(&p(&["lease.ack"]), &nets, &lease("10.1.0.9")));
         // The subnet filter applies to lease events only.
         assert!(hook_wants(&p(&["*"]), &nets, &ha));
+    }
+
+    #[tokio::test]
+    async fn the_bus_passes_the_hooks_only_what_their_patterns_name_across_a_reload() {
+        let script = |events: &[&str]| crate::config::ScriptHookConfig {
+            name: "s".into(),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            command: "/bin/true".into(),
+            timeout: None,
+            subnets: vec![],
+        };
+        let mut cfg = Config::default();
+        cfg.hooks.scripts = vec![script(&["vip.*"])];
+        let bus = EventBus::new();
+        let (config_tx, config) = watch::channel(Arc::new(cfg.clone()));
+        let _hooks = start(HookContext {
+            bus: bus.clone(),
+            shutdown: CancellationToken::new(),
+            metrics: HookMetrics::default(),
+            config,
+        });
+        assert!(bus.wants(EventKind::VipClaimed));
+        assert!(
+            !bus.wants(EventKind::LeaseAck),
+            "no hook names lease.ack, yet the bus would build and route it"
+        );
+        cfg.hooks.scripts = vec![script(&["vip.*"]), script(&["lease.ack"])];
+        config_tx.send(Arc::new(cfg)).expect("send");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !bus.wants(EventKind::LeaseAck) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            bus.wants(EventKind::LeaseAck),
+            "the reload's hook gets no lease.ack"
+        );
+        assert!(!bus.wants(EventKind::LeaseRelease));
     }
 
     #[tokio::test]
