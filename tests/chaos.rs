@@ -43,6 +43,7 @@ use common::chaos::{
     attribute, client_breaks, double_holds, double_runs, mac_of, stats_table, Client, DhcpWatch,
     Fault, Kind, KindStats, Schedule, Target, VipWatch, DHCP_PROBE_INTERVAL,
 };
+use common::ha_pair::active_leases;
 use common::lab::{Lab, Node, NodeOpts, ProbeLog};
 use common::netns::require_root;
 
@@ -300,25 +301,6 @@ impl Run {
             }
         }
     }
-}
-
-/// A node's active leases as (address, MAC), sorted.
-fn active_leases(lab: &Lab, n: Node) -> Option<Vec<(String, String)>> {
-    let (code, body) = lab.api_get(n, "/api/v1/leases?state=active&per_page=1000")?;
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out: Vec<(String, String)> = v["leases"]
-        .as_array()?
-        .iter()
-        .map(|l| {
-            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
-            (s("ip"), s("mac"))
-        })
-        .collect();
-    out.sort();
-    Some(out)
 }
 
 fn mac_text(mac: [u8; 6]) -> String {

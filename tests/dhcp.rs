@@ -10,7 +10,6 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,41 +17,6 @@ use common::dhcp_lab::*;
 use common::netns::{require_root, Netns};
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder};
-
-/// A client hook script that records each call's environment in `<dir>/<reason>.env` and
-/// configures the address, as a real client script would (renewals are unicast from it).
-fn client_script(dir: &Path) -> PathBuf {
-    let p = dir.join("client-script.sh");
-    let body = format!(
-        r#"#!/bin/sh
-reason="${{reason:-$1}}"
-env > "{dir}/$reason.env.tmp" && mv "{dir}/$reason.env.tmp" "{dir}/$reason.env"
-case "$reason" in
-  BOUND|RENEW|REBIND|REBOOT) ip addr replace "$new_ip_address/24" dev "$interface" ;;
-  bound|renew) ip addr replace "$ip/24" dev "$interface" ;;
-esac
-exit 0
-"#,
-        dir = dir.display()
-    );
-    std::fs::write(&p, body).expect("script");
-    Command::new("chmod")
-        .args(["+x"])
-        .arg(&p)
-        .status()
-        .expect("chmod");
-    p
-}
-
-fn env_file(dir: &Path, reason: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(format!("{reason}.env"))).ok()
-}
-
-fn env_var(env: &str, key: &str) -> Option<String> {
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|v| v.trim_matches('\'').to_string())
-}
 
 #[test]
 fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_frees_it() {
@@ -63,7 +27,7 @@ fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_f
     let lab = Lab::new("dhc", "10s");
     let cdir = lab.dir.path().join("dhclient");
     std::fs::create_dir_all(&cdir).expect("dir");
-    let script = client_script(&cdir);
+    let script = client_script(&cdir, ExitHook::None);
     let lf = cdir.join("dhclient.leases");
     let pf = cdir.join("dhclient.pid");
     let t0 = Instant::now();
@@ -240,25 +204,6 @@ impl ReplyCapture {
     }
 }
 
-fn udhcpc(lab: &Lab, dir: &Path) -> String {
-    let script = client_script(dir);
-    let out = lab
-        .cli
-        .cmd("udhcpc")
-        .args(["-f", "-q", "-n", "-t", "5", "-T", "2", "-i", "c0", "-s"])
-        .arg(&script)
-        .output()
-        .expect("run udhcpc");
-    assert!(
-        out.status.success(),
-        "udhcpc failed: {}\n{}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        lab.log()
-    );
-    env_file(dir, "bound").expect("udhcpc ran its script with bound")
-}
-
 #[test]
 fn udhcpc_gets_a_lease_and_a_reserved_mac_gets_its_reserved_address() {
     if !require_root("udhcpc_gets_a_lease_and_a_reserved_mac_gets_its_reserved_address") {
@@ -268,7 +213,7 @@ fn udhcpc_gets_a_lease_and_a_reserved_mac_gets_its_reserved_address() {
     let d1 = lab.dir.path().join("u1");
     std::fs::create_dir_all(&d1).expect("dir");
     let capture = ReplyCapture::start(&lab.cli);
-    let env = udhcpc(&lab, &d1);
+    let env = udhcpc(&lab, &lab.cli, "c0", &d1, &[]);
     let replies = capture.stop();
     let ip: Ipv4Addr = env_var(&env, "ip").expect("ip").parse().expect("ip");
     assert!((100..=199).contains(&ip.octets()[3]), "{ip}");
@@ -300,7 +245,7 @@ fn udhcpc_gets_a_lease_and_a_reserved_mac_gets_its_reserved_address() {
     lab.cli.run(&["ip", "addr", "flush", "dev", "c0"]);
     let d2 = lab.dir.path().join("u2");
     std::fs::create_dir_all(&d2).expect("dir");
-    let env = udhcpc(&lab, &d2);
+    let env = udhcpc(&lab, &lab.cli, "c0", &d2, &[]);
     assert_eq!(env_var(&env, "ip").as_deref(), Some("10.0.0.50"));
     assert_eq!(env_var(&env, "hostname").as_deref(), Some("reserved-host"));
     let lease = lab.lease_json("10.0.0.50");

@@ -6,76 +6,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::dhcp_lab::*;
 use common::netns::{require_root, veth, Netns};
 
-/// Records each call's environment in `<dir>/<reason>.env` and configures the address; for
-/// dhclient it then runs Debian's RFC 3442 exit hook, which installs the option 121 routes.
-fn client_script(dir: &Path) -> PathBuf {
-    let p = dir.join("client-script.sh");
-    let body = format!(
-        r#"#!/bin/sh
-reason="${{reason:-$1}}"
-case "$reason" in
-  BOUND|RENEW|REBIND|REBOOT)
-    ip addr replace "$new_ip_address/24" dev "$interface"
-    [ -f /etc/dhcp/dhclient-exit-hooks.d/rfc3442-classless-routes ] && . /etc/dhcp/dhclient-exit-hooks.d/rfc3442-classless-routes ;;
-  bound|renew) ip addr replace "$ip/24" dev "$interface" ;;
-esac
-env > "{dir}/$reason.env.tmp" && mv "{dir}/$reason.env.tmp" "{dir}/$reason.env"
-exit 0
-"#,
-        dir = dir.display()
-    );
-    std::fs::write(&p, body).expect("script");
-    Command::new("chmod")
-        .arg("+x")
-        .arg(&p)
-        .status()
-        .expect("chmod");
-    p
-}
-
-fn env_file(dir: &Path, reason: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(format!("{reason}.env"))).ok()
-}
-
-fn env_var(env: &str, key: &str) -> Option<String> {
-    env.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(|v| v.trim_matches('\'').to_string())
-}
-
 fn last_octet(ip: &str) -> u8 {
     ip.rsplit('.')
         .next()
         .and_then(|o| o.parse().ok())
         .unwrap_or(0)
-}
-
-/// Runs udhcpc once in `ns` on `ifname` with extra arguments; returns its `bound` env.
-fn udhcpc(lab: &Lab, ns: &Netns, ifname: &str, dir: &Path, extra: &[&str]) -> String {
-    std::fs::create_dir_all(dir).expect("dir");
-    let script = client_script(dir);
-    let out = ns
-        .cmd("udhcpc")
-        .args(["-f", "-q", "-n", "-t", "5", "-T", "2", "-i", ifname, "-s"])
-        .arg(&script)
-        .args(extra)
-        .output()
-        .expect("run udhcpc");
-    assert!(
-        out.status.success(),
-        "udhcpc {extra:?} failed: {}\n{}\n--- daemon log ---\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        lab.log()
-    );
-    env_file(dir, "bound").expect("udhcpc ran its script with bound")
 }
 
 /// A fresh MAC for the next client on c0, so earlier leases do not follow it.
@@ -136,7 +78,7 @@ fn dhclient_and_udhcpc_get_their_class_pool_and_options_and_dhclient_installs_cl
     )
     .expect("conf");
     new_mac(&lab, 1);
-    let script = client_script(&cdir);
+    let script = client_script(&cdir, ExitHook::ClasslessRoutes);
     let mut client = lab
         .cli
         .cmd("dhclient")
@@ -304,7 +246,7 @@ fn pxe_bios_uefi_and_ipxe_clients_each_get_their_boot_file_and_next_server() {
         .arg("-pf")
         .arg(cdir.join("pid"))
         .arg("-sf")
-        .arg(client_script(&cdir))
+        .arg(client_script(&cdir, ExitHook::ClasslessRoutes))
         .arg("c0")
         .output()
         .expect("dhclient");

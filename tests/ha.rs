@@ -9,7 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::ha_pair::{epoch, opts, pair};
+use common::ha_pair::{active_leases, epoch, opts, pair};
 use common::lab::{dhclient_once, Lab, Node, NodeOpts, DOMAIN, VIP};
 use common::netns::require_root;
 
@@ -208,27 +208,6 @@ fn api_failover_without_a_configured_token_is_refused() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.ha_state(Node::A).as_deref(), Some("ACTIVE"));
     assert_eq!(lab.ha_state(Node::B).as_deref(), Some("STANDBY"));
-}
-
-/// A node's active leases as (address, MAC), from its API.
-fn active_leases(lab: &Lab, n: Node) -> Option<Vec<(String, String)>> {
-    let (code, body) = lab.api_get(n, "/api/v1/leases?state=active&per_page=1000")?;
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out: Vec<(String, String)> = v["leases"]
-        .as_array()?
-        .iter()
-        .map(|l| {
-            (
-                l["ip"].as_str().unwrap_or_default().to_string(),
-                l["mac"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    Some(out)
 }
 
 /// A fresh DISCOVER from `client` (its earlier lease forgotten), answered by `expect`;

@@ -13,7 +13,7 @@ use athena_dhcpd::ha::heartbeat::{derive_key, Sealer};
 use athena_dhcpd::ha::machine::PeerStatus;
 use athena_dhcpd::ha::HaState;
 use common::dhcp_lab::metric;
-use common::ha_pair::{epoch, pair};
+use common::ha_pair::{active_leases, epoch, pair};
 use common::lab::{dhclient_once, Lab, Node, NodeOpts, Udhcpc, SECRET};
 use common::netns::require_root;
 
@@ -40,27 +40,6 @@ fn dropped(lab: &Lab, n: Node, kind: &str) -> f64 {
         &metrics(lab, n),
         &format!("athena_ha_heartbeat_datagrams_dropped_total{{kind=\"{kind}\"}}"),
     )
-}
-
-/// A node's active leases as (address, MAC), from its API.
-fn active_leases(lab: &Lab, n: Node) -> Option<Vec<(String, String)>> {
-    let (code, body) = lab.api_get(n, "/api/v1/leases?state=active&per_page=1000")?;
-    if code != 200 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-    let mut out: Vec<(String, String)> = v["leases"]
-        .as_array()?
-        .iter()
-        .map(|l| {
-            (
-                l["ip"].as_str().unwrap_or_default().to_string(),
-                l["mac"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    out.sort();
-    Some(out)
 }
 
 /// The age of the last frame on the node's path `name`, from its status.

@@ -445,27 +445,7 @@ impl Client {
     pub fn start(ns: &Netns, dir: &Path) -> Client {
         let script = dir.join(format!("chaos-{}.sh", ns.name));
         let events = dir.join(format!("chaos-{}.events", ns.name));
-        let text = format!(
-            "#!/bin/sh\n\
-             case \"$1\" in\n\
-             bound|renew) ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\" ;;\n\
-             deconfig) ip addr flush dev \"$interface\" ;;\n\
-             esac\n\
-             echo \"t=$(date +%s.%N) reason=$1 ip=$ip\" >> {}\n",
-            events.display()
-        );
-        fs::write(&script, text).expect("write udhcpc script");
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
-        let child = ns
-            .cmd("udhcpc")
-            .args(["-f", "-i", "eth0", "-t", "20", "-T", "1", "-A", "1", "-s"])
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn udhcpc");
+        let child = super::lab::spawn_udhcpc(ns, &script, &events);
         Client {
             ns_name: ns.name.clone(),
             child,

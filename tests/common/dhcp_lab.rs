@@ -2,7 +2,8 @@
 //! daemon (s0 10.0.0.1/24, VIP 10.0.0.3/24 claimed by its own `[[hooks.vip]]`; r0 10.1.0.1/24
 //! towards the relay), `cli` holds the client end c0, `rly` is the relay (r1 10.1.0.2/24,
 //! giaddr 10.9.0.1 on lo; srv routes 10.9.0.0/24 to it). Plus the raw BOOTP helpers the
-//! tests use to play a relay.
+//! tests use to play a relay, and the client script real clients (`dhclient`, `udhcpc`) run,
+//! whose environment the tests read back.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -315,4 +316,78 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// What the client script runs after configuring a dhclient address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitHook {
+    None,
+    /// Debian's RFC 3442 exit hook, which installs the option 121 routes.
+    ClasslessRoutes,
+}
+
+/// A client hook script for `dhclient -sf` and `udhcpc -s`: configures the address, as a
+/// real client script would (renewals are unicast from it), runs `hook`, then records the
+/// call's environment in `<dir>/<reason>.env`. The environment is written last, so a test
+/// that sees the file finds the address (and routes) already in place.
+pub fn client_script(dir: &Path, hook: ExitHook) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("client-script.sh");
+    let hook = match hook {
+        ExitHook::None => "",
+        ExitHook::ClasslessRoutes => {
+            "\n    [ -f /etc/dhcp/dhclient-exit-hooks.d/rfc3442-classless-routes ] && \
+             . /etc/dhcp/dhclient-exit-hooks.d/rfc3442-classless-routes"
+        }
+    };
+    let body = format!(
+        r#"#!/bin/sh
+reason="${{reason:-$1}}"
+case "$reason" in
+  BOUND|RENEW|REBIND|REBOOT)
+    ip addr replace "$new_ip_address/24" dev "$interface"{hook} ;;
+  bound|renew) ip addr replace "$ip/24" dev "$interface" ;;
+esac
+env > "{dir}/$reason.env.tmp" && mv "{dir}/$reason.env.tmp" "{dir}/$reason.env"
+exit 0
+"#,
+        dir = dir.display()
+    );
+    std::fs::write(&p, body).expect("script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
+}
+
+/// The environment the client script recorded for `reason` (`BOUND`, `bound`, ...).
+pub fn env_file(dir: &Path, reason: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(format!("{reason}.env"))).ok()
+}
+
+/// One variable of a recorded environment, its outer single quotes trimmed.
+pub fn env_var(env: &str, key: &str) -> Option<String> {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(|v| v.trim_matches('\'').to_string())
+}
+
+/// Runs `udhcpc` once in `ns` on `ifname` with extra arguments and the client script; returns
+/// its `bound` environment (the test fails, with the daemon's log, if it gets no lease).
+pub fn udhcpc(lab: &Lab, ns: &Netns, ifname: &str, dir: &Path, extra: &[&str]) -> String {
+    std::fs::create_dir_all(dir).expect("dir");
+    let script = client_script(dir, ExitHook::None);
+    let out = ns
+        .cmd("udhcpc")
+        .args(["-f", "-q", "-n", "-t", "5", "-T", "2", "-i", ifname, "-s"])
+        .arg(&script)
+        .args(extra)
+        .output()
+        .expect("run udhcpc");
+    assert!(
+        out.status.success(),
+        "udhcpc {extra:?} failed: {}\n{}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        lab.log()
+    );
+    env_file(dir, "bound").expect("udhcpc ran its script with bound")
 }

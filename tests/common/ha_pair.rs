@@ -64,3 +64,22 @@ pub fn full_pair(tag: &str) -> Lab {
     );
     lab
 }
+
+/// A node's active leases as (address, MAC), sorted; None while its API does not answer.
+pub fn active_leases(lab: &Lab, n: Node) -> Option<Vec<(String, String)>> {
+    let (code, body) = lab.api_get(n, "/api/v1/leases?state=active&per_page=1000")?;
+    if code != 200 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let mut out: Vec<(String, String)> = v["leases"]
+        .as_array()?
+        .iter()
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_string();
+            (s("ip"), s("mac"))
+        })
+        .collect();
+    out.sort();
+    Some(out)
+}

@@ -1222,29 +1222,7 @@ impl Udhcpc {
     pub fn start(ns: &Netns, dir: &Path) -> Udhcpc {
         let script = dir.join(format!("udhcpc-{}.sh", ns.name));
         let events = dir.join(format!("udhcpc-{}.events", ns.name));
-        fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\n\
-                 case \"$1\" in\n\
-                 bound|renew) ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\" ;;\n\
-                 deconfig) ip addr flush dev \"$interface\" ;;\n\
-                 esac\n\
-                 echo \"reason=$1 ip=$ip serverid=$serverid dns=$dns\" >> {}\n",
-                events.display()
-            ),
-        )
-        .expect("write udhcpc script");
-        set_exec(&script);
-        let child = ns
-            .cmd("udhcpc")
-            .args(["-f", "-i", "eth0", "-t", "20", "-T", "1", "-A", "1", "-s"])
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn udhcpc");
+        let child = spawn_udhcpc(ns, &script, &events);
         Udhcpc { child, events }
     }
 
@@ -1363,6 +1341,35 @@ fn parse_lease_line(line: &str) -> DhcpLease {
         }
     }
     l
+}
+
+/// Starts a long-running `udhcpc` on `ns`'s eth0 (`script` is written first). The script
+/// configures each lease as a real client's would and appends one line per event to `events`:
+/// `t=<unix time> reason=<reason> ip=... serverid=... dns=...`; each reader takes the keys it
+/// needs (the chaos suite places events on its fault timeline by `t`).
+pub fn spawn_udhcpc(ns: &Netns, script: &Path, events: &Path) -> Child {
+    fs::write(
+        script,
+        format!(
+            "#!/bin/sh\n\
+             case \"$1\" in\n\
+             bound|renew) ip addr replace \"$ip/${{mask:-24}}\" dev \"$interface\" ;;\n\
+             deconfig) ip addr flush dev \"$interface\" ;;\n\
+             esac\n\
+             echo \"t=$(date +%s.%N) reason=$1 ip=$ip serverid=$serverid dns=$dns\" >> {}\n",
+            events.display()
+        ),
+    )
+    .expect("write udhcpc script");
+    set_exec(script);
+    ns.cmd("udhcpc")
+        .args(["-f", "-i", "eth0", "-t", "20", "-T", "1", "-A", "1", "-s"])
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn udhcpc")
 }
 
 fn set_exec(p: &Path) {
