@@ -6,6 +6,7 @@
 //! tells the outside world, `api/` shows it all and `cli/` reads it back for the admin
 //! commands. `daemon` wires them in start-up order.
 //! `pktinfo` is the socket plumbing DHCP and DNS share: reply from the address asked.
+//! `metrics` is how each module's metrics join the registry `GET /metrics` serves.
 
 pub mod api;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod hooks;
 pub mod lease;
 pub mod logging;
+pub mod metrics;
 pub mod pktinfo;
 pub mod privileges;
 #[cfg(test)]

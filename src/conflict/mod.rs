@@ -21,6 +21,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::{described, register_all};
+
 pub use prober::{open_sockets, ProbeTimes, Prober, Sighting, Verdict, Via};
 
 /// The prober's sockets, opened before the capability drop: an AF_PACKET socket for ARP
@@ -94,30 +96,35 @@ pub struct ConflictMetrics {
 
 impl ConflictMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register(
-            "dhcp_conflicts",
-            "Addresses found in use by a host that is not their client, by how",
-            self.conflicts.clone(),
-        );
-        r.register(
-            "dhcp_probes",
-            "Conflict probes by method (arp, icmp, cached, queue) and result (free, in_use, unsent, full: offered unchecked)",
-            self.probes.clone(),
-        );
-        r.register(
-            "dhcp_probe_replies_malformed",
-            "Malformed ARP frames and ICMP datagrams the prober dropped",
-            self.malformed.clone(),
-        );
-        r.register(
-            "dhcp_probes_in_flight",
-            "Conflict probes waiting for an answer or their timeout",
-            self.in_flight.clone(),
-        );
-        r.register(
-            "dhcp_conflict_sightings_dropped",
-            "ARP sightings dropped because the DHCP server was behind",
-            self.sightings_dropped.clone(),
+        register_all(
+            r,
+            [
+                described(
+                    "dhcp_conflicts",
+                    "Addresses found in use by a host that is not their client, by how",
+                    self.conflicts.clone(),
+                ),
+                described(
+                    "dhcp_probes",
+                    "Conflict probes by method (arp, icmp, cached, queue) and result (free, in_use, unsent, full: offered unchecked)",
+                    self.probes.clone(),
+                ),
+                described(
+                    "dhcp_probe_replies_malformed",
+                    "Malformed ARP frames and ICMP datagrams the prober dropped",
+                    self.malformed.clone(),
+                ),
+                described(
+                    "dhcp_probes_in_flight",
+                    "Conflict probes waiting for an answer or their timeout",
+                    self.in_flight.clone(),
+                ),
+                described(
+                    "dhcp_conflict_sightings_dropped",
+                    "ARP sightings dropped because the DHCP server was behind",
+                    self.sightings_dropped.clone(),
+                ),
+            ],
         );
     }
 

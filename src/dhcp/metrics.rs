@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::{described, register_all};
+
 /// A reply's type and the first client class its request matched ("none" outside every
 /// class; class names are bounded by the config, so the label set stays small).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,71 +89,76 @@ impl Default for DhcpMetrics {
 
 impl DhcpMetrics {
     pub fn register(&self, r: &mut Registry) {
-        r.register(
-            "dhcp_packets_received",
-            "DHCP requests received, by message type",
-            self.received.clone(),
-        );
-        r.register(
-            "dhcp_packets_sent",
-            "DHCP replies sent, by message type and first client class",
-            self.sent.clone(),
-        );
-        r.register(
-            "dhcp_malformed",
-            "Datagrams dropped as malformed, by reason",
-            self.malformed.clone(),
-        );
-        r.register(
-            "dhcp_ignored",
-            "Valid requests not answered, by reason",
-            self.ignored.clone(),
-        );
-        r.register(
-            "dhcp_rate_limited",
-            "Requests dropped by the rate limits (scope: mac or global)",
-            self.rate_limited.clone(),
-        );
-        r.register(
-            "dhcp_commit_failed",
-            "ACKs not sent because their lease could not be committed",
-            self.commit_failed.clone(),
-        );
-        r.register(
-            "dhcp_leases_active",
-            "Active, unexpired leases",
-            self.leases_active.clone(),
-        );
-        r.register(
-            "dhcp_pool_size",
-            "Addresses in the pools of a subnet",
-            self.pool_size.clone(),
-        );
-        r.register(
-            "dhcp_pool_utilization",
-            "Share of a subnet's pool addresses held by active leases (0..1)",
-            self.pool_utilization.clone(),
-        );
-        r.register(
-            "dhcp_pool_addresses",
-            "Addresses of a pool by state: active, declined (held back), offered, reserved, free",
-            self.pool_addresses.clone(),
-        );
-        r.register(
-            "dhcp_ack_latency_seconds",
-            "From REQUEST received to ACK sent, including commit and replication",
-            self.ack_latency.clone(),
-        );
-        r.register(
-            "dhcp_offer_latency_seconds",
-            "From DISCOVER received to OFFER sent, for OFFERs that waited for a conflict probe",
-            self.offer_latency.clone(),
-        );
-        r.register(
-            "dhcp_replication",
-            "Lease changes handed to HA before their reply, by outcome: acked (the standby \
-             confirmed), peer_down (no standby; sent at reconnect), timeout (max_ack_delay)",
-            self.replication.clone(),
+        register_all(
+            r,
+            [
+                described(
+                    "dhcp_packets_received",
+                    "DHCP requests received, by message type",
+                    self.received.clone(),
+                ),
+                described(
+                    "dhcp_packets_sent",
+                    "DHCP replies sent, by message type and first client class",
+                    self.sent.clone(),
+                ),
+                described(
+                    "dhcp_malformed",
+                    "Datagrams dropped as malformed, by reason",
+                    self.malformed.clone(),
+                ),
+                described(
+                    "dhcp_ignored",
+                    "Valid requests not answered, by reason",
+                    self.ignored.clone(),
+                ),
+                described(
+                    "dhcp_rate_limited",
+                    "Requests dropped by the rate limits (scope: mac or global)",
+                    self.rate_limited.clone(),
+                ),
+                described(
+                    "dhcp_commit_failed",
+                    "ACKs not sent because their lease could not be committed",
+                    self.commit_failed.clone(),
+                ),
+                described(
+                    "dhcp_leases_active",
+                    "Active, unexpired leases",
+                    self.leases_active.clone(),
+                ),
+                described(
+                    "dhcp_pool_size",
+                    "Addresses in the pools of a subnet",
+                    self.pool_size.clone(),
+                ),
+                described(
+                    "dhcp_pool_utilization",
+                    "Share of a subnet's pool addresses held by active leases (0..1)",
+                    self.pool_utilization.clone(),
+                ),
+                described(
+                    "dhcp_pool_addresses",
+                    "Addresses of a pool by state: active, declined (held back), offered, reserved, free",
+                    self.pool_addresses.clone(),
+                ),
+                described(
+                    "dhcp_ack_latency_seconds",
+                    "From REQUEST received to ACK sent, including commit and replication",
+                    self.ack_latency.clone(),
+                ),
+                described(
+                    "dhcp_offer_latency_seconds",
+                    "From DISCOVER received to OFFER sent, for OFFERs that waited for a conflict probe",
+                    self.offer_latency.clone(),
+                ),
+                described(
+                    "dhcp_replication",
+                    "Lease changes handed to HA before their reply, by outcome: acked (the standby \
+                     confirmed), peer_down (no standby; sent at reconnect), timeout (max_ack_delay)",
+                    self.replication.clone(),
+                ),
+            ],
         );
     }
 

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::ha::HaState;
+use crate::metrics::{described, register_all};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabel {
@@ -51,72 +52,73 @@ pub struct HaMetrics {
 impl HaMetrics {
     pub(super) fn register(self: &Arc<Self>, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ha");
-        r.register(
-            "state",
-            "1 for the node's current HA state",
-            self.state.clone(),
-        );
-        r.register("epoch", "Takeover epoch of this node", self.epoch.clone());
-        r.register(
-            "config_mismatch",
-            "Shared config keys whose values differ from the peer's (0: both serve one config)",
-            self.config_mismatch.clone(),
-        );
-        r.register("transitions", "HA state changes", self.transitions.clone());
-        r.register(
-            "heartbeats_sent",
-            "Heartbeats sent to the peer",
-            self.heartbeats_sent.clone(),
-        );
-        r.register(
-            "heartbeats_received",
-            "Heartbeats received from the peer",
-            self.heartbeats_received.clone(),
-        );
-        r.register(
-            "link_errors",
-            "Peer links refused or closed, by reason",
-            self.link_errors.clone(),
-        );
-        r.register(
-            "sync_lag_frames",
-            "Lease frames sent to the peer and not yet acknowledged",
-            self.sync_lag_frames.clone(),
-        );
-        r.register(
-            "sync_lag_milliseconds",
-            "Age of the oldest unacknowledged lease frame",
-            self.sync_lag_ms.clone(),
-        );
-        r.register(
-            "path_datagrams_sent",
-            "Heartbeat datagrams sent to the peer, by path",
-            self.path_sent.clone(),
-        );
-        r.register(
-            "path_datagrams_received",
-            "Authentic, fresh heartbeat datagrams from the peer, by path",
-            self.path_received.clone(),
-        );
-        r.register(
-            "path_last_frame_age_milliseconds",
-            "Age of the last frame from the peer on each path (-1: never heard)",
-            self.path_age_ms.clone(),
-        );
-        r.register(
-            "heartbeat_datagrams_dropped",
-            "Heartbeat datagrams dropped, by reason (bad_mac, replay, truncated, ...)",
-            self.heartbeat_dropped.clone(),
-        );
-        r.register(
-            "replicated_batches",
-            "Lease batches acknowledged by the peer",
-            self.replicated.clone(),
-        );
-        r.register(
-            "peer_connected",
-            "1 while the link to the peer is up",
-            self.peer_connected.clone(),
+        register_all(
+            r,
+            [
+                described("state", "1 for the node's current HA state", self.state.clone()),
+                described("epoch", "Takeover epoch of this node", self.epoch.clone()),
+                described(
+                    "config_mismatch",
+                    "Shared config keys whose values differ from the peer's (0: both serve one config)",
+                    self.config_mismatch.clone(),
+                ),
+                described("transitions", "HA state changes", self.transitions.clone()),
+                described(
+                    "heartbeats_sent",
+                    "Heartbeats sent to the peer",
+                    self.heartbeats_sent.clone(),
+                ),
+                described(
+                    "heartbeats_received",
+                    "Heartbeats received from the peer",
+                    self.heartbeats_received.clone(),
+                ),
+                described(
+                    "link_errors",
+                    "Peer links refused or closed, by reason",
+                    self.link_errors.clone(),
+                ),
+                described(
+                    "sync_lag_frames",
+                    "Lease frames sent to the peer and not yet acknowledged",
+                    self.sync_lag_frames.clone(),
+                ),
+                described(
+                    "sync_lag_milliseconds",
+                    "Age of the oldest unacknowledged lease frame",
+                    self.sync_lag_ms.clone(),
+                ),
+                described(
+                    "path_datagrams_sent",
+                    "Heartbeat datagrams sent to the peer, by path",
+                    self.path_sent.clone(),
+                ),
+                described(
+                    "path_datagrams_received",
+                    "Authentic, fresh heartbeat datagrams from the peer, by path",
+                    self.path_received.clone(),
+                ),
+                described(
+                    "path_last_frame_age_milliseconds",
+                    "Age of the last frame from the peer on each path (-1: never heard)",
+                    self.path_age_ms.clone(),
+                ),
+                described(
+                    "heartbeat_datagrams_dropped",
+                    "Heartbeat datagrams dropped, by reason (bad_mac, replay, truncated, ...)",
+                    self.heartbeat_dropped.clone(),
+                ),
+                described(
+                    "replicated_batches",
+                    "Lease batches acknowledged by the peer",
+                    self.replicated.clone(),
+                ),
+                described(
+                    "peer_connected",
+                    "1 while the link to the peer is up",
+                    self.peer_connected.clone(),
+                ),
+            ],
         );
     }
 

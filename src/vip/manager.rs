@@ -44,6 +44,7 @@ use crate::config::VipConfig;
 use crate::events::{now_ms, Event, EventBus, EventData, EventKind, VipEvent};
 use crate::ha::role::ServiceRole;
 use crate::health::Health;
+use crate::metrics::{described, register_all};
 
 pub use super::decide::DEFEND_HOLDOFF;
 /// An ARP frame read this long after the kernel received it was queued while the process
@@ -97,36 +98,41 @@ impl Default for VipMetrics {
 impl VipMetrics {
     pub fn register(registry: &mut Registry) -> VipMetrics {
         let m = VipMetrics::default();
-        registry.register(
-            "vip_held",
-            "1 while this node holds the VIP",
-            m.held.clone(),
-        );
-        registry.register(
-            "vip_claims",
-            "VIP claims (address added and announced)",
-            m.claims.clone(),
-        );
-        registry.register("vip_releases", "VIP releases", m.releases.clone());
-        registry.register(
-            "vip_errors",
-            "Failed VIP claims or releases (each is retried)",
-            m.errors.clone(),
-        );
-        registry.register(
-            "vip_conflicts",
-            "ARP from another MAC claiming a held VIP",
-            m.conflicts.clone(),
-        );
-        registry.register(
-            "vip_announcements",
-            "Gratuitous ARPs / unsolicited NAs sent",
-            m.announcements.clone(),
-        );
-        registry.register(
-            "vip_claim_latency_seconds",
-            "From the event to the first announcement of a claim",
-            m.claim_latency.clone(),
+        register_all(
+            registry,
+            [
+                described(
+                    "vip_held",
+                    "1 while this node holds the VIP",
+                    m.held.clone(),
+                ),
+                described(
+                    "vip_claims",
+                    "VIP claims (address added and announced)",
+                    m.claims.clone(),
+                ),
+                described("vip_releases", "VIP releases", m.releases.clone()),
+                described(
+                    "vip_errors",
+                    "Failed VIP claims or releases (each is retried)",
+                    m.errors.clone(),
+                ),
+                described(
+                    "vip_conflicts",
+                    "ARP from another MAC claiming a held VIP",
+                    m.conflicts.clone(),
+                ),
+                described(
+                    "vip_announcements",
+                    "Gratuitous ARPs / unsolicited NAs sent",
+                    m.announcements.clone(),
+                ),
+                described(
+                    "vip_claim_latency_seconds",
+                    "From the event to the first announcement of a claim",
+                    m.claim_latency.clone(),
+                ),
+            ],
         );
         m
     }
