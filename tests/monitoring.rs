@@ -191,6 +191,8 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported_by_a_real_pair() {
         // The value is the agreement's business (the lab's nodes differ in one DNS record).
         "\nathena_ha_config_mismatch ",
         "athena_dhcp_pool_addresses{subnet=\"10.0.0.0/24\",pool=\"10.0.0.100-10.0.0.199\",state=\"free\"} 100",
+        // A state of its own (the pool-full query counts it as used: state!="free").
+        "athena_dhcp_pool_addresses{subnet=\"10.0.0.0/24\",pool=\"10.0.0.100-10.0.0.199\",state=\"conflict\"} 0",
     ] {
         assert!(
             active_scrape.contains(sample),

@@ -127,10 +127,10 @@ fn status_shows_the_real_pair_and_leases_lists_a_real_clients_lease() {
     );
     let pool = format!("{}-{}", POOL.0, POOL.1);
     let p = words(line_with(&screen, &pool));
-    // ACTIVE DECLINED OFFERED RESERVED FREE: one real client, nothing else.
+    // ACTIVE DECLINED CONFLICT OFFERED RESERVED FREE: one real client, nothing else.
     assert_eq!(
-        p[1..7],
-        ["10.0.0.0/24", "1", "0", "0", "0", "99"],
+        p[1..8],
+        ["10.0.0.0/24", "1", "0", "0", "0", "0", "99"],
         "{screen}"
     );
     let dns = line_with(&screen, "DNS ");

@@ -302,17 +302,26 @@ pub fn render(r: &StatusReport, now_ms: u64) -> String {
         s.push('\n');
         let _ = writeln!(
             s,
-            "{:<31} {:<18} {:>6} {:>8} {:>7} {:>8} {:>6} {:>5}",
-            "POOL", "SUBNET", "ACTIVE", "DECLINED", "OFFERED", "RESERVED", "FREE", "USED"
+            "{:<31} {:<18} {:>6} {:>8} {:>8} {:>7} {:>8} {:>6} {:>5}",
+            "POOL",
+            "SUBNET",
+            "ACTIVE",
+            "DECLINED",
+            "CONFLICT",
+            "OFFERED",
+            "RESERVED",
+            "FREE",
+            "USED"
         );
         for p in pools {
             let _ = writeln!(
                 s,
-                "{:<31} {:<18} {:>6} {:>8} {:>7} {:>8} {:>6} {:>4.0}%",
+                "{:<31} {:<18} {:>6} {:>8} {:>8} {:>7} {:>8} {:>6} {:>4.0}%",
                 p.pool,
                 p.subnet,
                 p.active,
                 p.declined,
+                p.conflict,
                 p.offered,
                 p.reserved,
                 p.free,

@@ -139,7 +139,7 @@ impl DhcpMetrics {
                 ),
                 described(
                     "dhcp_pool_addresses",
-                    "Addresses of a pool by state: active, declined (held back), offered, reserved, free",
+                    "Addresses of a pool by state: active, declined (held back), conflict (in use on the wire), offered, reserved, free",
                     self.pool_addresses.clone(),
                 ),
                 described(

@@ -1,5 +1,6 @@
 //! How full each pool is: per pool of each subnet, the addresses held by an active lease,
-//! declined (held back until their hold ends), offered, reserved for a client, and free.
+//! declined (held back until their hold ends), held as a conflict (found in use on the wire
+//! by a host that is not their client), offered, reserved for a client, and free.
 //!
 //! Computed by the DHCP housekeeping every few seconds, in the same pass over the lease index
 //! that the lease gauges already make; never per packet and never per scrape. The metric
@@ -26,6 +27,7 @@ use crate::lease::{Lease, LeaseIndex, LeaseState};
 pub enum AddrState {
     Active,
     Declined,
+    Conflict,
     Offered,
     Reserved,
     Free,
@@ -33,9 +35,10 @@ pub enum AddrState {
 
 impl AddrState {
     /// In precedence order: an address counts in the first that applies.
-    pub const ALL: [AddrState; 5] = [
+    pub const ALL: [AddrState; 6] = [
         AddrState::Active,
         AddrState::Declined,
+        AddrState::Conflict,
         AddrState::Offered,
         AddrState::Reserved,
         AddrState::Free,
@@ -45,6 +48,7 @@ impl AddrState {
         match self {
             AddrState::Active => "active",
             AddrState::Declined => "declined",
+            AddrState::Conflict => "conflict",
             AddrState::Offered => "offered",
             AddrState::Reserved => "reserved",
             AddrState::Free => "free",
@@ -62,6 +66,9 @@ pub struct PoolUsage {
     pub size: u64,
     pub active: u64,
     pub declined: u64,
+    /// Absent from a daemon older than the conflict state: none counted there.
+    #[serde(default)]
+    pub conflict: u64,
     pub offered: u64,
     pub reserved: u64,
     pub free: u64,
@@ -72,6 +79,7 @@ impl PoolUsage {
         match s {
             AddrState::Active => self.active,
             AddrState::Declined => self.declined,
+            AddrState::Conflict => self.conflict,
             AddrState::Offered => self.offered,
             AddrState::Reserved => self.reserved,
             AddrState::Free => self.free,
@@ -82,6 +90,7 @@ impl PoolUsage {
         match s {
             AddrState::Active => &mut self.active,
             AddrState::Declined => &mut self.declined,
+            AddrState::Conflict => &mut self.conflict,
             AddrState::Offered => &mut self.offered,
             AddrState::Reserved => &mut self.reserved,
             AddrState::Free => &mut self.free,
@@ -119,6 +128,7 @@ pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) 
                 size,
                 active: 0,
                 declined: 0,
+                conflict: 0,
                 offered: 0,
                 reserved: 0,
                 free: size,
@@ -143,9 +153,8 @@ pub fn usage(plan: &Plan, index: &LeaseIndex, offered: &[Ipv4Addr], now_s: u64) 
     let held = |l: &Lease| match l.state {
         _ if l.expiry <= now_s => None,
         LeaseState::Active => Some(AddrState::Active),
-        // Held back like a declined address (counted with them until the pool view has a
-        // state of its own for conflicts).
-        LeaseState::Declined | LeaseState::Conflict { .. } => Some(AddrState::Declined),
+        LeaseState::Declined => Some(AddrState::Declined),
+        LeaseState::Conflict { .. } => Some(AddrState::Conflict),
         LeaseState::Released | LeaseState::Expired => None,
     };
     for l in index.iter() {
@@ -265,6 +274,8 @@ mod tests {
             // Reserved and leased by its owner: active, not reserved.
             lease(101, LeaseState::Active, 100),
             lease(103, LeaseState::Declined, 100),
+            // Found in use on the wire: a state of its own, not `declined`.
+            lease(107, LeaseState::Conflict { seen: 2 }, 100),
             // Lapsed, released and outside every pool: free / not counted.
             lease(104, LeaseState::Active, 10),
             lease(105, LeaseState::Released, 100),
@@ -282,9 +293,10 @@ mod tests {
                     size: 10,
                     active: 2,
                     declined: 1,
+                    conflict: 1,
                     offered: 1,
                     reserved: 1,
-                    free: 5,
+                    free: 4,
                 },
                 PoolUsage {
                     subnet: "10.0.0.0/24".into(),
@@ -292,13 +304,14 @@ mod tests {
                     size: 5,
                     active: 1,
                     declined: 0,
+                    conflict: 0,
                     offered: 0,
                     reserved: 0,
                     free: 4,
                 },
             ]
         );
-        assert!((u[0].used_fraction() - 0.5).abs() < 1e-9);
+        assert!((u[0].used_fraction() - 0.6).abs() < 1e-9);
     }
 
     #[test]
@@ -319,13 +332,19 @@ mod tests {
         reg.register("dhcp_pool_addresses", "test", family);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &reg).expect("encode");
-        for (state, n) in [("active", 1), ("free", 7), ("reserved", 2), ("declined", 0)] {
+        for (state, n) in [
+            ("active", 1),
+            ("free", 7),
+            ("reserved", 2),
+            ("declined", 0),
+            ("conflict", 0),
+        ] {
             let line = format!("athena_dhcp_pool_addresses{{subnet=\"10.0.0.0/24\",pool=\"10.0.0.100-10.0.0.109\",state=\"{state}\"}} {n}");
             assert!(text.contains(&line), "no {line:?} in:\n{text}");
         }
         assert_eq!(
             text.matches("athena_dhcp_pool_addresses{").count(),
-            10,
+            12,
             "{text}"
         );
         assert!(!text.contains("10.0.0.50-10.0.0.59"), "{text}");

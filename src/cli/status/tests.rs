@@ -187,6 +187,7 @@ fn a_healthy_pair_fits_one_screen_with_every_part() {
             "0",
             "0",
             "0",
+            "0",
             "99",
             "1%"
         ]
