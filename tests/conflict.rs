@@ -4,7 +4,9 @@
 //! answers ARP and ping for its own addresses: a thousand probes in flight, ICMP, a late
 //! answer, malformed frames. Then the daemon pair: a host with a static address inside the
 //! pool, a real `udhcpc` offered another address, the conflict on both nodes, and after a
-//! kill -9 of the active the new active does not offer it either.
+//! kill -9 of the active the new active does not offer it either; and passive detection: a
+//! host that claims a leased address with iputils' gratuitous ARP is recorded on both nodes,
+//! logged, counted, shown in the pool view and published as `lease.conflict`.
 
 mod common;
 
@@ -320,27 +322,18 @@ fn conflicts(lab: &common::lab::Lab, node: common::lab::Node) -> Vec<serde_json:
         .unwrap_or_default()
 }
 
-fn mac_of(ns: &Netns, ifname: &str) -> String {
-    ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")])
-        .trim()
-        .to_string()
-}
-
-#[test]
-fn a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover() {
+/// The pair with DHCP (no VIP, no DNS), an admin token and `extra` config: A ACTIVE,
+/// B STANDBY, linked.
+fn dhcp_pair(tag: &str, extra: &str) -> common::lab::Lab {
     use common::lab::{Lab, Node, NodeOpts};
-    if !require_root(
-        "a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover",
-    ) {
-        return;
-    }
     let opts = NodeOpts {
         vip: false,
         dns: false,
         api_extra: format!("auth_token = \"{ADMIN_TOKEN}\""),
+        extra: extra.into(),
         ..Default::default()
     };
-    let mut lab = Lab::new("cfl");
+    let mut lab = Lab::new(tag);
     lab.start(Node::A, &opts);
     lab.start(Node::B, &opts);
     lab.wait_for(
@@ -352,6 +345,24 @@ fn a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover
             && a["peer_connected"] == true && b["peer_connected"] == true)
         },
     );
+    lab
+}
+
+fn mac_of(ns: &Netns, ifname: &str) -> String {
+    ns.run(&["cat", &format!("/sys/class/net/{ifname}/address")])
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover() {
+    use common::lab::Node;
+    if !require_root(
+        "a_static_host_in_the_pool_is_not_offered_on_either_node_even_after_a_failover",
+    ) {
+        return;
+    }
+    let mut lab = dhcp_pair("cfl", "");
     lab.add_client("sq");
     lab.add_client("dc");
     lab.add_client("dd");
@@ -456,4 +467,112 @@ fn a_relayed_subnet_is_probed_by_icmp() {
     );
     // The rest of the exchange goes on as usual.
     assert!(relay_exchange(&s, [2, 0x99, 0, 0, 0, 2], 78).is_some());
+}
+
+#[test]
+fn an_arp_from_another_mac_claiming_a_leased_address_is_recorded_on_both_nodes() {
+    use common::lab::Node;
+    if !require_root("an_arp_from_another_mac_claiming_a_leased_address_is_recorded") {
+        return;
+    }
+    const LEASED: &str = "10.0.0.150";
+    // An ARP within `probe_cache_ttl` of the probe before the holder's OFFER counts as a late
+    // answer to that probe (`source="late_reply"`); with a short cache, and the claim made
+    // after it, the claim is a passive one.
+    let mut lab = dhcp_pair("cfp", "[conflict_detection]\nprobe_cache_ttl = \"1s\"");
+    lab.add_client("ho");
+    lab.add_client("sq");
+    let (holder, squatter) = (&lab.clients()[0], &lab.clients()[1]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let got = udhcpc(holder, dir.path(), LEASED).expect("udhcpc bound");
+    assert_eq!(
+        got, LEASED,
+        "the holder was not given the address it asked for"
+    );
+    let squatter_mac = mac_of(squatter, "eth0");
+    std::thread::sleep(Duration::from_millis(1500)); // past probe_cache_ttl
+
+    // A hook's view: A's event stream, open before the claim (curl -v shows the response
+    // head on stderr as soon as it arrives; the body goes to `stream`).
+    let stream = dir.path().join("events.txt");
+    let head = dir.path().join("events.head");
+    let mut curl = lab
+        .a
+        .cmd("curl")
+        .args(["-N", "-sS", "-v", "--max-time", "60", "-H"])
+        .arg(format!("Authorization: Bearer {}", common::lab::READ_TOKEN))
+        .arg(format!(
+            "http://{}/api/v1/events?events=lease.conflict",
+            Node::A.api()
+        ))
+        .stdout(std::fs::File::create(&stream).expect("stream file"))
+        .stderr(std::fs::File::create(&head).expect("head file"))
+        .spawn()
+        .expect("curl");
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    lab.wait_for("the event stream open", Duration::from_secs(10), |_| {
+        read(&head).contains("content-type: text/event-stream")
+    });
+
+    // Another host takes the address and says so on the wire: iputils' gratuitous ARP
+    // (sender IP = target IP = the address, sender MAC its own).
+    squatter.run(&["ip", "addr", "add", &format!("{LEASED}/24"), "dev", "eth0"]);
+    squatter.run(&["arping", "-U", "-c", "2", "-I", "eth0", LEASED]);
+
+    let line =
+        format!("address conflict: {LEASED} is in use by {squatter_mac}, not offered for 1h");
+    lab.wait_for("the conflict in A's log", Duration::from_secs(5), |l| {
+        l.log(Node::A).contains(&line)
+    });
+    for node in [Node::A, Node::B] {
+        lab.wait_for(
+            &format!("the passive conflict on {}", node.name()),
+            Duration::from_secs(5),
+            |l| {
+                conflicts(l, node).iter().any(|c| {
+                    c["ip"] == LEASED && c["mac"] == squatter_mac.as_str() && c["count"] == 1
+                })
+            },
+        );
+    }
+    let (_, metrics) = lab.api_get(Node::A, "/metrics").expect("metrics");
+    // Two ARPs, one conflict: a claim is reported once, not per frame.
+    assert!(
+        metrics.contains("athena_dhcp_conflicts_total{source=\"passive_arp\"} 1\n"),
+        "{metrics}"
+    );
+    for other in ["probe", "late_reply"] {
+        assert!(
+            !metrics.contains(&format!(
+                "athena_dhcp_conflicts_total{{source=\"{other}\"}}"
+            )),
+            "counted as {other}, not passive_arp:\n{metrics}"
+        );
+    }
+    // The pool view counts it in a state of its own (counted every 5 s).
+    let pool_line = "athena_dhcp_pool_addresses{subnet=\"10.0.0.0/24\",\
+                     pool=\"10.0.0.100-10.0.0.199\",state=\"conflict\"} 1\n";
+    lab.wait_for(
+        "the conflict in A's pool metric",
+        Duration::from_secs(10),
+        |l| {
+            l.api_get(Node::A, "/metrics")
+                .is_some_and(|(_, m)| m.contains(pool_line))
+        },
+    );
+    let (_, pools) = lab.api_get(Node::A, "/api/v1/pools").expect("pools");
+    let pools: serde_json::Value = serde_json::from_str(&pools).expect("pools json");
+    assert_eq!(pools[0]["conflict"], 1, "{pools}");
+    lab.wait_for(
+        "lease.conflict on the event stream",
+        Duration::from_secs(5),
+        |_| {
+            let t = read(&stream);
+            t.contains("event: lease.conflict")
+                && t.contains(&format!("\"ip\":\"{LEASED}\""))
+                && t.contains(&format!("\"mac\":\"{squatter_mac}\""))
+        },
+    );
+    let _ = curl.kill();
+    let _ = curl.wait();
 }
