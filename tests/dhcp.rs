@@ -26,31 +26,16 @@ fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_f
     // 10 s leases: dhclient renews (unicast, RENEWING) after 5 s.
     let lab = Lab::new("dhc", "10s");
     let cdir = lab.dir.path().join("dhclient");
-    std::fs::create_dir_all(&cdir).expect("dir");
-    let script = client_script(&cdir, ExitHook::None);
-    let lf = cdir.join("dhclient.leases");
-    let pf = cdir.join("dhclient.pid");
+    let dhclient = Dhclient::new(&cdir, None, ExitHook::None);
     let t0 = Instant::now();
-    let mut client = lab
-        .cli
-        .cmd("dhclient")
-        .arg("-d")
-        .arg("-lf")
-        .arg(&lf)
-        .arg("-pf")
-        .arg(&pf)
-        .arg("-sf")
-        .arg(&script)
-        .arg("c0")
+    let mut client = dhclient
+        .cmd(&lab, &["-d"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dhclient");
-    lab.wait_for("dhclient BOUND", Duration::from_secs(30), || {
-        env_file(&cdir, "BOUND").is_some()
-    });
+    let env = dhclient.wait_bound(&lab);
     let bound_in = t0.elapsed();
-    let env = env_file(&cdir, "BOUND").expect("bound");
     let ip = env_var(&env, "new_ip_address").expect("address");
     let addr: Ipv4Addr = ip.parse().expect("ip");
     assert!(
@@ -92,19 +77,7 @@ fn dhclient_gets_router_vip_dns_and_domain_renews_the_same_address_and_release_f
     );
 
     // Release: dhclient -r sends DHCPRELEASE and stops the running client.
-    let out = lab
-        .cli
-        .cmd("dhclient")
-        .arg("-r")
-        .arg("-lf")
-        .arg(&lf)
-        .arg("-pf")
-        .arg(&pf)
-        .arg("-sf")
-        .arg(&script)
-        .arg("c0")
-        .output()
-        .expect("dhclient -r");
+    let out = dhclient.cmd(&lab, &["-r"]).output().expect("dhclient -r");
     assert!(out.status.success(), "{out:?}");
     lab.wait_for("lease released", Duration::from_secs(10), || {
         lab.lease_json(&ip)["state"] == "released"

@@ -78,30 +78,16 @@ fn dhclient_and_udhcpc_get_their_class_pool_and_options_and_dhclient_installs_cl
     )
     .expect("conf");
     new_mac(&lab, 1);
-    let script = client_script(&cdir, ExitHook::ClasslessRoutes);
-    let mut client = lab
-        .cli
-        .cmd("dhclient")
-        .arg("-d")
-        .arg("-cf")
-        .arg(&conf)
-        .arg("-lf")
-        .arg(cdir.join("leases"))
-        .arg("-pf")
-        .arg(cdir.join("pid"))
-        .arg("-sf")
-        .arg(&script)
-        .arg("c0")
+    let dhclient = Dhclient::new(&cdir, Some(&conf), ExitHook::ClasslessRoutes);
+    let mut client = dhclient
+        .cmd(&lab, &["-d"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn dhclient");
-    lab.wait_for("dhclient BOUND", Duration::from_secs(30), || {
-        env_file(&cdir, "BOUND").is_some()
-    });
+    let env = dhclient.wait_bound(&lab);
     let _ = client.kill();
     let _ = client.wait();
-    let env = env_file(&cdir, "BOUND").expect("bound");
     let ip = env_var(&env, "new_ip_address").expect("address");
     assert!((20..=29).contains(&last_octet(&ip)), "voip pool: {ip}");
     assert_eq!(
@@ -234,27 +220,11 @@ fn pxe_bios_uefi_and_ipxe_clients_each_get_their_boot_file_and_next_server() {
     std::fs::create_dir_all(&cdir).expect("dir");
     let conf = cdir.join("dhclient.conf");
     std::fs::write(&conf, "send user-class \"iPXE\";\n").expect("conf");
-    let leases = cdir.join("leases");
-    let out = lab
-        .cli
-        .cmd("dhclient")
-        .arg("-1")
-        .arg("-cf")
-        .arg(&conf)
-        .arg("-lf")
-        .arg(&leases)
-        .arg("-pf")
-        .arg(cdir.join("pid"))
-        .arg("-sf")
-        .arg(client_script(&cdir, ExitHook::ClasslessRoutes))
-        .arg("c0")
-        .output()
-        .expect("dhclient");
+    let dhclient = Dhclient::new(&cdir, Some(&conf), ExitHook::ClasslessRoutes);
+    let out = dhclient.cmd(&lab, &["-1"]).output().expect("dhclient");
     assert!(out.status.success(), "{out:?}\n{}", lab.log());
-    if let Ok(pid) = std::fs::read_to_string(cdir.join("pid")) {
-        let _ = Command::new("kill").arg(pid.trim()).status();
-    }
-    let lease_file = std::fs::read_to_string(&leases).expect("lease file");
+    dhclient.stop_daemonized();
+    let lease_file = std::fs::read_to_string(dhclient.leases()).expect("lease file");
     assert!(
         lease_file.contains("filename \"http://boot.lab/boot.ipxe\";"),
         "{lease_file}"

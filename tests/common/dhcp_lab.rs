@@ -358,6 +358,63 @@ exit 0
     p
 }
 
+/// ISC `dhclient` on the client end c0, run with the client script; its lease and pid files,
+/// and the script, live in one directory.
+pub struct Dhclient {
+    pub dir: PathBuf,
+    conf: Option<PathBuf>,
+    script: PathBuf,
+}
+
+impl Dhclient {
+    /// `conf`: a dhclient.conf (classes to send, options to request), else the system's.
+    pub fn new(dir: &Path, conf: Option<&Path>, hook: ExitHook) -> Dhclient {
+        std::fs::create_dir_all(dir).expect("dir");
+        Dhclient {
+            dir: dir.to_path_buf(),
+            conf: conf.map(Path::to_path_buf),
+            script: client_script(dir, hook),
+        }
+    }
+
+    /// `dhclient <args> [-cf conf] -lf .. -pf .. -sf <script> c0` in the client namespace.
+    pub fn cmd(&self, lab: &Lab, args: &[&str]) -> std::process::Command {
+        let mut c = lab.cli.cmd("dhclient");
+        c.args(args);
+        if let Some(conf) = &self.conf {
+            c.arg("-cf").arg(conf);
+        }
+        c.arg("-lf")
+            .arg(self.leases())
+            .arg("-pf")
+            .arg(self.dir.join("dhclient.pid"))
+            .arg("-sf")
+            .arg(&self.script)
+            .arg("c0");
+        c
+    }
+
+    /// Its lease file.
+    pub fn leases(&self) -> PathBuf {
+        self.dir.join("dhclient.leases")
+    }
+
+    /// Stops a `dhclient -1` left running in the background after its lease.
+    pub fn stop_daemonized(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("dhclient.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+
+    /// Waits for the script's BOUND call; returns the environment it recorded.
+    pub fn wait_bound(&self, lab: &Lab) -> String {
+        lab.wait_for("dhclient BOUND", Duration::from_secs(30), || {
+            env_file(&self.dir, "BOUND").is_some()
+        });
+        env_file(&self.dir, "BOUND").expect("bound")
+    }
+}
+
 /// The environment the client script recorded for `reason` (`BOUND`, `bound`, ...).
 pub fn env_file(dir: &Path, reason: &str) -> Option<String> {
     std::fs::read_to_string(dir.join(format!("{reason}.env"))).ok()
