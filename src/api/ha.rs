@@ -1,7 +1,8 @@
 //! The HA routes: `GET /api/v1/ha/status`, `POST /api/v1/ha/failover`, `GET /api/v1/ha/config`
 //! (do both nodes serve one config?), and the peer link's
-//! HTTP upgrade (`GET /ha/peer`, `Upgrade: athena-ha/1`), which hands the upgraded connection
-//! to the link's accept side in `ha::link`. Only HTTP lives here; what a failover or a link
+//! HTTP upgrade (`GET /ha/peer`, `Upgrade: athena-ha/2`), which hands the upgraded connection
+//! to the link's accept side in `ha::link` (a peer asking for another version gets 426 and a
+//! reason phrase its log shows). Only HTTP lives here; what a failover or a link
 //! means is decided in `ha::node` and `ha::machine`.
 
 use std::net::SocketAddr;
@@ -57,15 +58,25 @@ async fn peer_upgrade(State(h): State<HaHandle>, mut req: Request) -> Response {
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(peer::UPGRADE));
-    if !wants {
-        h.metrics().link_error("upgrade");
-        return (
+        .and_then(peer::upgrade_version);
+    if wants != Some(peer::VERSION) {
+        let mut refusal = (
             StatusCode::UPGRADE_REQUIRED,
             [(header::UPGRADE, peer::UPGRADE)],
-            "the HA peer link needs `Upgrade: athena-ha/1`\n",
+            format!("the HA peer link needs `Upgrade: {}`\n", peer::UPGRADE),
         )
             .into_response();
+        match wants {
+            // A node of another version: its log shows the status line of the refusal.
+            Some(v) => {
+                h.refuse_version(addr, v);
+                if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(peer::refusal_reason(v)) {
+                    refusal.extensions_mut().insert(reason);
+                }
+            }
+            None => h.metrics().link_error("upgrade"),
+        }
+        return refusal;
     }
     let on = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {

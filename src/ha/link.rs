@@ -23,7 +23,8 @@ use crate::ha::metrics::HaMetrics;
 use crate::ha::node::{HaHandle, NodeMsg};
 use crate::ha::peer::{self, LinkError, Msg};
 
-/// Longest a handshake (upgrade, challenge, hello) may take: a slow-loris peer is cut here.
+/// Longest a handshake (upgrade, Noise handshake, hello) may take: a slow-loris peer is cut
+/// here.
 pub(super) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(2);
 /// Inbound handshakes in progress at once; more are refused at the HTTP layer.
 pub(super) const MAX_PENDING_HANDSHAKES: usize = 8;
@@ -85,13 +86,20 @@ impl Shared {
     pub(super) fn log_link_error(&self, addr: SocketAddr, dir: &str, e: &LinkError) {
         self.metrics.link_error(e.kind());
         let quiet = matches!(e, LinkError::Closed | LinkError::Io(_));
+        // A peer of another version stays one until someone upgrades it, however often
+        // either side dials: one line per hour says it.
+        let window = match e {
+            LinkError::Version { .. } => Duration::from_secs(3600),
+            _ => Duration::from_secs(60),
+        };
         let mut w = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         let key = (addr.ip(), e.kind());
-        let recent = w
-            .get(&key)
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+        let recent = w.get(&key).is_some_and(|t| t.elapsed() < window);
         if quiet || recent {
             tracing::debug!(peer = %addr, kind = e.kind(), "peer link {dir} {addr}: {e}");
+        } else if let LinkError::Version { .. } = e {
+            w.insert(key, Instant::now());
+            tracing::warn!(peer = %addr, kind = e.kind(), "peer {addr} {e}");
         } else {
             w.insert(key, Instant::now());
             tracing::warn!(peer = %addr, kind = e.kind(), "peer link {dir} {addr} refused: {e}");
@@ -209,6 +217,13 @@ impl HaHandle {
             .map_err(|_| LinkError::Timeout("handshake"))?
     }
 
+    /// The upgrade route met a peer asking for another protocol version (`athena-ha/N`):
+    /// logged like a refused link, so both directions of a mixed pair say it once.
+    pub(crate) fn refuse_version(&self, addr: SocketAddr, peer: u32) {
+        self.inner
+            .log_link_error(addr, "from", &LinkError::Version { peer });
+    }
+
     /// Acceptor side, on an upgraded connection.
     pub(crate) async fn accept<S>(&self, io: S, addr: SocketAddr)
     where
@@ -277,7 +292,7 @@ impl HaHandle {
                 let warm = (self.inner.dns_warm.clone()).filter(|_| dns_warm >= peer::DNS_WARM);
                 (status, if dialer { my_dial } else { dial }, config, warm)
             }
-            Msg::Hello { version, .. } => return Err(LinkError::Version(version)),
+            Msg::Hello { version, .. } => return Err(LinkError::Version { peer: version }),
             other => {
                 return Err(LinkError::Malformed {
                     what: "hello",

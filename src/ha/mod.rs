@@ -1,6 +1,6 @@
 //! High availability: who serves. `machine` (pure state machine), `node` (the task that runs
-//! it), `link` (dialling, accepting and the tie-break), `peer` (the authenticated link's
-//! frames), `sync` (lease replication), `role` (the typed service role the VIP follows), `agreement` (do both nodes serve one
+//! it), `link` (dialling, accepting and the tie-break), `peer` (the encrypted link: Noise
+//! handshake, records, messages), `sync` (lease replication), `role` (the typed service role the VIP follows), `agreement` (do both nodes serve one
 //! config?). This file
 //! holds the types the rest of the daemon sees.
 
