@@ -25,6 +25,12 @@
 //!   else serves. Frames queued during the stall cannot answer a question asked after it.
 //! - The peer is silent only when every path (the link and each datagram path) is; statuses
 //!   from two paths are ordered by the sender's (boot, gen), so a late copy never undoes news.
+//! - A node back from FAULT doubts what it heard of the peer before (see `fence`): it asks,
+//!   takes the service on a peer status only once one answers (or a failover timeout later),
+//!   and counts the peer's silence from its return, since a node without carrier hears
+//!   nothing. Otherwise a flap of the ACTIVE node's port shorter than the failover timeout
+//!   had it retake the VIP on its pre-flap "peer is STANDBY" while the peer, which heard
+//!   nothing from it, took over too.
 
 use serde::{Deserialize, Serialize};
 
@@ -381,6 +387,9 @@ pub struct Machine {
     last_tick_ms: Option<u64>,
     /// Last input of any kind: a gap longer than the serve lease means this node was stalled.
     last_step_ms: Option<u64>,
+    /// When this node last left FAULT (0: never). The peer's silence counts from here at the
+    /// earliest: silence heard without carrier (or with stuck workers) is no evidence.
+    fault_left_ms: u64,
     /// Count of this node's state changes (see [`PeerStatus::gen`]).
     gen: u64,
     /// The question this node waits to see answered (0: none) and how many it asked.
@@ -425,6 +434,7 @@ impl Machine {
             last_link_ms: now,
             last_tick_ms: None,
             last_step_ms: None,
+            fault_left_ms: 0,
             gen: 0,
             ask: 0,
             asks: 0,
@@ -682,3 +692,5 @@ mod tests;
 use tests as tests_support;
 #[cfg(test)]
 mod fence_tests;
+#[cfg(test)]
+mod flap_tests;

@@ -15,6 +15,14 @@
 //! The same question, without fencing, is asked when the VIP is announced from another MAC
 //! while the peer has not been heard lately: the answer settles who serves before the VIP's
 //! conflict hold-off ends.
+//!
+//! And by a node back from FAULT (its VIP link lost carrier, a worker was stuck): it *doubts*
+//! its view of the peer. What it heard may predate the fault, and frames the peer wrote
+//! before may still arrive (TCP retransmits them after a port flap). Until a status answers
+//! the question, or a failover timeout passes, it takes no service on a peer's STANDBY or
+//! FAULT; the silence that lets it take over counts from its return (see `silence_ms`).
+//! So after a flap shorter than the failover timeout exactly one node serves: the peer,
+//! if it heard nothing and took over, or this node once the peer answers it is STANDBY.
 
 use super::*;
 
@@ -31,9 +39,14 @@ pub(super) struct Fence {
 impl Machine {
     /// A new question for the peer; a status carrying it goes on every path.
     fn ask_peer(&mut self, watermark: u64, out: &mut Vec<Action>) {
+        self.new_question();
+        out.push(Action::Send(Control::Status(self.status(watermark))));
+    }
+
+    /// The next question; every status carries it until a status of the peer answers it.
+    fn new_question(&mut self) {
         self.asks += 1;
         self.ask = self.cfg.boot.wrapping_add(self.asks).max(1);
-        out.push(Action::Send(Control::Status(self.status(watermark))));
     }
 
     /// How long a fenced node waits for an answer before it asks the witness: a round trip
@@ -75,9 +88,25 @@ impl Machine {
             return;
         }
         self.ask = 0;
+        self.timers.stop(Timer::Doubt);
         if let Phase::Active { fence: Some(f), .. } = &mut self.phase {
             f.answered = true;
         }
+    }
+
+    /// Leaving FAULT: what was heard of the peer may predate the fault. Ask (the status of
+    /// the transition that follows carries the question), and take no service on the peer's
+    /// status until it answers or a failover timeout passes (the peer, if it heard nothing
+    /// from this node, has taken over by then).
+    pub(super) fn doubt_peer(&mut self, now: u64) {
+        self.fault_left_ms = now;
+        self.timers.set(Timer::Doubt, now + self.cfg.failover_ms);
+        self.new_question();
+    }
+
+    /// Whether this node doubts its view of the peer (see `doubt_peer`).
+    pub(super) fn doubts_peer(&self) -> bool {
+        self.timers.get(Timer::Doubt).is_some()
     }
 
     /// After a fresh status was applied and evaluated: a fenced node that is still ACTIVE

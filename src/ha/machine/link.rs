@@ -134,9 +134,10 @@ impl Machine {
             // The peer's whole lease set is here now: the rebuilt store may serve.
             self.store_resync = false;
             if self.faulted() && !self.health_stuck && self.store_failed.is_none() {
-                self.transition(
+                self.leave_fault(
                     HaState::Standby,
                     format!("lease database rebuilt from the peer: {detail}"),
+                    now,
                     watermark,
                     out,
                 );

@@ -18,18 +18,29 @@ impl Machine {
                 out,
             );
         } else if stuck.is_empty() && self.faulted() && self.store_ok() {
-            self.transition(
+            self.leave_fault(
                 HaState::Standby,
                 "can serve again".to_string(),
+                now,
                 watermark,
                 out,
             );
-            // What we last heard from the peer may predate the fault (it may have
-            // taken over meanwhile): decide on its next status, not on that one.
-            if now.saturating_sub(self.last_peer_ms) <= self.cfg.heartbeat_ms * 2 {
-                self.evaluate(now, watermark, out);
-            }
         }
+    }
+
+    /// Every way out of FAULT: what this node heard of the peer may predate the fault (the
+    /// peer may have taken over meanwhile, or be about to): it asks, and decides on the
+    /// answer (see `fence::doubt_peer`).
+    pub(super) fn leave_fault(
+        &mut self,
+        new: HaState,
+        reason: String,
+        now: u64,
+        watermark: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.doubt_peer(now);
+        self.transition(new, reason, watermark, out);
     }
 
     /// The lease store failed, healed, or must be rebuilt from the peer.
@@ -83,15 +94,16 @@ impl Machine {
         if self.link_up && !self.stopping {
             let name = self.peer_name();
             self.timers.set(Timer::Sync, now + self.cfg.sync_ms);
-            self.transition(
+            self.leave_fault(
                 HaState::Syncing,
                 format!("{why}: bulk sync with {name}"),
+                now,
                 watermark,
                 out,
             );
             out.push(Action::StartSync);
         } else {
-            self.transition(HaState::Standby, why.to_string(), watermark, out);
+            self.leave_fault(HaState::Standby, why.to_string(), now, watermark, out);
         }
     }
 

@@ -292,6 +292,10 @@ impl Machine {
             {
                 self.start_handoff(format!("preemption by primary {}", p.node), false, now, out);
             }
+            // Back from FAULT, a STANDBY or FAULT status may predate the fault: the peer may
+            // have taken over since (see `fence::doubt_peer`).
+            (HaState::Standby | HaState::Syncing, HaState::Standby | HaState::Fault)
+                if self.doubts_peer() => {}
             (HaState::Standby, HaState::Standby)
                 if (self.link_up || link_gone) && !wins_tie(&p.role, &p.node, &self.cfg) =>
             {

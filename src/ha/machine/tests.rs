@@ -1487,8 +1487,10 @@ fn back_from_fault_a_node_does_not_trust_what_it_heard_before_the_fault() {
         HaState::Standby,
         "went ACTIVE on stale peer news"
     );
+    // The silence that leads to a takeover counts from its return: it asks the witness a
+    // failover timeout (less the witness's time) after it, as the peer would have.
     let mut asked = false;
-    for _ in 0..3 {
+    for _ in 0..FO / HB + 1 {
         t += HB;
         for a in m.step(Input::Tick, t, 0) {
             asked |= matches!(a, Action::ProbeWitness);

@@ -19,10 +19,13 @@ pub(super) enum Timer {
     /// A fenced node that heard no answer to its question asks the witness (or, without
     /// one, serves again after a failover timeout of silence).
     Fence,
+    /// Back from FAULT: until then (or an answer to its question) this node takes no service
+    /// on what it last heard of the peer, which may predate the fault.
+    Doubt,
 }
 
 impl Timer {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 }
 
 /// When each [`Timer`] fires (monotonic ms), `None` when it is not armed.
@@ -97,6 +100,9 @@ impl Machine {
         if self.timers.fire(Timer::Fence, now) {
             self.on_fence_timer(now, out);
         }
+        // The doubt's end decides nothing by itself: `evaluate` below may act on the peer's
+        // status again (the peer had a failover timeout to take over or answer).
+        self.timers.fire(Timer::Doubt, now);
         // A node that cannot serve stops heartbeating (the transition to FAULT already told
         // the peer) but still notices a silent peer and closes the link, so it never leaves
         // FAULT trusting a link that died meanwhile. The status goes on the link when there
@@ -142,7 +148,7 @@ impl Machine {
             let name = self.peer_name();
             self.peer_gone(format!("no frame from {name} for {}", secs(silent_ms)), out);
         }
-        if silent_ms >= self.probe_after()
+        if self.silence_ms(now) >= self.probe_after()
             && matches!(self.state(), HaState::Standby | HaState::Syncing)
             && !self.stopping
             && self.witness.is_none()
@@ -152,6 +158,14 @@ impl Machine {
         if silent_ms < self.cfg.failover_ms {
             self.evaluate(now, watermark, out);
         }
+    }
+
+    /// The peer's silence that counts toward a takeover: since its last frame, or since this
+    /// node left FAULT if that is later. A node without carrier hears nothing, and its peer,
+    /// which heard nothing from it either, takes over a failover timeout after the fault
+    /// began: this node gives it that time from its return, not from before the fault.
+    pub(super) fn silence_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_peer_ms.max(self.fault_left_ms))
     }
 
     /// Silence after which a takeover starts: the witness is asked early enough that its
@@ -172,7 +186,8 @@ impl Machine {
             && !self.stopping
             && !self.faulted()
             && self.witness.is_none();
-        let takeover = waiting.then(|| self.last_peer_ms + self.probe_after());
+        let takeover =
+            waiting.then(|| self.last_peer_ms.max(self.fault_left_ms) + self.probe_after());
         let close = self
             .link_up
             .then(|| self.last_link_ms + self.cfg.failover_ms);
@@ -202,7 +217,7 @@ impl Machine {
         {
             return;
         }
-        let silent_ms = now.saturating_sub(self.last_peer_ms);
+        let silent_ms = self.silence_ms(now);
         if answered {
             // Asked early (before the timeout) an answer is no news yet.
             let due = !matches!(cause, Cause::Silence { .. }) || silent_ms >= self.cfg.failover_ms;
