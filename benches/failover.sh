@@ -4,7 +4,7 @@
 #
 #   sudo benches/failover.sh [--runs 5] [--systems "athena athena-fast keepalived keepalived-tuned hook"]
 #                            [--scenarios "kill host hung stop preempt"] [--tsv FILE] [--no-build]
-#   sudo benches/failover.sh --idle [SECONDS] [--no-build]
+#   sudo benches/failover.sh --idle [SECONDS] [--systems athena|athena-fast] [--no-build]
 #   add --check to either: exit 1 when an athena-dhcpd figure misses README's target (the
 #   table is printed first, then one "CHECK FAILED" line per miss)
 #
@@ -17,7 +17,8 @@
 # before the event (a busy machine) is not counted.
 #
 # Systems
-#   athena            athena-dhcpd, HA defaults (heartbeat_interval 1s, failover_timeout 10s)
+#   athena            athena-dhcpd at its HA defaults: no timer in the config file (today
+#                     heartbeat_interval 200ms, failover_timeout 1s, witness_timeout 200ms)
 #   athena-fast       athena-dhcpd, heartbeat_interval 50ms, failover_timeout 150ms
 #   keepalived        keepalived + dnsmasq as in the reference design: VRRP id 51, priorities
 #                     100/90, advert_int 1, PASS auth, vrrp_script every 2 s, weight 20, fall 3,
@@ -37,7 +38,8 @@
 # Results: one TSV line per run, and a table of min/median/max per system and scenario.
 #
 # Idle mode (--idle, default 600 s): no failure at all, to catch false failovers. Both nodes
-# run athena-fast (heartbeat 50ms, failover_timeout 150ms, witness 50ms), the client probes the
+# run athena-fast (heartbeat 50ms, failover_timeout 150ms, witness 50ms), or the defaults with
+# --systems athena (one system per idle run), the client probes the
 # VIP every 20 ms, and one busy loop per core (normal priority, pinned, started and killed by
 # the script) keeps the machine's cores busy. At the end it prints the HA state transitions of
 # each node during the window (athena_ha_transitions_total and the `HA X -> Y` log lines), the
@@ -53,13 +55,14 @@ SCENARIOS="kill host hung stop preempt"
 TSV=""
 BUILD=1
 IDLE=
+SYSTEMS_SET=0
 CHECK=0
 RUN_MAX=${RUN_MAX:-40}
 INTERVAL=${INTERVAL:-20ms}
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) RUNS=$2; shift 2 ;;
-    --systems) SYSTEMS=$2; shift 2 ;;
+    --systems) SYSTEMS=$2; SYSTEMS_SET=1; shift 2 ;;
     --scenarios) SCENARIOS=$2; shift 2 ;;
     --tsv) TSV=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -78,7 +81,10 @@ missing=() pkgs=()
 need() { command -v "$1" >/dev/null 2>&1 || { missing+=("$1"); pkgs+=("$2"); }; }
 need ip iproute2; need bridge iproute2; need dig bind9-dnsutils; need arping iputils-arping
 need cargo "cargo (rustup or the Debian package)"
-[ -n "$IDLE" ] && SYSTEMS=athena-fast
+if [ -n "$IDLE" ]; then
+  [ "$SYSTEMS_SET" = 1 ] || SYSTEMS=athena-fast
+  case "$SYSTEMS" in athena|athena-fast) ;; *) die "--idle runs one of athena, athena-fast (got: $SYSTEMS)" ;; esac
+fi
 case " $SYSTEMS " in *" keepalived"*) need keepalived keepalived; need dnsmasq dnsmasq ;; esac
 [ -n "$IDLE" ] && need taskset util-linux
 if [ ${#missing[@]} -gt 0 ]; then
@@ -180,8 +186,8 @@ enabled = true
 role = "$role"
 peer_address = "$peer:8067"
 listen_address = "$me:8067"
-heartbeat_interval = "$hb"
-failover_timeout = "$ft"
+$([ "$hb" != - ] && echo "heartbeat_interval = \"$hb\"")
+$([ "$ft" != - ] && echo "failover_timeout = \"$ft\"")
 $([ -n "$wt" ] && echo "witness_timeout = \"$wt\"")
 shared_secret = "bench-shared-secret-0123456789abcdef"
 
@@ -224,11 +230,19 @@ EOF
   fi
 }
 
-athena_params() {  # SYSTEM -> "HB FT WITNESS ROUTE"
+athena_params() {  # SYSTEM -> "HB FT WITNESS ROUTE" ("-": not in the file, the default)
   case "$1" in
-    athena) echo "1s 10s - vip" ;;
+    athena) echo "- - - vip" ;;
     athena-fast) echo "50ms 150ms 50ms vip" ;;
     hook) echo "50ms 150ms 50ms hook" ;;
+  esac
+}
+
+timers_of() {  # SYSTEM -> the HA timers it runs with, as a person reads them
+  case "$1" in
+    athena) echo "the defaults (heartbeat_interval 200ms / failover_timeout 1s / witness_timeout 200ms)" ;;
+    *) local hb ft wt route; read -r hb ft wt route <<<"$(athena_params "$1")"
+       echo "heartbeat_interval $hb / failover_timeout $ft / witness_timeout $wt" ;;
   esac
 }
 
@@ -400,7 +414,7 @@ idle_run() {  # SECONDS
   lab_up; mkdir -p "$RD/a" "$RD/b"
   # The HA module at debug: the witness probes (near misses) are logged there; a few lines.
   export RUST_LOG=${RUST_LOG:-warn,athena_dhcpd=info,athena_dhcpd::ha=debug}
-  athena_up athena-fast || die "idle: the pair did not come up (logs in $RD)"
+  athena_up "$SYSTEMS" || die "idle: the pair did not come up (logs in $RD)"
   declare -A m0 l0
   for n in a b; do
     m0[$n]=$(metric $n athena_ha_transitions_total)
@@ -426,7 +440,7 @@ idle_run() {  # SECONDS
   probe_stop "$stopf"
   kill "${HOGS[@]}" 2>/dev/null; wait "${HOGS[@]}" 2>/dev/null; HOGS=()
   echo
-  echo "Idle run: $secs s at heartbeat_interval 50ms / failover_timeout 150ms / witness_timeout 50ms," \
+  echo "Idle run ($SYSTEMS): $secs s at $(timers_of "$SYSTEMS")," \
     "$(nproc) cores kept busy, one query every $INTERVAL; $(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r)"
   for n in a b; do
     local m1 win=$RD/$n/window.log
@@ -507,7 +521,7 @@ echo "per-run figures: $TSV"
 if [ "$CHECK" = 1 ]; then
   bad=0
   for sys in athena athena-fast; do
-    case "$sys" in athena) ft=10000 ;; athena-fast) ft=150 ;; esac
+    case "$sys" in athena) ft=1000 ;; athena-fast) ft=150 ;; esac
     for sc in $SCENARIOS; do
       row=${ROWS[$sys/$sc]:-}
       case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac

@@ -50,8 +50,8 @@ fn empty_file_gives_every_default() {
     assert!(!c.ha.enabled);
     assert_eq!(c.ha.role, Role::Primary);
     assert_eq!(c.ha.listen_address, "0.0.0.0:8067".parse().unwrap());
-    assert_eq!(c.ha.heartbeat_interval, Dur::secs(1));
-    assert_eq!(c.ha.failover_timeout, Dur::secs(10));
+    assert_eq!(c.ha.heartbeat_interval, Dur::millis(200));
+    assert_eq!(c.ha.failover_timeout, Dur::secs(1));
     assert!(c.ha.preempt);
     assert_eq!(c.ha.max_ack_delay, Dur::millis(250));
     assert_eq!(c.ha.witness_timeout(), Duration::from_millis(200));
@@ -301,6 +301,18 @@ fn failover_timeout_shorter_than_two_heartbeats_is_refused() {
         6,
         "ha.failover_timeout",
         "at least twice heartbeat_interval",
+    );
+}
+
+/// An older file that sets only the old default heartbeat (1 s) meets the new default
+/// failover_timeout (1 s): the error says to set it.
+#[test]
+fn a_long_heartbeat_with_the_default_failover_timeout_is_refused_naming_the_default() {
+    refused(
+        &format!("[ha]\nenabled = true\npeer_address = \"10.0.0.2\"\n{SECRET}heartbeat_interval = \"1s\"\n"),
+        1,
+        "ha.failover_timeout",
+        "its default is 1s",
     );
 }
 

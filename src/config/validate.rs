@@ -131,8 +131,11 @@ fn validate_ha(ha: &HaConfig) -> Result<(), Invalid> {
         return err(
             "ha.failover_timeout",
             format!(
-                "{} must be at least twice heartbeat_interval ({}), or one lost heartbeat causes a failover",
-                ha.failover_timeout, ha.heartbeat_interval
+                "{} must be at least twice heartbeat_interval ({}), or one lost heartbeat causes a \
+                 failover (its default is {}: set it with a heartbeat_interval over half of that)",
+                ha.failover_timeout,
+                ha.heartbeat_interval,
+                HaConfig::default().failover_timeout
             ),
         );
     }
