@@ -1,5 +1,5 @@
-//! Table-driven tests for each transition, and a two-node simulation (simulated link, clock,
-//! witness and faults) driven by proptest.
+//! Table-driven tests for each transition, and a two-node simulation (simulated link, datagram
+//! path, clock, witness and faults) driven by proptest.
 
 pub(super) use super::*;
 use proptest::prelude::*;
@@ -911,7 +911,10 @@ fn durations_read_like_a_person_writes_them() {
 enum Fault {
     LinkReset,
     Partition(bool),
-    Crash { node: usize, host_down: bool },
+    Crash {
+        node: usize,
+        host_down: bool,
+    },
     Restart(usize),
     Pause(usize),
     Resume(usize),
@@ -919,6 +922,11 @@ enum Fault {
     Stuck(usize, bool),
     ApiFailover(usize),
     Delay(u64),
+    /// The datagram path fails (`true`) or works again, independently of the link.
+    DatagramBlock(bool),
+    /// The node's LAN port: down (`false`) cuts it off from the peer on every path and makes
+    /// it FAULT (no carrier); link frames written meanwhile arrive late when it comes back.
+    Carrier(usize, bool),
 }
 
 fn fault() -> impl Strategy<Value = Fault> {
@@ -933,6 +941,8 @@ fn fault() -> impl Strategy<Value = Fault> {
         (0..2usize, any::<bool>()).prop_map(|(n, s)| Fault::Stuck(n, s)),
         (0..2usize).prop_map(Fault::ApiFailover),
         prop_oneof![Just(0u64), Just(20), Just(80), Just(700)].prop_map(Fault::Delay),
+        any::<bool>().prop_map(Fault::DatagramBlock),
+        (0..2usize, any::<bool>()).prop_map(|(n, up)| Fault::Carrier(n, up)),
     ]
 }
 
@@ -943,6 +953,8 @@ struct SimNode {
     host_down: bool,
     paused: bool,
     stuck: bool,
+    /// The LAN port is down: FAULT, and nothing reaches or leaves the node.
+    no_carrier: bool,
     next_tick: u64,
     next_dial: u64,
     /// Inputs waiting for this node (delivered in order once `at` ≤ now and not paused).
@@ -955,6 +967,11 @@ struct Sim {
     link: bool,
     link_gen: u64,
     partitioned: bool,
+    /// The datagram path (UDP on the LAN) fails on its own.
+    dgram_blocked: bool,
+    /// Link frames written while a port was down, for node i: TCP sends them again once
+    /// both ports are up (late, and older than anything sent since on the datagram path).
+    held: [Vec<Control>; 2],
     delay: u64,
     witness: bool,
     /// Last delivery time scheduled per direction (TCP keeps order).
@@ -981,6 +998,7 @@ impl Sim {
                 host_down: false,
                 paused: false,
                 stuck: false,
+                no_carrier: false,
                 next_tick: 0,
                 next_dial: 0,
                 inbox: VecDeque::new(),
@@ -992,6 +1010,8 @@ impl Sim {
             link: false,
             link_gen: 0,
             partitioned: false,
+            dgram_blocked: false,
+            held: [Vec::new(), Vec::new()],
             delay: 0,
             witness,
             last_at: [0, 0],
@@ -1020,6 +1040,7 @@ impl Sim {
         }
         self.link = false;
         self.link_gen += 1;
+        self.held = [Vec::new(), Vec::new()];
         for i in 0..2 {
             // Frames in flight die with the connection; the EOF arrives after them.
             self.n[i]
@@ -1059,7 +1080,52 @@ impl Sim {
                 self.n[node].inbox.push_back((self.now, Input::ApiFailover))
             }
             Fault::Delay(d) => self.delay = d,
+            Fault::DatagramBlock(on) => self.dgram_blocked = on,
+            Fault::Carrier(node, up) => {
+                self.n[node].no_carrier = !up;
+                if up {
+                    self.release_held();
+                }
+            }
         }
+    }
+
+    /// Neither port is down: frames can pass between the nodes.
+    fn ports_up(&self) -> bool {
+        !self.n[0].no_carrier && !self.n[1].no_carrier
+    }
+
+    /// Both ports are up again: TCP retransmits what was written meanwhile (RTO 200 ms).
+    fn release_held(&mut self) {
+        if !self.ports_up() {
+            return;
+        }
+        for to in 0..2 {
+            let from = 1 - to;
+            for c in std::mem::take(&mut self.held[to]) {
+                let at = (self.now + 200).max(self.last_at[from]);
+                self.last_at[from] = at;
+                self.n[to].inbox.push_back((at, Input::Peer(c)));
+            }
+        }
+    }
+
+    /// A status on the datagram path: lost while it is blocked, a port is down or the peer's
+    /// host is, otherwise delivered after its own delay (unordered with the link's frames).
+    fn send_datagram(&mut self, from: usize, status: PeerStatus) {
+        let to = 1 - from;
+        let o = &self.n[to];
+        if self.dgram_blocked || !self.ports_up() || !o.alive || o.host_down {
+            return;
+        }
+        let at = self.now + self.rand_delay();
+        let input = Input::Datagram { path: 0, status };
+        let inbox = &mut self.n[to].inbox;
+        let pos = inbox
+            .iter()
+            .position(|(t, _)| *t > at)
+            .unwrap_or(inbox.len());
+        inbox.insert(pos, (at, input));
     }
 
     fn restart(&mut self, node: usize) {
@@ -1081,12 +1147,15 @@ impl Sim {
     fn heal(&mut self) {
         self.healed = true;
         self.partitioned = false;
+        self.dgram_blocked = false;
         self.delay = 0;
         for i in 0..2 {
             self.n[i].paused = false;
             self.n[i].stuck = false;
+            self.n[i].no_carrier = false;
             self.restart(i);
         }
+        self.release_held();
     }
 
     fn run_actions(&mut self, i: usize, actions: Vec<Action>) {
@@ -1094,7 +1163,13 @@ impl Sim {
         for a in actions {
             match a {
                 Action::Send(c) => {
-                    if self.link {
+                    // A status goes on every path; handoffs only on the link.
+                    if let Control::Status(s) = &c {
+                        self.send_datagram(i, s.clone());
+                    }
+                    if self.link && !self.ports_up() {
+                        self.held[other].push(c);
+                    } else if self.link {
                         let at = (self.now + self.rand_delay()).max(self.last_at[i]);
                         self.last_at[i] = at;
                         self.n[other].inbox.push_back((at, Input::Peer(c)));
@@ -1104,6 +1179,7 @@ impl Sim {
                     if self.link {
                         self.link = false;
                         self.link_gen += 1;
+                        self.held = [Vec::new(), Vec::new()];
                         self.n[other]
                             .inbox
                             .retain(|(_, inp)| !matches!(inp, Input::Peer(_)));
@@ -1147,7 +1223,7 @@ impl Sim {
             }
             self.n[i].next_dial = self.now + HB;
             let o = &self.n[other];
-            if self.partitioned || o.host_down {
+            if self.partitioned || o.host_down || !self.ports_up() {
                 continue; // SYN unanswered
             }
             if !o.alive {
@@ -1190,13 +1266,17 @@ impl Sim {
             .cloned()
             .collect();
         self.witness_answers.retain(|w| w.1 > now);
+        let ports_up = self.ports_up();
         for (i, _) in answers {
             let o = &self.n[1 - i];
+            // A fenced node holds no VIP; a port down carries no answer.
             let answered = self.witness
                 && o.alive
                 && !o.paused
                 && !o.host_down
-                && o.m.state() == HaState::Active;
+                && ports_up
+                && o.m.state() == HaState::Active
+                && !o.m.fenced();
             self.n[i]
                 .inbox
                 .push_back((now, Input::Witness { answered }));
@@ -1224,11 +1304,13 @@ impl Sim {
             }
             if self.n[i].alive && self.now >= self.n[i].next_tick {
                 self.n[i].next_tick = self.now + HB;
-                let stuck = if self.n[i].stuck {
-                    vec!["dhcp".to_string()]
-                } else {
-                    vec![]
-                };
+                let mut stuck = Vec::new();
+                if self.n[i].stuck {
+                    stuck.push("dhcp".to_string());
+                }
+                if self.n[i].no_carrier {
+                    stuck.push("eth0 has no carrier".to_string());
+                }
                 let a = self.n[i].m.step(Input::Health { stuck }, self.now, 0);
                 self.run_actions(i, a);
                 let a = self.n[i].m.step(Input::Tick, self.now, 0);
@@ -1256,7 +1338,9 @@ fn simulate(faults: Vec<(u64, Fault)>, witness: bool, preempt: bool) -> Result<(
     let settle = heal_at + FO + 2000;
     let end = settle + 3000;
     let mut fi = 0;
-    // "Stable": the link up with both nodes running, healthy, and small delays.
+    // "Stable": both nodes running and healthy, small delays, and a path between them: the
+    // link (its frames not held back), or the datagram path. Two ACTIVE nodes that hear each
+    // other on either must resolve within a heartbeat.
     let mut stable_since: Option<u64> = None;
     let mut both_active_since: Option<u64> = None;
     let mut trace = Vec::new();
@@ -1284,10 +1368,13 @@ fn simulate(faults: Vec<(u64, Fault)>, witness: bool, preempt: bool) -> Result<(
                 after.2
             ));
         }
-        let stable = sim.link
-            && sim.n.iter().all(|n| n.alive && !n.paused && !n.stuck)
-            && sim.delay <= 80
-            && sim.last_at.iter().all(|&t| t <= sim.now + 80);
+        let link_ok = sim.link && sim.last_at.iter().all(|&t| t <= sim.now + 80);
+        let stable = (link_ok || !sim.dgram_blocked)
+            && sim
+                .n
+                .iter()
+                .all(|n| n.alive && !n.paused && !n.stuck && !n.no_carrier)
+            && sim.delay <= 80;
         stable_since = if stable {
             stable_since.or(Some(sim.now))
         } else {
@@ -1306,9 +1393,11 @@ fn simulate(faults: Vec<(u64, Fault)>, witness: bool, preempt: bool) -> Result<(
             if sim.now.saturating_sub(since) > 2 * HB + 2 * 80 + 2 * STEP {
                 trace.append(&mut sim.log);
                 return Err(format!(
-                    "two ACTIVE for {}ms on a stable link at t={} last_at {:?} inbox {:?}\n{}",
+                    "two ACTIVE for {}ms with a working path at t={} (link {}, datagrams {}) last_at {:?} inbox {:?}\n{}",
                     sim.now - since,
                     sim.now,
+                    sim.link,
+                    !sim.dgram_blocked,
                     sim.last_at,
                     sim.n[1].inbox.iter().map(|x| x.0).collect::<Vec<_>>(),
                     trace.join("\n")
@@ -1374,6 +1463,88 @@ fn simulated_kill_of_the_active_is_taken_over_within_a_heartbeat() {
             sim.now - killed <= HB + 50,
             "no takeover within one heartbeat"
         );
+    }
+}
+
+/// The peer link dead for a long time (a firewall on its port) while the datagram path
+/// works: the standby never takes over, nothing changes state.
+#[test]
+fn simulated_blocked_link_with_working_datagrams_moves_nothing() {
+    let mut sim = Sim::new(true, true);
+    while sim.now < 2000 {
+        sim.step();
+        sim.now += STEP;
+    }
+    assert_eq!(sim.n[0].m.state(), HaState::Active);
+    sim.apply(&Fault::Partition(true));
+    while sim.now < 2000 + 20 * FO {
+        sim.step();
+        sim.now += STEP;
+        assert_eq!(
+            (sim.n[0].m.state(), sim.n[1].m.state()),
+            (HaState::Active, HaState::Standby),
+            "t={}",
+            sim.now
+        );
+    }
+    assert!(!sim.link);
+}
+
+/// Every path cut, then the datagram path alone comes back: the two ACTIVE nodes the cut
+/// made resolve on the datagrams within a heartbeat, without the link.
+#[test]
+fn simulated_cut_then_datagrams_back_resolves_two_active_nodes_within_a_heartbeat() {
+    let mut sim = Sim::new(false, true);
+    while sim.now < 2000 {
+        sim.step();
+        sim.now += STEP;
+    }
+    sim.apply(&Fault::Partition(true));
+    sim.apply(&Fault::DatagramBlock(true));
+    while sim.active_count() != 2 {
+        sim.step();
+        sim.now += STEP;
+        assert!(sim.now < 2000 + 3 * FO, "no takeover without a witness");
+    }
+    sim.apply(&Fault::DatagramBlock(false));
+    let back = sim.now;
+    while sim.active_count() != 1 {
+        sim.step();
+        sim.now += STEP;
+        assert!(sim.now - back <= 2 * HB, "still two ACTIVE");
+    }
+    assert!(!sim.link, "resolved without the link");
+}
+
+/// The ACTIVE node's port flaps for less than the failover timeout: TCP delivers what the
+/// standby wrote meanwhile late, and the flapped node must not take that for news.
+#[test]
+fn simulated_port_flap_of_the_active_ends_with_one_active() {
+    for flap in [150, 300, 450] {
+        let mut sim = Sim::new(true, false);
+        while sim.now < 2000 {
+            sim.step();
+            sim.now += STEP;
+        }
+        assert_eq!(sim.n[0].m.state(), HaState::Active);
+        sim.apply(&Fault::Carrier(0, false));
+        let down = sim.now;
+        while sim.now < down + flap {
+            sim.step();
+            sim.now += STEP;
+        }
+        sim.apply(&Fault::Carrier(0, true));
+        let up = sim.now;
+        let mut both = 0;
+        while sim.now < up + 5 * FO {
+            sim.step();
+            sim.now += STEP;
+            if sim.active_count() == 2 {
+                both += STEP;
+            }
+        }
+        assert!(both <= HB, "flap {flap}: two ACTIVE for {both} ms");
+        assert_eq!(sim.active_count(), 1, "flap {flap}");
     }
 }
 
