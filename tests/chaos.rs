@@ -22,15 +22,13 @@
 //!   timings still vary with the machine). Default: a fixed seed, so CI is repeatable.
 //!   `ATHENA_CHAOS_SEED=random` draws one; the seed is printed first either way.
 //! - `ATHENA_CHAOS_SECS` (default 75): how long faults are injected. CI's run is ~2 minutes.
-//! - `ATHENA_CHAOS_SPLIT=1` adds issue #18's split brain (`block+hang`: the peer link's TCP
-//!   blocked, the ACTIVE node hangs past failover_timeout and resumes with the link still
-//!   blocked) and flaps of the ACTIVE node's port shorter than failover_timeout (it retakes
-//!   on its pre-flap view while the peer times out and takes over too); `=2` also `cut+hang`, the same with all IP between the nodes dropped (a second
-//!   heartbeat path too: only self-fencing and the VIP conflict can end it); `=0` neither.
-//!   **Unset, they are off (`SPLIT_DEFAULT`) because today's main breaks invariant 3 there**
-//!   (both nodes stay ACTIVE with the VIP and answer DHCP until the link returns). Raise
-//!   `SPLIT_DEFAULT` when the split-brain fix (second heartbeat path, self-fencing after a
-//!   stall) is merged, so CI runs them.
+//! - `ATHENA_CHAOS_SPLIT` picks issue #18's split-brain faults: `1` adds `block+hang` (the
+//!   peer link's TCP blocked, the ACTIVE node hangs past failover_timeout and resumes with
+//!   the link still blocked) and flaps of the ACTIVE node's port shorter than
+//!   failover_timeout (before the fix it retook on its pre-flap view while the peer timed out
+//!   and took over too); `2` (the default, [`SPLIT_DEFAULT`]) also `cut+hang`, the same with
+//!   all IP between the nodes dropped (the datagram path too: only self-fencing and the VIP
+//!   conflict can end it); `0` none of them, the schedule of the suite before issue #18.
 //! - `ATHENA_CHAOS_REPORT=path` writes the per-kind table (`benches/chaos.sh` sums these).
 
 mod common;
@@ -52,13 +50,12 @@ const FT: Duration = Duration::from_secs(1);
 /// Invariant 3's bound: failover_timeout + one heartbeat.
 const DOUBLE_MAX: Duration = FT.saturating_add(HEARTBEAT);
 const SETTLE: Duration = Duration::from_secs(30);
-/// `ATHENA_CHAOS_SPLIT` when unset: 0 (no split-brain faults) until issue #18's fix is
-/// merged, because today's main breaks invariant 3 in all of them (`ATHENA_CHAOS_SPLIT=1
-/// ATHENA_CHAOS_SEED=3`: both nodes hold the VIP and answer DISCOVERs from the resume until
-/// the link returns; `ATHENA_CHAOS_SPLIT=1 ATHENA_CHAOS_SEED=4`, at +40 s: a 454 ms port
-/// flap of the ACTIVE node, the VIP on both for 1.4 s). 1 with the fix (2 if it also survives
-/// a full cut), so CI runs them.
-const SPLIT_DEFAULT: u8 = 0;
+/// `ATHENA_CHAOS_SPLIT` when unset: every split-brain fault, so CI runs them. Before issue
+/// #18's fixes each broke invariant 3 (seed 3: both nodes held the VIP and answered
+/// DISCOVERs from the resume until the link returned; seed 4, at +40 s: a 454 ms port flap
+/// of the ACTIVE node, the VIP on both for 1.4 s). With them, split 1 passed with seeds 3,
+/// 4, 5, 6, 7, 8 and 18, and split 2 with seeds 3, 4, 5, 6 and 18 (0 violations each).
+const SPLIT_DEFAULT: u8 = 2;
 /// The seed CI runs when none is given.
 const CI_SEED: u64 = 18;
 const TOKEN: &str = "chaos-token-0123456789abcdef";

@@ -105,7 +105,8 @@ pub struct Fault {
 
 /// The seeded fault generator. `split` 1 adds [`Kind::BlockAndHang`] and flaps of the ACTIVE
 /// node's port shorter than failover_timeout, 2 also [`Kind::CutAndHang`]: their invariants
-/// break on a build without issue #18's fixes.
+/// break on a build without issue #18's fixes (the datagram path, self-fencing, a node back
+/// from FAULT doubting its view of the peer).
 pub struct Schedule {
     rng: StdRng,
     split: u8,
@@ -165,9 +166,9 @@ impl Iterator for Schedule {
         let (target, hold, tail) = match kind {
             // From well under failover_timeout (no takeover) to three times it.
             Kind::Kill9 | Kind::Hang => (target, self.ms(200, 3 * ft), 0),
-            // A flap of the ACTIVE node's port shorter than failover_timeout ends in two
-            // ACTIVE nodes on today's main (it comes back and retakes on its pre-flap view of
-            // the peer; the peer times out on the stalled TCP link a moment later): a
+            // A flap of the ACTIVE node's port shorter than failover_timeout ended in two
+            // ACTIVE nodes before issue #18's fix (it came back and retook on its pre-flap
+            // view of the peer; the peer, hearing nothing from it, took over too): a
             // split-brain fault, so without `split` the ACTIVE node's port stays down longer.
             Kind::PortDown => {
                 let short_ok = self.split >= 1 || target == Target::Standby;
