@@ -694,3 +694,5 @@ use tests as tests_support;
 mod fence_tests;
 #[cfg(test)]
 mod flap_tests;
+#[cfg(test)]
+mod sim_tests;
