@@ -317,10 +317,10 @@ fn forged_replayed_truncated_oversize_and_flooded_heartbeats_are_counted_and_cha
         // A "Standby, epoch 1000" claim that would make A step down or B look alive.
         let lie = status("node-b", HaState::Active, 1000, 1);
         let mut wrong = Sealer::new(derive_key(b"not-the-lab-secret-0123"), 1);
-        let forged = wrong.seal(0, &lie).expect("seal");
+        let forged = wrong.seal(0, &lie, None).expect("seal");
         // Right key, but from an incarnation older than the running B: a recording.
         let mut old = Sealer::new(derive_key(SECRET.as_bytes()), 1);
-        let replayed = old.seal(0, &lie).expect("seal");
+        let replayed = old.seal(0, &lie, None).expect("seal");
         for f in [&forged, &replayed, &replayed] {
             s.send_to(f, to).expect("send");
         }
@@ -330,7 +330,7 @@ fn forged_replayed_truncated_oversize_and_flooded_heartbeats_are_counted_and_cha
         // Paced so the socket buffer does not overflow: every frame is seen and counted.
         while n < FLOOD {
             for _ in 0..200 {
-                let f = wrong.seal(0, &lie).expect("seal");
+                let f = wrong.seal(0, &lie, None).expect("seal");
                 if s.send_to(&f, to).is_ok() {
                     n += 1;
                 }

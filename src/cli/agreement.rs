@@ -52,7 +52,7 @@ mod tests {
 
     /// The peer's answer as the daemon writes it (its own types serialised, not a fixture).
     fn answer(c: &Config) -> PeerConfig {
-        let view = crate::ha::agreement::Agreement::new(SharedConfig::of(c)).view();
+        let view = crate::ha::agreement::Agreement::new(SharedConfig::of(c), 2).view();
         serde_json::from_str(&serde_json::to_string(&view).expect("json")).expect("parse")
     }
 

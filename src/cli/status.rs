@@ -430,6 +430,10 @@ fn config_lines(s: &mut String, c: &AgreementView) {
                     c.differing_sections.join(", ")
                 }
             );
+            if let Some(note) = &c.note {
+                // Only the digests came (the peer link is down).
+                let _ = writeln!(s, "  ({note})");
+            }
             for d in c.differences.iter().take(DIFFERENCES_SHOWN) {
                 let _ = writeln!(s, "  {}", shorten(&d.describe(peer), 100));
             }

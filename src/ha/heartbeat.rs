@@ -1,12 +1,17 @@
 //! The datagram path: a small authenticated UDP heartbeat sent to the peer on every VIP
 //! network, so the peer counts as silent only when the link *and* these are. It carries the
 //! same [`PeerStatus`] as the link's heartbeat (state, epoch, role, the question and answer
-//! of a fenced node) and nothing else: no handoff, no leases.
+//! of a fenced node) and the sender's config digest (so a pair whose link is blocked still
+//! sees that its configs differ), and nothing else: no handoff, no leases, no config keys.
 //!
 //! A frame is `magic "AHB1" ‖ boot u64 ‖ seq u64 ‖ to u64 ‖ len u16 ‖ payload ‖ HMAC`, all
 //! big-endian; the payload is the JSON status, the MAC is HMAC-SHA256 over everything before
 //! it with a key derived from `shared_secret` for this purpose alone
 //! (`HMAC(shared_secret, "athena-ha/heartbeat/1")`, so it never equals a link key).
+//! The digest is one more key of the JSON object (`config_digest`, per section, ~350
+//! bytes), not a new frame version: a node that predates it ignores the key (the status
+//! has no `deny_unknown_fields`) and its frames, without the key, still open here. A digest
+//! this version cannot read is ignored, never a reason to drop the status.
 //! - `boot` is the sender's incarnation (wall-clock µs at start) and `seq` counts its frames
 //!   from 1: per path the receiver accepts only a higher (boot, seq) than it has seen, so a
 //!   replayed or reordered frame is dropped.
@@ -21,8 +26,10 @@
 //! at debug, dropped; nothing reaches the state machine that did not pass every check.
 
 use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::config::ConfigDigest;
 use crate::ha::machine::PeerStatus;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -80,6 +87,34 @@ impl HeartbeatError {
     }
 }
 
+/// One opened datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub status: PeerStatus,
+    /// The sender's config digest (absent from older nodes).
+    pub config: Option<ConfigDigest>,
+    /// The frame's (boot, seq): the order of the sender's frames over all its paths.
+    pub order: (u64, u64),
+}
+
+/// The payload as sent: the status's keys and the digest beside them.
+#[derive(Serialize)]
+struct PayloadOut<'a> {
+    #[serde(flatten)]
+    status: &'a PeerStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config_digest: Option<&'a ConfigDigest>,
+}
+
+#[derive(Deserialize)]
+struct PayloadIn {
+    #[serde(flatten)]
+    status: PeerStatus,
+    /// Read leniently: a later version's digest must not cost the status.
+    #[serde(default)]
+    config_digest: Option<serde_json::Value>,
+}
+
 /// The heartbeat key: derived from the shared secret for this use only.
 pub fn derive_key(shared_secret: &[u8]) -> [u8; 32] {
     let Ok(mut m) = HmacSha256::new_from_slice(shared_secret) else {
@@ -102,10 +137,32 @@ impl Sealer {
         Sealer { key, boot, seq: 0 }
     }
 
-    /// One datagram for a peer whose incarnation we last heard as `to` (0: not yet).
-    /// `None` when the status does not fit (a node name of a kilobyte).
-    pub fn seal(&mut self, to: u64, status: &PeerStatus) -> Option<Vec<u8>> {
-        let payload = serde_json::to_vec(status).ok()?;
+    /// One datagram for a peer whose incarnation we last heard as `to` (0: not yet), with
+    /// our config digest when it fits (it always does with the sections we have; the status
+    /// matters more). `None` when the status alone does not fit (a node name of a kilobyte).
+    pub fn seal(
+        &mut self,
+        to: u64,
+        status: &PeerStatus,
+        config: Option<&ConfigDigest>,
+    ) -> Option<Vec<u8>> {
+        let payload = |config_digest| {
+            serde_json::to_vec(&PayloadOut {
+                status,
+                config_digest,
+            })
+            .ok()
+        };
+        let p = payload(config)?;
+        let p = if HEADER + p.len() + MAC_LEN <= MAX_DATAGRAM {
+            p
+        } else {
+            payload(None)?
+        };
+        self.seal_payload(to, &p)
+    }
+
+    fn seal_payload(&mut self, to: u64, payload: &[u8]) -> Option<Vec<u8>> {
         let len = u16::try_from(payload.len()).ok()?;
         if HEADER + payload.len() + MAC_LEN > MAX_DATAGRAM {
             return None;
@@ -117,7 +174,7 @@ impl Sealer {
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&to.to_be_bytes());
         out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(payload);
         let mut m = HmacSha256::new_from_slice(&self.key).ok()?;
         m.update(&out);
         out.extend_from_slice(&m.finalize().into_bytes());
@@ -158,11 +215,7 @@ impl Receiver {
 
     /// Checks one datagram received on the path `guard` watches; `Ok` only for a fresh,
     /// authentic status addressed to this incarnation.
-    pub fn open(
-        &mut self,
-        guard: &mut PathGuard,
-        buf: &[u8],
-    ) -> Result<PeerStatus, HeartbeatError> {
+    pub fn open(&mut self, guard: &mut PathGuard, buf: &[u8]) -> Result<Heartbeat, HeartbeatError> {
         if buf.len() > MAX_DATAGRAM {
             return Err(HeartbeatError::Oversize(buf.len()));
         }
@@ -194,8 +247,13 @@ impl Receiver {
         if to != self.me {
             return Err(HeartbeatError::NotForThisBoot);
         }
-        serde_json::from_slice(&body[HEADER..])
-            .map_err(|e| HeartbeatError::BadStatus(e.to_string()))
+        let p: PayloadIn = serde_json::from_slice(&body[HEADER..])
+            .map_err(|e| HeartbeatError::BadStatus(e.to_string()))?;
+        Ok(Heartbeat {
+            status: p.status,
+            config: p.config_digest.and_then(|v| serde_json::from_value(v).ok()),
+            order: (boot, seq),
+        })
     }
 }
 
@@ -235,11 +293,11 @@ mod tests {
     #[test]
     fn a_sealed_status_opens_once_and_its_replay_is_dropped() {
         let (mut tx, mut rx, mut g) = pair();
-        let f = tx.seal(B, &status("node-a")).expect("seal");
-        assert_eq!(rx.open(&mut g, &f), Ok(status("node-a")));
+        let f = tx.seal(B, &status("node-a"), None).expect("seal");
+        assert_eq!(rx.open(&mut g, &f).map(|h| h.status), Ok(status("node-a")));
         assert_eq!(rx.open(&mut g, &f).unwrap_err().kind(), "replay");
-        let f2 = tx.seal(B, &status("node-a")).expect("seal");
-        let f3 = tx.seal(B, &status("node-a")).expect("seal");
+        let f2 = tx.seal(B, &status("node-a"), None).expect("seal");
+        let f3 = tx.seal(B, &status("node-a"), None).expect("seal");
         assert!(rx.open(&mut g, &f3).is_ok());
         // Reordered on the path: the older one is dropped, not applied after the newer.
         assert_eq!(rx.open(&mut g, &f2).unwrap_err().kind(), "replay");
@@ -249,10 +307,10 @@ mod tests {
     fn wrong_key_truncated_oversize_and_tampered_frames_are_named() {
         let (_, mut rx, mut g) = pair();
         let mut wrong = Sealer::new(derive_key(b"another-secret-xyz"), A);
-        let f = wrong.seal(B, &status("node-a")).expect("seal");
+        let f = wrong.seal(B, &status("node-a"), None).expect("seal");
         assert_eq!(rx.open(&mut g, &f), Err(HeartbeatError::BadMac));
         let (mut tx, _, _) = pair();
-        let good = tx.seal(B, &status("node-a")).expect("seal");
+        let good = tx.seal(B, &status("node-a"), None).expect("seal");
         assert_eq!(
             rx.open(&mut g, &good[..20]).unwrap_err().kind(),
             "truncated"
@@ -280,16 +338,16 @@ mod tests {
         let mut g = PathGuard::default();
         // A has not heard B yet (to = 0), or heard B's previous life (to = 1).
         for to in [0, 1] {
-            let f = a.seal(to, &status("node-a")).expect("seal");
+            let f = a.seal(to, &status("node-a"), None).expect("seal");
             assert_eq!(b_rx.open(&mut g, &f), Err(HeartbeatError::NotForThisBoot));
         }
         assert_eq!(b_rx.peer_boot, A, "B learned A's incarnation to echo it");
         // A replayed frame of an older incarnation of A does not move it back.
         let mut old = Sealer::new(key, A - 1);
-        let f = old.seal(B, &status("node-a")).expect("seal");
+        let f = old.seal(B, &status("node-a"), None).expect("seal");
         assert_eq!(b_rx.open(&mut g, &f).unwrap_err().kind(), "replay");
         assert_eq!(b_rx.peer_boot, A);
-        let f = a.seal(B, &status("node-a")).expect("seal");
+        let f = a.seal(B, &status("node-a"), None).expect("seal");
         assert!(b_rx.open(&mut g, &f).is_ok());
     }
 
@@ -298,7 +356,7 @@ mod tests {
         let key = derive_key(b"secret-0123456789");
         let mut me = Sealer::new(key, B);
         let mut rx = Receiver::new(key, B);
-        let f = me.seal(B, &status("node-b")).expect("seal");
+        let f = me.seal(B, &status("node-b"), None).expect("seal");
         assert_eq!(
             rx.open(&mut PathGuard::default(), &f),
             Err(HeartbeatError::Reflected)
@@ -308,6 +366,65 @@ mod tests {
     #[test]
     fn an_oversized_status_is_not_sent() {
         let (mut tx, _, _) = pair();
-        assert!(tx.seal(B, &status(&"x".repeat(2000))).is_none());
+        assert!(tx.seal(B, &status(&"x".repeat(2000)), None).is_none());
+    }
+
+    /// The digest of a config with every section (what a real node sends).
+    fn digest() -> ConfigDigest {
+        let text = "[[subnet]]\nnetwork = \"10.0.0.0/24\"\n[[subnet.pool]]\nrange_start = \"10.0.0.100\"\nrange_end = \"10.0.0.200\"\n[[client_class]]\nname = \"phones\"\n[client_class.match]\nvendor_class = \"phone*\"\n";
+        let cfg = crate::config::parse(text, std::path::Path::new("t.toml")).expect("parse");
+        crate::config::SharedConfig::of(&cfg).digest()
+    }
+
+    #[test]
+    fn the_config_digest_rides_with_the_status_and_fits_one_frame() {
+        let (mut tx, mut rx, mut g) = pair();
+        let d = digest();
+        assert_eq!(d.sections.len(), 7, "every section: {d:?}");
+        // A long node name too: the frame stays well under one Ethernet frame.
+        let st = status(&"node-".repeat(20));
+        let f = tx.seal(B, &st, Some(&d)).expect("seal");
+        assert!(f.len() < 1000, "{} bytes", f.len());
+        let h = rx.open(&mut g, &f).expect("open");
+        assert_eq!((h.status, h.config, h.order), (st, Some(d), (A, 1)));
+    }
+
+    #[test]
+    fn older_and_newer_nodes_read_each_others_heartbeats() {
+        let (mut tx, mut rx, mut g) = pair();
+        // An older node's frame: the status alone.
+        let old = serde_json::to_vec(&status("node-a")).expect("json");
+        let f = tx.seal_payload(B, &old).expect("seal");
+        let h = rx.open(&mut g, &f).expect("an older frame opens");
+        assert_eq!((h.status, h.config), (status("node-a"), None));
+        // An older node reads our payload as a bare status: the digest is one key it ignores.
+        let d = digest();
+        let ours = serde_json::to_vec(&PayloadOut {
+            status: &status("node-a"),
+            config_digest: Some(&d),
+        })
+        .expect("json");
+        let as_old: PeerStatus = serde_json::from_slice(&ours).expect("an older node parses it");
+        assert_eq!(as_old, status("node-a"));
+        // A later version's digest this one cannot read costs the digest, not the status.
+        let mut v = serde_json::to_value(status("node-a")).expect("json");
+        v["config_digest"] = serde_json::json!({"v2": [1, 2, 3]});
+        let f = tx
+            .seal_payload(B, &serde_json::to_vec(&v).expect("json"))
+            .expect("seal");
+        let h = rx.open(&mut g, &f).expect("opens");
+        assert_eq!((h.status, h.config), (status("node-a"), None));
+    }
+
+    #[test]
+    fn a_digest_that_does_not_fit_is_left_out_not_the_status() {
+        let (mut tx, mut rx, mut g) = pair();
+        let mut d = digest();
+        for i in 0..40 {
+            d.sections.insert(format!("section{i}"), "ab".repeat(16));
+        }
+        let f = tx.seal(B, &status("node-a"), Some(&d)).expect("seal");
+        let h = rx.open(&mut g, &f).expect("open");
+        assert_eq!((h.status, h.config), (status("node-a"), None));
     }
 }

@@ -38,7 +38,8 @@ pub struct HaMetrics {
     pub(crate) link_errors: Family<KindLabel, Counter>,
     pub(crate) sync_lag_frames: Gauge,
     pub(crate) sync_lag_ms: Gauge,
-    /// Keys whose values differ from the peer's config; 0 when they agree.
+    /// Keys whose values differ from the peer's config (sections, while only the digests
+    /// are known); 0 when they agree.
     pub(crate) config_mismatch: Gauge,
     pub(crate) replicated: Counter,
     /// 1 while the peer link is up (what the "peer lost" alert watches).
@@ -59,7 +60,7 @@ impl HaMetrics {
                 described("epoch", "Takeover epoch of this node", self.epoch.clone()),
                 described(
                     "config_mismatch",
-                    "Shared config keys whose values differ from the peer's (0: both serve one config)",
+                    "Shared config keys whose values differ from the peer's, or sections while the peer link is down (0: both serve one config)",
                     self.config_mismatch.clone(),
                 ),
                 described("transitions", "HA state changes", self.transitions.clone()),

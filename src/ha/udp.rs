@@ -12,9 +12,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigDigest};
 use crate::ha::heartbeat::{self, HeartbeatError, PathGuard, Receiver, Sealer, MAX_DATAGRAM};
-use crate::ha::machine::{Input, PeerStatus};
+use crate::ha::machine::PeerStatus;
 use crate::ha::metrics::HaMetrics;
 use crate::ha::node::NodeMsg;
 
@@ -70,11 +70,12 @@ pub struct DatagramSender {
 }
 
 impl DatagramSender {
-    /// Sends `status` on every path; a full socket buffer drops it (the next beat follows).
-    pub fn send(&mut self, status: &PeerStatus) {
+    /// Sends `status` and the config digest on every path; a full socket buffer drops it
+    /// (the next beat follows).
+    pub fn send(&mut self, status: &PeerStatus, config: &ConfigDigest) {
         let to = self.peer_boot.load(Ordering::Relaxed);
         for p in &self.paths {
-            let Some(frame) = self.sealer.seal(to, status) else {
+            let Some(frame) = self.sealer.seal(to, status, Some(config)) else {
                 tracing::debug!("status too large for a heartbeat datagram");
                 return;
             };
@@ -177,10 +178,10 @@ async fn receive(
         let result = rx.open(&mut guards[path], &buf[..n]);
         peer_boot.store(rx.peer_boot, Ordering::Relaxed);
         match result {
-            Ok(status) => {
+            Ok(beat) => {
                 metrics.path_received(&paths[path].name);
                 // A full node queue drops it: it is news the next beat repeats.
-                let _ = node.try_send(NodeMsg::Input(Input::Datagram { path, status }));
+                let _ = node.try_send(NodeMsg::Datagram { path, beat });
             }
             Err(e) => drop_frame(&metrics, from, &e),
         }

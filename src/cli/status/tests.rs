@@ -392,4 +392,19 @@ fn a_config_difference_is_named_with_both_values() {
         text.contains("  and 2 more (GET /api/v1/ha/config)"),
         "{text}"
     );
+    // The peer link down: only the digests came.
+    r.config = Some(AgreementView {
+        peer: Some("node-b".into()),
+        differing_sections: vec!["subnets".into()],
+        agreed: Some(false),
+        note: Some(crate::ha::agreement::KEYS_PENDING.into()),
+        ..Default::default()
+    });
+    let text = render(&through_json(&r), NOW);
+    assert!(
+        text.contains(
+            "config: DIFFERS from node-b's in subnets\n  (key details when the peer link returns)\n"
+        ),
+        "{text}"
+    );
 }

@@ -1,13 +1,14 @@
 //! The node task's side of config agreement: the frames, the reload, and what an admin sees
-//! (one WARN line naming every differing key, an event, health `degraded`, a metric). The
-//! decisions are in [`crate::ha::agreement`].
+//! (one WARN line naming every differing key, or every differing section while the peer
+//! link is down, an event, health `degraded`, a metric). The decisions are in
+//! [`crate::ha::agreement`]; the digests that come by datagram are in `node/datagram.rs`.
 
 use std::sync::Arc;
 
 use super::NodeTask;
 use crate::config::{Config, ConfigDigest, SharedConfig};
 use crate::events::{ConfigEvent, Event, EventData, EventKind};
-use crate::ha::agreement::AgreementAction;
+use crate::ha::agreement::{AgreementAction, KEYS_PENDING};
 use crate::ha::peer::Msg;
 
 /// The health problem's key: one reason, replaced as the differences change.
@@ -69,23 +70,44 @@ impl NodeTask {
                 }
                 AgreementAction::RequestEntries => self.send_config(Msg::ConfigRequest),
                 AgreementAction::SendEntries(e) => self.send_config(Msg::ConfigEntries(e)),
-                AgreementAction::Mismatch(diffs) => {
+                AgreementAction::Mismatch { sections, keys } if keys.is_empty() => {
                     let peer = self.peer_name();
-                    let lines: Vec<String> = diffs.iter().map(|d| d.describe(&peer)).collect();
+                    let n = sections.len();
+                    let sections = sections.join(", ");
                     tracing::warn!(
                         peer = %peer,
-                        keys = diffs.len(),
+                        sections = %sections,
+                        "config differs from {peer} in section(s) {sections} (the heartbeat digests differ; {KEYS_PENDING}), both nodes must serve the same subnets, pools, options, DNS data, VIPs and HA timers"
+                    );
+                    self.metrics.config_mismatch.set(n as i64);
+                    self.p.health.set_problem(
+                        HEALTH_KEY,
+                        Some(format!(
+                            "config differs from {peer} in section(s) {sections} ({KEYS_PENDING})"
+                        )),
+                    );
+                    self.publish_config_event(
+                        EventKind::HaConfigMismatch,
+                        peer,
+                        vec![format!("section(s) {sections} differ ({KEYS_PENDING})")],
+                    );
+                }
+                AgreementAction::Mismatch { keys, .. } => {
+                    let peer = self.peer_name();
+                    let lines: Vec<String> = keys.iter().map(|d| d.describe(&peer)).collect();
+                    tracing::warn!(
+                        peer = %peer,
+                        keys = keys.len(),
                         "config differs from {peer} in {} key(s), both nodes must serve the same subnets, pools, options, DNS data, VIPs and HA timers: {}",
-                        diffs.len(),
+                        keys.len(),
                         lines.join("; ")
                     );
-                    self.metrics.config_mismatch.set(diffs.len() as i64);
+                    self.metrics.config_mismatch.set(keys.len() as i64);
                     self.p.health.set_problem(
                         HEALTH_KEY,
                         Some(format!(
                             "config differs from {peer}: {}",
-                            diffs
-                                .iter()
+                            keys.iter()
                                 .map(|d| d.key.as_str())
                                 .collect::<Vec<_>>()
                                 .join(", ")

@@ -9,9 +9,9 @@
 //! stops heartbeating and goes FAULT.
 //!
 //! This file holds the task loop and the carrying out of actions; its glue for each concern
-//! is beside it: `peer_link` (the current peer link and its frames), `replicate` (lease frames
-//! and bulk sync), `serve` (serve lease and fencing), `status` (events and the status),
-//! `config` (config agreement).
+//! is beside it: `peer_link` (the current peer link and its frames), `datagram` (heartbeat
+//! datagrams), `replicate` (lease frames and bulk sync), `serve` (serve lease and fencing),
+//! `status` (events and the status), `config` (config agreement).
 //!
 //! Invariants: only this task calls `Machine::step`; every `ha.failover` action updates the
 //! serving gate, the service role (which the VIP follows) and the status in the same step,
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigDigest, SharedConfig};
 use crate::events::{EventBus, EventKind};
 use crate::ha::agreement::{Agreement, AgreementView};
+use crate::ha::heartbeat::Heartbeat;
 use crate::ha::link::{dialer, LinkReady, Shared, MAX_PENDING_HANDSHAKES};
 use crate::ha::machine::{Action, Control, Input, Machine, MachineConfig, PeerStatus, StoreInput};
 use crate::ha::metrics::HaMetrics;
@@ -71,10 +72,24 @@ pub struct HaParams {
 /// What the link tasks and the handle tell the node task.
 pub(super) enum NodeMsg {
     Input(Input),
+    /// A heartbeat datagram that passed every check, from path `path`.
+    Datagram {
+        path: usize,
+        beat: Heartbeat,
+    },
     Link(LinkReady),
-    LinkMsg { id: u64, msg: Msg },
-    LinkClosed { id: u64, err: Option<LinkError> },
-    Applied { id: u64, applied: Applied },
+    LinkMsg {
+        id: u64,
+        msg: Msg,
+    },
+    LinkClosed {
+        id: u64,
+        err: Option<LinkError>,
+    },
+    Applied {
+        id: u64,
+        applied: Applied,
+    },
     Failover(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -159,7 +174,11 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
     let (serving_tx, serving_rx) = watch::channel(HaState::Standby);
     let (my_tx, my_rx) = watch::channel(machine.status(watermark));
     let (link_up_tx, link_up_rx) = watch::channel(false);
-    let agreement = Agreement::new(SharedConfig::of(&cfg));
+    // At start-up the datagrams come before the link: a failover timeout without one
+    // before the digests alone are reported.
+    let grace = (ha.failover_timeout.0.as_millis() / ha.heartbeat_interval.0.as_millis().max(1))
+        .clamp(2, 600) as u32;
+    let agreement = Agreement::new(SharedConfig::of(&cfg), grace);
     let (digest_tx, digest_rx) = watch::channel(agreement.digest().clone());
     let (view_tx, view_rx) = watch::channel(agreement.view());
     let (tx, rx) = mpsc::channel(4096);
@@ -245,6 +264,7 @@ pub fn spawn(params: HaParams, registry: &mut Registry) -> HaHandle {
         saved_epoch,
         history: VecDeque::with_capacity(TRANSITION_HISTORY),
         datagrams,
+        datagram_digest: (0, 0),
         serve_lease,
         store_failed: None,
     };
@@ -300,6 +320,9 @@ struct NodeTask {
     history: VecDeque<HaTransition>,
     /// The datagram paths' sender (`None`: the link alone carries heartbeats).
     datagrams: Option<udp::DatagramSender>,
+    /// The (boot, seq) of the newest datagram whose config digest was taken (see
+    /// `node/datagram.rs`).
+    datagram_digest: (u64, u64),
     serve_lease: ServeLease,
     /// The store's failure as last told to the machine.
     store_failed: Option<String>,
@@ -428,6 +451,7 @@ impl NodeTask {
     fn on_msg(&mut self, msg: NodeMsg) {
         match msg {
             NodeMsg::Input(i) => self.step(i),
+            NodeMsg::Datagram { path, beat } => self.on_datagram(path, beat),
             NodeMsg::Link(l) => self.on_link(l),
             NodeMsg::LinkClosed { id, err } => self.on_link_closed(id, err),
             NodeMsg::LinkMsg { id, msg } => {
@@ -462,7 +486,7 @@ impl NodeTask {
         match a {
             Action::Send(c) => {
                 if let (Control::Status(s), Some(d)) = (&c, self.datagrams.as_mut()) {
-                    d.send(s);
+                    d.send(s, self.agreement.digest());
                 }
                 let Some(l) = &self.link else { return };
                 if matches!(c, Control::Status(_)) {
@@ -525,6 +549,7 @@ impl NodeTask {
                     tracing::info!(peer = %l.addr, "closing the silent peer link to {}", l.addr);
                     l.cancel.cancel();
                     self.pending.fail_all();
+                    self.agreement.link_down();
                     let _ = self.link_up_tx.send(false);
                 }
             }
@@ -580,6 +605,7 @@ impl HaHandle {
 }
 
 mod config;
+mod datagram;
 mod peer_link;
 mod replicate;
 mod serve;

@@ -95,10 +95,11 @@ impl NodeTask {
             changed: 0,
         });
         if let Some((node, digest)) = peer_config {
-            // A new link (also one replacing a link to the same peer): what was asked on the
-            // old one may be lost with it.
-            self.agreement.link_down();
+            self.agreement.link_up();
             self.on_peer_digest(&node, digest);
+        } else {
+            // A peer that predates config agreement: only digests could tell (it sends none).
+            self.agreement.link_down();
         }
         let _ = self.link_up_tx.send(true);
         self.last_heartbeat_unix = Some(crate::events::now_ms());
