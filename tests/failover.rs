@@ -600,9 +600,16 @@ fn with_a_dedicated_peer_link_losing_the_vip_link_moves_the_service_at_once_and_
         l.ha_state(Node::A).as_deref() == Some("FAULT") && !l.vip_on(Node::A)
     });
 
-    // The cable is back: A is a standby again and takes the service back in a planned
-    // handoff (it is the primary), with no query lost.
+    // The cable is back: A first takes what B gave out meanwhile (a FAULT node is sent no
+    // leases, and its link stayed up: a bulk sync, not a bare STANDBY), is a standby again and
+    // takes the service back in a planned handoff (it is the primary), with no query lost.
     a_takes_the_service_back_losing_nothing(&mut lab, "VIP link back", |l| l.port_up(Node::A));
+    assert!(
+        lab.log(Node::A)
+            .contains("HA FAULT -> SYNCING: can serve again: bulk sync with node-b"),
+        "{}",
+        lab.dump()
+    );
 }
 
 /// One busy loop per core, each pinned and in its own session (like any other program on the

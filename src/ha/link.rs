@@ -43,6 +43,8 @@ pub(super) struct LinkReady {
     pub(super) peer: PeerStatus,
     /// The peer's shared-config digest from its hello; `None`: it predates config agreement.
     pub(super) peer_config: Option<ConfigDigest>,
+    /// The peer's hello said it reads `LeasesNack` ([`peer::frames::CODEC_NACKS`]).
+    pub(super) peer_nacks: bool,
     pub(super) tx: mpsc::Sender<Msg>,
     pub(super) cancel: CancellationToken,
 }
@@ -278,7 +280,7 @@ impl HaHandle {
             },
         })
         .await?;
-        let (peer, dial, peer_config, warm_out) = match r.recv().await? {
+        let (peer, dial, peer_config, warm_out, peer_nacks) = match r.recv().await? {
             Msg::Hello {
                 version,
                 status,
@@ -290,7 +292,14 @@ impl HaHandle {
                 w.peer_lease_codec(lease_codec);
                 // Warm-standby questions go only to a peer that reads them.
                 let warm = (self.inner.dns_warm.clone()).filter(|_| dns_warm >= peer::DNS_WARM);
-                (status, if dialer { my_dial } else { dial }, config, warm)
+                let nacks = lease_codec >= peer::frames::CODEC_NACKS;
+                (
+                    status,
+                    if dialer { my_dial } else { dial },
+                    config,
+                    warm,
+                    nacks,
+                )
             }
             Msg::Hello { version, .. } => return Err(LinkError::Version { peer: version }),
             other => {
@@ -322,6 +331,7 @@ impl HaHandle {
                 addr,
                 peer,
                 peer_config,
+                peer_nacks,
                 tx,
                 cancel: cancel.clone(),
             }))

@@ -691,6 +691,8 @@ mod tests;
 #[cfg(test)]
 use tests as tests_support;
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod fence_tests;
 #[cfg(test)]
 mod flap_tests;

@@ -156,9 +156,14 @@ pub enum ApplyJob {
 /// as its disk and the commit linger allow, not one per frame (the primary sends a frame per
 /// burst of ACKs, so at high rates that was a commit every ~13 leases, the bulk of its CPU
 /// per ACK). A merge is idempotent and newest-wins, so the result equals merging one by one.
+///
+/// A frame the store could not merge is answered with `LeasesNack` only when `peer_nacks`
+/// (the peer's hello said it reads one): an older node takes it for a malformed frame and
+/// drops the link, so it gets no answer and its DHCPACKs wait `max_ack_delay` as before.
 pub fn spawn_applier(
     log: Option<Arc<dyn LeaseLog>>,
     link_tx: mpsc::Sender<Msg>,
+    peer_nacks: bool,
     report: impl Fn(Applied) + Send + 'static,
 ) -> mpsc::UnboundedSender<ApplyJob> {
     enum Staged {
@@ -204,7 +209,7 @@ pub fn spawn_applier(
                             frame = id,
                             "replicated lease frame {id} could not be merged: {e}"
                         );
-                        if link_tx.send(Msg::LeasesNack { id }).await.is_err() {
+                        if peer_nacks && link_tx.send(Msg::LeasesNack { id }).await.is_err() {
                             return;
                         }
                         continue;
@@ -381,7 +386,7 @@ mod tests {
         let receiver = TempStore::new();
         let (link_tx, _acks) = mpsc::channel(8);
         let (report_tx, mut reports) = mpsc::unbounded_channel();
-        let jobs = spawn_applier(Some(receiver.log()), link_tx, move |a| {
+        let jobs = spawn_applier(Some(receiver.log()), link_tx, true, move |a| {
             let _ = report_tx.send(a);
         });
         // What the node keeps: the highest peer sequence it merged.
@@ -444,7 +449,7 @@ mod tests {
     async fn applier_merges_before_it_acknowledges() {
         let store = TempStore::new();
         let (tx, mut rx) = mpsc::channel(8);
-        let jobs = spawn_applier(Some(store.log()), tx, |_| {});
+        let jobs = spawn_applier(Some(store.log()), tx, true, |_| {});
         let _ = jobs.send(ApplyJob::Live {
             id: 5,
             leases: vec![lease(9, 10)],
@@ -456,6 +461,65 @@ mod tests {
                 .expect("read"),
             Some(lease(9, 10))
         );
+    }
+
+    /// A store whose disk failed: every merge fails.
+    struct FailedStore;
+
+    impl LeaseLog for FailedStore {
+        fn watermark(&self) -> u64 {
+            0
+        }
+        fn changes_since(
+            &self,
+            _seq: u64,
+            _limit: usize,
+        ) -> Result<Vec<(u64, Lease)>, crate::lease::LeaseLogError> {
+            Ok(Vec::new())
+        }
+        fn apply_remote(
+            &self,
+            _leases: &[Lease],
+        ) -> Result<Vec<Lease>, crate::lease::LeaseLogError> {
+            Err(crate::lease::LeaseLogError::Store(
+                crate::lease::store::StoreError::Damaged {
+                    path: "leases.redb".into(),
+                    detail: "No space left on device".into(),
+                },
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_merge_is_nacked_only_to_a_peer_that_reads_nacks() {
+        for peer_nacks in [true, false] {
+            let (tx, mut rx) = mpsc::channel(8);
+            let jobs = spawn_applier(Some(Arc::new(FailedStore)), tx, peer_nacks, |_| {});
+            let _ = jobs.send(ApplyJob::Live {
+                id: 5,
+                leases: vec![lease(9, 10)],
+            });
+            // An empty frame needs no store: its ack shows the failed one was answered (or
+            // not) before it.
+            let _ = jobs.send(ApplyJob::Live {
+                id: 6,
+                leases: vec![],
+            });
+            let mut got = vec![rx.recv().await];
+            if peer_nacks {
+                got.push(rx.recv().await);
+            }
+            let want = if peer_nacks {
+                vec![
+                    Some(Msg::LeasesNack { id: 5 }),
+                    Some(Msg::LeasesAck { id: 6 }),
+                ]
+            } else {
+                // An older peer would drop the link on a frame it cannot read.
+                vec![Some(Msg::LeasesAck { id: 6 })]
+            };
+            assert_eq!(got, want, "peer reads nacks: {peer_nacks}");
+        }
     }
 
     #[test]
@@ -477,7 +541,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::lease::LeaseStore::open(&dir.path().join("l.redb")).expect("open");
         let (tx, mut rx) = mpsc::channel(64);
-        let jobs = spawn_applier(Some(store.clone() as Arc<dyn LeaseLog>), tx, |_| {});
+        let jobs = spawn_applier(Some(store.clone() as Arc<dyn LeaseLog>), tx, true, |_| {});
         // Queued before the applier runs (this test's runtime is single-threaded).
         for i in 1..=20u8 {
             let _ = jobs.send(ApplyJob::Live {

@@ -18,13 +18,7 @@ impl Machine {
                 out,
             );
         } else if stuck.is_empty() && self.faulted() && self.store_ok() {
-            self.leave_fault(
-                HaState::Standby,
-                "can serve again".to_string(),
-                now,
-                watermark,
-                out,
-            );
+            self.end_fault("can serve again", now, watermark, out);
         }
     }
 
@@ -74,14 +68,17 @@ impl Machine {
             }
             StoreInput::Healed => {
                 self.store_failed = None;
-                self.leave_store_fault("lease database writable again", now, watermark, out);
+                self.end_fault("lease database writable again", now, watermark, out);
             }
         }
     }
 
-    /// A store fault is over: unless something else keeps FAULT, resync with the peer
-    /// (it gave out leases this node could not take) before standing by.
-    pub(super) fn leave_store_fault(
+    /// A fault (health or store) is over: unless something else keeps FAULT, resync with the
+    /// peer before standing by. A FAULT node is sent no leases (the active replicates only
+    /// to a STANDBY or SYNCING peer) and, with its store failed, could merge none: whatever
+    /// the peer gave out meanwhile is missing here. Without a link the sync comes with the
+    /// next link-up (a STANDBY node syncs on every connect).
+    pub(super) fn end_fault(
         &mut self,
         why: &str,
         now: u64,

@@ -61,10 +61,14 @@ impl NodeTask {
     pub(super) fn install_link(&mut self, new: LinkReady) {
         let id = new.id;
         let tx = self.tx.clone();
-        let applier =
-            sync::spawn_applier(self.p.lease_log.clone(), new.tx.clone(), move |applied| {
+        let applier = sync::spawn_applier(
+            self.p.lease_log.clone(),
+            new.tx.clone(),
+            new.peer_nacks,
+            move |applied| {
                 let _ = tx.try_send(NodeMsg::Applied { id, applied });
-            });
+            },
+        );
         tracing::info!(
             peer = %new.addr,
             peer_node = %new.peer.node,

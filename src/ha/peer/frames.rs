@@ -20,6 +20,10 @@ use crate::lease::{codec, Lease};
 pub const LEASE_CODEC: u32 = 2;
 /// The first [`LEASE_CODEC`] that reads conflict records.
 const CODEC_CONFLICTS: u32 = 2;
+/// The first [`LEASE_CODEC`] that reads [`Msg::LeasesNack`]: every node that speaks this
+/// peer-link version (the nack predates it; a v1 node, which took it for a malformed frame,
+/// cannot link to this version at all). A peer below it is sent none (`sync::spawn_applier`).
+pub const CODEC_NACKS: u32 = 2;
 
 /// First payload byte of a binary lease frame; a JSON payload starts with `{` or `"`.
 const BIN_LEASES: u8 = 1;
