@@ -78,13 +78,7 @@ impl Machine {
     /// to a STANDBY or SYNCING peer) and, with its store failed, could merge none: whatever
     /// the peer gave out meanwhile is missing here. Without a link the sync comes with the
     /// next link-up (a STANDBY node syncs on every connect).
-    pub(super) fn end_fault(
-        &mut self,
-        why: &str,
-        now: u64,
-        watermark: u64,
-        out: &mut Vec<Action>,
-    ) {
+    pub(super) fn end_fault(&mut self, why: &str, now: u64, watermark: u64, out: &mut Vec<Action>) {
         if !self.faulted() || self.health_stuck || !self.store_ok() {
             return;
         }
