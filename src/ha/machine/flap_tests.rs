@@ -38,7 +38,16 @@ fn back_from_a_flap() -> (Machine, u64, Vec<Action>) {
         a.step(Input::Tick, t, 0);
     }
     let mut out = a.step(Input::Health { stuck: vec![] }, back, 0);
-    // The node task ticks right after the health report.
+    // Out of FAULT with the link up it resyncs first (B may have given out leases).
+    assert_eq!(a.state(), HaState::Syncing, "{out:?}");
+    out.extend(a.step(
+        Input::SyncComplete {
+            detail: "bulk sync from node-b complete".into(),
+        },
+        back,
+        0,
+    ));
+    // The node task ticks right after.
     out.extend(a.step(Input::Tick, back, 0));
     (a, back, out)
 }
