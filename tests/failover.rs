@@ -422,6 +422,12 @@ fn returning_primary_syncs_and_preempts_back_with_zero_failed_queries() {
         "a preemption was logged as a conflict on B:{}",
         lab.dump()
     );
+    // B's heartbeats sent before it read A's ack are old news, not a second ACTIVE node.
+    assert!(
+        !lab.log(Node::A).contains("two ACTIVE nodes met"),
+        "a preemption was logged as a split brain on A:{}",
+        lab.dump()
+    );
 }
 
 #[test]

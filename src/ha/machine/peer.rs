@@ -17,7 +17,7 @@ impl Machine {
         self.paths.heard(paths::LINK, now);
         match frame {
             Control::Status(ps) => {
-                if self.is_stale(&ps) {
+                if self.is_stale(&ps) || self.predates_our_handoff(&ps) {
                     self.last_peer_ms = now;
                     return;
                 }
@@ -86,26 +86,14 @@ impl Machine {
             Control::HandoffAck { epoch, accepted } => {
                 self.last_peer_ms = now;
                 let name = self.peer_name();
+                if accepted {
+                    self.handoff_taken(epoch, watermark, out);
+                    return;
+                }
                 let Some(h) = self.end_handoff() else {
                     return;
                 };
-                if accepted {
-                    self.yielded = h.reason == API_REASON;
-                    if let Some(p) = self.peer.as_mut() {
-                        p.state = HaState::Active;
-                        p.epoch = p.epoch.max(epoch);
-                    }
-                    self.transition(
-                        HaState::Standby,
-                        format!("handed off to {name} ({})", h.reason),
-                        watermark,
-                        out,
-                    );
-                    out.push(Action::HandoffEnded(Ok(())));
-                    if h.shutdown {
-                        out.push(Action::ShutdownReady);
-                    }
-                } else {
+                {
                     out.push(Action::HandoffEnded(Err(HandoffError::Refused {
                         peer: name.clone(),
                         reason: h.reason.clone(),
@@ -119,6 +107,30 @@ impl Machine {
                     );
                 }
             }
+        }
+    }
+
+    /// The peer took the handoff this node offered: it stands by (the ack, or the taker's
+    /// ACTIVE status with the new epoch when that outran the ack on another path).
+    fn handoff_taken(&mut self, epoch: u64, watermark: u64, out: &mut Vec<Action>) {
+        let name = self.peer_name();
+        let Some(h) = self.end_handoff() else {
+            return;
+        };
+        self.yielded = h.reason == API_REASON;
+        if let Some(p) = self.peer.as_mut() {
+            p.state = HaState::Active;
+            p.epoch = p.epoch.max(epoch);
+        }
+        self.transition(
+            HaState::Standby,
+            format!("handed off to {name} ({})", h.reason),
+            watermark,
+            out,
+        );
+        out.push(Action::HandoffEnded(Ok(())));
+        if h.shutdown {
+            out.push(Action::ShutdownReady);
         }
     }
 
@@ -141,9 +153,23 @@ impl Machine {
         if self.is_stale(&ps) {
             return;
         }
+        if self.predates_our_handoff(&ps) {
+            self.last_peer_ms = now;
+            return;
+        }
         self.peer_heard(ps, now, watermark, out);
         self.evaluate(now, watermark, out);
         self.settle_fence(now, out);
+    }
+
+    /// Whether `ps` is the ACTIVE status of the node whose handoff this node took, sent
+    /// before that node read our ack (a heartbeat of its still-ACTIVE phase): it is alive,
+    /// but its state is old news. Taken as news it made every handoff look like two ACTIVE
+    /// nodes meeting (a split-brain warning on each preemption) and, for a moment, left no
+    /// standby peer to hand back to.
+    fn predates_our_handoff(&self, ps: &PeerStatus) -> bool {
+        matches!(self.phase, Phase::Active { handoff_taken: Some(e), .. }
+            if ps.state == HaState::Active && ps.epoch <= e)
     }
 
     /// Whether `ps` is older than the status already applied (a copy that took the slower
@@ -245,7 +271,14 @@ impl Machine {
         match (self.state(), p.state) {
             (HaState::Active, HaState::Active) => {
                 if self.handoff().is_some() {
-                    return; // the planned overlap of a handoff; the ack ends it
+                    // The planned overlap of a handoff ends with the ack, or with the taker's
+                    // ACTIVE status under a newer epoch when that comes first (a datagram
+                    // outrunning an ack stuck behind a slow link: the sim saw 390 ms of two
+                    // ACTIVE nodes waiting for it).
+                    if p.epoch > self.epoch {
+                        self.handoff_taken(p.epoch, watermark, out);
+                    }
+                    return;
                 }
                 let peer_wins = p.epoch > self.epoch
                     || (p.epoch == self.epoch && wins_tie(&p.role, &p.node, &self.cfg));

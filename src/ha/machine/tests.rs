@@ -837,6 +837,64 @@ fn the_taker_of_a_handoff_announces_again_once_the_old_owner_let_go() {
 }
 
 #[test]
+fn the_givers_heartbeat_sent_before_it_read_the_ack_is_old_news_not_a_split_brain() {
+    let b_active = ps("node-b", Role::Secondary, HaState::Active, 2);
+    let mut a = connected(primary(), b_active.clone(), HaState::Standby, 0);
+    a.step(
+        Input::Peer(Control::Handoff {
+            reason: "preemption by primary node-a".into(),
+            epoch: 2,
+        }),
+        1000,
+        0,
+    );
+    assert_eq!((a.state(), a.epoch()), (HaState::Active, 3));
+    // B's heartbeat of its last ACTIVE moment, on the link and as a datagram.
+    for input in [
+        Input::Peer(Control::Status(b_active.clone())),
+        Input::Datagram {
+            path: 0,
+            status: b_active.clone(),
+        },
+    ] {
+        let out = a.step(input, 1001, 0);
+        let names: Vec<String> = out.iter().map(action_name).collect();
+        assert!(
+            !names.iter().any(|n| n == "ha.split_brain"),
+            "a handoff logged as a split brain: {names:?}"
+        );
+        assert_eq!(a.state(), HaState::Active);
+        assert_eq!(a.peer().map(|p| p.state), Some(HaState::Standby));
+    }
+}
+
+#[test]
+fn a_giver_that_hears_the_taker_active_on_any_path_before_the_ack_stands_by() {
+    // The giver is the primary here (an API handoff), the taker node-b.
+    let peer = ps("node-b", Role::Secondary, HaState::Standby, 1);
+    let mut b = connected(primary(), peer, HaState::Active, 2);
+    let out = b.step(Input::ApiFailover, 1000, 0);
+    assert!(
+        b.handoff_pending(),
+        "{:?}",
+        out.iter().map(action_name).collect::<Vec<_>>()
+    );
+    // node-b took it (epoch 3) and its datagram outran the ack, stuck behind a slow link.
+    let out = b.step(
+        Input::Datagram {
+            path: 0,
+            status: ps("node-b", Role::Secondary, HaState::Active, 3),
+        },
+        1010,
+        0,
+    );
+    let names: Vec<String> = out.iter().map(action_name).collect();
+    assert_eq!(b.state(), HaState::Standby, "{names:?}");
+    assert!(names.iter().any(|n| n == "handoff_done"), "{names:?}");
+    assert!(!b.handoff_pending());
+}
+
+#[test]
 fn after_a_dual_active_meeting_the_winner_hands_back_to_the_primary_only_after_failover_ms() {
     // B (secondary, epoch 2) won against a resumed A (primary, epoch 1); A steps down and,
     // with preempt, asks for the service back at once.
