@@ -397,6 +397,7 @@ impl NodeTask {
         // Before any action: a fence revokes DHCP's lease at once, a takeover finds it valid.
         self.renew_serve_lease(now);
         // The status first: whoever an action wakes (shutdown, the API) sees the new state.
+        self.record_transitions(&actions);
         self.publish_status();
         for a in actions {
             self.act(a);

@@ -43,16 +43,6 @@ impl NodeTask {
             self.metrics.set_state(new);
             self.metrics.epoch.set(self.m.epoch() as i64);
             let _ = self.serving_tx.send(new);
-            if self.history.len() == TRANSITION_HISTORY {
-                self.history.pop_front();
-            }
-            self.history.push_back(HaTransition {
-                at: crate::events::now_ms(),
-                from: old,
-                to: new,
-                epoch: self.m.epoch(),
-                reason: reason.clone(),
-            });
             tracing::info!(
                 event = kind.as_str(),
                 old_state = %old,
@@ -78,6 +68,29 @@ impl NodeTask {
                 epoch: self.m.epoch(),
             }),
         ));
+    }
+
+    /// Keeps the last transitions for the status, recorded before the status that shows
+    /// their new state is published (a reader never sees a state its history lacks).
+    pub(super) fn record_transitions(&mut self, actions: &[crate::ha::machine::Action]) {
+        for a in actions {
+            let crate::ha::machine::Action::Transition { old, new, reason } = a else {
+                continue;
+            };
+            if old == new {
+                continue;
+            }
+            if self.history.len() == TRANSITION_HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(HaTransition {
+                at: crate::events::now_ms(),
+                from: *old,
+                to: *new,
+                epoch: self.m.epoch(),
+                reason: reason.clone(),
+            });
+        }
     }
 
     pub(super) fn publish_status(&mut self) {

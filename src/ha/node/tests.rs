@@ -502,7 +502,11 @@ async fn the_status_keeps_the_last_ten_transitions_with_their_reasons() {
         "{st:?}"
     );
     let last = st.transitions.last().expect("a transition");
-    assert_eq!((last.from, last.to), (HaState::Standby, HaState::Active));
+    assert_eq!(
+        (last.from, last.to),
+        (HaState::Standby, HaState::Active),
+        "{st:?}"
+    );
     assert_eq!(last.epoch, st.epoch);
     assert_eq!(last.reason, "handoff from node-b (API request)");
     let before = &st.transitions[st.transitions.len() - 2];
