@@ -5,8 +5,11 @@
 #   sudo benches/failover.sh [--runs 5] [--systems "athena athena-fast keepalived keepalived-tuned hook"]
 #                            [--scenarios "kill host hung stop preempt"] [--tsv FILE] [--no-build]
 #   sudo benches/failover.sh --idle [SECONDS] [--systems athena|athena-fast] [--no-build]
-#   add --check to either: exit 1 when an athena-dhcpd figure misses README's target (the
+#   sudo benches/failover.sh --dns-cache [--runs 5] [--systems "athena keepalived"] [--names 1000]
+#                            [--repeat 10] [--rate 2000] [--upstream-delay 20] [--no-build]
+#   add --check to any: exit 1 when an athena-dhcpd figure misses README's target (the
 #   table is printed first, then one "CHECK FAILED" line per miss)
+#   BIN=... PROBE=...: use these binaries instead of building (e.g. another checkout's)
 #
 # The lab is shared/lab/lab.sh's: a bridge in its own namespace (the switch), node A 10.0.0.1,
 # node B 10.0.0.2, client 10.0.0.10, VIP 10.0.0.3/24; nothing is configured in the host's own
@@ -37,6 +40,23 @@
 # Every run starts from a fresh lab and fresh daemons, and is bounded (RUN_MAX seconds).
 # Results: one TSV line per run, and a table of min/median/max per system and scenario.
 #
+# DNS cache mode (--dns-cache): how warm the new active node's cache is after a kill -9 of the
+# active one. The lab gets a fourth node, the upstream (10.0.0.53: benches/slow-upstream.py
+# answering NAMES names host<i>.bench.lan, TTL 1 h, UPSTREAM_DELAY ms (--upstream-delay, 20)
+# after each query as a resolver out on the Internet would, and logging every query it gets,
+# so the queries that reached it from each node are counted), and both nodes forward to it (athena-dhcpd: `forwarders`,
+# cache_size 10000; dnsmasq: `--server`, `--cache-size=10000`). One run: a client (dnsperf in
+# the client namespace, through the VIP) asks every name once (the warm-up), then the
+# measured load: the NAMES names REPEAT times over (10,000 queries by default, each name's
+# REPEAT asks spread over the run) at RATE queries/s — the steady state, on A; then A's DNS
+# service is killed with -9, and as soon as the VIP answers from B the same load again — the
+# first queries on the new active. Per phase: hit rate = 1 - (queries the upstream got from the
+# serving node during the phase) / (queries answered), p99 latency from dnsperf's per-query
+# lines, lost queries. athena-dhcpd's standby has resolved the names the active node's clients
+# asked (warm standby); keepalived's B runs a dnsmasq with a cold cache. Systems: athena,
+# athena-fast, keepalived, keepalived-tuned. Target (--check): after the failover a hit rate of
+# at least 95% and a p99 at most 1.5x the steady state's, for athena-dhcpd.
+#
 # Idle mode (--idle, default 600 s): no failure at all, to catch false failovers. Both nodes
 # run athena-fast (heartbeat 50ms, failover_timeout 150ms, witness 50ms), or the defaults with
 # --systems athena (one system per idle run), the client probes the
@@ -57,6 +77,11 @@ BUILD=1
 IDLE=
 SYSTEMS_SET=0
 CHECK=0
+DNS_CACHE=0
+NAMES=1000
+REPEAT=10
+RATE=2000
+UPSTREAM_DELAY=20
 RUN_MAX=${RUN_MAX:-40}
 INTERVAL=${INTERVAL:-20ms}
 while [ $# -gt 0 ]; do
@@ -68,6 +93,11 @@ while [ $# -gt 0 ]; do
     --no-build) BUILD=0; shift ;;
     --check) CHECK=1; shift ;;
     --idle) if [[ ${2:-} =~ ^[0-9]+$ ]]; then IDLE=$2; shift 2; else IDLE=600; shift; fi ;;
+    --dns-cache) DNS_CACHE=1; shift ;;
+    --names) NAMES=$2; shift 2 ;;
+    --repeat) REPEAT=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --upstream-delay) UPSTREAM_DELAY=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -85,6 +115,11 @@ if [ -n "$IDLE" ]; then
   [ "$SYSTEMS_SET" = 1 ] || SYSTEMS=athena-fast
   case "$SYSTEMS" in athena|athena-fast) ;; *) die "--idle runs one of athena, athena-fast (got: $SYSTEMS)" ;; esac
 fi
+if [ "$DNS_CACHE" = 1 ]; then
+  # The default systems of this mode; --systems after --dns-cache still wins.
+  [ "$SYSTEMS_SET" = 1 ] || SYSTEMS="athena keepalived"
+  need dnsperf dnsperf; need python3 python3
+fi
 case " $SYSTEMS " in *" keepalived"*) need keepalived keepalived; need dnsmasq dnsmasq ;; esac
 [ -n "$IDLE" ] && need taskset util-linux
 if [ ${#missing[@]} -gt 0 ]; then
@@ -93,19 +128,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
+if [ -n "${BIN:-}" ]; then BUILD=0; fi
 if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release --quiet --bin athena-dhcpd --example vipprobe) || die "build failed"
 fi
-BIN=$ROOT/target/release/athena-dhcpd
-PROBE=$ROOT/target/release/examples/vipprobe
+BIN=${BIN:-$ROOT/target/release/athena-dhcpd}
+PROBE=${PROBE:-$ROOT/target/release/examples/vipprobe}
 HOOK=$ROOT/hooks/floating-ip.sh
 [ -x "$BIN" ] && [ -x "$PROBE" ] || die "build $BIN and $PROBE first (or drop --no-build)"
 
 P=fb$$
-SW=${P}sw A=${P}a B=${P}b C=${P}c
+SW=${P}sw A=${P}a B=${P}b C=${P}c U=${P}u
 WORK=$(mktemp -d /tmp/athena-failover.XXXXXX)
 VIP=10.0.0.3
 WHO=who.lab.test
+UPSTREAM=10.0.0.53
+READ_TOKEN=bench-read-token-0123456789abcdef
 [ -n "$TSV" ] || TSV=$WORK/results.tsv
 RD=$WORK  # the current run's directory (node logs and configs in $RD/a, $RD/b)
 
@@ -113,7 +151,7 @@ RD=$WORK  # the current run's directory (node logs and configs in $RD/a, $RD/b)
 exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
 lab_down() {
   local ns pids
-  for ns in "$C" "$A" "$B" "$SW"; do
+  for ns in "$C" "$A" "$B" "$U" "$SW"; do
     exists "$ns" || continue
     pids=$(ip netns pids "$ns" | tr '\n' ' ')
     if [ -n "${pids// /}" ]; then kill -CONT $pids 2>/dev/null; kill -KILL $pids 2>/dev/null; fi
@@ -130,14 +168,17 @@ port() {  # port NS ADDR
 }
 lab_up() {
   lab_down
-  local ns
-  for ns in "$SW" "$A" "$B" "$C"; do
+  local ns all=("$SW" "$A" "$B" "$C")
+  [ "$DNS_CACHE" = 1 ] && all+=("$U")
+  for ns in "${all[@]}"; do
     ip netns add "$ns"; ip -n "$ns" link set lo up
     ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
   done
   ip -n "$SW" link add br0 type bridge stp_state 0 forward_delay 0
   ip -n "$SW" link set br0 up
   port "$A" 10.0.0.1; port "$B" 10.0.0.2; port "$C" 10.0.0.10
+  [ "$DNS_CACHE" = 1 ] && port "$U" "$UPSTREAM"
+  return 0
 }
 HOGS=()
 cleanup() {
@@ -180,6 +221,7 @@ athena_config() {  # NODE HB FT WITNESS ROUTE(vip|hook)
 node_name = "node-$n"
 lease_db = "$dir/leases.redb"
 $([ "$route" = hook ] && echo 'drop_privileges = false')
+$([ "$DNS_CACHE" = 1 ] && printf '\n[api]\nread_token = "%s"\n' "$READ_TOKEN")
 
 [ha]
 enabled = true
@@ -195,6 +237,7 @@ shared_secret = "bench-shared-secret-0123456789abcdef"
 enabled = true
 listen_udp = "0.0.0.0:53"
 domain = "lab.test"
+$([ "$DNS_CACHE" = 1 ] && printf 'forwarders = ["%s"]\ncache_size = 10000\n' "$UPSTREAM")
 
 [[dns.record]]
 name = "$WHO"
@@ -297,8 +340,10 @@ EOF
 }
 
 dnsmasq_start() {  # NODE
+  local fwd=()
+  [ "$DNS_CACHE" = 1 ] && fwd=(--server="$UPSTREAM" --cache-size=10000)
   ip netns exec "$(ns_of "$1")" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv \
-    --no-hosts --port=53 --user=root --host-record=$WHO,"$(who_of "$1")" --local-ttl=1 \
+    --no-hosts --port=53 --user=root --host-record=$WHO,"$(who_of "$1")" --local-ttl=1 "${fwd[@]}" \
     --pid-file="$RD/$1/dnsmasq.pidfile" --log-facility="$RD/$1/dnsmasq.log" >>"$RD/$1/dnsmasq.out" 2>&1 &
   echo $! >"$RD/$1/dnsmasq.pid"
 }
@@ -471,16 +516,145 @@ idle_run() {  # SECONDS
   fi
 }
 
-if [ -n "$IDLE" ]; then
-  idle_run "$IDLE"
-  exit $?
-fi
-
 stats() {  # values... -> "min median max"
   [ $# -gt 0 ] || { echo "- - -"; return; }
   printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {if (NR==0) {print "- - -"; exit}
     m = (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2; printf "%g %g %g\n", v[1], m, v[NR]}'
 }
+
+# --- DNS cache mode: how warm is the new active node's cache? -----------------------------------
+# The client's loads (the upstream knows host1..hostNAMES.bench.lan, TTL 1 h: nothing expires
+# during a run).
+dns_cache_data() {
+  local i
+  : >"$WORK/names-once.txt"
+  for i in $(seq 1 "$NAMES"); do echo "host$i.bench.lan A" >>"$WORK/names-once.txt"; done
+  : >"$WORK/names-load.txt"
+  for i in $(seq 1 "$REPEAT"); do cat "$WORK/names-once.txt" >>"$WORK/names-load.txt"; done
+}
+upstream_start() {  # the upstream on UPSTREAM:53, UPSTREAM_DELAY ms away, logging every query
+  ip netns exec "$U" python3 "$ROOT/benches/slow-upstream.py" --listen "$UPSTREAM" --port 53 \
+    --delay-ms "$UPSTREAM_DELAY" --ttl 3600 --names "$NAMES" --log "$RD/upstream.log" >>"$RD/upstream.out" 2>&1 &
+  wait_until 10 upstream_answers
+}
+upstream_answers() {  # dig +short prints its errors on stdout too: only an address is an answer
+  ip netns exec "$C" dig +short +time=1 +tries=1 @$UPSTREAM host1.bench.lan A 2>/dev/null | grep -q '^[0-9]'
+}
+dns_stats() {  # NODE: /api/v1/dns/stats (the read token: the request does not come from loopback)
+  ip netns exec "$(ns_of "$1")" timeout 2 bash -c "exec 3<>/dev/tcp/$(addr_of "$1")/8067 &&
+    printf 'GET /api/v1/dns/stats HTTP/1.0\r\nAuthorization: Bearer $READ_TOKEN\r\n\r\n' >&3 && cat <&3" 2>/dev/null
+}
+# Queries the upstream logged from addresses matching SOURCES (an ERE), past line SKIP.
+upstream_queries() {  # SKIP SOURCES
+  tail -n +"$(($1 + 1))" "$RD/upstream.log" 2>/dev/null | grep -cE "^($2) "
+}
+upstream_lines() { wc -l <"$RD/upstream.log" 2>/dev/null || echo 0; }
+# One load through the VIP; prints "completed lost p99_ms".
+dns_load() {  # FILE OUT
+  ip netns exec "$C" dnsperf -s $VIP -p 53 -d "$1" -n 1 -c 1 -q 100 -t 2 -Q "$RATE" -v >"$2" 2>&1
+  local done_q lost p99
+  done_q=$(awk '/Queries completed/ {print $3; exit}' "$2")
+  lost=$(awk '/Queries lost/ {print $3; exit}' "$2")
+  p99=$(awk '/^> / && $2 != "T" {print $NF}' "$2" | sort -g |
+    awk '{a[NR] = $1} END {if (!NR) {print "-"; exit} i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", a[i] * 1000}')
+  echo "${done_q:-0} ${lost:-?} $p99"
+}
+# One run: prints "steady_hit steady_p99 steady_lost after_hit after_p99 after_lost
+# after_upstream takeover_ms" or "ERR reason".
+dns_cache_once() {  # SYSTEM RUN
+  local sys=$1 t0 t1 skip sd sl sp su ad al ap au m
+  RD=$WORK/$1-dns-cache-$2
+  lab_up; mkdir -p "$RD/a" "$RD/b"
+  upstream_start || { echo "ERR upstream"; return; }
+  up "$sys" || { echo "ERR start"; return; }
+  # The client asks every name once through the VIP: A's cache (and, with athena-dhcpd, the
+  # standby's through the peer link) learns them.
+  dns_load "$WORK/names-once.txt" "$RD/warmup.txt" >/dev/null
+  skip=$(upstream_lines)
+  read -r sd sl sp <<<"$(dns_load "$WORK/names-load.txt" "$RD/steady.txt")"
+  sleep 0.5  # the upstream's log lines of the phase's last queries
+  su=$(upstream_queries "$skip" "10\.0\.0\.1|10\.0\.0\.3")
+  vip_answers a || { echo "ERR A-not-serving-after-steady"; return; }
+  case "$sys" in
+    athena*) for m in a b; do  # the warm-standby counts of /api/v1/dns/stats (no token needed)
+        echo "$m $(dns_stats $m | sed -n 's/.*"warm":\({[^}]*}\).*/\1/p')"
+      done >"$RD/warm-before-kill.txt" ;;
+  esac
+  t0=$(date +%s%N)
+  event "$sys" kill
+  wait_until "$RUN_MAX" vip_answers b || { echo "ERR no-failover"; return; }
+  t1=$(date +%s%N)
+  skip=$(upstream_lines)
+  read -r ad al ap <<<"$(dns_load "$WORK/names-load.txt" "$RD/after.txt")"
+  sleep 0.5
+  au=$(upstream_queries "$skip" "10\.0\.0\.2|10\.0\.0\.3")
+  [ "${sd:-0}" -gt 0 ] && [ "${ad:-0}" -gt 0 ] || { echo "ERR no-answers"; return; }
+  awk -v sd="$sd" -v su="$su" -v sp="$sp" -v sl="$sl" -v ad="$ad" -v au="$au" -v ap="$ap" -v al="$al" \
+    -v tk=$(((t1 - t0) / 1000000)) 'BEGIN {
+      printf "%.4f %s %s %.4f %s %s %d %d\n", 1 - su / sd, sp, sl, 1 - au / ad, ap, al, au, tk }'
+}
+dns_cache_main() {
+  local sys r res sh sp sl ah ap al au tk
+  dns_cache_data
+  printf 'system\trun\tsteady_hit\tsteady_p99_ms\tsteady_lost\tafter_hit\tafter_p99_ms\tafter_lost\tafter_upstream_queries\ttakeover_ms\n' >"$TSV"
+  echo "DNS cache failover benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r);" \
+    "runs=$RUNS names=$NAMES repeat=$REPEAT rate=$RATE; work dir $WORK" >&2
+  declare -A HIT P99S P99A RATIO LOST UPQ
+  for sys in $SYSTEMS; do
+    case "$sys" in athena|athena-fast|keepalived|keepalived-tuned) ;; *) die "--dns-cache: unknown system $sys" ;; esac
+    for r in $(seq 1 "$RUNS"); do
+      res=$(dns_cache_once "$sys" "$r")
+      echo "  $sys run $r: $res" >&2
+      if [[ $res == ERR* ]]; then printf '%s\t%s\t%s\n' "$sys" "$r" "$res" >>"$TSV"; continue; fi
+      read -r sh sp sl ah ap al au tk <<<"$res"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$r" "$sh" "$sp" "$sl" "$ah" "$ap" "$al" "$au" "$tk" >>"$TSV"
+      HIT[$sys]+=" $ah"; P99S[$sys]+=" $sp"; P99A[$sys]+=" $ap"; LOST[$sys]+=" $al"; UPQ[$sys]+=" $au"
+      RATIO[$sys]+=" $(awk -v a="$ap" -v s="$sp" 'BEGIN {printf "%.2f", (s > 0 ? a / s : 0)}')"
+    done
+  done
+  lab_down
+  echo
+  echo "The first $((NAMES * REPEAT)) queries ($NAMES names asked before, $REPEAT times each, $RATE/s) on the new active node after a kill -9 of A's DNS service, against the same load on A before it; min / median / max of $RUNS runs."
+  printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s |\n' system "hit rate after" "upstream queries" "p99 ms steady" "p99 ms after" "p99 after / steady" "lost after"
+  printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- ------------------ ------------------------ ------------------------ ---------------------- ------------
+  for sys in $SYSTEMS; do
+    [ -n "${HIT[$sys]:-}" ] || { echo "| $sys | no successful run (see $TSV) |"; continue; }
+    # shellcheck disable=SC2086
+    printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s |\n' "$sys" \
+      "$(stats ${HIT[$sys]} | sed 's# # / #g')" "$(stats ${UPQ[$sys]} | sed 's# # / #g')" \
+      "$(stats ${P99S[$sys]} | sed 's# # / #g')" "$(stats ${P99A[$sys]} | sed 's# # / #g')" \
+      "$(stats ${RATIO[$sys]} | sed 's# # / #g')" "$(stats ${LOST[$sys]} | sed 's# # / #g')"
+  done
+  echo "per-run figures: $TSV; dnsperf output, the upstream's query log and the nodes' logs per run under $WORK"
+  if [ "$CHECK" = 1 ]; then  # README's targets, on the worst run: hit rate >= 95%, p99 <= 1.5x steady
+    local bad=0 lo hi
+    for sys in athena athena-fast; do
+      case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
+      [ -n "${HIT[$sys]:-}" ] || { echo "CHECK FAILED: $sys: no successful run"; bad=1; continue; }
+      # shellcheck disable=SC2086
+      read -r lo _ _ <<<"$(stats ${HIT[$sys]})"
+      # shellcheck disable=SC2086
+      read -r _ _ hi <<<"$(stats ${RATIO[$sys]})"
+      if awk -v v="$lo" 'BEGIN {exit !(v < 0.95)}'; then
+        echo "CHECK FAILED: $sys: hit rate after the failover $lo, target >= 0.95"; bad=1
+      fi
+      if awk -v v="$hi" 'BEGIN {exit !(v > 1.5)}'; then
+        echo "CHECK FAILED: $sys: p99 after / steady $hi, target <= 1.5"; bad=1
+      fi
+    done
+    [ "$bad" = 0 ] && echo "check: athena-dhcpd meets README's warm-cache targets"
+    return $bad
+  fi
+}
+
+if [ -n "$IDLE" ]; then
+  idle_run "$IDLE"
+  exit $?
+fi
+if [ "$DNS_CACHE" = 1 ]; then
+  dns_cache_main
+  exit $?
+fi
 
 printf 'system\tscenario\trun\toutage_ms\tfailed_queries\n' >"$TSV"
 echo "failover benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r); runs=$RUNS interval=$INTERVAL; work dir $WORK" >&2
