@@ -1,13 +1,14 @@
-//! DNS that outlives its upstreams: serve-stale (RFC 8767), prefetch, conditional forwarding
-//! (`[[dns.zone_override]]`) and hostile upstream replies, over real sockets against a fake
-//! upstream written here whose behaviour each test switches while the proxy runs.
+//! DNS that outlives its upstreams: serve-stale (RFC 8767) with its client response timer,
+//! prefetch, conditional forwarding (`[[dns.zone_override]]`), hostile upstream replies and
+//! reloads of these settings, over real sockets against a fake upstream written here whose
+//! behaviour each test switches while the proxy runs.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use athena_dhcpd::config::{DnsConfig, DnsZoneOverride, Dur};
+use athena_dhcpd::config::{Config, DnsConfig, DnsZoneOverride, Dur};
 use athena_dhcpd::dns::{self, DnsOptions, DnsServer};
 use athena_dhcpd::health::Health;
 use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
@@ -24,6 +25,9 @@ const SILENT: u8 = 1;
 const SERVFAIL: u8 = 2;
 /// Before the real reply: one with a wrong ID, one for another question, one of garbage.
 const HOSTILE_FIRST: u8 = 3;
+/// Answers, but only [`SLOW_BY`] after the query came in.
+const SLOW: u8 = 4;
+const SLOW_BY: Duration = Duration::from_secs(3);
 
 struct Upstream {
     addr: SocketAddr,
@@ -90,6 +94,14 @@ impl Upstream {
                 let qname = q.queries()[0].name().clone();
                 match mode {
                     SILENT => continue,
+                    SLOW => {
+                        let late = reply(q.id(), qname, ResponseCode::NoError);
+                        let udp = udp.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(SLOW_BY).await;
+                            let _ = udp.send_to(&late, from).await;
+                        });
+                    }
                     SERVFAIL => {
                         let _ = udp
                             .send_to(&reply(q.id(), qname, ResponseCode::ServFail), from)
@@ -330,6 +342,179 @@ async fn without_serve_stale_or_past_stale_max_an_expired_name_gets_servfail() {
         ResponseCode::ServFail,
         "stale_max = 1s after the 1 s TTL ran out"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client response timer (RFC 8767 §5): a slow upstream, not a dead one
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_clients_the_stale_answer_after_the_client_timeout_and_refreshes_the_cache_later(
+) {
+    let up = Upstream::start(1, 1).await;
+    let mut cfg = config(&[up.addr]);
+    // Longer than the upstream's delay: it is slow, not failed.
+    cfg.upstream_timeout = Dur::secs(5);
+    assert_eq!(
+        cfg.stale_answer_client_timeout,
+        Dur::millis(1800),
+        "the default"
+    );
+    let p = start(cfg, Duration::from_secs(30));
+    let dns = p.server.udp_addr();
+    assert_eq!(a_of(&ask(dns, "slow.example.com").await), Some((ip(1), 1)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The upstream now takes 3 s, and has a new address for the name.
+    up.octet.store(2, Ordering::SeqCst);
+    up.ttl.store(300, Ordering::SeqCst);
+    up.set(SLOW);
+    let asked = Instant::now();
+    let timed = async |name: &'static str| {
+        let m = ask(dns, name).await;
+        (a_of(&m), asked.elapsed())
+    };
+    // The expired name, and at the same time a name never seen (nothing stale to give).
+    let ((stale, stale_took), (new, new_took)) =
+        tokio::join!(timed("slow.example.com"), timed("new.example.com"));
+    assert_eq!(stale, Some((ip(1), 30)), "the expired answer, TTL 30 s");
+    assert!(
+        stale_took >= Duration::from_millis(1700) && stale_took < Duration::from_millis(2700),
+        "answered stale after the 1.8 s client timeout, not the upstream's 3 s: {stale_took:?}"
+    );
+    assert_eq!(
+        new,
+        Some((ip(2), 300)),
+        "a name never seen waits for the upstream"
+    );
+    assert!(new_took >= Duration::from_millis(2900), "{new_took:?}");
+    assert_eq!(up.asked("slow.example.com."), 2);
+    // The upstream's late answer was stored by the query still running: fresh, and no
+    // second upstream query for it.
+    let m = ask(dns, "slow.example.com").await;
+    assert_eq!(a_of(&m).map(|(a, _)| a), Some(ip(2)), "{m:?}");
+    assert!(a_of(&m).is_some_and(|(_, ttl)| ttl > 290));
+    assert_eq!(up.asked("slow.example.com."), 2);
+    assert_eq!(outcome(&p, "stale"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_the_client_timeout_and_the_slow_answer_queries_get_the_stale_answer_at_once() {
+    let up = Upstream::start(1, 1).await;
+    let mut cfg = config(&[up.addr]);
+    cfg.upstream_timeout = Dur::secs(5);
+    cfg.stale_answer_client_timeout = Dur::millis(500);
+    let p = start(cfg, Duration::from_secs(30));
+    let dns = p.server.udp_addr();
+    ask(dns, "slow.example.com").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    up.octet.store(2, Ordering::SeqCst);
+    up.set(SLOW);
+    let asked = Instant::now();
+    assert_eq!(a_of(&ask(dns, "slow.example.com").await), Some((ip(1), 30)));
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "the configured 500 ms: {took:?}"
+    );
+    let asked = Instant::now();
+    assert_eq!(a_of(&ask(dns, "slow.example.com").await), Some((ip(1), 30)));
+    assert!(
+        asked.elapsed() < Duration::from_millis(300),
+        "at once: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        up.asked("slow.example.com."),
+        2,
+        "no second upstream query meanwhile"
+    );
+    eventually(
+        "the slow answer stored",
+        Duration::from_secs(4),
+        async || a_of(&ask(dns, "slow.example.com").await).is_some_and(|(a, _)| a == ip(2)),
+    )
+    .await;
+    assert_eq!(up.asked("slow.example.com."), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_client_timeout_off_clients_wait_for_the_slow_upstream() {
+    let up = Upstream::start(1, 1).await;
+    let mut cfg = config(&[up.addr]);
+    cfg.upstream_timeout = Dur::secs(5);
+    cfg.stale_answer_client_timeout = Dur::secs(0);
+    let p = start(cfg, Duration::from_secs(30));
+    let dns = p.server.udp_addr();
+    ask(dns, "slow.example.com").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    up.octet.store(2, Ordering::SeqCst);
+    up.set(SLOW);
+    let asked = Instant::now();
+    let m = ask(dns, "slow.example.com").await;
+    assert_eq!(a_of(&m).map(|(a, _)| a), Some(ip(2)));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(outcome(&p, "stale"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload (the channel the daemon's SIGHUP handler sends to)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_zone_overrides_and_serve_stale() {
+    let default_up = Upstream::start(1, 1).await;
+    let corp = Upstream::start(7, 300).await;
+    let mut cfg = config(&[default_up.addr]);
+    cfg.serve_stale = false;
+    let p = start(cfg.clone(), Duration::from_secs(1));
+    let mut full = Config {
+        dns: cfg,
+        ..Default::default()
+    };
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(full.clone()));
+    let stop = CancellationToken::new();
+    p.server.follow_config(rx, stop.clone());
+    let dns = p.server.udp_addr();
+    assert_eq!(a_of(&ask(dns, "a.corp.example").await), Some((ip(1), 1)));
+    assert_eq!(a_of(&ask(dns, "www.example.com").await), Some((ip(1), 1)));
+
+    full.dns.zone_overrides = vec![DnsZoneOverride {
+        zone: "corp.example".into(),
+        forwarders: vec![corp.addr.to_string()],
+    }];
+    full.dns.serve_stale = true;
+    tx.send(Arc::new(full.clone())).unwrap();
+    eventually(
+        "the new zone override",
+        Duration::from_secs(5),
+        async || a_of(&ask(dns, "b.corp.example").await).is_some_and(|(a, _)| a == ip(7)),
+    )
+    .await;
+    assert_eq!(corp.asked("b.corp.example."), 1);
+    assert_eq!(
+        p.server.stats()["zone_overrides"][0]["zone"],
+        "corp.example"
+    );
+
+    // serve_stale is on now: the default upstream dies, the expired name is answered stale.
+    default_up.set(SILENT);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(a_of(&ask(dns, "www.example.com").await), Some((ip(1), 30)));
+
+    // And off again: the same name, still unanswerable upstream, gets SERVFAIL.
+    full.dns.serve_stale = false;
+    full.dns.zone_overrides.clear();
+    tx.send(Arc::new(full)).unwrap();
+    eventually("serve-stale off", Duration::from_secs(5), async || {
+        ask(dns, "www.example.com").await.response_code() == ResponseCode::ServFail
+    })
+    .await;
+    assert!(p.server.stats()["zone_overrides"]
+        .as_array()
+        .is_some_and(|z| z.is_empty()));
+    stop.cancel();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,6 +31,11 @@ pub struct DnsConfig {
     pub serve_stale: bool,
     /// How long after its expiry a cached answer may still be served stale.
     pub stale_max: Dur,
+    /// RFC 8767's client response timer (BIND's `stale-answer-client-timeout`): how long a
+    /// client asking for an expired name waits on a slow upstream before it gets the stale
+    /// answer (the upstream query goes on and refreshes the cache). "0s": wait until every
+    /// forwarder answered or failed.
+    pub stale_answer_client_timeout: Dur,
     #[serde(rename = "record")]
     pub records: Vec<DnsRecordConfig>,
     /// Conditional forwarding: names at or below a zone go to its own forwarders.
@@ -71,6 +76,7 @@ impl Default for DnsConfig {
             lease_ttl: Dur::secs(300),
             serve_stale: true,
             stale_max: Dur::secs(86_400),
+            stale_answer_client_timeout: Dur::millis(1800),
             records: Vec::new(),
             zone_overrides: Vec::new(),
         }
@@ -85,6 +91,14 @@ impl DnsConfig {
     pub fn stale_window(&self) -> Duration {
         if self.serve_stale {
             self.stale_max.0
+        } else {
+            Duration::ZERO
+        }
+    }
+    /// The client response timer in force; zero (off) when `serve_stale` is off.
+    pub fn stale_client_timeout(&self) -> Duration {
+        if self.serve_stale {
+            self.stale_answer_client_timeout.0
         } else {
             Duration::ZERO
         }

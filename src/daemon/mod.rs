@@ -181,8 +181,8 @@ async fn wait_for_signals(
     }
 }
 
-/// SIGHUP: re-reads the file; DHCP (subnets, pools, reservations, options, timers), hooks
-/// and DNS records follow the new config at once, anything else that changed is named so
+/// SIGHUP: re-reads the file; DHCP (subnets, pools, reservations, options, timers), hooks,
+/// DNS records, forwarders, zone overrides and serve-stale settings follow the new config at once, anything else that changed is named so
 /// the admin knows a restart is needed. A file that fails validation changes nothing.
 fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
     let new = match config::load(path) {
@@ -199,7 +199,7 @@ fn reload(path: &std::path::Path, config_tx: &watch::Sender<Arc<Config>>) {
     } else {
         tracing::warn!(
             sections = ?needs_restart,
-            "config reloaded from {}; subnets, pools, reservations, options, client classes, hooks and DNS records applied; changes to {} take effect after a restart",
+            "config reloaded from {}; subnets, pools, reservations, options, client classes, hooks, DNS records, forwarders, zone overrides and serve-stale settings applied; changes to {} take effect after a restart",
             path.display(),
             needs_restart.join(", ")
         );
@@ -219,10 +219,19 @@ pub fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     if j(&old.ha) != j(&new.ha) {
         out.push("[ha]");
     }
-    let (mut od, mut nd) = (old.dns.clone(), new.dns.clone());
-    od.records.clear();
-    nd.records.clear();
-    if j(&od) != j(&nd) {
+    // What a reload applies to the DNS proxy (`DnsServer::follow_config`) is left out.
+    let dns_needing_restart = |c: &Config| {
+        let mut d = c.dns.clone();
+        d.records.clear();
+        d.zone_overrides.clear();
+        d.forwarders.clear();
+        d.upstream_timeout = Default::default();
+        d.serve_stale = false;
+        d.stale_max = Default::default();
+        d.stale_answer_client_timeout = Default::default();
+        j(&d)
+    };
+    if dns_needing_restart(old) != dns_needing_restart(new) {
         out.push("[dns]");
     }
     // Subnets and defaults: the DHCP server follows the config watch, but the sockets it
@@ -242,4 +251,28 @@ pub fn restart_sections(old: &Config, new: &Config) -> Vec<&'static str> {
 
 fn j<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{DnsZoneOverride, Dur};
+
+    #[test]
+    fn dns_upstreams_and_serve_stale_reload_without_a_restart_and_the_cache_size_does_not() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.dns.forwarders = vec!["192.0.2.53".into()];
+        new.dns.upstream_timeout = Dur::secs(3);
+        new.dns.zone_overrides = vec![DnsZoneOverride {
+            zone: "corp.example".into(),
+            forwarders: vec!["10.1.1.53".into()],
+        }];
+        new.dns.serve_stale = false;
+        new.dns.stale_max = Dur::secs(600);
+        new.dns.stale_answer_client_timeout = Dur::secs(1);
+        assert!(restart_sections(&old, &new).is_empty());
+        new.dns.cache_size = 5;
+        assert_eq!(restart_sections(&old, &new), vec!["[dns]"]);
+    }
 }

@@ -33,7 +33,7 @@ pub(super) struct Common {
     pub(super) health: Health,
     /// One broadcast stops every task but the hooks (they outlive the rest, see [`stop`]).
     pub(super) shutdown: CancellationToken,
-    /// The running config; SIGHUP sends a new one (hooks and DNS records follow it).
+    /// The running config; SIGHUP sends a new one (hooks and the reloadable DNS settings follow it).
     config: watch::Receiver<Arc<Config>>,
 }
 

@@ -8,7 +8,8 @@
 //! Serve-stale (RFC 8767): with a `stale_max`, an expired entry is kept that long after its
 //! expiry. The lookup says [`Lookup::Expired`] (ask upstream, fall back to this) until a
 //! refresh failed ([`Cache::failed`]); from then on it says [`Lookup::Stale`] (answer at once)
-//! and hands one query every `stale_retry` the next background refresh.
+//! and hands one query every `stale_retry` the next background refresh. The limits can change
+//! at run time ([`Cache::set_stale`], a SIGHUP reload).
 //!
 //! Prefetch: the first hit in the last tenth of an entry's TTL is told to refresh it
 //! (`prefetch: true`), once per stored answer.
@@ -49,6 +50,9 @@ struct Lru {
     head: usize,
     tail: usize,
     capacity: usize,
+    /// Under the same lock as the entries: a reload changes it without a second lock on the
+    /// hit path.
+    stale: StalePolicy,
 }
 
 impl Lru {
@@ -118,7 +122,6 @@ pub struct StalePolicy {
 /// Thread-safe, cheap to share behind an `Arc`.
 pub struct Cache {
     lru: Mutex<Lru>,
-    stale: StalePolicy,
 }
 
 impl Cache {
@@ -129,7 +132,6 @@ impl Cache {
     pub fn with_stale(capacity: usize, stale: StalePolicy) -> Cache {
         let capacity = capacity.max(1);
         Cache {
-            stale,
             lru: Mutex::new(Lru {
                 map: HashMap::with_capacity(capacity.min(1 << 16)),
                 slots: Vec::new(),
@@ -137,8 +139,15 @@ impl Cache {
                 head: NIL,
                 tail: NIL,
                 capacity,
+                stale,
             }),
         }
+    }
+
+    /// Replaces the serve-stale limits (a config reload); applies to the entries already
+    /// stored from their next lookup on (a shorter `stale_max` drops those now past it).
+    pub fn set_stale(&self, stale: StalePolicy) {
+        self.lock().stale = stale;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Lru> {
@@ -165,7 +174,7 @@ impl Cache {
             return Lookup::Miss;
         }
         if now >= lru.slots[i].expires {
-            return self.expired(&mut lru, i, now);
+            return Self::expired(&mut lru, i, now);
         }
         lru.unlink(i);
         lru.push_front(i);
@@ -183,9 +192,10 @@ impl Cache {
     }
 
     #[cold]
-    fn expired(&self, lru: &mut Lru, i: usize, now: Instant) -> Lookup {
+    fn expired(lru: &mut Lru, i: usize, now: Instant) -> Lookup {
+        let stale = lru.stale;
         let s = &mut lru.slots[i];
-        if now >= s.expires + self.stale.max {
+        if now >= s.expires + stale.max {
             lru.remove(i);
             return Lookup::Miss;
         }
@@ -194,7 +204,7 @@ impl Cache {
             Some(t) => {
                 let refresh = now >= t;
                 if refresh {
-                    s.retry_at = Some(now + self.stale.retry);
+                    s.retry_at = Some(now + stale.retry);
                 }
                 let answer = s.answer.clone();
                 lru.unlink(i);
@@ -207,14 +217,17 @@ impl Cache {
     /// A refresh of `key` failed upstream: the answer to give instead, if the entry is
     /// expired but within `stale_max` (and not a warm answer of a node that does not serve).
     /// Stale answers are then given at once for `stale_retry`.
+    /// Also called when the upstream is only slow (RFC 8767's client response timer ran
+    /// out): the forward goes on, and its answer, if any, replaces the entry as usual.
     pub fn failed(&self, key: &[u8], now: Instant, serving: bool) -> Option<Arc<Answer>> {
         let mut lru = self.lock();
+        let stale = lru.stale;
         let i = *lru.map.get(key)?;
         let s = &mut lru.slots[i];
-        if now < s.expires || now >= s.expires + self.stale.max || (s.warm && !serving) {
+        if now < s.expires || now >= s.expires + stale.max || (s.warm && !serving) {
             return None;
         }
-        s.retry_at = Some(now + self.stale.retry);
+        s.retry_at = Some(now + stale.retry);
         Some(s.answer.clone())
     }
 
@@ -425,6 +438,25 @@ mod tests {
         let t1 = t0 + Duration::from_secs(10);
         assert!(c.failed(b"k", t1, true).is_none());
         assert!(matches!(c.lookup(b"k", t1, true), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_new_stale_policy_applies_to_entries_already_stored() {
+        let c = Cache::new(10);
+        let t0 = Instant::now();
+        c.insert(b"k", answer("a.example."), 10, t0, false);
+        c.set_stale(StalePolicy {
+            max: Duration::from_secs(60),
+            retry: Duration::from_secs(5),
+        });
+        let t1 = t0 + Duration::from_secs(11);
+        assert!(matches!(c.lookup(b"k", t1, true), Lookup::Expired));
+        assert!(c.failed(b"k", t1, true).is_some(), "servable stale now");
+        c.set_stale(StalePolicy::default());
+        assert!(
+            matches!(c.lookup(b"k", t1, true), Lookup::Miss),
+            "serve_stale turned off: the expired entry goes"
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //!
 //! Life cycle: [`bind`] opens both sockets in `daemon::prepare` (port 53 needs
 //! CAP_NET_BIND_SERVICE, which is dropped afterwards); [`DnsServer::start`] spawns the
-//! serving loops inside the runtime; SIGHUP reloads follow the static records; lease events
-//! add and remove host names. [`probe`] is the HA witness: "does the VIP answer DNS?".
+//! serving loops inside the runtime; SIGHUP reloads apply the static records, the forwarders
+//! and zone overrides, and the serve-stale settings ([`DnsServer::follow_config`]); lease
+//! events add and remove host names. [`probe`] is the HA witness: "does the VIP answer DNS?".
 
 pub mod cache;
 pub mod metrics;
@@ -142,6 +143,8 @@ pub struct DnsServer {
     tcp_addr: SocketAddr,
     lease_source: Arc<std::sync::Mutex<Option<LeaseNames>>>,
     shutdown: CancellationToken,
+    /// `DnsOptions::stale_retry`, kept for the serve-stale policy of reloads.
+    stale_retry: Duration,
 }
 
 impl DnsServer {
@@ -159,29 +162,12 @@ impl DnsServer {
         let zone = zone::Zone::new(cfg, node)?;
         let res = Arc::new(server::Resolver::new(
             zone,
-            cache::Cache::with_stale(
-                cfg.cache_size,
-                cache::StalePolicy {
-                    max: cfg.stale_window(),
-                    retry: opts.stale_retry,
-                },
-            ),
-            upstream::Forwarders::new(
-                upstream::Upstreams::new(cfg.forwarder_addrs(), cfg.upstream_timeout.get()),
-                cfg.zone_overrides
-                    .iter()
-                    .map(|z| {
-                        let u = upstream::Upstreams::new(
-                            z.forwarder_addrs(),
-                            cfg.upstream_timeout.get(),
-                        );
-                        (z.zone.clone(), u)
-                    })
-                    .collect(),
-            ),
+            cache::Cache::with_stale(cfg.cache_size, stale_policy(cfg, opts.stale_retry)),
+            forwarders_of(cfg),
             metrics::DnsMetrics::new(registry),
             tokio::runtime::Handle::current(),
         ));
+        res.set_stale_client_timeout(cfg.stale_client_timeout());
         let ep = Arc::new(udp::UdpEndpoint::new(sockets.udp, IDLE_WAKE)?);
         let udp_addr = ep.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(sockets.tcp)?;
@@ -220,6 +206,7 @@ impl DnsServer {
             tcp_addr,
             lease_source: Default::default(),
             shutdown,
+            stale_retry: opts.stale_retry,
         })
     }
 
@@ -330,9 +317,15 @@ impl DnsServer {
         });
     }
 
-    /// Applies `[[dns.record]]` changes from SIGHUP reloads.
+    /// Applies SIGHUP reloads: `[[dns.record]]`; `forwarders`, `upstream_timeout` and
+    /// `[[dns.zone_override]]` (the upstreams are rebuilt, and their round-trip figures start
+    /// over, only when one of these changed); `serve_stale`, `stale_max` and
+    /// `stale_answer_client_timeout`. The rest of `[dns]` needs a restart
+    /// (`daemon::restart_sections`).
     pub fn follow_config(&self, mut rx: watch::Receiver<Arc<Config>>, shutdown: CancellationToken) {
         let res = self.resolver.clone();
+        let stale_retry = self.stale_retry;
+        let mut upstreams = UpstreamSettings::of(&rx.borrow().dns);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -340,14 +333,29 @@ impl DnsServer {
                     r = rx.changed() => if r.is_err() { return },
                 }
                 let cfg = rx.borrow_and_update().clone();
-                match res.with_zone(|z| z.set_records(&cfg.dns.records)) {
+                let dns = &cfg.dns;
+                match res.with_zone(|z| z.set_records(&dns.records)) {
                     Ok(()) => tracing::info!(
-                        records = cfg.dns.records.len(),
+                        records = dns.records.len(),
                         "DNS: {} static records loaded",
-                        cfg.dns.records.len()
+                        dns.records.len()
                     ),
                     Err(e) => tracing::error!("DNS: reload kept the old records: {e}"),
                 }
+                let now = UpstreamSettings::of(dns);
+                if now != upstreams {
+                    res.set_forwarders(forwarders_of(dns));
+                    tracing::info!(
+                        forwarders = ?dns.forwarders,
+                        zone_overrides = dns.zone_overrides.len(),
+                        upstream_timeout = %dns.upstream_timeout,
+                        "DNS: forwarders and {} zone overrides loaded",
+                        dns.zone_overrides.len()
+                    );
+                    upstreams = now;
+                }
+                res.cache.set_stale(stale_policy(dns, stale_retry));
+                res.set_stale_client_timeout(dns.stale_client_timeout());
             }
         });
     }
@@ -375,8 +383,8 @@ impl DnsServer {
             "inflight": r.inflight(),
             "serving": r.serving(),
             "warm": obj(m.warm_counts()),
-            "upstreams": r.forwarders.default_stats(),
-            "zone_overrides": r.forwarders.zone_stats().into_iter().map(|(zone, ups)| json!({"zone": zone, "upstreams": ups})).collect::<Vec<_>>(),
+            "upstreams": r.forwarders().default_stats(),
+            "zone_overrides": r.forwarders().zone_stats().into_iter().map(|(zone, ups)| json!({"zone": zone, "upstreams": ups})).collect::<Vec<_>>(),
             "zone": {"static_records": statics, "lease_names": leases},
             "malformed": m.malformed_total(),
             "malformed_by_reason": m.malformed_by_reason().into_iter().map(|(k, n)| (k, json!(n))).collect::<serde_json::Map<_, _>>(),
@@ -393,6 +401,51 @@ impl DnsServer {
                 server: self.clone(),
                 config,
             })
+    }
+}
+
+/// The upstreams of `cfg`: `[dns] forwarders` and each `[[dns.zone_override]]`'s.
+fn forwarders_of(cfg: &DnsConfig) -> upstream::Forwarders {
+    let timeout = cfg.upstream_timeout.get();
+    upstream::Forwarders::new(
+        upstream::Upstreams::new(cfg.forwarder_addrs(), timeout),
+        cfg.zone_overrides
+            .iter()
+            .map(|z| {
+                let u = upstream::Upstreams::new(z.forwarder_addrs(), timeout);
+                (z.zone.clone(), u)
+            })
+            .collect(),
+    )
+}
+
+fn stale_policy(cfg: &DnsConfig, retry: Duration) -> cache::StalePolicy {
+    cache::StalePolicy {
+        max: cfg.stale_window(),
+        retry,
+    }
+}
+
+/// What the upstreams are built from: a reload rebuilds them only when this changed, so
+/// their round-trip times and failure marks survive an unrelated reload.
+#[derive(PartialEq)]
+struct UpstreamSettings {
+    forwarders: Vec<std::net::SocketAddr>,
+    zones: Vec<(String, Vec<std::net::SocketAddr>)>,
+    timeout: Duration,
+}
+
+impl UpstreamSettings {
+    fn of(cfg: &DnsConfig) -> UpstreamSettings {
+        UpstreamSettings {
+            forwarders: cfg.forwarder_addrs(),
+            zones: cfg
+                .zone_overrides
+                .iter()
+                .map(|z| (z.zone.clone(), z.forwarder_addrs()))
+                .collect(),
+            timeout: cfg.upstream_timeout.get(),
+        }
     }
 }
 

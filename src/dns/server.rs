@@ -5,8 +5,15 @@
 //! entry's next refresh spawns work, and at most one upstream query runs per (name, type,
 //! class, DO): identical queries arriving meanwhile wait on the same forward ("in flight"),
 //! whose count is bounded. When every forwarder fails for an expired entry still within
-//! `stale_max`, its waiters get it stale (TTL [`STALE_TTL`]) instead of SERVFAIL. The UDP loop
-//! ticks its health progress handle on every batch and at least every second when idle.
+//! `stale_max`, its waiters get it stale (TTL [`STALE_TTL`]) instead of SERVFAIL; when the
+//! upstream is only slow, they get it once the client response timer
+//! (`stale_answer_client_timeout`, RFC 8767 §5) runs out, while the forward goes on and
+//! refreshes the cache when it answers. The UDP loop ticks its health progress handle on
+//! every batch and at least every second when idle.
+//!
+//! The forwarders, the serve-stale limits and the client response timer can be replaced
+//! while queries run (SIGHUP): a forward already under way finishes with the forwarders it
+//! started with.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,7 +80,11 @@ pub struct Resolver {
     /// Bumped after every zone change; memos of older generations are dropped.
     zone_generation: AtomicU64,
     pub cache: Cache,
-    pub forwarders: Forwarders,
+    /// Swapped whole on a reload; a forward holds its own `Arc` while it runs.
+    forwarders: RwLock<Arc<Forwarders>>,
+    /// RFC 8767's client response timer in milliseconds (0: off): how long clients wait on
+    /// a forward for an expired name before they get the stale answer.
+    stale_client_timeout_ms: AtomicU64,
     inflight: Mutex<HashMap<Box<[u8]>, Vec<Waiter>>>,
     pub metrics: DnsMetrics,
     runtime: tokio::runtime::Handle,
@@ -97,7 +108,8 @@ impl Resolver {
             zone: RwLock::new(zone),
             zone_generation: AtomicU64::new(1),
             cache,
-            forwarders,
+            forwarders: RwLock::new(Arc::new(forwarders)),
+            stale_client_timeout_ms: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
             metrics,
             serving: AtomicBool::new(true),
@@ -112,6 +124,33 @@ impl Resolver {
 
     pub fn serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
+    }
+
+    /// The forwarders now in use.
+    pub fn forwarders(&self) -> Arc<Forwarders> {
+        self.forwarders
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the forwarders (a reload); forwards under way keep theirs.
+    pub fn set_forwarders(&self, forwarders: Forwarders) {
+        *self.forwarders.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(forwarders);
+    }
+
+    /// Sets RFC 8767's client response timer; zero turns it off (clients wait for the
+    /// forwarders, and get the stale answer only when every one failed).
+    pub fn set_stale_client_timeout(&self, t: Duration) {
+        let ms = u64::try_from(t.as_millis()).unwrap_or(u64::MAX);
+        self.stale_client_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn stale_client_timeout(&self) -> Option<Duration> {
+        match self.stale_client_timeout_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
     }
 
     /// Changes the zone; serving loops see the change from their next query on.
@@ -207,7 +246,7 @@ impl Resolver {
             Lookup::Expired | Lookup::Miss => {}
         }
         self.metrics.cache_miss();
-        if self.forwarders.for_name(q.name()).is_empty() {
+        if self.forwarders().for_name(q.name()).is_empty() {
             render_error(&q.meta, RCODE_SERVFAIL, out);
             self.metrics.query(qtype, Outcome::Servfail);
             return true;
@@ -272,12 +311,25 @@ impl Resolver {
         question.extend_from_slice(name);
         question.extend_from_slice(&qtype.to_be_bytes());
         question.extend_from_slice(&qclass.to_be_bytes());
-        let answer = match self
-            .forwarders
+        let forwarders = self.forwarders();
+        let resolve = forwarders
             .for_name(name)
-            .resolve(&question, dnssec_ok, &self.metrics)
-            .await
-        {
+            .resolve(&question, dnssec_ok, &self.metrics);
+        let result = match self.stale_client_timeout() {
+            // Only clients wait; a background refresh has nobody to answer early.
+            Some(t) if origin == Origin::Client => {
+                tokio::pin!(resolve);
+                tokio::select! {
+                    r = &mut resolve => r,
+                    _ = tokio::time::sleep(t) => {
+                        self.answer_stale_early(&key, qtype);
+                        resolve.await
+                    }
+                }
+            }
+            _ => resolve.await,
+        };
+        let answer = match result {
             Ok(a) => Some(Arc::new(a)),
             Err(e) => {
                 tracing::debug!(name = %super::wire::wire_to_text(name), qtype, "forward failed: {e}");
@@ -308,26 +360,68 @@ impl Resolver {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key)
             .unwrap_or_default();
+        self.reply(waiters, qtype, |meta, limit, buf| match (&answer, &stale) {
+            (Some(a), _) => {
+                a.render(meta, 0, limit, buf);
+                Outcome::Forwarded
+            }
+            (None, Some(a)) => {
+                a.render_stale(meta, STALE_TTL, limit, buf);
+                Outcome::Stale
+            }
+            (None, None) => {
+                render_error(meta, RCODE_SERVFAIL, buf);
+                Outcome::Servfail
+            }
+        });
+    }
+
+    /// The client response timer ran out while the upstreams are still being asked: if
+    /// `key`'s expired answer may be served stale, everyone waiting gets it now, and queries
+    /// arriving later get it at once (the cache marks it as after a failure); the forward
+    /// goes on and stores whatever it brings. Otherwise (never cached, past `stale_max`,
+    /// serve-stale off) the clients keep waiting.
+    fn answer_stale_early(&self, key: &[u8], qtype: u16) {
+        let Some(stale) = self.cache.failed(key, Instant::now(), self.serving()) else {
+            return;
+        };
+        let waiters = match self
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(key)
+        {
+            // Left in flight, empty: no second forward starts for the key meanwhile.
+            Some(w) => std::mem::take(w),
+            None => return,
+        };
+        tracing::debug!(
+            name = %super::wire::wire_to_text(split_key(key).2),
+            qtype,
+            clients = waiters.len(),
+            "upstream slow: answered stale, still waiting for it"
+        );
+        self.reply(waiters, qtype, |meta, limit, buf| {
+            stale.render_stale(meta, STALE_TTL, limit, buf);
+            Outcome::Stale
+        });
+    }
+
+    /// Sends each waiter what `render` writes for it, counting the outcome it returns.
+    fn reply(
+        &self,
+        waiters: Vec<Waiter>,
+        qtype: u16,
+        render: impl Fn(&QueryMeta, usize, &mut Vec<u8>) -> Outcome,
+    ) {
         let mut buf = Vec::new();
         for w in waiters {
             let limit = match &w.to {
                 ReplyTo::Udp(..) => w.meta.udp_limit(),
                 ReplyTo::Chan(_) => u16::MAX as usize,
             };
-            match (&answer, &stale) {
-                (Some(a), _) => {
-                    a.render(&w.meta, 0, limit, &mut buf);
-                    self.metrics.query(qtype, Outcome::Forwarded);
-                }
-                (None, Some(a)) => {
-                    a.render_stale(&w.meta, STALE_TTL, limit, &mut buf);
-                    self.metrics.query(qtype, Outcome::Stale);
-                }
-                (None, None) => {
-                    render_error(&w.meta, RCODE_SERVFAIL, &mut buf);
-                    self.metrics.query(qtype, Outcome::Servfail);
-                }
-            }
+            let outcome = render(&w.meta, limit, &mut buf);
+            self.metrics.query(qtype, outcome);
             match w.to {
                 ReplyTo::Udp(ep, peer) => {
                     if ep.send_to(&buf, &peer).is_err() {
