@@ -344,6 +344,51 @@ async fn without_serve_stale_or_past_stale_max_an_expired_name_gets_servfail() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_every_forwarder_is_failing_other_expired_names_are_answered_stale_at_once() {
+    let up = Upstream::start(1, 1).await;
+    let p = start(config(&[up.addr]), Duration::from_secs(30));
+    let dns = p.server.udp_addr();
+    for n in ["a", "b"] {
+        ask(dns, &format!("{n}.example.com")).await;
+    }
+    up.set(SILENT);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The first expired name finds the upstream dead the slow way...
+    let asked = Instant::now();
+    assert_eq!(a_of(&ask(dns, "a.example.com").await), Some((ip(1), 30)));
+    assert!(asked.elapsed() >= Duration::from_millis(250));
+    // ... the next one does not wait again; its refresh runs in the background.
+    let asked = Instant::now();
+    assert_eq!(a_of(&ask(dns, "b.example.com").await), Some((ip(1), 30)));
+    assert!(
+        asked.elapsed() < Duration::from_millis(200),
+        "at once: {:?}",
+        asked.elapsed()
+    );
+    eventually(
+        "the background refresh",
+        Duration::from_secs(2),
+        async || up.asked("b.example.com.") == 2,
+    )
+    .await;
+    // The upstream returns: the mark clears with its first answer, expired names are fresh.
+    up.octet.store(2, Ordering::SeqCst);
+    up.ttl.store(300, Ordering::SeqCst);
+    up.set(ANSWER);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        a_of(&ask(dns, "c.example.com").await),
+        Some((ip(2), 300)),
+        "a new name clears the failure mark"
+    );
+    ask(dns, "d.example.com").await;
+    assert_eq!(
+        a_of(&ask(dns, "d.example.com").await).map(|(a, _)| a),
+        Some(ip(2))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client response timer (RFC 8767 §5): a slow upstream, not a dead one
 

@@ -5,7 +5,9 @@
 //! entry's next refresh spawns work, and at most one upstream query runs per (name, type,
 //! class, DO): identical queries arriving meanwhile wait on the same forward ("in flight"),
 //! whose count is bounded. When every forwarder fails for an expired entry still within
-//! `stale_max`, its waiters get it stale (TTL [`STALE_TTL`]) instead of SERVFAIL; when the
+//! `stale_max`, its waiters get it stale (TTL [`STALE_TTL`]) instead of SERVFAIL, and while
+//! every forwarder of a name is failing (each failed its last query less than 5 s ago), an
+//! expired entry is answered stale at once and refreshed in the background; when the
 //! upstream is only slow, they get it once the client response timer
 //! (`stale_answer_client_timeout`, RFC 8767 §5) runs out, while the forward goes on and
 //! refreshes the cache when it answers. The UDP loop ticks its health progress handle on
@@ -243,7 +245,20 @@ impl Resolver {
                 }
                 return true;
             }
-            Lookup::Expired | Lookup::Miss => {}
+            Lookup::Expired => {
+                // Every forwarder of the name failed moments ago (an outage): the stale
+                // answer now, and the refresh in the background, instead of one more
+                // client waiting out the forwarders' timeouts for each expired name.
+                if self.forwarders().for_name(q.name()).all_failing() {
+                    if let Some(a) = self.cache.failed(q.key(), now, self.serving()) {
+                        a.render_stale(&q.meta, STALE_TTL, limit, out);
+                        self.metrics.query(qtype, Outcome::Stale);
+                        self.refresh(q.key(), Origin::Refresh);
+                        return true;
+                    }
+                }
+            }
+            Lookup::Miss => {}
         }
         self.metrics.cache_miss();
         if self.forwarders().for_name(q.name()).is_empty() {

@@ -93,6 +93,18 @@ impl Upstreams {
         self.servers.is_empty()
     }
 
+    /// Every upstream's last query failed, less than the penalty period ago (an answer
+    /// clears the mark): asking them now would most likely only make a client wait out
+    /// another timeout.
+    pub fn all_failing(&self) -> bool {
+        let now = mono_ms();
+        !self.servers.is_empty()
+            && self.servers.iter().all(|s| {
+                let failed = s.failed_at_ms.load(Ordering::Relaxed);
+                failed != 0 && now.saturating_sub(failed) < PENALTY_MS
+            })
+    }
+
     /// Indexes, best first.
     fn order(&self) -> Vec<usize> {
         let now = mono_ms();
