@@ -22,10 +22,11 @@ use common::netns::{require_root, veth, Netns};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+const PROBER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x01];
 const HOST_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x02];
 const SQUATTER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x77];
 
-/// `p` (p0 10.77.0.1/16) and `h` (h0 10.77.0.2/16 and 10.77.0.120/16, MAC [`HOST_MAC`]).
+/// `p` (p0 10.77.0.1/16, MAC [`PROBER_MAC`]) and `h` (h0 10.77.0.2/16 and 10.77.0.120/16, MAC [`HOST_MAC`]).
 struct Link {
     p: Netns,
     h: Netns,
@@ -37,6 +38,7 @@ fn link(tag: &str) -> Link {
     let p = Netns::new(&format!("{tag}p"));
     let h = Netns::new(&format!("{tag}h"));
     veth(&p, "p0", &h, "h0");
+    p.run(&["ip", "link", "set", "p0", "address", "02:77:00:00:00:01"]);
     h.run(&["ip", "link", "set", "h0", "address", "02:77:00:00:00:02"]);
     p.addr("p0", "10.77.0.1/16");
     h.addr("h0", "10.77.0.2/16");
@@ -94,10 +96,13 @@ fn send_from_h(l: &Link, frames: Vec<Vec<u8>>) {
     });
 }
 
-/// An ARP reply from `ip` at `mac`, as a squatter sends it.
+/// A squatter at `mac` defending `ip` against p's probe (RFC 5227, as Linux answers): an ARP
+/// reply to the prober's MAC and 0.0.0.0, the address the probe came from.
 fn arp_reply(mac: [u8; 6], ip: Ipv4Addr) -> Vec<u8> {
     let mut f = arp::garp_frame(mac, ip).to_vec();
     f[21] = 2; // operation: reply
+    f[32..38].copy_from_slice(&PROBER_MAC);
+    f[38..42].copy_from_slice(&[0, 0, 0, 0]);
     f
 }
 
@@ -198,14 +203,16 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
     let rt = runtime();
     let (prober, mut sightings, metrics, shutdown) = start(&l, &rt, Duration::from_millis(100));
     let late_ip = Ipv4Addr::new(10, 77, 2, 5);
-    let v = rt.block_on(async {
-        prober
-            .probe(late_ip, Via::Arp { ifindex: l.ifindex })
-            .await
-            .expect("verdict")
+    let claimed = Ipv4Addr::new(10, 77, 2, 6);
+    let (v, w) = rt.block_on(async {
+        let via = Via::Arp { ifindex: l.ifindex };
+        let (v, w) = (prober.probe(late_ip, via), prober.probe(claimed, via));
+        (v.await.expect("verdict"), w.await.expect("verdict"))
     });
     assert_eq!(v, Verdict::Free, "nobody answered within the timeout");
-    // The squatter answers after the timeout; another host claims an address in passing.
+    assert_eq!(w, Verdict::Free);
+    // The squatter answers a probe after its timeout; a host announces an address probed a
+    // moment ago (an announcement, not an answer: seen in passing), and another in passing.
     let passing = Ipv4Addr::new(10, 77, 3, 3);
     let mut bad_arp = arp::garp_frame(SQUATTER_MAC, passing).to_vec();
     bad_arp[18] = 0; // hardware address length 0
@@ -213,6 +220,7 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
         &l,
         vec![
             arp_reply(SQUATTER_MAC, late_ip),
+            arp::garp_frame(SQUATTER_MAC, claimed).to_vec(),
             arp::garp_frame(SQUATTER_MAC, passing).to_vec(),
             bad_arp,
         ],
@@ -235,7 +243,7 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
     });
     let got: Vec<Sighting> = rt.block_on(async {
         let mut got = Vec::new();
-        while got.len() < 2 {
+        while got.len() < 3 {
             match tokio::time::timeout(Duration::from_secs(3), sightings.recv()).await {
                 Ok(Some(s)) => got.push(s),
                 _ => break,
@@ -245,6 +253,7 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
     });
     let want: HashSet<_> = [
         (late_ip, Some(SQUATTER_MAC), true),
+        (claimed, Some(SQUATTER_MAC), false),
         (passing, Some(SQUATTER_MAC), false),
     ]
     .into_iter()
@@ -261,14 +270,16 @@ fn a_late_answer_and_a_passing_claim_are_reported_and_malformed_replies_counted(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The late address is probed again next time, not answered from the cache.
-    let v = rt.block_on(async {
-        prober
-            .probe(late_ip, Via::Arp { ifindex: l.ifindex })
-            .await
-            .expect("verdict")
-    });
-    assert_eq!(v, Verdict::Free);
+    // Both claimed addresses are probed again next time, not answered from the cache.
+    for ip in [late_ip, claimed] {
+        let v = rt.block_on(async {
+            prober
+                .probe(ip, Via::Arp { ifindex: l.ifindex })
+                .await
+                .expect("verdict")
+        });
+        assert_eq!(v, Verdict::Free);
+    }
     assert_eq!(metrics.probes("cached", "free"), 0);
     shutdown.cancel();
 }
@@ -476,10 +487,9 @@ fn an_arp_from_another_mac_claiming_a_leased_address_is_recorded_on_both_nodes()
         return;
     }
     const LEASED: &str = "10.0.0.150";
-    // An ARP within `probe_cache_ttl` of the probe before the holder's OFFER counts as a late
-    // answer to that probe (`source="late_reply"`); with a short cache, and the claim made
-    // after it, the claim is a passive one.
-    let mut lab = dhcp_pair("cfp", "[conflict_detection]\nprobe_cache_ttl = \"1s\"");
+    // The claim comes within `probe_cache_ttl` of the probe before the holder's OFFER: an
+    // announcement, not an answer to that probe, so it counts as passive, not late.
+    let mut lab = dhcp_pair("cfp", "");
     lab.add_client("ho");
     lab.add_client("sq");
     let (holder, squatter) = (&lab.clients()[0], &lab.clients()[1]);
@@ -490,7 +500,6 @@ fn an_arp_from_another_mac_claiming_a_leased_address_is_recorded_on_both_nodes()
         "the holder was not given the address it asked for"
     );
     let squatter_mac = mac_of(squatter, "eth0");
-    std::thread::sleep(Duration::from_millis(1500)); // past probe_cache_ttl
 
     // A hook's view: A's event stream, open before the claim (curl -v shows the response
     // head on stderr as soon as it arrives; the body goes to `stream`).

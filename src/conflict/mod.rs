@@ -23,7 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::metrics::{described, register_all};
 
-pub use prober::{open_sockets, ProbeTimes, Prober, Sighting, Verdict, Via};
+pub use prober::{open_sockets, OnVerdict, ProbeTimes, Prober, Sighting, Verdict, Via};
 
 /// The prober's sockets, opened before the capability drop: an AF_PACKET socket for ARP
 /// (probes out, every ARP in) and a raw ICMP socket (echo out, replies in).
@@ -142,6 +142,13 @@ impl ConflictMetrics {
                 source: source.as_str(),
             })
             .get()
+    }
+
+    /// One probe counter, for a caller that counts it often.
+    fn probe_counter(&self, method: &'static str, result: &'static str) -> Counter {
+        self.probes
+            .get_or_create(&ProbeLabel { method, result })
+            .clone()
     }
 
     fn probed(&self, method: &'static str, result: &'static str) {

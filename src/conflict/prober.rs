@@ -1,33 +1,41 @@
-//! The prober: one task that sends ARP probes and ICMP echoes and tells each waiting OFFER
-//! whether its address answered.
+//! The prober: one task that sends ARP probes and ICMP echoes and hands each probe's
+//! verdict to whatever waits for it.
 //!
-//! Nothing waits in here but the task itself: a caller gets a oneshot and the task resolves
-//! it when an answer arrives or the timeout passes. Every probe has the same timeout, so the
-//! deadlines sit in arrival order in one queue and the task sleeps until the first: a
-//! thousand probes in flight cost a map entry each and no timer of their own.
+//! Nothing waits in here but the task itself: a caller leaves a continuation
+//! ([`OnVerdict`]) and the task calls it when an answer arrives or the timeout passes, so a
+//! DISCOVER under probe costs one boxed closure here, not a task and a channel of its own.
+//! Every probe has the same timeout, so the deadlines sit in arrival order in one queue and
+//! the task sleeps on one timer until the first: a thousand probes in flight cost a map
+//! entry each and no timer of their own.
 //!
 //! Invariants:
 //! - One probe per address in flight: a retransmitted DISCOVER joins the running probe.
-//! - An address found free is not probed again within `probe_cache_ttl`; an answer from it
-//!   within that time is a late conflict, reported as a [`Sighting`] for next time.
-//! - An ARP from an address that is not being probed is reported (at most once a minute per
-//!   address and MAC) for passive detection; the DHCP server decides whether it conflicts.
+//! - A probe's deadline counts from when its request arrived (the caller says when), so
+//!   time spent queued before this task runs does not delay the OFFER.
+//! - An address found free is not probed again within `probe_cache_ttl`; an ARP reply to our
+//!   probe (target: our MAC, 0.0.0.0) or an echo reply from it within that time is a late
+//!   conflict, reported as a [`Sighting`] for next time.
+//! - Any other ARP claiming an address (a gratuitous announcement, a reply to someone else's
+//!   probe) is reported as seen in passing (at most once a minute per address and MAC) for
+//!   passive detection; the DHCP server decides whether it conflicts.
 //! - Malformed frames and datagrams are counted, logged at debug and dropped.
 //! - A probe that cannot be sent counts as free: conflict detection never stops DHCP.
+//! - Continuations run on this task: they must not block.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{hash_map, HashMap, VecDeque};
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::icmp::{self, Icmp};
 use super::{ConflictMetrics, ConflictSockets};
-use crate::vip::arp::{self, ETH_P_ARP};
+use crate::vip::arp::{self, ArpSeen, ETH_P_ARP};
 use crate::vip::packet::{recv_frame, send_frame};
 
 /// `PACKET_OUTGOING`: a frame this host sent, looped back to the packet socket.
@@ -40,6 +48,8 @@ const PASSIVE_EVERY: Duration = Duration::from_secs(60);
 const SIGHTINGS_QUEUE: usize = 1024;
 /// Probe requests queued towards the task.
 const COMMANDS_QUEUE: usize = 8192;
+/// ARP operation code of a reply.
+const ARP_REPLY: u16 = 2;
 
 /// How to probe an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +68,10 @@ pub enum Verdict {
     /// Something answered: its MAC for ARP, none for ICMP (the reply came through a router).
     InUse { mac: Option<[u8; 6]> },
 }
+
+/// What to do with a probe's verdict. Called once, on the prober's task (or on the caller's
+/// when the prober cannot take the probe): it must not block.
+pub type OnVerdict = Box<dyn FnOnce(Verdict) + Send>;
 
 /// An address heard from outside a running probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +92,9 @@ pub struct ProbeTimes {
 struct Probe {
     ip: Ipv4Addr,
     via: Via,
-    done: oneshot::Sender<Verdict>,
+    /// When the request that asks arrived: the deadline counts from here.
+    at: Instant,
+    then: OnVerdict,
 }
 
 /// The handle the DHCP server probes through.
@@ -113,12 +129,13 @@ impl Prober {
             icmp_id: std::process::id() as u16,
             seq: 0,
             times,
+            counts: Counts::new(&metrics),
             metrics,
             macs: HashMap::new(),
-            inflight: HashMap::new(),
+            addrs: HashMap::new(),
+            running: 0,
             deadlines: VecDeque::new(),
-            recent: HashMap::new(),
-            recent_order: VecDeque::new(),
+            free_order: VecDeque::new(),
             passive: HashMap::new(),
             sightings: sight_tx,
         };
@@ -132,11 +149,11 @@ impl Prober {
         ))
     }
 
-    /// Probes `ip`; the answer comes when the probe ends. Resolves to `Free` at once when
-    /// the task is gone (shutdown) or its queue is full: DHCP goes on without the check.
-    pub fn probe(&self, ip: Ipv4Addr, via: Via) -> oneshot::Receiver<Verdict> {
-        let (done, rx) = oneshot::channel();
-        if let Err(e) = self.tx.try_send(Probe { ip, via, done }) {
+    /// Probes `ip` for a request that arrived at `at`; `then` gets the verdict when the probe
+    /// ends. Gets `Free` at once when the task is gone (shutdown) or its queue is full: DHCP
+    /// goes on without the check.
+    pub fn probe_then(&self, ip: Ipv4Addr, via: Via, at: Instant, then: OnVerdict) {
+        if let Err(e) = self.tx.try_send(Probe { ip, via, at, then }) {
             let p = match e {
                 mpsc::error::TrySendError::Full(p) => {
                     self.metrics.probed("queue", "full");
@@ -144,9 +161,39 @@ impl Prober {
                 }
                 mpsc::error::TrySendError::Closed(p) => p,
             };
-            let _ = p.done.send(Verdict::Free);
+            (p.then)(Verdict::Free);
         }
+    }
+
+    /// Probes `ip` from now on; the answer comes when the probe ends.
+    pub fn probe(&self, ip: Ipv4Addr, via: Via) -> oneshot::Receiver<Verdict> {
+        let (done, rx) = oneshot::channel();
+        self.probe_then(
+            ip,
+            via,
+            Instant::now(),
+            Box::new(move |v| {
+                let _ = done.send(v);
+            }),
+        );
         rx
+    }
+}
+
+/// The hot counters, looked up once instead of through the label map on every probe.
+struct Counts {
+    arp_free: Counter,
+    icmp_free: Counter,
+    cached_free: Counter,
+}
+
+impl Counts {
+    fn new(m: &ConflictMetrics) -> Counts {
+        Counts {
+            arp_free: m.probe_counter("arp", "free"),
+            icmp_free: m.probe_counter("icmp", "free"),
+            cached_free: m.probe_counter("cached", "free"),
+        }
     }
 }
 
@@ -154,7 +201,25 @@ struct InFlight {
     via: Via,
     deadline: Instant,
     seq: u16,
-    waiters: Vec<oneshot::Sender<Verdict>>,
+    /// Almost always one: a retransmitted DISCOVER is rare, so the rest need no allocation.
+    first: OnVerdict,
+    more: Vec<OnVerdict>,
+}
+
+impl InFlight {
+    fn answer(self, v: Verdict) {
+        (self.first)(v);
+        for w in self.more {
+            w(v);
+        }
+    }
+}
+
+/// What the task knows of an address: one map for both, so a probe costs one lookup.
+enum Known {
+    Probing(InFlight),
+    /// Probed free when its probe ended at this time.
+    Free(Instant),
 }
 
 struct Task {
@@ -164,14 +229,17 @@ struct Task {
     seq: u16,
     times: ProbeTimes,
     metrics: ConflictMetrics,
-    /// Interface MACs by index (the ARP probe's source), loaded when first needed.
-    macs: HashMap<u32, [u8; 6]>,
-    inflight: HashMap<Ipv4Addr, InFlight>,
-    /// (deadline, address) in the order probes started: deadlines only grow.
+    counts: Counts,
+    /// Interface MACs by index (the ARP probe's source), looked up when first needed.
+    macs: HashMap<u32, Option<[u8; 6]>>,
+    addrs: HashMap<Ipv4Addr, Known>,
+    /// How many of `addrs` are `Probing`.
+    running: usize,
+    /// (deadline, address) in the order probes started: deadlines only grow (up to the
+    /// spread between receive sockets' clocks of arrival, microseconds).
     deadlines: VecDeque<(Instant, Ipv4Addr)>,
-    /// Addresses probed free, and when.
-    recent: HashMap<Ipv4Addr, Instant>,
-    recent_order: VecDeque<(Instant, Ipv4Addr)>,
+    /// (probe end, address) of the addresses found free, oldest first.
+    free_order: VecDeque<(Instant, Ipv4Addr)>,
     /// When each (address, MAC) was last reported by passive detection.
     passive: HashMap<(Ipv4Addr, [u8; 6]), Instant>,
     sightings: mpsc::Sender<Sighting>,
@@ -181,22 +249,28 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Probe>, shutdown: CancellationToken) {
         let mut frame = [0u8; 2048];
         let mut dgram = [0u8; 2048];
+        // One timer, moved only when the first deadline changes: a timer per loop turn
+        // would be registered and dropped with the runtime's wheel on every batch.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
         loop {
             let next = self.deadlines.front().map(|(d, _)| *d);
-            let sleep = async {
-                match next {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
+            if next.is_some() && next != armed {
+                if let Some(d) = next {
+                    sleep.as_mut().reset(d.into());
                 }
-            };
+                armed = next;
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 p = rx.recv() => {
                     let Some(p) = p else { return };
-                    self.start(p);
+                    let now = Instant::now();
+                    self.start(p, now);
                     // Whatever else queued meanwhile, without a trip through select.
                     while let Ok(p) = rx.try_recv() {
-                        self.start(p);
+                        self.start(p, now);
                     }
                 }
                 r = self.arp.readable() => {
@@ -211,26 +285,24 @@ impl Task {
                         self.read_icmp(&mut dgram);
                     }
                 }
-                _ = sleep => {}
+                _ = &mut sleep, if armed.is_some() => armed = None,
             }
             self.expire(Instant::now());
         }
     }
 
-    fn start(&mut self, p: Probe) {
-        let now = Instant::now();
-        if self
-            .recent
-            .get(&p.ip)
-            .is_some_and(|t| now.duration_since(*t) < self.times.cache_ttl)
-        {
-            self.metrics.probed("cached", "free");
-            let _ = p.done.send(Verdict::Free);
-            return;
-        }
-        if let Some(f) = self.inflight.get_mut(&p.ip) {
-            f.waiters.push(p.done);
-            return;
+    fn start(&mut self, p: Probe, now: Instant) {
+        match self.addrs.get_mut(&p.ip) {
+            Some(Known::Probing(f)) => {
+                f.more.push(p.then);
+                return;
+            }
+            Some(Known::Free(t)) if now.duration_since(*t) < self.times.cache_ttl => {
+                self.counts.cached_free.inc();
+                (p.then)(Verdict::Free);
+                return;
+            }
+            _ => {}
         }
         self.seq = self.seq.wrapping_add(1);
         let via = match p.via {
@@ -262,31 +334,35 @@ impl Task {
                 return;
             }
         }
-        let deadline = now + self.times.timeout;
+        // From the request's arrival, but never before the probe left plus a millisecond
+        // (a request that queued longer than the timeout still gets a chance to be answered).
+        let deadline = (p.at + self.times.timeout).max(now + Duration::from_millis(1));
         self.deadlines.push_back((deadline, p.ip));
-        self.inflight.insert(
+        self.addrs.insert(
             p.ip,
-            InFlight {
+            Known::Probing(InFlight {
                 via,
                 deadline,
                 seq: self.seq,
-                waiters: vec![p.done],
-            },
+                first: p.then,
+                more: Vec::new(),
+            }),
         );
-        self.metrics.in_flight.set(self.inflight.len() as i64);
+        self.running += 1;
     }
 
     fn unsent(&self, p: Probe, method: &'static str, e: &std::io::Error) {
         tracing::debug!(ip = %p.ip, "{method} probe for {} not sent, offering unchecked: {e}", p.ip);
         self.metrics.probed(method, "unsent");
-        let _ = p.done.send(Verdict::Free);
+        (p.then)(Verdict::Free);
     }
 
     fn mac_of(&mut self, ifindex: u32) -> Option<[u8; 6]> {
-        if !self.macs.contains_key(&ifindex) {
-            self.macs = interface_macs();
-        }
-        self.macs.get(&ifindex).copied()
+        let fd = self.arp.get_ref().as_raw_fd();
+        *self
+            .macs
+            .entry(ifindex)
+            .or_insert_with(|| interface_mac(fd, ifindex))
     }
 
     /// Ends the probes whose time is up: nothing answered, so the address is free.
@@ -297,62 +373,76 @@ impl Task {
             }
             self.deadlines.pop_front();
             // The entry may be a newer probe of the same address (the first was answered).
-            if self
-                .inflight
-                .get(&ip)
-                .is_some_and(|f| f.deadline == deadline)
-            {
-                if let Some(f) = self.inflight.remove(&ip) {
-                    self.metrics.probed(method(f.via), "free");
-                    for w in f.waiters {
-                        let _ = w.send(Verdict::Free);
-                    }
-                    self.recent.insert(ip, now);
-                    self.recent_order.push_back((now, ip));
-                }
+            let Some(known) = self.addrs.get_mut(&ip) else {
+                continue;
+            };
+            if !matches!(known, Known::Probing(f) if f.deadline == deadline) {
+                continue;
+            }
+            if let Known::Probing(f) = std::mem::replace(known, Known::Free(now)) {
+                self.running -= 1;
+                match f.via {
+                    Via::Arp { .. } => self.counts.arp_free.inc(),
+                    Via::Icmp => self.counts.icmp_free.inc(),
+                };
+                self.free_order.push_back((now, ip));
+                f.answer(Verdict::Free);
             }
         }
-        while let Some(&(t, ip)) = self.recent_order.front() {
+        while let Some(&(t, ip)) = self.free_order.front() {
             if now.duration_since(t) < self.times.cache_ttl {
                 break;
             }
-            self.recent_order.pop_front();
-            if self.recent.get(&ip) == Some(&t) {
-                self.recent.remove(&ip);
+            self.free_order.pop_front();
+            if let hash_map::Entry::Occupied(e) = self.addrs.entry(ip) {
+                if matches!(e.get(), Known::Free(at) if *at == t) {
+                    e.remove();
+                }
             }
         }
         if self.passive.len() > 4096 {
             self.passive
                 .retain(|_, t| now.duration_since(*t) < PASSIVE_EVERY);
         }
-        self.metrics.in_flight.set(self.inflight.len() as i64);
+        self.metrics.in_flight.set(self.running as i64);
     }
 
     /// An answer from `ip`: ends its probe as in use, or is reported as late or passive.
-    fn heard(&mut self, ip: Ipv4Addr, mac: Option<[u8; 6]>, via_icmp: bool, seq: u16) {
-        if let Some(f) = self.inflight.get(&ip) {
-            // An echo reply must answer this probe's echo; an ARP from the address counts
-            // whichever way we asked (the host is there).
-            if !via_icmp || (f.via == Via::Icmp && f.seq == seq) {
-                if let Some(f) = self.inflight.remove(&ip) {
-                    self.metrics.probed(method(f.via), "in_use");
-                    for w in f.waiters {
-                        let _ = w.send(Verdict::InUse { mac });
-                    }
-                }
-                self.metrics.in_flight.set(self.inflight.len() as i64);
-                return;
-            }
-        }
+    /// `to_probe`: the frame answers one of our probes by its form (an ARP reply to our MAC
+    /// and 0.0.0.0, or an echo reply with our id).
+    fn heard(
+        &mut self,
+        ip: Ipv4Addr,
+        mac: Option<[u8; 6]>,
+        via_icmp: bool,
+        seq: u16,
+        to_probe: bool,
+    ) {
         let now = Instant::now();
-        let late = self
-            .recent
-            .get(&ip)
-            .is_some_and(|t| now.duration_since(*t) < self.times.cache_ttl);
-        if late {
-            // Probe it again next time rather than trust the cache.
-            self.recent.remove(&ip);
-        } else if via_icmp {
+        let probed_free_at = match self.addrs.get(&ip) {
+            Some(Known::Probing(f)) => {
+                // An echo reply must answer this probe's echo; an ARP from the address counts
+                // whichever way we asked (the host is there).
+                if !via_icmp || (f.via == Via::Icmp && f.seq == seq) {
+                    if let Some(Known::Probing(f)) = self.addrs.remove(&ip) {
+                        self.running -= 1;
+                        self.metrics.probed(method(f.via), "in_use");
+                        f.answer(Verdict::InUse { mac });
+                    }
+                    self.metrics.in_flight.set(self.running as i64);
+                    return;
+                }
+                None
+            }
+            Some(Known::Free(t)) => Some(*t),
+            None => None,
+        };
+        let late = is_late(to_probe, probed_free_at, now, self.times.cache_ttl);
+        if probed_free_at.is_some() && (late || !via_icmp) {
+            // Something claims it: probe it again next time rather than trust the cache.
+            self.addrs.remove(&ip);
+        }
+        if !late && via_icmp {
             // Someone else's ping (or a reply to a probe long gone): not ours to judge.
             return;
         }
@@ -385,7 +475,8 @@ impl Task {
             if rx.pkttype == PACKET_OUTGOING {
                 continue;
             }
-            let seen = match arp::parse_arp(&buf[..rx.len.min(buf.len())]) {
+            let frame = &buf[..rx.len.min(buf.len())];
+            let seen = match arp::parse_arp(frame) {
                 Ok(s) => s,
                 Err(e) => {
                     self.metrics.malformed("arp");
@@ -397,7 +488,10 @@ impl Task {
             if seen.sender_ip.is_unspecified() {
                 continue;
             }
-            self.heard(seen.sender_ip, Some(seen.sender_mac), false, 0);
+            let to_probe = answers_our_probe(&seen, frame, |m| {
+                self.macs.values().any(|o| o.as_ref() == Some(m))
+            });
+            self.heard(seen.sender_ip, Some(seen.sender_mac), false, 0, to_probe);
         }
     }
 
@@ -412,8 +506,9 @@ impl Task {
                 }
             };
             match icmp::parse(&buf[..n]) {
+                // An echo reply with our id answers one of our echoes.
                 Ok(Icmp::EchoReply(r)) if r.id == self.icmp_id => {
-                    self.heard(r.from, None, true, r.seq)
+                    self.heard(r.from, None, true, r.seq, true)
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -425,6 +520,32 @@ impl Task {
     }
 }
 
+/// Is this ARP frame a reply to one of our probes? RFC 5227 §2.1.1: a host defends its
+/// address against a probe with an ARP reply to the prober, whose probe said 0.0.0.0: the
+/// reply's target is the prober's MAC and 0.0.0.0. A gratuitous announcement (target IP =
+/// sender IP), a request, or a reply to another host's probe (a client checking the address
+/// it was just given) is a claim seen in passing instead. `frame` is the whole Ethernet
+/// frame `seen` was parsed from (so at least [`arp::GARP_LEN`] bytes).
+fn answers_our_probe(seen: &ArpSeen, frame: &[u8], ours: impl Fn(&[u8; 6]) -> bool) -> bool {
+    // Target hardware address: 14 Ethernet + 8 ARP header + 6 sender MAC + 4 sender IP.
+    let Some(target_mac) = frame.get(32..38).and_then(|m| <[u8; 6]>::try_from(m).ok()) else {
+        return false;
+    };
+    seen.operation == ARP_REPLY && seen.target_ip.is_unspecified() && ours(&target_mac)
+}
+
+/// Is an answer from an address a late answer to its probe? Only in the form of an answer
+/// to our probe, and only while the probe's "free" still stands (within `cache_ttl` of the
+/// probe's end): later, or in another form, it is a claim seen in passing.
+fn is_late(
+    to_probe: bool,
+    probed_free_at: Option<Instant>,
+    now: Instant,
+    cache_ttl: Duration,
+) -> bool {
+    to_probe && probed_free_at.is_some_and(|t| now.duration_since(t) < cache_ttl)
+}
+
 fn method(via: Via) -> &'static str {
     match via {
         Via::Arp { .. } => "arp",
@@ -432,21 +553,31 @@ fn method(via: Via) -> &'static str {
     }
 }
 
-/// Every interface's MAC by index.
-fn interface_macs() -> HashMap<u32, [u8; 6]> {
-    let mut out = HashMap::new();
-    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
-        return out;
-    };
-    for a in addrs {
-        let Some(link) = a.address.as_ref().and_then(|x| x.as_link_addr()) else {
-            continue;
-        };
-        if let Some(mac) = link.addr().filter(|m| *m != [0; 6]) {
-            out.insert(link.ifindex() as u32, mac);
+/// The Ethernet MAC of interface `ifindex`, asked through the packet socket `fd`: in the
+/// network namespace the probes leave in, which need not be the calling thread's. None for
+/// an interface without one (loopback, a tunnel).
+fn interface_mac(fd: RawFd, ifindex: u32) -> Option<[u8; 6]> {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_ifru.ifru_ifindex = libc::c_int::try_from(ifindex).ok()?;
+    // SAFETY: both ioctls read and write one ifreq through a valid pointer.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFNAME as _, &mut req) < 0
+            || libc::ioctl(fd, libc::SIOCGIFHWADDR as _, &mut req) < 0
+        {
+            return None;
         }
     }
-    out
+    // SAFETY: SIOCGIFHWADDR filled the hardware address member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(hw.sa_data.iter()) {
+        *m = *d as u8;
+    }
+    (mac != [0; 6]).then_some(mac)
 }
 
 /// Opens the prober's sockets; needs CAP_NET_RAW now, never again.
@@ -471,4 +602,59 @@ pub fn open_sockets() -> std::io::Result<ConflictSockets> {
         Some(socket2::Protocol::ICMPV4),
     )?;
     Ok(ConflictSockets { arp, icmp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OURS: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const HOST: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+    const CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0, 0x33];
+    const IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 120);
+
+    /// How a host defends `IP` against a probe from `prober` (RFC 5227; Linux does this).
+    fn defence_to(prober: [u8; 6]) -> Vec<u8> {
+        let mut f = arp::garp_frame(HOST, IP).to_vec();
+        f[21] = 2; // operation: reply
+        f[32..38].copy_from_slice(&prober);
+        f[38..42].copy_from_slice(&[0, 0, 0, 0]);
+        f
+    }
+
+    fn to_us(frame: &[u8]) -> bool {
+        let seen = arp::parse_arp(frame).expect("an ARP frame");
+        answers_our_probe(&seen, frame, |m| *m == OURS)
+    }
+
+    #[test]
+    fn only_a_reply_to_our_probe_answers_it() {
+        assert!(to_us(&defence_to(OURS)));
+        // A client checking the address it was just given gets the same answer: not ours.
+        assert!(!to_us(&defence_to(CLIENT)));
+        // Announcements claim the address to everyone, as a request or as a reply.
+        let garp = arp::garp_frame(HOST, IP);
+        assert!(!to_us(&garp));
+        let mut garp_reply = garp.to_vec();
+        garp_reply[21] = 2;
+        assert!(!to_us(&garp_reply));
+        // A request for our MAC is someone asking, not answering.
+        let mut request = defence_to(OURS);
+        request[21] = 1;
+        assert!(!to_us(&request));
+    }
+
+    #[test]
+    fn an_answer_is_late_only_while_the_probes_free_verdict_stands() {
+        let ttl = Duration::from_secs(10);
+        let end = Instant::now();
+        let at = |s| end + Duration::from_secs(s);
+        assert!(is_late(true, Some(end), at(1), ttl));
+        assert!(
+            !is_late(true, Some(end), at(10), ttl),
+            "past probe_cache_ttl"
+        );
+        assert!(!is_late(true, None, at(1), ttl), "never probed");
+        assert!(!is_late(false, Some(end), at(1), ttl), "an announcement");
+    }
 }

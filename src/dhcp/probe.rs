@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::{handle, Ingress};
 use super::packet::{Reply, Request};
 use super::plan::Plan;
-use super::server::{send_reply, Shared};
+use super::server::{send_reply, try_send_reply, Shared};
 use crate::config::Dur;
 use crate::conflict::api::{ClearError, ClearRequest};
 use crate::conflict::{log_conflict, ConflictMetrics, Prober, Sighting, Source, Verdict, Via};
@@ -68,73 +68,116 @@ pub(super) struct Pending {
     pub t0: Instant,
 }
 
-/// Probes `ip`; sends `reply` (and publishes `events`) when it is free, else records the
-/// conflict and asks the handler for the next candidate.
-pub(super) async fn offer_when_free(
-    sh: Arc<Shared>,
-    p: Pending,
-    mut ip: Ipv4Addr,
-    mut reply: Reply,
-    mut events: Vec<Event>,
-) {
+/// An OFFER waiting for its address's probe: what it takes to send it, or to ask the
+/// handler for the next candidate when the address is in use.
+pub(super) struct HeldOffer {
+    pub sh: Arc<Shared>,
+    pub pending: Pending,
+    pub ip: Ipv4Addr,
+    pub via: Via,
+    pub reply: Reply,
+    /// Its `lease.offer` event, published when the OFFER leaves.
+    pub events: Vec<Event>,
+    /// Which candidate this is (1: the handler's first choice).
+    pub attempt: u32,
+}
+
+/// Probes the offer's address, counting the timeout from `since`; the prober's task sends
+/// the OFFER (and publishes its event) when the address is found free. No task waits: the
+/// offer is the probe's continuation, one allocation.
+pub(super) fn offer_when_free(o: HeldOffer, since: Instant) {
+    let sh = o.sh.clone();
     let Some(probing) = sh.probing.as_ref() else {
         return;
     };
-    let mut attempt = 1;
-    loop {
-        let via = {
-            let st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-            via_for(&st.plan, &p.ingress, p.ifindex, ip)
-        };
-        let verdict = probing.prober.probe(ip, via).await.unwrap_or(Verdict::Free);
-        if !sh.ha.borrow().serves() {
-            sh.metrics.ignored("not_active");
-            return;
-        }
-        let mac = match verdict {
-            Verdict::Free => {
-                sh.announce.now(events);
-                send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src).await;
+    let (ip, via) = (o.ip, o.via);
+    probing
+        .prober
+        .probe_then(ip, via, since, Box::new(move |v| on_verdict(o, v)));
+}
+
+/// Runs on the prober's task: must not wait. A free address's OFFER leaves at once; an
+/// address in use is recorded (which waits for the disk) on a task of its own.
+fn on_verdict(o: HeldOffer, verdict: Verdict) {
+    if !o.sh.ha.borrow().serves() {
+        o.sh.metrics.ignored("not_active");
+        return;
+    }
+    match verdict {
+        Verdict::Free => {
+            let HeldOffer {
+                sh,
+                pending: p,
+                reply,
+                events,
+                ..
+            } = o;
+            sh.announce.now(events);
+            if try_send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src) {
                 sh.metrics
                     .offer_latency
                     .observe(p.t0.elapsed().as_secs_f64());
-                return;
+            } else {
+                // The socket's buffer is full: wait for it off the prober's task.
+                tokio::spawn(async move {
+                    send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src).await;
+                    sh.metrics
+                        .offer_latency
+                        .observe(p.t0.elapsed().as_secs_f64());
+                });
             }
-            Verdict::InUse { mac } => mac,
-        };
-        record(&sh, probing, ip, mac, Source::Probe).await;
-        if attempt >= probing.max_probes {
-            sh.metrics.ignored("conflict_probes_exhausted");
-            return;
         }
-        attempt += 1;
-        let now = crate::events::now_ms();
-        let out = {
-            let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
-            let mut ix = sh.store.index();
-            handle(&mut st, &mut ix, &p.req, &p.ingress, now)
-        };
-        // The DISCOVER itself was announced with the first candidate.
-        events = out
-            .events
-            .into_iter()
-            .filter(|(k, _)| *k != EventKind::LeaseDiscover && sh.announce.wants(*k))
-            .map(|(k, ev)| Event::new(k, sh.node.clone(), EventData::Lease(ev)))
-            .collect();
-        match (out.reply, out.probe) {
-            (Some(r), Some(next)) => {
-                reply = r;
-                ip = next;
-            }
-            (Some(r), None) => {
-                sh.announce.now(events);
-                send_reply(&sh, &p.sock, &r, p.class, p.ifindex, p.src).await;
-                return;
-            }
-            (None, _) => {
-                sh.metrics.ignored(out.ignored.unwrap_or("no_free_address"));
-                return;
-            }
+        Verdict::InUse { mac } => {
+            tokio::spawn(next_candidate(o, mac));
+        }
+    }
+}
+
+/// The offered address answered: records the conflict and probes the handler's next
+/// candidate, up to `max_probes_per_discover`.
+async fn next_candidate(mut o: HeldOffer, mac: Option<[u8; 6]>) {
+    let sh = o.sh.clone();
+    let Some(probing) = sh.probing.as_ref() else {
+        return;
+    };
+    record(&sh, probing, o.ip, mac, Source::Probe).await;
+    if o.attempt >= probing.max_probes {
+        sh.metrics.ignored("conflict_probes_exhausted");
+        return;
+    }
+    let p = &o.pending;
+    let now = crate::events::now_ms();
+    let (out, via) = {
+        let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ix = sh.store.index();
+        let out = handle(&mut st, &mut ix, &p.req, &p.ingress, now);
+        let via = out
+            .probe
+            .map(|ip| via_for(&st.plan, &p.ingress, p.ifindex, ip));
+        (out, via)
+    };
+    // The DISCOVER itself was announced with the first candidate.
+    let events: Vec<Event> = out
+        .events
+        .into_iter()
+        .filter(|(k, _)| *k != EventKind::LeaseDiscover && sh.announce.wants(*k))
+        .map(|(k, ev)| Event::new(k, sh.node.clone(), EventData::Lease(ev)))
+        .collect();
+    match (out.reply, out.probe.zip(via)) {
+        (Some(r), Some((next, via))) => {
+            o.reply = r;
+            o.ip = next;
+            o.via = via;
+            o.events = events;
+            o.attempt += 1;
+            offer_when_free(o, Instant::now());
+        }
+        (Some(r), None) => {
+            sh.announce.now(events);
+            send_reply(&sh, &p.sock, &r, p.class, p.ifindex, p.src).await;
+        }
+        (None, _) => {
+            sh.metrics.ignored(out.ignored.unwrap_or("no_free_address"));
         }
     }
 }

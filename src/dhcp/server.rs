@@ -264,7 +264,7 @@ async fn receive_loop(
             // A new interface: refresh the table for next time.
             *sh.ifaces.write().unwrap_or_else(|e| e.into_inner()) = Interfaces::load();
         }
-        let (outcome, pending, announced, held) = {
+        let (mut outcome, pending, announced, held, via) = {
             let mut st = sh.state.lock().unwrap_or_else(|e| e.into_inner());
             let mut ix = sh.store.index();
             let mut out = handle(&mut st, &mut ix, &req, &ingress, now);
@@ -273,16 +273,20 @@ async fn receive_loop(
                 .filter(|(kind, _)| sh.announce.wants(*kind))
                 .map(|(kind, ev)| Event::new(kind, sh.node.clone(), EventData::Lease(ev)))
                 .collect();
-            // An OFFER to probe first: its event waits with it.
-            let held: Vec<Event> = match (&sh.probing, out.probe, &out.reply) {
-                (Some(_), Some(_), Some(_)) => {
+            // An OFFER to probe first: its event waits with it. How to probe is decided
+            // here, under the lock this request already holds.
+            let (held, via): (Vec<Event>, _) = match (&sh.probing, out.probe, &out.reply) {
+                (Some(_), Some(ip), Some(_)) => {
                     let (offer, rest) = events
                         .into_iter()
                         .partition(|e| e.kind == EventKind::LeaseOffer);
                     events = rest;
-                    offer
+                    (
+                        offer,
+                        Some(probe::via_for(&st.plan, &ingress, rx.ifindex, ip)),
+                    )
                 }
-                _ => Vec::new(),
+                _ => (Vec::new(), None),
             };
             // Submitted and announced under the locks: disk order = index order = event order.
             let pending = (!out.commit.is_empty()).then(|| sh.store.submit(out.commit.clone()));
@@ -293,7 +297,7 @@ async fn receive_loop(
                     None
                 }
             };
-            (out, pending, announced, held)
+            (out, pending, announced, held, via)
         };
         if let Some(why) = outcome.ignored {
             sh.metrics.ignored(why);
@@ -304,25 +308,31 @@ async fn receive_loop(
             Some(rx.dst)
         };
         let class = outcome.class.unwrap_or("none");
-        if let (Some(ip), Some(reply), true) = (outcome.probe, &outcome.reply, sh.probing.is_some())
-        {
-            // Probed off the receive path: this loop goes on with the next request.
-            let pending = probe::Pending {
-                req,
-                ingress,
-                ifindex: rx.ifindex,
-                src,
-                class,
-                sock: sock.clone(),
-                t0,
-            };
-            tokio::spawn(probe::offer_when_free(
-                sh.clone(),
-                pending,
+        let to_probe = match (via, outcome.probe) {
+            (Some(via), Some(ip)) => outcome.reply.take().map(|r| (ip, via, r)),
+            _ => None,
+        };
+        if let Some((ip, via, reply)) = to_probe {
+            // Probed off the receive path: the prober sends the OFFER when the address is
+            // found free, and this loop goes on with the next request.
+            let offer = probe::HeldOffer {
+                sh: sh.clone(),
+                pending: probe::Pending {
+                    req,
+                    ingress,
+                    ifindex: rx.ifindex,
+                    src,
+                    class,
+                    sock: sock.clone(),
+                    t0,
+                },
                 ip,
-                reply.clone(),
-                held,
-            ));
+                via,
+                reply,
+                events: held,
+                attempt: 1,
+            };
+            probe::offer_when_free(offer, t0);
             continue;
         }
         match (outcome.reply, pending) {
@@ -379,6 +389,59 @@ pub(super) async fn send_reply(
 ) {
     let bytes = reply.encode();
     let fd = sock.as_raw_fd();
+    let (dst, ifx, from) = route(sh, fd, reply, ifindex, src);
+    let attempt = |spec: Ipv4Addr| send_from(fd, &bytes, dst, ifx, spec);
+    let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
+    if r.is_err() && !from.is_unspecified() {
+        // The server identifier is not a local address (e.g. a VIP this node does not
+        // hold): let the kernel choose the source.
+        r = sock
+            .async_io(Interest::WRITABLE, || attempt(Ipv4Addr::UNSPECIFIED))
+            .await;
+    }
+    sent(sh, reply, class, dst, r);
+}
+
+/// [`send_reply`] for a caller that must not wait (the prober's task): false, and nothing
+/// sent, when the socket is not writable right now.
+pub(super) fn try_send_reply(
+    sh: &Shared,
+    sock: &UdpSocket,
+    reply: &Reply,
+    class: &'static str,
+    ifindex: u32,
+    src: Option<Ipv4Addr>,
+) -> bool {
+    let bytes = reply.encode();
+    let fd = sock.as_raw_fd();
+    let (dst, ifx, from) = route(sh, fd, reply, ifindex, src);
+    let attempt =
+        |spec: Ipv4Addr| sock.try_io(Interest::WRITABLE, || send_from(fd, &bytes, dst, ifx, spec));
+    let mut r = attempt(from);
+    if r.as_ref()
+        .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
+        && !from.is_unspecified()
+    {
+        r = attempt(Ipv4Addr::UNSPECIFIED);
+    }
+    if r.as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+    {
+        return false;
+    }
+    sent(sh, reply, class, dst, r);
+    true
+}
+
+/// Where a reply goes: its destination, the interface it must leave by (0: any) and its
+/// source address per RFC 2131 §4.1.
+fn route(
+    sh: &Shared,
+    fd: i32,
+    reply: &Reply,
+    ifindex: u32,
+    src: Option<Ipv4Addr>,
+) -> (SocketAddrV4, u32, Ipv4Addr) {
     let broadcast = (
         SocketAddrV4::new(Ipv4Addr::BROADCAST, sh.client_port),
         ifindex,
@@ -405,22 +468,31 @@ pub(super) async fn send_reply(
             }
         }
     };
-    let from = src.unwrap_or(reply.server_id);
-    let attempt = |spec: Ipv4Addr| {
-        let src = pktinfo::Source {
-            addr: Some(IpAddr::V4(spec)),
-            ifindex: ifx,
-        };
-        pktinfo::send_one(fd, false, &bytes, SocketAddr::V4(dst), src)
+    (dst, ifx, src.unwrap_or(reply.server_id))
+}
+
+fn send_from(
+    fd: i32,
+    bytes: &[u8],
+    dst: SocketAddrV4,
+    ifindex: u32,
+    from: Ipv4Addr,
+) -> std::io::Result<()> {
+    let src = pktinfo::Source {
+        addr: Some(IpAddr::V4(from)),
+        ifindex,
     };
-    let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
-    if r.is_err() && !from.is_unspecified() {
-        // The server identifier is not a local address (e.g. a VIP this node does not
-        // hold): let the kernel choose the source.
-        r = sock
-            .async_io(Interest::WRITABLE, || attempt(Ipv4Addr::UNSPECIFIED))
-            .await;
-    }
+    pktinfo::send_one(fd, false, bytes, SocketAddr::V4(dst), src)
+}
+
+/// Counts a reply that left, or logs why it did not.
+fn sent(
+    sh: &Shared,
+    reply: &Reply,
+    class: &'static str,
+    dst: SocketAddrV4,
+    r: std::io::Result<()>,
+) {
     match r {
         Ok(_) => {
             sh.metrics
