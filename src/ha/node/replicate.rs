@@ -1,5 +1,5 @@
-//! The node task's side of lease replication: one frame per group commit to a standby (its
-//! DHCPACKs wait for the standby's ack), and the peer's leases merged in a bulk sync.
+//! The node task's side of lease replication: one frame per group commit to the peer (its
+//! DHCPACKs wait for its ack, whatever its role), and the peer's leases merged in a bulk sync.
 
 use tokio::sync::mpsc;
 
@@ -7,7 +7,6 @@ use super::NodeTask;
 use crate::ha::machine::Input;
 use crate::ha::peer::Msg;
 use crate::ha::sync::{self, Applied};
-use crate::ha::HaState;
 use crate::lease::{ReplicationRequest, ReplicationRx};
 
 /// Most yields while gathering one frame's leases (each lets the woken DHCP tasks run).
@@ -46,11 +45,13 @@ pub(super) async fn gather(
 
 impl NodeTask {
     pub(super) fn on_replicate(&mut self, batch: Vec<crate::lease::ReplicationRequest>) {
-        let connected = self.link.is_some()
-            && self
-                .m
-                .peer()
-                .is_some_and(|p| matches!(p.state, HaState::Standby | HaState::Syncing));
+        // Whatever the peer's role. A lease this node committed while ACTIVE can reach this
+        // point after it handed the service over (the commit and its fsync were still under
+        // way at the handoff): the new active node must take it now, not at the next bulk
+        // sync, or it expires the client's lease there and replicates the expiry back over
+        // the newer binding here (chaos seed 22). In a split brain both sides' changes meet
+        // the same way, and the merge policy orders them alike.
+        let connected = self.link.is_some() && self.m.peer().is_some_and(|p| !p.store_failed);
         match &self.link {
             Some(l) if connected => {
                 let mut leases = Vec::with_capacity(batch.len());

@@ -194,6 +194,29 @@ async fn primary_serves_secondary_stands_by_and_leases_replicate_before_the_ack(
     b.stop.cancel();
 }
 
+/// A lease the giver of a handoff committed while it was ACTIVE can reach its node task
+/// only after the handoff (the commit's fsync was under way): the new active node takes it
+/// at once and the DHCPACK waits for that. It went out only at the next bulk sync before, so
+/// the active node expired the client's lease and replicated the expiry back over the newer
+/// binding (chaos seed 22: a renewal ACKed during a preemption was lost on both nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_committed_just_before_a_handoff_reaches_the_new_active_node_at_once() {
+    let (a, b) = pair(SECRET).await;
+    settled(&a, &b).await;
+    assert_eq!(state(&b), HaState::Standby);
+    let l = lease(60, 2000);
+    b.log.put(vec![l.clone()]).await.expect("put");
+    assert_eq!(
+        b.rep
+            .replicate(vec![l.clone()], Duration::from_secs(2))
+            .await,
+        crate::lease::Replicated::Acked
+    );
+    assert_eq!(a.log.get(l.ip), Some(l));
+    a.stop.cancel();
+    b.stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_sync_on_connect_merges_both_ways() {
     let la = tokio::net::TcpListener::bind("127.0.0.1:0")
