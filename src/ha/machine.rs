@@ -418,6 +418,12 @@ pub struct Machine {
     /// The store started empty in place of a damaged file; FAULT stays until a bulk sync
     /// from the peer completes.
     store_resync: bool,
+    /// A bulk sync from the peer completed on the current link. A returning primary asks
+    /// for the service only then: a STANDBY before it (just started, or not yet linked) may
+    /// lack what the peer leased meanwhile, and a preemption would have it serve without
+    /// (chaos seed 22: its hello, written when a datagram had shown the peer ACTIVE, asked
+    /// at once, and it took the service in SYNCING).
+    synced: bool,
 }
 
 impl Machine {
@@ -450,6 +456,7 @@ impl Machine {
             health_stuck: false,
             store_failed: None,
             store_resync: false,
+            synced: false,
         }
     }
 
@@ -508,6 +515,8 @@ impl Machine {
             wants_active: self.cfg.preempt
                 && self.cfg.role == Role::Primary
                 && self.state() == HaState::Standby
+                && self.link_up
+                && self.synced
                 && peer_active
                 && !self.faulted()
                 && !self.stopping

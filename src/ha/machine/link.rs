@@ -11,6 +11,7 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.link_up = true;
+        self.synced = false;
         self.linked_once = true;
         self.last_link_ms = now;
         self.paths.heard(paths::LINK, now);
@@ -78,6 +79,7 @@ impl Machine {
             return;
         }
         self.link_up = false;
+        self.synced = false;
         let name = self.peer_name();
         self.peer_gone(format!("peer link to {name} closed"), out);
         if let Some(h) = self.end_handoff() {
@@ -130,6 +132,7 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         self.emit(out, HaNotice::SyncComplete, detail.clone());
+        self.synced = true;
         if self.store_resync {
             // The peer's whole lease set is here now: the rebuilt store may serve.
             self.store_resync = false;

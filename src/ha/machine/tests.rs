@@ -953,6 +953,40 @@ fn a_synced_primary_asks_for_the_service_only_with_preempt() {
     assert!(!m.status(0).wants_active);
 }
 
+/// A primary that just started hears the ACTIVE peer by datagram before its link is up. It
+/// asks for the service neither then (its hello is written from that status) nor while its
+/// bulk sync runs, only once the sync on this link completed: chaos seed 22 took the service
+/// in SYNCING and served 34 ms without the peer's latest leases.
+#[test]
+fn a_returning_primary_asks_for_the_service_only_after_its_sync_on_the_link() {
+    let mut a = primary();
+    let b = || ps("node-b", Role::Secondary, HaState::Active, 3);
+    a.step(
+        Input::Datagram {
+            path: 0,
+            status: b(),
+        },
+        10,
+        0,
+    );
+    assert_eq!(a.state(), HaState::Standby);
+    assert!(!a.status(0).wants_active, "before the link");
+    a.step(Input::LinkUp(b()), 20, 0);
+    assert_eq!(a.state(), HaState::Syncing);
+    assert!(!a.status(0).wants_active, "while syncing");
+    a.step(
+        Input::SyncComplete {
+            detail: "sync".into(),
+        },
+        30,
+        0,
+    );
+    assert_eq!(a.state(), HaState::Standby);
+    assert!(a.status(0).wants_active, "after the sync");
+    a.step(Input::LinkDown, 40, 0);
+    assert!(!a.status(0).wants_active, "the link is gone");
+}
+
 #[test]
 fn durations_read_like_a_person_writes_them() {
     assert_eq!(secs(10_000), "10.0s");
