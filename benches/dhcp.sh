@@ -18,7 +18,9 @@
 #       # printed under the ACK latency and the lease writer's queue and commit times
 #
 # Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
-# bisection steps; a step passes at < 1% lost and >= 97% of the target rate), then a fixed
+# bisection steps; a step passes at < 1% lost and >= 97% of the target rate; a step that
+# fails while >= STEAL_RETRY % (default 2) of the VM's CPU went to other guests is run once
+# more, for every server alike, and each step logs that share), then a fixed
 # 4,000/s run for the server's CPU time per exchange (Δ utime+stime of the server process
 # from /proc/PID/stat over the run, divided by ACKs) and, for athena, the latency split:
 # REQUEST to ACK, submission to the lease writer's transaction, redb's commit with its
@@ -254,11 +256,22 @@ udp_rcvbuf_errors() {
 }
 
 cpu_ticks() { awk '{print $14+$15+$16+$17}' "/proc/$1/stat"; }
+# "steal total" jiffies of the whole VM (/proc/stat): the CPU time the hypervisor gave to
+# other guests. A 6 ms stall of perfdhcp's vCPU at 16,000 exchanges/s fills its socket
+# buffer, so a step that fails while the VM lost CPU is noise, not the server's limit.
+cpu_steal() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit}' /proc/stat; }
+steal_pct() {  # "steal total" before, after -> percent
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2]
+    printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}'
+}
+# A failing peak-search step is run once more when at least this share of the VM's CPU was
+# stolen during it (the same rule for every server); the retry and its cause are logged.
+STEAL_RETRY=${STEAL_RETRY:-2}
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 
-# One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb"
+# One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb steal_pct"
 step() {
-  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss
+  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss s0 s1 stolen
   start_server "$name"
   local perf_pid=
   case $name in athena*)
@@ -273,7 +286,10 @@ step() {
   t0=$(date +%s.%N)
   local rcv0 rcv1
   rcv0=$(udp_rcvbuf_errors "$C")
+  s0=$(cpu_steal)
   out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -W 500000 -g single 2>&1 || true)
+  s1=$(cpu_steal)
+  stolen=$(steal_pct "$s0" "$s1")
   rcv1=$(udp_rcvbuf_errors "$C")
   printf '%s\n' "$out" >"$OUT/$name-perfdhcp-$rate.txt"
   # Replies the client's kernel dropped because perfdhcp's socket buffer was full (perfdhcp
@@ -312,8 +328,8 @@ step() {
   ach=$(awk -v a="$acks" -v p="$STEP" 'BEGIN{printf "%.0f", a/p}')
   lost=$(awk -v a="$acks" -v d="$disc" 'BEGIN{ if (d==0) print 100; else printf "%.2f", 100*(1-a/d)}')
   cpu=$(awk -v c="$((c1 - c0))" -v a="$acks" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
-  echo "$rate $ach $lost $cpu $acks $rss"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" >>"$OUT/steps.tsv"
+  echo "$rate $ach $lost $cpu $acks $rss $stolen"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" "$stolen" >>"$OUT/steps.tsv"
 }
 
 # "    NAME  n=  p50<=  p90<=  p99<=  p99.9<=" of a Prometheus histogram in a metrics dump.
@@ -335,11 +351,24 @@ passes() { # target achieved lost
   awk -v t="$1" -v a="$2" -v l="$3" 'BEGIN{ exit !(l < 1 && a >= 0.97*t) }'
 }
 
+# One peak-search step, run once more if it failed while >= STEAL_RETRY % of the CPU was
+# stolen; prints "achieved lost steal_pct" of the run that counts and logs both.
+judged_step() {  # NAME RATE
+  local ach lost stolen
+  read -r _ ach lost _ _ _ stolen < <(step "$1" "$2")
+  echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%" >&2
+  if ! passes "$2" "$ach" "$lost" && awk -v s="$stolen" -v m="$STEAL_RETRY" 'BEGIN {exit !(s >= m)}'; then
+    echo "  $1 $2/s: failed with $stolen% of the CPU stolen: run once more" >&2
+    read -r _ ach lost _ _ _ stolen < <(step "$1" "$2")
+    echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%" >&2
+  fi
+  echo "$ach $lost $stolen"
+}
+
 peak_search() {
   local name=$1 rate=500 good=0 bad=0 r
   while :; do
-    read -r _ ach lost _ _ _ < <(step "$name" "$rate")
-    echo "  $name $rate/s -> $ach/s, lost $lost%" >&2
+    read -r ach lost _ < <(judged_step "$name" "$rate")
     if passes "$rate" "$ach" "$lost"; then good=$rate; rate=$((rate * 2)); else bad=$rate; break; fi
     [ "$rate" -gt 64000 ] && break
   done
@@ -347,14 +376,13 @@ peak_search() {
     [ "$bad" -eq 0 ] && break
     r=$(((good + bad) / 2))
     [ $((bad - good)) -lt 200 ] && break
-    read -r _ ach lost _ _ _ < <(step "$name" "$r")
-    echo "  $name $r/s -> $ach/s, lost $lost%" >&2
+    read -r ach lost _ < <(judged_step "$name" "$r")
     if passes "$r" "$ach" "$lost"; then good=$r; else bad=$r; fi
   done
   echo "$good"
 }
 
-printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\n' >"$OUT/steps.tsv"
+printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\tsteal_pct\n' >"$OUT/steps.tsv"
 printf 'target\tprimary_leases\tstandby_leases\treplication_acked\treplication_unacked\tstandby_cpu_us\n' >"$OUT/ha.tsv"
 declare -A PEAK CPU RSS
 for s in $SERVERS; do
@@ -365,10 +393,10 @@ for s in $SERVERS; do
     PEAK[$s]=$(peak_search "$s")
   fi
   echo "== $s: fixed $FIXED_RATE/s" >&2
-  read -r _ ach lost cpu acks rss < <(step "$s" "$FIXED_RATE")
+  read -r _ ach lost cpu acks rss stolen < <(step "$s" "$FIXED_RATE")
   CPU[$s]=$cpu
   RSS[$s]=$rss
-  echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB" >&2
+  echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB, CPU stolen $stolen%" >&2
   if [ "$s" = athena ] || [ "$s" = athena-ha ] || [ "$s" = athena-noprobe ]; then
     m="$OUT/$s-metrics-$FIXED_RATE.txt"
     commits=$(awk '/^athena_lease_commits_total/{print $2}' "$m")
@@ -392,7 +420,7 @@ OFFER_P99=
 if [ -n "${PEAK[athena]:-}" ] && [ "${PEAK[athena]}" -gt 0 ] && [ -n "${CPU[athena-noprobe]:-}" ]; then
   half=$((PEAK[athena] / 2))
   echo "== athena: fixed $half/s (half its peak), OFFER latency" >&2
-  read -r _ ach lost _ _ _ < <(step athena "$half")
+  read -r _ ach lost _ _ _ _ < <(step athena "$half")
   OFFER_P99=$(p99 athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt")
   echo "  athena $half/s -> $ach/s, lost $lost%" >&2
   percentiles athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt" >&2

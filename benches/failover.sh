@@ -55,7 +55,10 @@
 # lines, lost queries. athena-dhcpd's standby has resolved the names the active node's clients
 # asked (warm standby); keepalived's B runs a dnsmasq with a cold cache. Systems: athena,
 # athena-fast, keepalived, keepalived-tuned. Target (--check): after the failover a hit rate of
-# at least 95% and a p99 at most 1.5x the steady state's, for athena-dhcpd.
+# at least 95% and a p99 at most 1.5x the steady state's, for athena-dhcpd. p99s of a fraction
+# of a millisecond move with the VM's stolen CPU (/proc/stat steal, printed per run), so the
+# p99 is judged only on runs with less than STEAL_MAX % (default 1) stolen in both phases,
+# and at least half of the runs must be such.
 #
 # Idle mode (--idle, default 600 s): no failure at all, to catch false failovers. Both nodes
 # run athena-fast (heartbeat 50ms, failover_timeout 150ms, witness 50ms), or the defaults with
@@ -77,6 +80,7 @@ BUILD=1
 IDLE=
 SYSTEMS_SET=0
 CHECK=0
+STEAL_MAX=${STEAL_MAX:-1}  # --dns-cache --check: a run with this much % of the CPU stolen is not judged
 DNS_CACHE=0
 NAMES=1000
 REPEAT=10
@@ -549,20 +553,31 @@ upstream_queries() {  # SKIP SOURCES
   tail -n +"$(($1 + 1))" "$RD/upstream.log" 2>/dev/null | grep -cE "^($2) "
 }
 upstream_lines() { wc -l <"$RD/upstream.log" 2>/dev/null || echo 0; }
-# One load through the VIP; prints "completed lost p99_ms".
+# The CPU time the hypervisor gave to other guests (/proc/stat "steal"), as "steal total" in
+# jiffies over all CPUs: a phase's share of it tells a latency spike of the VM from one of the
+# daemon (a p99 of 0.2 ms is 100 queries late by a few ms, which one stolen 50 ms slice makes).
+cpu_steal() { awk '$1 == "cpu" {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit}' /proc/stat; }
+steal_pct() {  # "steal total" before, after -> percent
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2]
+    printf "%.1f", (d > 0 ? 100 * (y[1] - x[1]) / d : 0)}'
+}
+# One load through the VIP; prints "completed lost p99_ms steal_pct".
 dns_load() {  # FILE OUT
+  local s0 s1
+  s0=$(cpu_steal)
   ip netns exec "$C" dnsperf -s $VIP -p 53 -d "$1" -n 1 -c 1 -q 100 -t 2 -Q "$RATE" -v >"$2" 2>&1
+  s1=$(cpu_steal)
   local done_q lost p99
   done_q=$(awk '/Queries completed/ {print $3; exit}' "$2")
   lost=$(awk '/Queries lost/ {print $3; exit}' "$2")
   p99=$(awk '/^> / && $2 != "T" {print $NF}' "$2" | sort -g |
     awk '{a[NR] = $1} END {if (!NR) {print "-"; exit} i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f", a[i] * 1000}')
-  echo "${done_q:-0} ${lost:-?} $p99"
+  echo "${done_q:-0} ${lost:-?} $p99 $(steal_pct "$s0" "$s1")"
 }
 # One run: prints "steady_hit steady_p99 steady_lost after_hit after_p99 after_lost
-# after_upstream takeover_ms" or "ERR reason".
+# after_upstream takeover_ms steady_steal_pct after_steal_pct" or "ERR reason".
 dns_cache_once() {  # SYSTEM RUN
-  local sys=$1 t0 t1 skip sd sl sp su ad al ap au m
+  local sys=$1 t0 t1 skip sd sl sp ss su ad al ap as au m
   RD=$WORK/$1-dns-cache-$2
   lab_up; mkdir -p "$RD/a" "$RD/b"
   upstream_start || { echo "ERR upstream"; return; }
@@ -571,7 +586,7 @@ dns_cache_once() {  # SYSTEM RUN
   # standby's through the peer link) learns them.
   dns_load "$WORK/names-once.txt" "$RD/warmup.txt" >/dev/null
   skip=$(upstream_lines)
-  read -r sd sl sp <<<"$(dns_load "$WORK/names-load.txt" "$RD/steady.txt")"
+  read -r sd sl sp ss <<<"$(dns_load "$WORK/names-load.txt" "$RD/steady.txt")"
   sleep 0.5  # the upstream's log lines of the phase's last queries
   su=$(upstream_queries "$skip" "10\.0\.0\.1|10\.0\.0\.3")
   vip_answers a || { echo "ERR A-not-serving-after-steady"; return; }
@@ -585,61 +600,80 @@ dns_cache_once() {  # SYSTEM RUN
   wait_until "$RUN_MAX" vip_answers b || { echo "ERR no-failover"; return; }
   t1=$(date +%s%N)
   skip=$(upstream_lines)
-  read -r ad al ap <<<"$(dns_load "$WORK/names-load.txt" "$RD/after.txt")"
+  read -r ad al ap as <<<"$(dns_load "$WORK/names-load.txt" "$RD/after.txt")"
   sleep 0.5
   au=$(upstream_queries "$skip" "10\.0\.0\.2|10\.0\.0\.3")
   [ "${sd:-0}" -gt 0 ] && [ "${ad:-0}" -gt 0 ] || { echo "ERR no-answers"; return; }
   awk -v sd="$sd" -v su="$su" -v sp="$sp" -v sl="$sl" -v ad="$ad" -v au="$au" -v ap="$ap" -v al="$al" \
-    -v tk=$(((t1 - t0) / 1000000)) 'BEGIN {
-      printf "%.4f %s %s %.4f %s %s %d %d\n", 1 - su / sd, sp, sl, 1 - au / ad, ap, al, au, tk }'
+    -v tk=$(((t1 - t0) / 1000000)) -v ss="$ss" -v as="$as" 'BEGIN {
+      printf "%.4f %s %s %.4f %s %s %d %d %s %s\n", 1 - su / sd, sp, sl, 1 - au / ad, ap, al, au, tk, ss, as }'
 }
 dns_cache_main() {
-  local sys r res sh sp sl ah ap al au tk
+  local sys r res sh sp sl ah ap al au tk ss as st ratio
   dns_cache_data
-  printf 'system\trun\tsteady_hit\tsteady_p99_ms\tsteady_lost\tafter_hit\tafter_p99_ms\tafter_lost\tafter_upstream_queries\ttakeover_ms\n' >"$TSV"
+  printf 'system\trun\tsteady_hit\tsteady_p99_ms\tsteady_lost\tafter_hit\tafter_p99_ms\tafter_lost\tafter_upstream_queries\ttakeover_ms\tsteady_steal_pct\tafter_steal_pct\n' >"$TSV"
   echo "DNS cache failover benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, $(uname -r);" \
     "runs=$RUNS names=$NAMES repeat=$REPEAT rate=$RATE; work dir $WORK" >&2
-  declare -A HIT P99S P99A RATIO LOST UPQ
+  declare -A HIT P99S P99A RATIO LOST UPQ STEAL QUIET
   for sys in $SYSTEMS; do
     case "$sys" in athena|athena-fast|keepalived|keepalived-tuned) ;; *) die "--dns-cache: unknown system $sys" ;; esac
     for r in $(seq 1 "$RUNS"); do
       res=$(dns_cache_once "$sys" "$r")
       echo "  $sys run $r: $res" >&2
       if [[ $res == ERR* ]]; then printf '%s\t%s\t%s\n' "$sys" "$r" "$res" >>"$TSV"; continue; fi
-      read -r sh sp sl ah ap al au tk <<<"$res"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$r" "$sh" "$sp" "$sl" "$ah" "$ap" "$al" "$au" "$tk" >>"$TSV"
+      read -r sh sp sl ah ap al au tk ss as <<<"$res"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$sys" "$r" "$sh" "$sp" "$sl" "$ah" "$ap" "$al" "$au" "$tk" "$ss" "$as" >>"$TSV"
       HIT[$sys]+=" $ah"; P99S[$sys]+=" $sp"; P99A[$sys]+=" $ap"; LOST[$sys]+=" $al"; UPQ[$sys]+=" $au"
-      RATIO[$sys]+=" $(awk -v a="$ap" -v s="$sp" 'BEGIN {printf "%.2f", (s > 0 ? a / s : 0)}')"
+      st=$(awk -v a="$ss" -v b="$as" 'BEGIN {print (a > b ? a : b)}')
+      STEAL[$sys]+=" $st"
+      ratio=$(awk -v a="$ap" -v s="$sp" 'BEGIN {printf "%.2f", (s > 0 ? a / s : 0)}')
+      RATIO[$sys]+=" $ratio"
+      if awk -v s="$st" -v m="$STEAL_MAX" 'BEGIN {exit !(s < m)}'; then
+        QUIET[$sys]+=" $ratio"
+      fi
     done
   done
   lab_down
   echo
   echo "The first $((NAMES * REPEAT)) queries ($NAMES names asked before, $REPEAT times each, $RATE/s) on the new active node after a kill -9 of A's DNS service, against the same load on A before it; min / median / max of $RUNS runs."
-  printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s |\n' system "hit rate after" "upstream queries" "p99 ms steady" "p99 ms after" "p99 after / steady" "lost after"
-  printf '|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- ------------------ ------------------------ ------------------------ ---------------------- ------------
+  printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s | %-16s |\n' system "hit rate after" "upstream queries" "p99 ms steady" "p99 ms after" "p99 after / steady" "lost after" "CPU stolen %"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' ------------------ -------------------------- ------------------ ------------------------ ------------------------ ---------------------- ------------ ------------------
   for sys in $SYSTEMS; do
     [ -n "${HIT[$sys]:-}" ] || { echo "| $sys | no successful run (see $TSV) |"; continue; }
     # shellcheck disable=SC2086
-    printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s |\n' "$sys" \
+    printf '| %-16s | %-24s | %-16s | %-22s | %-22s | %-20s | %-10s | %-16s |\n' "$sys" \
       "$(stats ${HIT[$sys]} | sed 's# # / #g')" "$(stats ${UPQ[$sys]} | sed 's# # / #g')" \
       "$(stats ${P99S[$sys]} | sed 's# # / #g')" "$(stats ${P99A[$sys]} | sed 's# # / #g')" \
-      "$(stats ${RATIO[$sys]} | sed 's# # / #g')" "$(stats ${LOST[$sys]} | sed 's# # / #g')"
+      "$(stats ${RATIO[$sys]} | sed 's# # / #g')" "$(stats ${LOST[$sys]} | sed 's# # / #g')" \
+      "$(stats ${STEAL[$sys]} | sed 's# # / #g')"
   done
+  echo "CPU stolen %: the share of the VM's CPU time the hypervisor gave to other guests during the"
+  echo "run's busier phase (/proc/stat steal); p99s of a fraction of a millisecond only compare"
+  echo "between runs where it is ~0."
   echo "per-run figures: $TSV; dnsperf output, the upstream's query log and the nodes' logs per run under $WORK"
   if [ "$CHECK" = 1 ]; then  # README's targets, on the worst run: hit rate >= 95%, p99 <= 1.5x steady
-    local bad=0 lo hi
+    local bad=0 lo hi n
     for sys in athena athena-fast; do
       case " $SYSTEMS " in *" $sys "*) ;; *) continue ;; esac
       [ -n "${HIT[$sys]:-}" ] || { echo "CHECK FAILED: $sys: no successful run"; bad=1; continue; }
       # shellcheck disable=SC2086
       read -r lo _ _ <<<"$(stats ${HIT[$sys]})"
-      # shellcheck disable=SC2086
-      read -r _ _ hi <<<"$(stats ${RATIO[$sys]})"
       if awk -v v="$lo" 'BEGIN {exit !(v < 0.95)}'; then
         echo "CHECK FAILED: $sys: hit rate after the failover $lo, target >= 0.95"; bad=1
       fi
-      if awk -v v="$hi" 'BEGIN {exit !(v > 1.5)}'; then
-        echo "CHECK FAILED: $sys: p99 after / steady $hi, target <= 1.5"; bad=1
+      # The p99 ratio on the runs the hypervisor left alone (< STEAL_MAX % stolen in both
+      # phases), and at least half of the runs must be such: otherwise the machine is too
+      # noisy to tell, which is a failed check, not a pass.
+      # shellcheck disable=SC2086
+      n=$(wc -w <<<"${QUIET[$sys]:-}")
+      if [ $((n * 2)) -lt "$RUNS" ]; then
+        echo "CHECK FAILED: $sys: only $n of $RUNS runs had < $STEAL_MAX% of the CPU stolen: too noisy to judge the p99"; bad=1
+      else
+        # shellcheck disable=SC2086
+        read -r _ _ hi <<<"$(stats ${QUIET[$sys]})"
+        if awk -v v="$hi" 'BEGIN {exit !(v > 1.5)}'; then
+          echo "CHECK FAILED: $sys: p99 after / steady $hi, target <= 1.5 (worst of $n quiet runs)"; bad=1
+        fi
       fi
     done
     [ "$bad" = 0 ] && echo "check: athena-dhcpd meets README's warm-cache targets"
