@@ -347,15 +347,7 @@ fn dhcp_pair(tag: &str, extra: &str) -> common::lab::Lab {
     let mut lab = Lab::new(tag);
     lab.start(Node::A, &opts);
     lab.start(Node::B, &opts);
-    lab.wait_for(
-        "A ACTIVE, B STANDBY, linked",
-        Duration::from_secs(15),
-        |l| {
-            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
-            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
-            && a["peer_connected"] == true && b["peer_connected"] == true)
-        },
-    );
+    common::ha_pair::wait_linked(&lab, false);
     lab
 }
 

@@ -9,7 +9,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::ha_pair::{active_leases, epoch, opts, pair};
+use common::ha_pair::{active_leases, epoch, opts, pair, wait_linked};
 use common::lab::{dhclient_once, Lab, Node, NodeOpts, DOMAIN, VIP};
 use common::netns::require_root;
 
@@ -140,15 +140,7 @@ fn api_failover_over_http_needs_the_token_and_hands_off() {
     let mut lab = Lab::new("haapi");
     lab.start(Node::A, &with_token);
     lab.start(Node::B, &with_token);
-    lab.wait_for(
-        "A ACTIVE and B STANDBY, linked",
-        Duration::from_secs(15),
-        |l| {
-            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
-            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
-            && a["peer_connected"] == true && b["peer_connected"] == true)
-        },
-    );
+    wait_linked(&lab, false);
     let failover = |headers: &[&str]| {
         lab.api_post(Node::A, "/api/v1/ha/failover", headers)
             .expect("API answers")
@@ -395,15 +387,7 @@ fn an_abandoned_lease_expires_with_an_event_is_replicated_and_its_name_leaves_dn
         },
     );
     lab.start(Node::B, &full);
-    lab.wait_for(
-        "A ACTIVE and B STANDBY, linked",
-        Duration::from_secs(15),
-        |l| {
-            matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
-            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
-            && a["peer_connected"] == true && b["peer_connected"] == true)
-        },
-    );
+    wait_linked(&lab, false);
 
     let dir = lab.dir.path().to_path_buf();
     let client = lab.add_client("laptop");

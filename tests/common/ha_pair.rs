@@ -22,17 +22,7 @@ pub fn pair(tag: &str, preempt: bool) -> Lab {
     let mut lab = Lab::new(tag);
     lab.start(Node::A, &opts(preempt));
     lab.start(Node::B, &opts(preempt));
-    lab.wait_for(
-        "A ACTIVE and B STANDBY, linked",
-        Duration::from_secs(15),
-        |l| {
-            let a = l.ha_status(Node::A);
-            let b = l.ha_status(Node::B);
-            matches!((a, b), (Some(a), Some(b))
-            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
-            && a["peer_connected"] == true && b["peer_connected"] == true)
-        },
-    );
+    wait_linked(&lab, false);
     lab
 }
 
@@ -50,19 +40,24 @@ pub fn full_pair(tag: &str) -> Lab {
     let opts = NodeOpts::default();
     lab.start(Node::A, &opts);
     lab.start(Node::B, &opts);
-    lab.wait_for(
-        "A ACTIVE with the VIP and B STANDBY, linked",
-        Duration::from_secs(15),
-        |l| {
-            let a = l.ha_status(Node::A);
-            let b = l.ha_status(Node::B);
-            matches!((a, b), (Some(a), Some(b))
-            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
-            && a["peer_connected"] == true && b["peer_connected"] == true)
-                && l.vip_on(Node::A)
-        },
-    );
+    wait_linked(&lab, true);
     lab
+}
+
+/// Waits (up to 15 s) until A is ACTIVE and B STANDBY with the peer link up on both sides,
+/// and, `with_vip`, A holds the VIP: the start every pair test needs before it acts.
+pub fn wait_linked(lab: &Lab, with_vip: bool) {
+    let what = if with_vip {
+        "A ACTIVE with the VIP and B STANDBY, linked"
+    } else {
+        "A ACTIVE and B STANDBY, linked"
+    };
+    lab.wait_for(what, Duration::from_secs(15), |l| {
+        let linked = matches!((l.ha_status(Node::A), l.ha_status(Node::B)), (Some(a), Some(b))
+            if a["state"] == "ACTIVE" && b["state"] == "STANDBY"
+            && a["peer_connected"] == true && b["peer_connected"] == true);
+        linked && (!with_vip || l.vip_on(Node::A))
+    });
 }
 
 /// A node's active leases as (address, MAC), sorted; None while its API does not answer.
