@@ -98,9 +98,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-ip netns add "$NS" || die "cannot create namespace $NS"
-ip -n "$NS" link set lo up
-inns() { ip netns exec "$NS" "$@"; }
+# shellcheck source=benches/dns-lab.sh
+. "$ROOT/benches/dns-lab.sh"
+dns_lab || die "cannot create namespace $NS"
 
 port_of() { case "$1" in athena) echo 5300 ;; unbound) echo 5301 ;; dnsmasq) echo 5302 ;; esac; }
 
@@ -111,27 +111,6 @@ for i in $(seq 1 "$NAMES"); do
   echo "host$i.bench.lan A" >>"$WORK/names.txt"
   echo "  local-data: \"host$i.bench.lan. $TTL IN A $ip\"" >>"$WORK/upstream-data.conf"
 done
-
-unbound_base() {  # PORT
-  cat <<EOF
-server:
-  interface: 127.0.0.1
-  port: $1
-  num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  chroot: ""
-  username: ""
-  pidfile: ""
-  directory: "$WORK"
-  logfile: ""
-  verbosity: 0
-  do-ip6: no
-  access-control: 127.0.0.0/8 allow
-  msg-cache-size: 16m
-  rrset-cache-size: 32m
-EOF
-}
 
 # --- servers -----------------------------------------------------------------------------------
 start_bg() {  # LOG CMD...
@@ -148,8 +127,7 @@ wait_answers() {  # NAME PORT
   die "$1 on port $2 does not answer host1.bench.lan (logs in $WORK)"
 }
 
-{ unbound_base 5399; echo '  local-zone: "bench.lan." static'; cat "$WORK/upstream-data.conf"
-  printf 'remote-control:\n  control-enable: no\n'; } >"$WORK/upstream.conf"
+unbound_conf 5399 local "$WORK/upstream-data.conf" >"$WORK/upstream.conf"
 start_bg "$WORK/upstream.log" unbound -c "$WORK/upstream.conf" -d
 wait_answers upstream 5399
 
@@ -174,20 +152,10 @@ stale_max = "1d"
 EOF
       start_bg "$WORK/athena.log" taskset -c "$SERVER_CPU" "$BIN" --log-format text -c "$WORK/athena.toml" ;;
     unbound)
-      { unbound_base 5301
-        cat <<EOF
-  do-not-query-localhost: no
-  serve-expired: yes
+      unbound_conf 5301 forward 5399 '  serve-expired: yes
   serve-expired-ttl: 86400
   serve-expired-reply-ttl: 30
-  serve-expired-client-timeout: 0
-forward-zone:
-  name: "."
-  forward-addr: 127.0.0.1@5399
-remote-control:
-  control-enable: no
-EOF
-      } >"$WORK/unbound.conf"
+  serve-expired-client-timeout: 0' >"$WORK/unbound.conf"
       start_bg "$WORK/unbound.log" taskset -c "$SERVER_CPU" unbound -c "$WORK/unbound.conf" -d ;;
     dnsmasq)
       start_bg "$WORK/dnsmasq.log" taskset -c "$SERVER_CPU" dnsmasq -k --port=5302 --listen-address=127.0.0.1 \

@@ -54,9 +54,9 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-inns() { ip netns exec "$NS" "$@"; }
+# shellcheck source=benches/dns-lab.sh
+. benches/dns-lab.sh  # cwd is the repository (cd above)
+dns_lab
 
 # --- data: the same names and addresses for every server ----------------------------------
 : >"$WORK/names.txt"; : >"$WORK/hosts"; : >"$WORK/records.toml"; : >"$WORK/unbound-data.conf"
@@ -69,39 +69,8 @@ for i in $(seq 1 "$NAMES"); do
   echo "  local-data: \"$name. 300 IN A $ip\"" >>"$WORK/unbound-data.conf"
 done
 
-unbound_conf() { # port, with local data?, forward to?
-  cat <<EOF
-server:
-  interface: 127.0.0.1
-  port: $1
-  num-threads: 1
-  do-daemonize: no
-  use-syslog: no
-  chroot: ""
-  username: ""
-  pidfile: ""
-  directory: "$WORK"
-  logfile: ""
-  verbosity: 0
-  do-ip6: no
-  access-control: 127.0.0.0/8 allow
-  msg-cache-size: 16m
-  rrset-cache-size: 32m
-EOF
-  if [ "$2" = yes ]; then
-    echo '  local-zone: "bench.lan." static'
-    cat "$WORK/unbound-data.conf"
-  else
-    echo '  do-not-query-localhost: no'
-    echo 'forward-zone:'
-    echo '  name: "."'
-    echo "  forward-addr: 127.0.0.1@$3"
-  fi
-  printf 'remote-control:\n  control-enable: no\n'
-}
-
 if [ "$MODE" = cache ]; then
-  unbound_conf 5399 yes >"$WORK/upstream.conf"
+  unbound_conf 5399 local "$WORK/unbound-data.conf" >"$WORK/upstream.conf"
   ip netns exec "$NS" unbound -c "$WORK/upstream.conf" -d >"$WORK/upstream.log" 2>&1 &
   PIDS+=($!)
 fi
@@ -147,7 +116,7 @@ start_server() {
       ip netns exec "$NS" taskset -c "$SERVER_CPU" "$BIN" --log-format text -c "$WORK/athena.toml" >"$WORK/athena.log" 2>&1 &
       ;;
     unbound)
-      if [ "$MODE" = local ]; then unbound_conf 5300 yes >"$WORK/unbound.conf"; else unbound_conf 5300 no 5399 >"$WORK/unbound.conf"; fi
+      if [ "$MODE" = local ]; then unbound_conf 5300 local "$WORK/unbound-data.conf" >"$WORK/unbound.conf"; else unbound_conf 5300 forward 5399 >"$WORK/unbound.conf"; fi
       ip netns exec "$NS" taskset -c "$SERVER_CPU" unbound -c "$WORK/unbound.conf" -d >"$WORK/unbound.log" 2>&1 &
       ;;
     dnsmasq)
