@@ -10,6 +10,12 @@ dns_lab() {
 # inns CMD...: runs CMD inside NS.
 inns() { ip netns exec "$NS" "$@"; }
 
+# answers PORT: does host1.bench.lan resolve to an address through 127.0.0.1:PORT? Looks for
+# the address because dig prints "communications error ... refused" on stdout too.
+answers() {
+  inns dig +short +time=1 +tries=1 @127.0.0.1 -p "$1" host1.bench.lan A 2>/dev/null | grep '^[0-9]' >/dev/null
+}
+
 # unbound_conf PORT local DATA: an unbound on 127.0.0.1:PORT answering bench.lan from DATA (a
 #   file of `local-data:` lines) and nothing else; the upstream both benchmarks forward to.
 # unbound_conf PORT forward UPSTREAM [LINES]: an unbound on 127.0.0.1:PORT forwarding every

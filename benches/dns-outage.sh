@@ -118,9 +118,6 @@ start_bg() {  # LOG CMD...
   inns "$@" >"$log" 2>&1 &
   PIDS+=($!)
 }
-answers() {  # PORT: host1 resolves through it
-  [ -n "$(inns dig +short +time=1 +tries=1 @127.0.0.1 -p "$1" host1.bench.lan A 2>/dev/null | grep '^[0-9]')" ]
-}
 wait_answers() {  # NAME PORT
   local i
   for i in $(seq 1 100); do answers "$2" && return 0; sleep 0.1; done

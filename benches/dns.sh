@@ -127,9 +127,7 @@ start_server() {
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   for _ in $(seq 1 100); do
-    if [ -n "$(inns dig +time=1 +tries=1 +short @127.0.0.1 -p 5300 host1.bench.lan A 2>/dev/null)" ]; then
-      return 0
-    fi
+    answers 5300 && return 0
     sleep 0.1
   done
   cat "$WORK/$1.log" >&2
@@ -141,7 +139,7 @@ stop_server() {
   wait "$SERVER_PID" 2>/dev/null || true
   # the next server binds the same port
   for _ in $(seq 1 50); do
-    [ -z "$(inns dig +time=1 +tries=1 +short @127.0.0.1 -p 5300 host1.bench.lan A 2>/dev/null || true)" ] && break
+    answers 5300 || break
     sleep 0.1
   done
 }
