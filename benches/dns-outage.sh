@@ -115,7 +115,10 @@ done
 # --- servers -----------------------------------------------------------------------------------
 start_bg() {  # LOG CMD...
   local log=$1; shift
-  inns "$@" >"$log" 2>&1 &
+  # Not through inns: a backgrounded shell function runs in a subshell, so $! would be that
+  # subshell and cleanup would kill it and leave the server running; ip netns exec (and
+  # taskset) exec the command, so here $! is the server itself.
+  ip netns exec "$NS" "$@" >"$log" 2>&1 &
   PIDS+=($!)
 }
 wait_answers() {  # NAME PORT
