@@ -12,14 +12,13 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{handle, Ingress};
 use super::packet::{Reply, Request};
 use super::plan::Plan;
-use super::server::{send_reply, try_send_reply, Shared};
+use super::server::{send_reply, try_send_reply, ReplyTo, Shared};
 use crate::config::Dur;
 use crate::conflict::api::{ClearError, ClearRequest};
 use crate::conflict::{log_conflict, ConflictMetrics, Prober, Sighting, Source, Verdict, Via};
@@ -60,11 +59,7 @@ pub(super) fn via_for(plan: &Plan, ing: &Ingress, ifindex: u32, ip: Ipv4Addr) ->
 pub(super) struct Pending {
     pub req: Request,
     pub ingress: Ingress,
-    pub ifindex: u32,
-    pub src: Option<Ipv4Addr>,
-    /// The request's first client class (the reply metrics' label).
-    pub class: &'static str,
-    pub sock: Arc<UdpSocket>,
+    pub to: ReplyTo,
     pub t0: Instant,
 }
 
@@ -113,14 +108,14 @@ fn on_verdict(o: HeldOffer, verdict: Verdict) {
                 ..
             } = o;
             sh.announce.now(events);
-            if try_send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src) {
+            if try_send_reply(&sh, &p.to, &reply) {
                 sh.metrics
                     .offer_latency
                     .observe(p.t0.elapsed().as_secs_f64());
             } else {
                 // The socket's buffer is full: wait for it off the prober's task.
                 tokio::spawn(async move {
-                    send_reply(&sh, &p.sock, &reply, p.class, p.ifindex, p.src).await;
+                    send_reply(&sh, &p.to, &reply).await;
                     sh.metrics
                         .offer_latency
                         .observe(p.t0.elapsed().as_secs_f64());
@@ -153,7 +148,7 @@ async fn next_candidate(mut o: HeldOffer, mac: Option<[u8; 6]>) {
         let out = handle(&mut st, &mut ix, &p.req, &p.ingress, now);
         let via = out
             .probe
-            .map(|ip| via_for(&st.plan, &p.ingress, p.ifindex, ip));
+            .map(|ip| via_for(&st.plan, &p.ingress, p.to.ifindex, ip));
         (out, via)
     };
     // The DISCOVER itself was announced with the first candidate.
@@ -174,7 +169,7 @@ async fn next_candidate(mut o: HeldOffer, mac: Option<[u8; 6]>) {
         }
         (Some(r), None) => {
             sh.announce.now(events);
-            send_reply(&sh, &p.sock, &r, p.class, p.ifindex, p.src).await;
+            send_reply(&sh, &p.to, &r).await;
         }
         (None, _) => {
             sh.metrics.ignored(out.ignored.unwrap_or("no_free_address"));

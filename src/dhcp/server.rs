@@ -302,12 +302,12 @@ async fn receive_loop(
         if let Some(why) = outcome.ignored {
             sh.metrics.ignored(why);
         }
-        let src = if rx.dst.is_broadcast() || rx.dst.is_unspecified() {
-            None
-        } else {
-            Some(rx.dst)
+        let to = ReplyTo {
+            sock: sock.clone(),
+            ifindex: rx.ifindex,
+            src: (!rx.dst.is_broadcast() && !rx.dst.is_unspecified()).then_some(rx.dst),
+            class: outcome.class.unwrap_or("none"),
         };
-        let class = outcome.class.unwrap_or("none");
         let to_probe = match (via, outcome.probe) {
             (Some(via), Some(ip)) => outcome.reply.take().map(|r| (ip, via, r)),
             _ => None,
@@ -320,10 +320,7 @@ async fn receive_loop(
                 pending: probe::Pending {
                     req,
                     ingress,
-                    ifindex: rx.ifindex,
-                    src,
-                    class,
-                    sock: sock.clone(),
+                    to,
                     t0,
                 },
                 ip,
@@ -337,13 +334,12 @@ async fn receive_loop(
         }
         match (outcome.reply, pending) {
             (Some(reply), None) => {
-                send_reply(&sh, &sock, &reply, class, rx.ifindex, src).await;
+                send_reply(&sh, &to, &reply).await;
             }
             (reply, Some(pending)) => {
                 // Wait for the disk (and the standby) off the receive path, so the next
                 // requests can join the same group commit.
                 let sh = sh.clone();
-                let sock = sock.clone();
                 let committed = outcome.commit;
                 tokio::spawn(async move {
                     match pending.wait().await {
@@ -367,7 +363,7 @@ async fn receive_loop(
                         a.confirm();
                     }
                     if let Some(reply) = reply {
-                        send_reply(&sh, &sock, &reply, class, rx.ifindex, src).await;
+                        send_reply(&sh, &to, &reply).await;
                         sh.metrics.ack_latency.observe(t0.elapsed().as_secs_f64());
                     }
                 });
@@ -377,19 +373,27 @@ async fn receive_loop(
     }
 }
 
-/// Sends per RFC 2131 §4.1 from `src` (the address the request reached) or else the server
-/// identifier; broadcasts leave through the interface the request came in on.
-pub(super) async fn send_reply(
-    sh: &Shared,
-    sock: &UdpSocket,
-    reply: &Reply,
-    class: &'static str,
-    ifindex: u32,
-    src: Option<Ipv4Addr>,
-) {
+/// Where the reply to one request leaves from, and what it is counted as: what the request
+/// told us that RFC 2131 §4.1 routing needs, kept while the reply waits (for the disk, the
+/// standby or a probe).
+pub(super) struct ReplyTo {
+    /// The socket the request came in on: replies leave from port 67 as clients expect.
+    pub sock: Arc<UdpSocket>,
+    /// The interface the request came in on: a broadcast reply must leave by it.
+    pub ifindex: u32,
+    /// The address the request reached (None when it was broadcast): the reply's source.
+    pub src: Option<Ipv4Addr>,
+    /// The request's first client class: the reply metrics' label.
+    pub class: &'static str,
+}
+
+/// Sends per RFC 2131 §4.1 from `to.src` (the address the request reached) or else the
+/// server identifier; broadcasts leave through the interface the request came in on.
+pub(super) async fn send_reply(sh: &Shared, to: &ReplyTo, reply: &Reply) {
     let bytes = reply.encode();
+    let sock = &to.sock;
     let fd = sock.as_raw_fd();
-    let (dst, ifx, from) = route(sh, fd, reply, ifindex, src);
+    let (dst, ifx, from) = route(sh, fd, reply, to.ifindex, to.src);
     let attempt = |spec: Ipv4Addr| send_from(fd, &bytes, dst, ifx, spec);
     let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
     if r.is_err() && !from.is_unspecified() {
@@ -399,22 +403,16 @@ pub(super) async fn send_reply(
             .async_io(Interest::WRITABLE, || attempt(Ipv4Addr::UNSPECIFIED))
             .await;
     }
-    sent(sh, reply, class, dst, r);
+    sent(sh, reply, to.class, dst, r);
 }
 
 /// [`send_reply`] for a caller that must not wait (the prober's task): false, and nothing
 /// sent, when the socket is not writable right now.
-pub(super) fn try_send_reply(
-    sh: &Shared,
-    sock: &UdpSocket,
-    reply: &Reply,
-    class: &'static str,
-    ifindex: u32,
-    src: Option<Ipv4Addr>,
-) -> bool {
+pub(super) fn try_send_reply(sh: &Shared, to: &ReplyTo, reply: &Reply) -> bool {
     let bytes = reply.encode();
+    let sock = &to.sock;
     let fd = sock.as_raw_fd();
-    let (dst, ifx, from) = route(sh, fd, reply, ifindex, src);
+    let (dst, ifx, from) = route(sh, fd, reply, to.ifindex, to.src);
     let attempt =
         |spec: Ipv4Addr| sock.try_io(Interest::WRITABLE, || send_from(fd, &bytes, dst, ifx, spec));
     let mut r = attempt(from);
@@ -429,7 +427,7 @@ pub(super) fn try_send_reply(
     {
         return false;
     }
-    sent(sh, reply, class, dst, r);
+    sent(sh, reply, to.class, dst, r);
     true
 }
 
