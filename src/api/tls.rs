@@ -22,6 +22,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::ListenerExt;
 use axum::Router;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -339,6 +341,138 @@ pub fn plain_http_allowed(path: &str, from: Option<std::net::IpAddr>) -> bool {
     path == crate::ha::peer::PATH || from.is_some_and(|ip| ip.is_loopback())
 }
 
+// ---------------------------------------------------------------------------------------------
+// The client side: our own outbound calls (the CLI to the API, webhooks)
+
+/// The certificates of a PEM file (a webhook's `ca_file`, the CLI's `--ca-file`); an error
+/// says what is wrong with it.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = iter
+        .collect::<Result<Vec<_>, _>>()
+        // pki-types' PEM errors print raw bytes; the file's name says more to an admin.
+        .map_err(|_| {
+            format!(
+                "{}: broken PEM (a BEGIN line without its END?)",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// What an outbound https client trusts: the certificates of `ca_file` when set (like
+/// `curl --cacert`), else the system's store. An error says what is wrong with `ca_file`.
+pub fn client_roots(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let certs = match ca_file {
+        Some(path) => load_ca_file(path)?,
+        None => rustls_native_certs::load_native_certs().certs,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs);
+    Ok(roots)
+}
+
+/// The connector of an outbound client: https with rustls trusting exactly `roots`, or plain
+/// http; HTTP/1.1, which is what the API and webhook receivers are asked to speak.
+pub fn client_connector(roots: rustls::RootCertStore) -> HttpsConnector<HttpConnector> {
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| {
+            // The ring provider supports the default versions; this cannot happen.
+            rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        })
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build()
+}
+
+/// A stand-in https receiver for the tests of our outbound clients (webhooks, the CLI).
+#[cfg(test)]
+pub(crate) mod test_server {
+    use std::sync::Arc;
+
+    /// Reads one HTTP request (head and Content-Length body) from `s`.
+    pub(crate) async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&buf).to_string()
+    }
+
+    /// An https server on 127.0.0.1 with a fresh self-signed certificate; answers 200 with the
+    /// JSON body `{}` to each TLS request it gets and reports them. Returns (address, CA PEM,
+    /// requests).
+    pub(crate) async fn tls_server() -> (
+        std::net::SocketAddr,
+        String,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) {
+        use tokio::io::AsyncWriteExt;
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    // A client that refuses our certificate ends the handshake here.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let req = read_request(&mut tls).await;
+                    let _ = tx.send(req);
+                    let resp =
+                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}";
+                    let _ = tls.write_all(resp.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (addr, ck.cert.pem(), rx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +523,23 @@ mod tests {
         assert_eq!(e.key(), "api.tls_key");
         assert!(
             e.to_string().contains("does not fit the certificate"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("empty.pem");
+        std::fs::write(&p, "not a certificate\n").expect("write");
+        let e = load_ca_file(&p).expect_err("no cert");
+        assert!(
+            e.contains("empty.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = load_ca_file(&dir.path().join("missing.pem")).expect_err("missing");
+        assert!(
+            e.contains("cannot read") && e.contains("missing.pem"),
             "{e}"
         );
     }

@@ -3,7 +3,6 @@
 //! same hyper client the webhooks use; no second HTTP stack.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -14,6 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+
+use crate::api::tls;
 
 /// Why a request gave no usable answer; each names the URL.
 #[derive(Debug, thiserror::Error)]
@@ -68,31 +69,16 @@ impl ApiClient {
         if !ok {
             return Err(ClientError::BadUrl(base));
         }
-        let mut roots = rustls::RootCertStore::empty();
-        let certs = match ca_file {
-            Some(p) => crate::hooks::webhook::load_ca_file(p).map_err(ClientError::CaFile)?,
-            None if base.starts_with("https://") => rustls_native_certs::load_native_certs().certs,
-            None => Vec::new(),
+        let roots = match ca_file {
+            // Plain http trusts nothing: reading the system store would only cost time.
+            None if !base.starts_with("https://") => rustls::RootCertStore::empty(),
+            _ => tls::client_roots(ca_file).map_err(ClientError::CaFile)?,
         };
-        roots.add_parsable_certificates(certs);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|_| {
-                rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
-            })
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(ApiClient {
             base,
             token,
             timeout,
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            http: Client::builder(TokioExecutor::new()).build(tls::client_connector(roots)),
         })
     }
 
@@ -183,5 +169,42 @@ mod tests {
             let e = ApiClient::new(bad, None, None, t).err().expect(bad);
             assert!(e.to_string().contains("not an http"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn https_trusts_the_ca_file_and_refuses_an_unknown_issuer_or_a_bad_ca_file() {
+        let (addr, ca_pem, mut reqs) = tls::test_server::tls_server().await;
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &ca_pem).expect("write ca");
+        let base = format!("https://{addr}");
+        let t = Duration::from_secs(5);
+
+        let trusted = ApiClient::new(&base, Some("tok".into()), Some(&ca), t).expect("client");
+        let v: serde_json::Value = trusted.get("/api/v1/health").await.expect("over TLS");
+        assert_eq!(v, serde_json::json!({}));
+        let req = reqs.recv().await.expect("request over TLS");
+        assert!(req.starts_with("GET /api/v1/health HTTP/1.1"), "{req}");
+        assert!(req.contains("Bearer tok"), "{req}");
+
+        // Without --ca-file the system store decides, and it does not know this issuer.
+        let system = ApiClient::new(&base, None, None, t).expect("client");
+        let e = system
+            .get::<serde_json::Value>("/api/v1/health")
+            .await
+            .expect_err("an unknown issuer must be refused");
+        assert!(
+            e.to_string().to_ascii_lowercase().contains("certificate"),
+            "{e}"
+        );
+
+        let missing = dir.path().join("missing.pem");
+        let e = ApiClient::new(&base, None, Some(&missing), t)
+            .err()
+            .expect("a missing --ca-file is an error");
+        assert!(
+            e.to_string().contains("--ca-file") && e.to_string().contains("missing.pem"),
+            "{e}"
+        );
     }
 }

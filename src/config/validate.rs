@@ -489,7 +489,7 @@ fn validate_hooks(h: &HooksConfig) -> Result<(), Invalid> {
             );
         }
         if let Some(ca) = &w.ca_file {
-            if let Err(e) = crate::hooks::webhook::load_ca_file(ca) {
+            if let Err(e) = crate::api::tls::load_ca_file(ca) {
                 return err(format!("{key}.ca_file"), e);
             }
         }

@@ -4,7 +4,6 @@
 //! are retried `retries` times with exponential backoff (0.5 s, 1 s, 2 s, ... up to 30 s).
 //! One event at a time per hook, so deliveries arrive in order.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +14,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::HookMetrics;
+use crate::api::tls;
 use crate::config::WebhookConfig;
 use crate::events::Event;
 
@@ -55,38 +53,14 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(ms).min(Duration::from_secs(30))
 }
 
-/// The certificates of a PEM file (`ca_file`); an error says what is wrong with it.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = iter
-        .collect::<Result<Vec<_>, _>>()
-        // pki-types' PEM errors print raw bytes; the file's name says more to an admin.
-        .map_err(|_| {
-            format!(
-                "{}: broken PEM (a BEGIN line without its END?)",
-                path.display()
-            )
-        })?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
-}
-
 /// The roots an https webhook trusts: its `ca_file` when set (like `curl --cacert`), else
 /// the system store. Problems are logged once here, and each failed delivery names them.
 fn trust_roots(cfg: &WebhookConfig) -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = match &cfg.ca_file {
-        Some(path) => load_ca_file(path).unwrap_or_else(|e| {
-            tracing::error!(hook = %cfg.name, "webhook {}: ca_file {e}", cfg.name);
-            Vec::new()
-        }),
-        None => rustls_native_certs::load_native_certs().certs,
-    };
-    let (added, _ignored) = roots.add_parsable_certificates(certs);
-    if added == 0 && cfg.url.starts_with("https://") {
+    let roots = tls::client_roots(cfg.ca_file.as_deref()).unwrap_or_else(|e| {
+        tracing::error!(hook = %cfg.name, "webhook {}: ca_file {e}", cfg.name);
+        rustls::RootCertStore::empty()
+    });
+    if roots.is_empty() && cfg.url.starts_with("https://") {
         tracing::error!(
             hook = %cfg.name,
             "webhook {}: no trusted CA certificate found ({}); https deliveries will fail",
@@ -101,22 +75,7 @@ fn trust_roots(cfg: &WebhookConfig) -> rustls::RootCertStore {
 }
 
 fn https_client(cfg: &WebhookConfig) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap_or_else(|_| {
-            // The ring provider supports the default versions; this cannot happen.
-            rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        });
-    let tls = builder
-        .with_root_certificates(trust_roots(cfg))
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(connector)
+    Client::builder(TokioExecutor::new()).build(tls::client_connector(trust_roots(cfg)))
 }
 
 pub struct Webhook {
@@ -224,6 +183,7 @@ pub async fn serve(hook: Webhook, mut rx: mpsc::Receiver<(Arc<Event>, Instant)>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::tls::test_server::{read_request, tls_server};
 
     #[test]
     fn signature_is_hex_hmac_sha256_of_the_body() {
@@ -293,77 +253,6 @@ mod tests {
         }
     }
 
-    /// Reads one HTTP request (head and Content-Length body) from `s`.
-    async fn read_request<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
-        use tokio::io::AsyncReadExt;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length: ")
-                            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                    })
-                    .unwrap_or(0);
-                if body.len() >= len {
-                    break;
-                }
-            }
-        }
-        String::from_utf8_lossy(&buf).to_string()
-    }
-
-    /// An https server on 127.0.0.1 with a fresh self-signed certificate; answers 200 to
-    /// each TLS request it gets and reports them. Returns (address, CA PEM, requests).
-    async fn tls_server() -> (
-        std::net::SocketAddr,
-        String,
-        tokio::sync::mpsc::UnboundedReceiver<String>,
-    ) {
-        use tokio::io::AsyncWriteExt;
-        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server_cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .expect("server config");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    // A client that refuses our certificate ends the handshake here.
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let req = read_request(&mut tls).await;
-                    let _ = tx.send(req);
-                    let resp = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-                    let _ = tls.write_all(resp.as_bytes()).await;
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
-        (addr, ck.cert.pem(), rx)
-    }
-
     fn https_hook(addr: std::net::SocketAddr, ca_file: Option<std::path::PathBuf>) -> Webhook {
         let cfg = WebhookConfig {
             name: "tls".into(),
@@ -383,7 +272,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, &ca_pem).expect("write ca");
-        assert_eq!(load_ca_file(&ca).expect("parses").len(), 1);
+        assert_eq!(tls::load_ca_file(&ca).expect("parses").len(), 1);
         let ev = Event::new(
             crate::events::EventKind::VipClaimed,
             "n",
@@ -408,23 +297,6 @@ mod tests {
         assert!(
             reqs.try_recv().is_err(),
             "nothing was sent to the untrusted server"
-        );
-    }
-
-    #[test]
-    fn a_ca_file_without_certificates_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let p = dir.path().join("empty.pem");
-        std::fs::write(&p, "not a certificate\n").expect("write");
-        let e = load_ca_file(&p).expect_err("no cert");
-        assert!(
-            e.contains("empty.pem") && e.contains("no PEM certificate"),
-            "{e}"
-        );
-        let e = load_ca_file(&dir.path().join("missing.pem")).expect_err("missing");
-        assert!(
-            e.contains("cannot read") && e.contains("missing.pem"),
-            "{e}"
         );
     }
 }
