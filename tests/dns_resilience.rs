@@ -441,18 +441,27 @@ async fn a_slow_upstream_gets_clients_the_stale_answer_after_the_client_timeout_
     assert_eq!(outcome(&p, "stale"), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn between_the_client_timeout_and_the_slow_answer_queries_get_the_stale_answer_at_once() {
+/// `slow.example.com` answered once (the address [`ip`]`(1)`, TTL 1 s) and then expired; the
+/// upstream now takes [`SLOW_BY`] and has [`ip`]`(2)` for it. The upstream timeout (5 s) is
+/// longer than its delay: it is slow, not failed. `client_timeout`:
+/// `stale_answer_client_timeout`. Returns the upstream, the proxy and its address.
+async fn expired_behind_a_slow_upstream(client_timeout: Dur) -> (Upstream, Proxy, SocketAddr) {
     let up = Upstream::start(1, 1).await;
     let mut cfg = config(&[up.addr]);
     cfg.upstream_timeout = Dur::secs(5);
-    cfg.stale_answer_client_timeout = Dur::millis(500);
+    cfg.stale_answer_client_timeout = client_timeout;
     let p = start(cfg, Duration::from_secs(30));
     let dns = p.server.udp_addr();
     ask(dns, "slow.example.com").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     up.octet.store(2, Ordering::SeqCst);
     up.set(SLOW);
+    (up, p, dns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn between_the_client_timeout_and_the_slow_answer_queries_get_the_stale_answer_at_once() {
+    let (up, _p, dns) = expired_behind_a_slow_upstream(Dur::millis(500)).await;
     let asked = Instant::now();
     assert_eq!(a_of(&ask(dns, "slow.example.com").await), Some((ip(1), 30)));
     let took = asked.elapsed();
@@ -483,16 +492,7 @@ async fn between_the_client_timeout_and_the_slow_answer_queries_get_the_stale_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_client_timeout_off_clients_wait_for_the_slow_upstream() {
-    let up = Upstream::start(1, 1).await;
-    let mut cfg = config(&[up.addr]);
-    cfg.upstream_timeout = Dur::secs(5);
-    cfg.stale_answer_client_timeout = Dur::secs(0);
-    let p = start(cfg, Duration::from_secs(30));
-    let dns = p.server.udp_addr();
-    ask(dns, "slow.example.com").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    up.octet.store(2, Ordering::SeqCst);
-    up.set(SLOW);
+    let (_up, p, dns) = expired_behind_a_slow_upstream(Dur::secs(0)).await;
     let asked = Instant::now();
     let m = ask(dns, "slow.example.com").await;
     assert_eq!(a_of(&m).map(|(a, _)| a), Some(ip(2)));
