@@ -157,9 +157,9 @@ impl Hooks {
 pub fn start(mut ctx: HookContext) -> Hooks {
     // Marked seen here, not when the dispatcher first runs: a reload in between is a change.
     let cfg = ctx.config.borrow_and_update().clone();
-    let sem = Arc::new(Semaphore::new(cfg.hooks.script_concurrency.max(1)));
+    let slots = ScriptSlots::new(cfg.hooks.script_concurrency);
     let (alive, done) = mpsc::channel(1);
-    let queues = spawn_queues(&cfg, &ctx, &sem, &alive);
+    let queues = spawn_queues(&cfg, &ctx, &slots.sem, &alive);
     let sub = ctx.bus.subscribe_to(
         "hooks",
         cfg.hooks.queue_size.max(16),
@@ -173,11 +173,29 @@ pub fn start(mut ctx: HookContext) -> Hooks {
         sub,
         queues,
         applied,
-        sem,
+        slots,
         flush.clone(),
         alive,
     ));
     Hooks { flush, stop, done }
+}
+
+/// The bound on script runs at once (`hooks.script_concurrency`): the semaphore every script
+/// task of one configuration shares, and the size it was made with. The size is kept because
+/// the semaphore's free permits at any instant are the size less the runs in flight.
+struct ScriptSlots {
+    sem: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl ScriptSlots {
+    fn new(configured: usize) -> ScriptSlots {
+        let limit = configured.max(1);
+        ScriptSlots {
+            sem: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
 }
 
 fn spawn_queues(
@@ -252,14 +270,12 @@ async fn dispatch(
     sub: Subscription,
     mut queues: Vec<Queue>,
     mut fingerprint: String,
-    mut sem: Arc<Semaphore>,
+    mut slots: ScriptSlots,
     flush: CancellationToken,
     alive: mpsc::Sender<()>,
 ) {
     let Subscription { mut rx, kinds, .. } = sub;
     let mut config_live = true;
-    // The semaphore is new: no run holds a permit before the first event is routed.
-    let mut concurrency = sem.available_permits().max(1);
     loop {
         // A reload is applied before events that are already waiting: whoever changed the
         // config and then caused an event expects the new hooks to see it.
@@ -287,13 +303,12 @@ async fn dispatch(
                     continue;
                 }
                 fingerprint = now;
-                if cfg.hooks.script_concurrency.max(1) != concurrency {
+                if cfg.hooks.script_concurrency.max(1) != slots.limit {
                     // Runs in flight finish under the old bound; new ones take the new one.
-                    concurrency = cfg.hooks.script_concurrency.max(1);
-                    sem = Arc::new(Semaphore::new(concurrency));
+                    slots = ScriptSlots::new(cfg.hooks.script_concurrency);
                 }
                 // Dropping the old senders lets each old hook task finish its queue and exit.
-                queues = spawn_queues(&cfg, &ctx, &sem, &alive);
+                queues = spawn_queues(&cfg, &ctx, &slots.sem, &alive);
                 kinds.set(kinds_wanted(&queues));
                 tracing::info!(hooks = queues.len(), "script and webhook hooks reloaded");
             }
