@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -294,7 +294,15 @@ pub fn now_ms() -> u64 {
 /// (the events' construction, queueing and routing were ~15% of the server's CPU per
 /// exchange in `benches/dhcp.sh`'s profile).
 #[derive(Clone, Debug)]
-pub struct KindMask(Arc<AtomicU64>);
+pub struct KindMask(Arc<MaskCell>);
+
+#[derive(Debug, Default)]
+struct MaskCell {
+    bits: AtomicU64,
+    /// The bus of the subscription this mask belongs to: told of every change, so its union
+    /// of all masks ([`EventBus::wants`]) never misses a kind a subscriber takes.
+    bus: OnceLock<Weak<BusInner>>,
+}
 
 impl KindMask {
     pub fn all() -> Self {
@@ -302,7 +310,7 @@ impl KindMask {
     }
 
     pub fn of(kinds: impl IntoIterator<Item = EventKind>) -> Self {
-        let m = KindMask(Arc::new(AtomicU64::new(0)));
+        let m = KindMask(Arc::default());
         m.set(kinds);
         m
     }
@@ -310,11 +318,18 @@ impl KindMask {
     /// Replaces the kinds taken from the next publish on.
     pub fn set(&self, kinds: impl IntoIterator<Item = EventKind>) {
         let bits = kinds.into_iter().fold(0, |b, k| b | k.bit());
-        self.0.store(bits, Ordering::Relaxed);
+        self.0.bits.store(bits, Ordering::Relaxed);
+        if let Some(bus) = self.0.bus.get().and_then(Weak::upgrade) {
+            bus.refresh_wanted();
+        }
     }
 
     pub fn has(&self, kind: EventKind) -> bool {
-        self.0.load(Ordering::Relaxed) & kind.bit() != 0
+        self.bits() & kind.bit() != 0
+    }
+
+    fn bits(&self) -> u64 {
+        self.0.bits.load(Ordering::Relaxed)
     }
 }
 
@@ -324,6 +339,21 @@ pub struct Subscription {
     pub rx: mpsc::Receiver<Arc<Event>>,
     /// What it takes; all kinds unless subscribed with [`EventBus::subscribe_to`].
     pub kinds: KindMask,
+    /// Last, so `rx` is closed by the time it runs.
+    _leave: Leave,
+}
+
+/// Tells the bus that a subscription ended, so what it took stops counting in
+/// [`EventBus::wants`] at once. A receiver moved out of its subscription (the SSE stream)
+/// outlives this; the first publish that finds it closed prunes it instead.
+struct Leave(Weak<BusInner>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Some(bus) = self.0.upgrade() {
+            bus.refresh_wanted();
+        }
+    }
 }
 
 struct Subscriber {
@@ -342,8 +372,23 @@ pub struct EventBus {
 #[derive(Default)]
 struct BusInner {
     subscribers: RwLock<Vec<Subscriber>>,
+    /// The union of the open subscribers' kinds: what [`EventBus::wants`] reads on the hot
+    /// path without taking the lock. Recomputed when a subscriber comes, changes its mask or
+    /// goes; a closed one may count until then, never a taken kind not.
+    wanted: AtomicU64,
     published: AtomicU64,
     dropped: AtomicU64,
+}
+
+impl BusInner {
+    /// Drops closed subscribers and recomputes `wanted`. Under the write lock, so of two
+    /// refreshes racing the one that stores last also read the masks last.
+    fn refresh_wanted(&self) {
+        let mut subs = self.subscribers.write().unwrap_or_else(|e| e.into_inner());
+        subs.retain(|s| !s.tx.is_closed());
+        let union = subs.iter().fold(0, |u, s| u | s.kinds.bits());
+        self.wanted.store(union, Ordering::Relaxed);
+    }
 }
 
 impl EventBus {
@@ -358,6 +403,18 @@ impl EventBus {
 
     /// Adds a subscriber of the kinds in `kinds` (which it may change later).
     pub fn subscribe_to(&self, name: &str, capacity: usize, kinds: KindMask) -> Subscription {
+        let bus = Arc::downgrade(&self.inner);
+        // A mask already subscribed elsewhere reports to that bus only: this subscription
+        // gets a copy of its own.
+        let kinds = match kinds.0.bus.set(bus.clone()) {
+            Ok(()) => kinds,
+            Err(bus) => {
+                let copy = KindMask(Arc::default());
+                copy.0.bits.store(kinds.bits(), Ordering::Relaxed);
+                let _ = copy.0.bus.set(bus);
+                copy
+            }
+        };
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let sub = Subscriber {
             name: name.to_string(),
@@ -370,22 +427,19 @@ impl EventBus {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .push(sub);
+        self.inner.refresh_wanted();
         Subscription {
             name: name.to_string(),
             rx,
             kinds,
+            _leave: Leave(bus),
         }
     }
 
     /// Whether any open subscriber takes `kind`: a publisher on a hot path checks this
-    /// before it builds the event.
+    /// before it builds the event. One atomic load, no lock.
     pub fn wants(&self, kind: EventKind) -> bool {
-        self.inner
-            .subscribers
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|s| s.kinds.has(kind) && !s.tx.is_closed())
+        self.inner.wanted.load(Ordering::Relaxed) & kind.bit() != 0
     }
 
     /// Delivers to every subscriber that has room; never waits.
@@ -423,11 +477,7 @@ impl EventBus {
             }
         }
         if closed {
-            self.inner
-                .subscribers
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|s| !s.tx.is_closed());
+            self.inner.refresh_wanted();
         }
     }
 
@@ -518,6 +568,48 @@ mod tests {
             !bus.wants(EventKind::VipClaimed),
             "a closed subscriber wants nothing"
         );
+    }
+
+    #[test]
+    fn a_subscriber_dropping_its_kind_makes_wants_false_again() {
+        let bus = EventBus::new();
+        let hooks = bus.subscribe_to(
+            "hooks",
+            8,
+            KindMask::of([EventKind::LeaseAck, EventKind::VipClaimed]),
+        );
+        assert!(bus.wants(EventKind::LeaseAck));
+        // A reload that removes the only hook on lease.ack.
+        hooks.kinds.set([EventKind::VipClaimed]);
+        assert!(!bus.wants(EventKind::LeaseAck), "nobody takes it any more");
+        assert!(bus.wants(EventKind::VipClaimed));
+        // While another subscriber takes it, it stays wanted; when that one goes, not.
+        let other = bus.subscribe_to("other", 8, KindMask::of([EventKind::LeaseAck]));
+        hooks.kinds.set([]);
+        assert!(bus.wants(EventKind::LeaseAck));
+        assert!(!bus.wants(EventKind::VipClaimed));
+        drop(other);
+        assert!(!bus.wants(EventKind::LeaseAck));
+        // A receiver taken out of its subscription (the SSE stream) counts while it lives;
+        // the first publish after it is gone prunes it.
+        let rx = bus.subscribe("sse", 8).rx;
+        assert!(bus.wants(EventKind::HaFailover));
+        drop(rx);
+        bus.publish(ha(1));
+        assert!(!bus.wants(EventKind::HaFailover));
+        // A mask subscribed twice: each subscription answers for its own bus.
+        let mask = KindMask::of([EventKind::HaPeerUp]);
+        let first = bus.subscribe_to("first", 8, mask.clone());
+        let bus2 = EventBus::new();
+        let second = bus2.subscribe_to("second", 8, mask);
+        second.kinds.set([]);
+        assert!(!bus2.wants(EventKind::HaPeerUp));
+        assert!(
+            bus.wants(EventKind::HaPeerUp),
+            "the first bus still has its subscriber"
+        );
+        first.kinds.set([]);
+        assert!(!bus.wants(EventKind::HaPeerUp));
     }
 
     #[test]
