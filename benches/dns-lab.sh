@@ -56,3 +56,22 @@ EOF
   esac
   printf 'remote-control:\n  control-enable: no\n'
 }
+
+# athena_conf NODE: the head of an athena-dhcpd config serving DNS only, on 127.0.0.1:5300
+# (no API, no DHCP, a 10,000-entry cache, as the unbound and dnsmasq it is compared with);
+# the caller appends its own [dns] keys (local records or forwarders, serve-stale).
+athena_conf() {
+  cat <<EOF
+[server]
+node_name = "$1"
+log_level = "warn"
+lease_db = "$WORK/leases.redb"
+drop_privileges = false
+[api]
+enabled = false
+[dns]
+enabled = true
+listen_udp = "127.0.0.1:5300"
+cache_size = 10000
+EOF
+}

@@ -134,22 +134,9 @@ wait_answers upstream 5399
 for s in $SERVERS; do
   case "$s" in
     athena)
-      cat >"$WORK/athena.toml" <<EOF
-[server]
-node_name = "outage-bench"
-log_level = "warn"
-lease_db = "$WORK/leases.redb"
-drop_privileges = false
-[api]
-enabled = false
-[dns]
-enabled = true
-listen_udp = "127.0.0.1:5300"
-forwarders = ["127.0.0.1:5399"]
-cache_size = 10000
-serve_stale = true
-stale_max = "1d"
-EOF
+      { athena_conf outage-bench
+        printf '%s\n' 'forwarders = ["127.0.0.1:5399"]' 'serve_stale = true' 'stale_max = "1d"'
+      } >"$WORK/athena.toml"
       start_bg "$WORK/athena.log" taskset -c "$SERVER_CPU" "$BIN" --log-format text -c "$WORK/athena.toml" ;;
     unbound)
       unbound_conf 5301 forward 5399 '  serve-expired: yes

@@ -75,20 +75,8 @@ if [ "$MODE" = cache ]; then
   PIDS+=($!)
 fi
 
-athena_conf() {
-  cat <<EOF
-[server]
-node_name = "bench"
-log_level = "warn"
-lease_db = "$WORK/leases.redb"
-drop_privileges = false
-[api]
-enabled = false
-[dns]
-enabled = true
-listen_udp = "127.0.0.1:5300"
-cache_size = 10000
-EOF
+athena_bench_conf() {
+  athena_conf bench
   if [ "$MODE" = local ]; then
     echo 'domain = "bench.lan"'
     cat "$WORK/records.toml"
@@ -112,7 +100,7 @@ SERVER_PID=""
 start_server() {
   case "$1" in
     athena)
-      athena_conf >"$WORK/athena.toml"
+      athena_bench_conf >"$WORK/athena.toml"
       ip netns exec "$NS" taskset -c "$SERVER_CPU" "$BIN" --log-format text -c "$WORK/athena.toml" >"$WORK/athena.log" 2>&1 &
       ;;
     unbound)
