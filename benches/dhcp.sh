@@ -66,6 +66,7 @@ cd "$(dirname "$0")/.."
 
 STEP=${STEP:-10}
 FIXED_RATE=${FIXED_RATE:-4000}
+PROBE_PAIRS=${PROBE_PAIRS:-3}
 STANDBY_CORE=${STANDBY_CORE:-1}
 SERVERS=${SERVERS:-"athena kea dnsmasq"}
 BIN=${BIN:-target/release/athena-dhcpd}
@@ -421,10 +422,10 @@ p99() {
 
 # Conflict detection: the CPU cost of probing from alternating pairs (see the header).
 PROBE_RATIO=
-if [ -n "${CPU[athena]:-}" ] && [ -n "${CPU[athena-noprobe]:-}" ] && [ "${PROBE_PAIRS:-3}" -gt 0 ]; then
-  echo "== athena with and without conflict detection: ${PROBE_PAIRS:-3} alternating pairs at $FIXED_RATE/s" >&2
+if [ -n "${CPU[athena]:-}" ] && [ -n "${CPU[athena-noprobe]:-}" ] && [ "$PROBE_PAIRS" -gt 0 ]; then
+  echo "== athena with and without conflict detection: $PROBE_PAIRS alternating pairs at $FIXED_RATE/s" >&2
   ratios=()
-  for i in $(seq "${PROBE_PAIRS:-3}"); do
+  for i in $(seq "$PROBE_PAIRS"); do
     read -r _ _ _ on _ _ s_on < <(step athena "$FIXED_RATE")
     read -r _ _ _ off _ _ s_off < <(step athena-noprobe "$FIXED_RATE")
     r=$(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')

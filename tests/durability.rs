@@ -181,8 +181,8 @@ fn every_ack_leaves_after_an_fdatasync_that_followed_the_write_of_its_lease() {
     let offers = offers(&lab, &s, N);
     let acked = acks(&lab, &s, &offers, N as usize);
     // The daemon is killed, not strace: strace then sees its last tracee exit, writes out the
-    // rest of its trace and ends. (Asking strace to detach with SIGINT instead once hung for
-    // 20 s on a VM whose CPU the hypervisor was taking, in a fresh-clone CI run.)
+    // rest of its trace and ends. A detach (SIGINT to strace) waits for every thread of the
+    // daemon to stop and can outlast any deadline on a VM short of CPU.
     let mut strace = lab.daemon.take().expect("strace running");
     let daemon = traced_child(strace.id()).expect("the daemon, strace's child");
     // SAFETY: a signal to the process strace started for this test.
