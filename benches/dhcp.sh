@@ -16,6 +16,9 @@
 #   PERF_FSYNC=1 SKIP_PEAK=1 SERVERS=athena STEP=20 benches/dhcp.sh
 #       # also times every fdatasync of the fixed-rate run (perf tracepoints): the disk alone,
 #       # printed under the ACK latency and the lease writer's queue and commit times
+#   PERF_RECORD=1 SKIP_PEAK=1 SERVERS="athena athena-noprobe" PROBE_PAIRS=0 benches/dhcp.sh
+#       # also records a call-graph CPU profile of each athena server's fixed-rate step,
+#       # $OUT/<server>-cycles-<rate>.perf (perf report -i ...): where probing's CPU goes
 #
 # Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
 # bisection steps; a step passes at < 1% lost and >= 97% of the target rate; a step that
@@ -284,6 +287,9 @@ step() {
       perf record -q -e syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync -p "$SRV_PID" \
         -o "$OUT/$name-fdatasync.perf" >/dev/null 2>&1 &
       perf_pid=$!
+    elif [ "${PERF_RECORD:-0}" = 1 ] && [ "$rate" = "$FIXED_RATE" ]; then
+      perf record -q -g -p "$SRV_PID" -o "$OUT/$name-cycles-$rate.perf" >/dev/null 2>&1 &
+      perf_pid=$!
     fi ;;
   esac
   c0=$(cpu_ticks "$SRV_PID")
@@ -305,6 +311,8 @@ step() {
   if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid" 2>/dev/null || true
     wait "$perf_pid" 2>/dev/null || true
+  fi
+  if [ -n "$perf_pid" ] && [ "${PERF_FSYNC:-0}" = 1 ]; then
     # Pair each thread's enter and exit: one duration (s) per fdatasync.
     perf script -i "$OUT/$name-fdatasync.perf" -F tid,time,event 2>/dev/null |
       awk '{t=$2; sub(":","",t); if ($3 ~ /enter/) s[$1]=t; else if ($1 in s) {print t-s[$1]; delete s[$1]}}' \
