@@ -53,24 +53,26 @@ fn link(tag: &str) -> Link {
     }
 }
 
-fn start(
-    l: &Link,
-    rt: &tokio::runtime::Runtime,
-    timeout: Duration,
-) -> (
+type Started = (
     Prober,
     mpsc::Receiver<Sighting>,
     ConflictMetrics,
     CancellationToken,
-) {
-    let sockets =
-        l.p.in_netns(|| open_sockets().expect("open prober sockets"));
-    let metrics = ConflictMetrics::default();
-    let shutdown = CancellationToken::new();
+);
+
+fn start(l: &Link, rt: &tokio::runtime::Runtime, timeout: Duration) -> Started {
     let times = ProbeTimes {
         timeout,
         cache_ttl: Duration::from_secs(10),
     };
+    start_with(l, rt, times)
+}
+
+fn start_with(l: &Link, rt: &tokio::runtime::Runtime, times: ProbeTimes) -> Started {
+    let sockets =
+        l.p.in_netns(|| open_sockets().expect("open prober sockets"));
+    let metrics = ConflictMetrics::default();
+    let shutdown = CancellationToken::new();
     let _guard = rt.enter();
     let (prober, sightings) =
         Prober::start(sockets, times, metrics.clone(), shutdown.clone()).expect("start prober");
@@ -160,6 +162,55 @@ fn a_thousand_probes_in_flight_end_on_time_and_the_address_in_use_is_found() {
     let again = rt.block_on(async { prober.probe(addrs[0], via).await.expect("verdict") });
     assert_eq!(again, Verdict::Free);
     assert_eq!(metrics.probes("cached", "free"), 1);
+    shutdown.cancel();
+}
+
+#[test]
+fn a_free_verdict_is_trusted_for_probe_cache_ttl_and_then_probed_anew() {
+    if !require_root("a_free_verdict_is_trusted_for_probe_cache_ttl_and_then_probed_anew") {
+        return;
+    }
+    let l = link("pc");
+    let rt = runtime();
+    let times = ProbeTimes {
+        timeout: Duration::from_millis(100),
+        cache_ttl: Duration::from_millis(400),
+    };
+    let (prober, _sightings, metrics, shutdown) = start_with(&l, &rt, times);
+    let via = Via::Arp { ifindex: l.ifindex };
+    let free = Ipv4Addr::new(10, 77, 2, 1);
+    let probe = |ip| rt.block_on(async { prober.probe(ip, via).await.expect("verdict") });
+    // A retransmitted DISCOVER joins the running probe: one probe on the wire, every waiter
+    // told, whatever the verdict (a host answers within microseconds here, so the in-use
+    // probe may end before the next request arrives: only its verdicts are checked).
+    let joined = |ip| {
+        rt.block_on(async {
+            let waits: Vec<_> = (0..3).map(|_| prober.probe(ip, via)).collect();
+            let mut out = Vec::new();
+            for w in waits {
+                out.push(w.await.expect("verdict"));
+            }
+            out
+        })
+    };
+    assert_eq!(joined(free), vec![Verdict::Free; 3]);
+    let in_use = Verdict::InUse {
+        mac: Some(HOST_MAC),
+    };
+    assert_eq!(joined(Ipv4Addr::new(10, 77, 0, 120)), vec![in_use; 3]);
+    assert_eq!(probe(free), Verdict::Free);
+    assert_eq!(metrics.probes("arp", "free"), 1);
+    assert_eq!(metrics.probes("cached", "free"), 1);
+    // Past the ttl (and past the sweep of the cache that follows it): asked on the wire again,
+    // and a host that took the address meanwhile is found.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(probe(Ipv4Addr::new(10, 77, 2, 2)), Verdict::Free);
+    assert_eq!(probe(free), Verdict::Free);
+    assert_eq!(metrics.probes("arp", "free"), 3);
+    assert_eq!(metrics.probes("cached", "free"), 1);
+    l.h.run(&["ip", "addr", "add", "10.77.2.1/16", "dev", "h0"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(probe(free), in_use);
     shutdown.cancel();
 }
 

@@ -22,13 +22,14 @@
 //! - A probe that cannot be sent counts as free: conflict detection never stops DHCP.
 //! - Continuations run on this task: they must not block.
 
-use std::collections::{hash_map, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -132,11 +133,11 @@ impl Prober {
             counts: Counts::new(&metrics),
             metrics,
             macs: HashMap::new(),
-            addrs: HashMap::new(),
+            addrs: FxHashMap::default(),
             running: 0,
             deadlines: VecDeque::new(),
-            free_order: VecDeque::new(),
-            passive: HashMap::new(),
+            swept: Instant::now(),
+            passive: FxHashMap::default(),
             sightings: sight_tx,
         };
         tokio::spawn(task.run(rx, shutdown));
@@ -199,23 +200,29 @@ impl Counts {
 
 struct InFlight {
     via: Via,
-    deadline: Instant,
+    /// This probe's number: its echo's sequence, and which entry of the deadline queue is
+    /// its own (an answered probe's entry stays queued after the address is probed anew).
     seq: u16,
-    /// Almost always one: a retransmitted DISCOVER is rare, so the rest need no allocation.
+    /// Almost always the only one: a retransmitted DISCOVER is rare, so the rest are boxed
+    /// and the map's entries stay small (a probe costs about one cache line of it).
     first: OnVerdict,
-    more: Vec<OnVerdict>,
+    /// A boxed slice, one pointer wide, rebuilt on each (rare) join.
+    more: Option<Box<[OnVerdict]>>,
 }
 
 impl InFlight {
     fn answer(self, v: Verdict) {
         (self.first)(v);
-        for w in self.more {
+        for w in self.more.into_iter().flat_map(|m| m.into_vec()) {
             w(v);
         }
     }
 }
 
 /// What the task knows of an address: one map for both, so a probe costs one lookup.
+/// Keyed by the address as a `u32` with FxHash: the map holds `probe_cache_ttl` × the
+/// DISCOVER rate entries (tens of thousands) and is hit twice per probe; SipHash on
+/// `Ipv4Addr` was the prober's largest single cost in a profile at 4,000 DISCOVERs/s.
 enum Known {
     Probing(InFlight),
     /// Probed free when its probe ended at this time.
@@ -232,16 +239,19 @@ struct Task {
     counts: Counts,
     /// Interface MACs by index (the ARP probe's source), looked up when first needed.
     macs: HashMap<u32, Option<[u8; 6]>>,
-    addrs: HashMap<Ipv4Addr, Known>,
+    addrs: FxHashMap<u32, Known>,
     /// How many of `addrs` are `Probing`.
     running: usize,
-    /// (deadline, address) in the order probes started: deadlines only grow (up to the
-    /// spread between receive sockets' clocks of arrival, microseconds).
-    deadlines: VecDeque<(Instant, Ipv4Addr)>,
-    /// (probe end, address) of the addresses found free, oldest first.
-    free_order: VecDeque<(Instant, Ipv4Addr)>,
+    /// (deadline, address, probe number) in the order probes started: deadlines only grow
+    /// (up to the spread between receive sockets' clocks of arrival, microseconds).
+    deadlines: VecDeque<(Instant, Ipv4Addr, u16)>,
+    /// When `addrs` was last swept of free verdicts older than `probe_cache_ttl`. One pass
+    /// over the map each ttl costs less than a queue of them and a second lookup per probe;
+    /// an entry then lives at most two ttls (`start` checks its age, so it is not trusted
+    /// longer than one).
+    swept: Instant,
     /// When each (address, MAC) was last reported by passive detection.
-    passive: HashMap<(Ipv4Addr, [u8; 6]), Instant>,
+    passive: FxHashMap<(u32, [u8; 6]), Instant>,
     sightings: mpsc::Sender<Sighting>,
 }
 
@@ -255,7 +265,7 @@ impl Task {
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         loop {
-            let next = self.deadlines.front().map(|(d, _)| *d);
+            let next = self.deadlines.front().map(|(d, _, _)| *d);
             if next.is_some() && next != armed {
                 if let Some(d) = next {
                     sleep.as_mut().reset(d.into());
@@ -292,9 +302,11 @@ impl Task {
     }
 
     fn start(&mut self, p: Probe, now: Instant) {
-        match self.addrs.get_mut(&p.ip) {
+        match self.addrs.get_mut(&u32::from(p.ip)) {
             Some(Known::Probing(f)) => {
-                f.more.push(p.then);
+                let mut more = f.more.take().map(|m| m.into_vec()).unwrap_or_default();
+                more.push(p.then);
+                f.more = Some(more.into_boxed_slice());
                 return;
             }
             Some(Known::Free(t)) if now.duration_since(*t) < self.times.cache_ttl => {
@@ -337,15 +349,14 @@ impl Task {
         // From the request's arrival, but never before the probe left plus a millisecond
         // (a request that queued longer than the timeout still gets a chance to be answered).
         let deadline = (p.at + self.times.timeout).max(now + Duration::from_millis(1));
-        self.deadlines.push_back((deadline, p.ip));
+        self.deadlines.push_back((deadline, p.ip, self.seq));
         self.addrs.insert(
-            p.ip,
+            u32::from(p.ip),
             Known::Probing(InFlight {
                 via,
-                deadline,
                 seq: self.seq,
                 first: p.then,
-                more: Vec::new(),
+                more: None,
             }),
         );
         self.running += 1;
@@ -367,16 +378,16 @@ impl Task {
 
     /// Ends the probes whose time is up: nothing answered, so the address is free.
     fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, ip)) = self.deadlines.front() {
+        while let Some(&(deadline, ip, seq)) = self.deadlines.front() {
             if deadline > now {
                 break;
             }
             self.deadlines.pop_front();
             // The entry may be a newer probe of the same address (the first was answered).
-            let Some(known) = self.addrs.get_mut(&ip) else {
+            let Some(known) = self.addrs.get_mut(&u32::from(ip)) else {
                 continue;
             };
-            if !matches!(known, Known::Probing(f) if f.deadline == deadline) {
+            if !matches!(known, Known::Probing(f) if f.seq == seq) {
                 continue;
             }
             if let Known::Probing(f) = std::mem::replace(known, Known::Free(now)) {
@@ -385,20 +396,14 @@ impl Task {
                     Via::Arp { .. } => self.counts.arp_free.inc(),
                     Via::Icmp => self.counts.icmp_free.inc(),
                 };
-                self.free_order.push_back((now, ip));
                 f.answer(Verdict::Free);
             }
         }
-        while let Some(&(t, ip)) = self.free_order.front() {
-            if now.duration_since(t) < self.times.cache_ttl {
-                break;
-            }
-            self.free_order.pop_front();
-            if let hash_map::Entry::Occupied(e) = self.addrs.entry(ip) {
-                if matches!(e.get(), Known::Free(at) if *at == t) {
-                    e.remove();
-                }
-            }
+        let ttl = self.times.cache_ttl;
+        if now.duration_since(self.swept) >= ttl {
+            self.swept = now;
+            self.addrs
+                .retain(|_, k| !matches!(k, Known::Free(t) if now.duration_since(*t) >= ttl));
         }
         if self.passive.len() > 4096 {
             self.passive
@@ -419,12 +424,13 @@ impl Task {
         to_probe: bool,
     ) {
         let now = Instant::now();
-        let probed_free_at = match self.addrs.get(&ip) {
+        let key = u32::from(ip);
+        let probed_free_at = match self.addrs.get(&key) {
             Some(Known::Probing(f)) => {
                 // An echo reply must answer this probe's echo; an ARP from the address counts
                 // whichever way we asked (the host is there).
                 if !via_icmp || (f.via == Via::Icmp && f.seq == seq) {
-                    if let Some(Known::Probing(f)) = self.addrs.remove(&ip) {
+                    if let Some(Known::Probing(f)) = self.addrs.remove(&key) {
                         self.running -= 1;
                         self.metrics.probed(method(f.via), "in_use");
                         f.answer(Verdict::InUse { mac });
@@ -440,14 +446,14 @@ impl Task {
         let late = is_late(to_probe, probed_free_at, now, self.times.cache_ttl);
         if probed_free_at.is_some() && (late || !via_icmp) {
             // Something claims it: probe it again next time rather than trust the cache.
-            self.addrs.remove(&ip);
+            self.addrs.remove(&key);
         }
         if !late && via_icmp {
             // Someone else's ping (or a reply to a probe long gone): not ours to judge.
             return;
         }
         if !late {
-            let key = (ip, mac.unwrap_or_default());
+            let key = (key, mac.unwrap_or_default());
             if self
                 .passive
                 .get(&key)
