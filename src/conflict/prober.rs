@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -115,12 +116,16 @@ impl Prober {
     ) -> std::io::Result<(Prober, mpsc::Receiver<Sighting>)> {
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUE);
         let (sight_tx, sight_rx) = mpsc::channel(SIGHTINGS_QUEUE);
+        // Read interest only: a probe is sent without waiting (one that cannot be sent counts
+        // as free), and with write interest every probe the peer consumes raised an EPOLLOUT
+        // edge that woke a parked runtime thread for nothing. That wake-up was the largest
+        // single cost of probing in a profile of the server's core at 4,000 DISCOVERs/s.
         // SAFETY: both are valid non-blocking sockets that the AsyncFds own and that nothing
         // else closes or reads.
         let (arp, icmp) = unsafe {
             (
-                AsyncFd::register(sockets.arp)?,
-                AsyncFd::register(sockets.icmp)?,
+                AsyncFd::register_with_interest(sockets.arp, Interest::READABLE)?,
+                AsyncFd::register_with_interest(sockets.icmp, Interest::READABLE)?,
             )
         };
         let handle_metrics = metrics.clone();
