@@ -12,13 +12,13 @@
 //! - Malformed input is counted by reason and logged at debug; it never stops the loop.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::MessageType;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -130,7 +130,10 @@ impl DhcpServer {
         });
         let mut tasks = tokio::task::JoinSet::new();
         for s in self.sockets {
-            let sock = Arc::new(UdpSocket::from_std(s)?);
+            // Read interest only: see [`DhcpSocket`].
+            // SAFETY: the AsyncFd owns the socket, which nothing else closes.
+            let sock = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE)? };
+            let sock = Arc::new(sock);
             let sh = shared.clone();
             let sd = self.shutdown.clone();
             let progress = self.progress.clone();
@@ -178,7 +181,7 @@ fn recv_pktinfo(fd: i32, buf: &mut [u8]) -> std::io::Result<Received> {
 
 async fn receive_loop(
     sh: Arc<Shared>,
-    sock: Arc<UdpSocket>,
+    sock: Arc<DhcpSocket>,
     shutdown: CancellationToken,
     progress: Progress,
 ) {
@@ -197,7 +200,7 @@ async fn receive_loop(
                 idle.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                 continue;
             }
-            r = sock.async_io(Interest::READABLE, || recv_pktinfo(fd, &mut buf)) => r,
+            r = sock.async_io(Interest::READABLE, |_| recv_pktinfo(fd, &mut buf)) => r,
         };
         let rx = match got {
             Ok(r) => r,
@@ -378,7 +381,7 @@ async fn receive_loop(
 /// standby or a probe).
 pub(super) struct ReplyTo {
     /// The socket the request came in on: replies leave from port 67 as clients expect.
-    pub sock: Arc<UdpSocket>,
+    pub sock: Arc<DhcpSocket>,
     /// The interface the request came in on: a broadcast reply must leave by it.
     pub ifindex: u32,
     /// The address the request reached (None when it was broadcast): the reply's source.
@@ -395,15 +398,38 @@ pub(super) async fn send_reply(sh: &Shared, to: &ReplyTo, reply: &Reply) {
     let fd = sock.as_raw_fd();
     let (dst, ifx, from) = route(sh, fd, reply, to.ifindex, to.src);
     let attempt = |spec: Ipv4Addr| send_from(fd, &bytes, dst, ifx, spec);
-    let mut r = sock.async_io(Interest::WRITABLE, || attempt(from)).await;
+    let mut r = send_waiting(sock, || attempt(from)).await;
     if r.is_err() && !from.is_unspecified() {
         // The server identifier is not a local address (e.g. a VIP this node does not
         // hold): let the kernel choose the source.
-        r = sock
-            .async_io(Interest::WRITABLE, || attempt(Ipv4Addr::UNSPECIFIED))
-            .await;
+        r = send_waiting(sock, || attempt(Ipv4Addr::UNSPECIFIED)).await;
     }
     sent(sh, reply, to.class, dst, r);
+}
+
+/// A DHCP socket, registered with the runtime for reads only. With write interest too, every
+/// reply the receiver consumed freed send-buffer space, raised an EPOLLOUT edge and woke a
+/// parked runtime thread for nothing: one wasted wake-up per reply sent from a task other
+/// than the one that received the request (an OFFER after its probe, an ACK after its
+/// commit).
+pub(super) type DhcpSocket = AsyncFd<std::net::UdpSocket>;
+
+/// Sends with `send`; when the socket's buffer is full, waits for room through a registration
+/// of its own (a duplicate of the descriptor, for write interest), made for this wait only.
+async fn send_waiting<T: AsFd + AsRawFd>(
+    sock: &AsyncFd<T>,
+    mut send: impl FnMut() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    loop {
+        match send() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+        let dup = sock.get_ref().as_fd().try_clone_to_owned()?;
+        // SAFETY: the AsyncFd owns the duplicate, which nothing else closes.
+        let room = unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE)? };
+        room.writable().await?.clear_ready();
+    }
 }
 
 /// [`send_reply`] for a caller that must not wait (the prober's task): false, and nothing
@@ -413,8 +439,7 @@ pub(super) fn try_send_reply(sh: &Shared, to: &ReplyTo, reply: &Reply) -> bool {
     let sock = &to.sock;
     let fd = sock.as_raw_fd();
     let (dst, ifx, from) = route(sh, fd, reply, to.ifindex, to.src);
-    let attempt =
-        |spec: Ipv4Addr| sock.try_io(Interest::WRITABLE, || send_from(fd, &bytes, dst, ifx, spec));
+    let attempt = |spec: Ipv4Addr| send_from(fd, &bytes, dst, ifx, spec);
     let mut r = attempt(from);
     if r.as_ref()
         .is_err_and(|e| e.kind() != std::io::ErrorKind::WouldBlock)
@@ -680,6 +705,48 @@ fn refresh(sh: &Shared, now_ms: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply that meets a full send buffer waits for room, not for an EPOLLOUT the socket
+    /// (registered for reads only) never delivers, and leaves once the peer reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_into_a_full_buffer_waits_for_room_and_then_leaves() {
+        use std::os::unix::net::UnixDatagram;
+        let (a, b) = UnixDatagram::pair().expect("socketpair");
+        a.set_nonblocking(true).expect("nonblocking");
+        let mut queued = 0u32;
+        while a.send(&queued.to_be_bytes()).is_ok() {
+            queued += 1;
+        }
+        // SAFETY: the AsyncFd owns `a`, which nothing else closes.
+        let a = Arc::new(unsafe {
+            AsyncFd::register_with_interest(a, Interest::READABLE).expect("register")
+        });
+        let sender = a.clone();
+        let last = queued.to_be_bytes();
+        let waiting = tokio::spawn(async move {
+            send_waiting(&sender, || sender.get_ref().send(&last).map(|_| ())).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "sent into a full buffer?");
+        // The peer reads what was queued: room again (a socket pair's sender counts its
+        // queued datagrams against its own buffer until they are read).
+        b.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 4];
+        let mut seen = Vec::new();
+        while b.recv(&mut buf).is_ok() {
+            seen.push(u32::from_be_bytes(buf));
+        }
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the reply did not leave once there was room")
+            .expect("task");
+        assert!(sent.is_ok(), "{sent:?}");
+        // It left as soon as there was room: during the reads above, or after them.
+        while b.recv(&mut buf).is_ok() {
+            seen.push(u32::from_be_bytes(buf));
+        }
+        assert_eq!(seen, (0..=queued).collect::<Vec<_>>());
+    }
 
     /// The real loop on loopback (no root): an INFORM from ciaddr 127.0.0.1 is answered to
     /// ciaddr:port+1 while ACTIVE, and only counted while STANDBY.
