@@ -23,7 +23,8 @@
 # Per server: a peak search (doubling from 500/s to the first failing step, then up to 4
 # bisection steps; a step passes at < 1% lost and >= 97% of the target rate; a step that
 # fails while >= STEAL_RETRY % (default 2) of the VM's CPU went to other guests is run once
-# more, for every server alike, and each step logs that share), then a fixed
+# more, for every server alike, and each step logs that share, and how busy each core was:
+# core 0 the load generator's, core 1 the server's), then a fixed
 # 4,000/s run for the server's CPU time per exchange (Δ utime+stime of the server process
 # from /proc/PID/stat over the run, divided by ACKs) and, for athena, the latency split:
 # REQUEST to ACK, submission to the lease writer's transaction, redb's commit with its
@@ -276,10 +277,21 @@ steal_pct() {  # "steal total" before, after -> percent
 # stolen during it (the same rule for every server); the retry and its cause are logged.
 STEAL_RETRY=${STEAL_RETRY:-2}
 rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+# "cpu0 cpu1" lines of /proc/stat; busy_pct BEFORE AFTER CORE -> % of that core's time spent
+# neither idle nor stolen: shows which side of a failing step ran out of CPU (the load
+# generator has core 0, the server core 1).
+cores_stat() { grep -E '^cpu[01] ' /proc/stat | tr '\n' ' '; }
+busy_pct() {
+  awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN {n = split(a, x, " "); split(b, y, " "); o = (c == 0 ? 0 : n / 2)
+    t = 0; for (i = 2; i <= 11; i++) t += y[o + i] - x[o + i]
+    idle = (y[o + 5] - x[o + 5]) + (y[o + 6] - x[o + 6]); st = y[o + 9] - x[o + 9]
+    printf "%.0f", (t > 0 ? 100 * (t - idle - st) / t : 0)}'
+}
 
-# One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb steal_pct"
+# One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb steal_pct
+# busy" (busy: "CLIENT%/SERVER%", how busy each core was)
 step() {
-  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss s0 s1 stolen
+  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss s0 s1 stolen k0 k1 busy
   start_server "$name"
   local perf_pid=
   case $name in athena*)
@@ -298,9 +310,12 @@ step() {
   local rcv0 rcv1
   rcv0=$(udp_rcvbuf_errors "$C")
   s0=$(cpu_steal)
+  k0=$(cores_stat)
   out=$(ip netns exec "$C" taskset -c 0 perfdhcp -4 -l vcli -B -r "$rate" -R 50000 -p "$STEP" -W 500000 -g single 2>&1 || true)
   s1=$(cpu_steal)
+  k1=$(cores_stat)
   stolen=$(steal_pct "$s0" "$s1")
+  busy="$(busy_pct "$k0" "$k1" 0)%/$(busy_pct "$k0" "$k1" 1)%"
   rcv1=$(udp_rcvbuf_errors "$C")
   printf '%s\n' "$out" >"$OUT/$name-perfdhcp-$rate.txt"
   # Replies the client's kernel dropped because perfdhcp's socket buffer was full (perfdhcp
@@ -341,8 +356,8 @@ step() {
   ach=$(awk -v a="$acks" -v p="$STEP" 'BEGIN{printf "%.0f", a/p}')
   lost=$(awk -v a="$acks" -v d="$disc" 'BEGIN{ if (d==0) print 100; else printf "%.2f", 100*(1-a/d)}')
   cpu=$(awk -v c="$((c1 - c0))" -v a="$acks" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
-  echo "$rate $ach $lost $cpu $acks $rss $stolen"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" "$stolen" >>"$OUT/steps.tsv"
+  echo "$rate $ach $lost $cpu $acks $rss $stolen $busy"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" "$stolen" "$busy" >>"$OUT/steps.tsv"
 }
 
 # "    NAME  n=  p50<=  p90<=  p99<=  p99.9<=" of a Prometheus histogram in a metrics dump.
@@ -367,13 +382,13 @@ passes() { # target achieved lost
 # One peak-search step, run once more if it failed while >= STEAL_RETRY % of the CPU was
 # stolen; prints "achieved lost steal_pct" of the run that counts and logs both.
 judged_step() {  # NAME RATE
-  local ach lost stolen
-  read -r _ ach lost _ _ _ stolen < <(step "$1" "$2")
-  echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%" >&2
+  local ach lost stolen busy
+  read -r _ ach lost _ _ _ stolen busy < <(step "$1" "$2")
+  echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
   if ! passes "$2" "$ach" "$lost" && awk -v s="$stolen" -v m="$STEAL_RETRY" 'BEGIN {exit !(s >= m)}'; then
     echo "  $1 $2/s: failed with $stolen% of the CPU stolen: run once more" >&2
-    read -r _ ach lost _ _ _ stolen < <(step "$1" "$2")
-    echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%" >&2
+    read -r _ ach lost _ _ _ stolen busy < <(step "$1" "$2")
+    echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
   fi
   echo "$ach $lost $stolen"
 }
@@ -395,7 +410,7 @@ peak_search() {
   echo "$good"
 }
 
-printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\tsteal_pct\n' >"$OUT/steps.tsv"
+printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\tsteal_pct\tbusy_client_server\n' >"$OUT/steps.tsv"
 printf 'target\tprimary_leases\tstandby_leases\treplication_acked\treplication_unacked\tstandby_cpu_us\n' >"$OUT/ha.tsv"
 declare -A PEAK CPU RSS
 for s in $SERVERS; do
@@ -406,7 +421,7 @@ for s in $SERVERS; do
     PEAK[$s]=$(peak_search "$s")
   fi
   echo "== $s: fixed $FIXED_RATE/s" >&2
-  read -r _ ach lost cpu acks rss stolen < <(step "$s" "$FIXED_RATE")
+  read -r _ ach lost cpu acks rss stolen _ < <(step "$s" "$FIXED_RATE")
   CPU[$s]=$cpu
   RSS[$s]=$rss
   echo "  $s $FIXED_RATE/s -> $ach/s, lost $lost%, $cpu us CPU/exchange, RSS $rss kB, CPU stolen $stolen%" >&2
@@ -434,8 +449,8 @@ if [ -n "${CPU[athena]:-}" ] && [ -n "${CPU[athena-noprobe]:-}" ] && [ "$PROBE_P
   echo "== athena with and without conflict detection: $PROBE_PAIRS alternating pairs at $FIXED_RATE/s" >&2
   ratios=()
   for i in $(seq "$PROBE_PAIRS"); do
-    read -r _ _ _ on _ _ s_on < <(step athena "$FIXED_RATE")
-    read -r _ _ _ off _ _ s_off < <(step athena-noprobe "$FIXED_RATE")
+    read -r _ _ _ on _ _ s_on _ < <(step athena "$FIXED_RATE")
+    read -r _ _ _ off _ _ s_off _ < <(step athena-noprobe "$FIXED_RATE")
     r=$(awk -v a="$on" -v b="$off" 'BEGIN {printf "%.3f", (b > 0 ? a / b : 0)}')
     ratios+=("$r")
     echo "  pair $i: $on against $off us CPU/exchange, ${r}x (CPU stolen $s_on% / $s_off%)" >&2
@@ -449,7 +464,7 @@ OFFER_P99=
 if [ -n "${PEAK[athena]:-}" ] && [ "${PEAK[athena]}" -gt 0 ] && [ -n "${CPU[athena-noprobe]:-}" ]; then
   half=$((PEAK[athena] / 2))
   echo "== athena: fixed $half/s (half its peak), OFFER latency" >&2
-  read -r _ ach lost _ _ _ _ < <(step athena "$half")
+  read -r _ ach lost _ _ _ _ _ < <(step athena "$half")
   OFFER_P99=$(p99 athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt")
   echo "  athena $half/s -> $ach/s, lost $lost%" >&2
   percentiles athena_dhcp_offer_latency_seconds "$OUT/athena-metrics-$half.txt" >&2
