@@ -283,7 +283,7 @@ rss_kb() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 cores_stat() { grep -E '^cpu[01] ' /proc/stat | tr '\n' ' '; }
 busy_pct() {
   awk -v a="$1" -v b="$2" -v c="$3" 'BEGIN {n = split(a, x, " "); split(b, y, " "); o = (c == 0 ? 0 : n / 2)
-    t = 0; for (i = 2; i <= 11; i++) t += y[o + i] - x[o + i]
+    t = 0; for (i = 2; i <= 9; i++) t += y[o + i] - x[o + i]  # user..steal (guest is in user)
     idle = (y[o + 5] - x[o + 5]) + (y[o + 6] - x[o + 6]); st = y[o + 9] - x[o + 9]
     printf "%.0f", (t > 0 ? 100 * (t - idle - st) / t : 0)}'
 }

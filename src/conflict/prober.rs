@@ -117,9 +117,9 @@ impl Prober {
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUE);
         let (sight_tx, sight_rx) = mpsc::channel(SIGHTINGS_QUEUE);
         // Read interest only: a probe is sent without waiting (one that cannot be sent counts
-        // as free), and with write interest every probe the peer consumes raised an EPOLLOUT
-        // edge that woke a parked runtime thread for nothing. That wake-up was the largest
-        // single cost of probing in a profile of the server's core at 4,000 DISCOVERs/s.
+        // as free), and with write interest every probe the peer consumed raised an EPOLLOUT
+        // edge that woke a parked runtime thread for nothing (as for the DHCP sockets, see
+        // `dhcp::server::DhcpSocket`).
         // SAFETY: both are valid non-blocking sockets that the AsyncFds own and that nothing
         // else closes or reads.
         let (arp, icmp) = unsafe {
@@ -227,7 +227,7 @@ impl InFlight {
 /// What the task knows of an address: one map for both, so a probe costs one lookup.
 /// Keyed by the address as a `u32` with FxHash: the map holds `probe_cache_ttl` × the
 /// DISCOVER rate entries (tens of thousands) and is hit twice per probe; SipHash on
-/// `Ipv4Addr` was the prober's largest single cost in a profile at 4,000 DISCOVERs/s.
+/// `Ipv4Addr` was among the prober's largest costs in a profile at 4,000 DISCOVERs/s.
 enum Known {
     Probing(InFlight),
     /// Probed free when its probe ended at this time.

@@ -132,8 +132,7 @@ impl DhcpServer {
         for s in self.sockets {
             // Read interest only: see [`DhcpSocket`].
             // SAFETY: the AsyncFd owns the socket, which nothing else closes.
-            let sock = unsafe { AsyncFd::register_with_interest(s, Interest::READABLE)? };
-            let sock = Arc::new(sock);
+            let sock = Arc::new(unsafe { AsyncFd::register_with_interest(s, Interest::READABLE)? });
             let sh = shared.clone();
             let sd = self.shutdown.clone();
             let progress = self.progress.clone();
