@@ -23,9 +23,11 @@
 //! - Continuations run on this task: they must not block.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -38,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::icmp::{self, Icmp};
 use super::{ConflictMetrics, ConflictSockets};
 use crate::vip::arp::{self, ArpSeen, ETH_P_ARP};
-use crate::vip::packet::{recv_frame, send_frame};
+use crate::vip::packet::{recv_frame, send_frames};
 
 /// `PACKET_OUTGOING`: a frame this host sent, looped back to the packet socket.
 const PACKET_OUTGOING: u8 = 4;
@@ -50,6 +52,15 @@ const PASSIVE_EVERY: Duration = Duration::from_secs(60);
 const SIGHTINGS_QUEUE: usize = 1024;
 /// Probe requests queued towards the task.
 const COMMANDS_QUEUE: usize = 8192;
+/// After a turn that started probes, the task takes the next requests in at most this much
+/// later, without being woken for each: under load (thousands of DISCOVERs a second) one
+/// turn a tick starts a few probes and sends the OFFERs due, instead of one turn per
+/// DISCOVER. A probe then leaves up to a tick (the runtime's timer resolution, 1 ms) after
+/// its request arrived; its deadline still counts from the arrival. An idle task is woken
+/// by the first request as before.
+const BATCH_EVERY: Duration = Duration::from_millis(1);
+/// Requests taken in one turn.
+const BATCH_MAX: usize = 256;
 /// ARP operation code of a reply.
 const ARP_REPLY: u16 = 2;
 
@@ -144,6 +155,7 @@ impl Prober {
             swept: Instant::now(),
             passive: FxHashMap::default(),
             sightings: sight_tx,
+            outbox: Vec::new(),
         };
         tokio::spawn(task.run(rx, shutdown));
         Ok((
@@ -258,51 +270,105 @@ struct Task {
     /// When each (address, MAC) was last reported by passive detection.
     passive: FxHashMap<(u32, [u8; 6]), Instant>,
     sightings: mpsc::Sender<Sighting>,
+    /// This turn's ARP probes, sent together once the turn's requests are all in.
+    outbox: Vec<ArpOut>,
+}
+
+/// An ARP probe on its way out.
+struct ArpOut {
+    ifindex: u32,
+    frame: [u8; arp::GARP_LEN],
+    ip: Ipv4Addr,
+    /// Its probe's number, to find the probe again if the frame cannot be sent.
+    seq: u16,
 }
 
 impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Probe>, shutdown: CancellationToken) {
         let mut frame = [0u8; 2048];
         let mut dgram = [0u8; 2048];
-        // One timer, moved only when the first deadline changes: a timer per loop turn
-        // would be registered and dropped with the runtime's wheel on every batch.
+        let mut batch: Vec<Probe> = Vec::with_capacity(BATCH_MAX);
+        // Made once, polled by hand: a select! builds these futures anew each turn, and each
+        // registers and drops its waker with the runtime every time.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        // One timer, moved only when the next wake-up changes: a timer per loop turn would
+        // be registered and dropped with the runtime's wheel on every batch.
         let sleep = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
+        // While requests keep coming, they are taken in at this tick rather than each
+        // waking the task (see `BATCH_EVERY`).
+        let mut collect_at: Option<Instant> = None;
         loop {
-            let next = self.deadlines.front().map(|(d, _, _)| *d);
+            let first = self.deadlines.front().map(|(d, _, _)| *d);
+            let next = match (first, collect_at) {
+                (Some(d), Some(c)) => Some(d.min(c)),
+                (d, c) => d.or(c),
+            };
             if next.is_some() && next != armed {
                 if let Some(d) = next {
                     sleep.as_mut().reset(d.into());
                 }
                 armed = next;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                p = rx.recv() => {
-                    let Some(p) = p else { return };
-                    let now = Instant::now();
-                    self.start(p, now);
-                    // Whatever else queued meanwhile, without a trip through select.
-                    while let Ok(p) = rx.try_recv() {
-                        self.start(p, now);
+            let (mut arp_ready, mut icmp_ready) = (false, false);
+            let go_on = std::future::poll_fn(|cx| {
+                if cancelled.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                let mut woke = false;
+                if collect_at.is_none() {
+                    match rx.poll_recv_many(cx, &mut batch, BATCH_MAX) {
+                        Poll::Ready(0) => return Poll::Ready(false),
+                        Poll::Ready(_) => woke = true,
+                        Poll::Pending => {}
                     }
                 }
-                r = self.arp.readable() => {
-                    if let Ok(mut guard) = r {
-                        guard.clear_ready();
-                        self.read_arp(&mut frame);
-                    }
+                if let Poll::Ready(Ok(mut g)) = self.arp.poll_read_ready(cx) {
+                    g.clear_ready();
+                    arp_ready = true;
+                    woke = true;
                 }
-                r = self.icmp.readable() => {
-                    if let Ok(mut guard) = r {
-                        guard.clear_ready();
-                        self.read_icmp(&mut dgram);
-                    }
+                if let Poll::Ready(Ok(mut g)) = self.icmp.poll_read_ready(cx) {
+                    g.clear_ready();
+                    icmp_ready = true;
+                    woke = true;
                 }
-                _ = &mut sleep, if armed.is_some() => armed = None,
+                if armed.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                    armed = None;
+                    woke = true;
+                }
+                if woke {
+                    Poll::Ready(true)
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            if !go_on {
+                return;
             }
-            self.expire(Instant::now());
+            if arp_ready {
+                self.read_arp(&mut frame);
+            }
+            if icmp_ready {
+                self.read_icmp(&mut dgram);
+            }
+            // Whatever else queued meanwhile (all of it, at a tick).
+            while batch.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            collect_at = (!batch.is_empty()).then(|| now + BATCH_EVERY);
+            for p in batch.drain(..) {
+                self.start(p, now);
+            }
+            self.send_probes();
+            self.expire(now);
         }
     }
 
@@ -325,17 +391,12 @@ impl Task {
         let via = match p.via {
             Via::Arp { ifindex } => match self.mac_of(ifindex) {
                 Some(mac) => {
-                    let sent = send_frame(
-                        self.arp.get_ref(),
+                    self.outbox.push(ArpOut {
                         ifindex,
-                        ETH_P_ARP,
-                        [0xff; 6],
-                        &arp::probe_frame(mac, p.ip),
-                    );
-                    if let Err(e) = sent {
-                        self.unsent(p, "arp", &e);
-                        return;
-                    }
+                        frame: arp::probe_frame(mac, p.ip),
+                        ip: p.ip,
+                        seq: self.seq,
+                    });
                     p.via
                 }
                 // No link-layer address (a tunnel, loopback): ask by ICMP instead.
@@ -365,6 +426,35 @@ impl Task {
             }),
         );
         self.running += 1;
+    }
+
+    /// Sends this turn's ARP probes in one call. A probe whose frame cannot be sent ends
+    /// at once as free: conflict detection never stops DHCP.
+    fn send_probes(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let frames: Vec<(u32, &[u8])> = self
+            .outbox
+            .iter()
+            .map(|o| (o.ifindex, &o.frame[..]))
+            .collect();
+        let (sent, err) = send_frames(self.arp.get_ref(), ETH_P_ARP, &frames);
+        drop(frames);
+        let unsent: Vec<ArpOut> = self.outbox.drain(..).skip(sent).collect();
+        for o in unsent {
+            let key = u32::from(o.ip);
+            if !matches!(self.addrs.get(&key), Some(Known::Probing(f)) if f.seq == o.seq) {
+                continue;
+            }
+            if let Some(Known::Probing(f)) = self.addrs.remove(&key) {
+                self.running -= 1;
+                let why = err.as_ref().map(ToString::to_string).unwrap_or_default();
+                tracing::debug!(ip = %o.ip, "arp probe for {} not sent, offering unchecked: {why}", o.ip);
+                self.metrics.probed("arp", "unsent");
+                f.answer(Verdict::Free);
+            }
+        }
     }
 
     fn unsent(&self, p: Probe, method: &'static str, e: &std::io::Error) {

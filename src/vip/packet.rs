@@ -92,6 +92,72 @@ pub fn send_frame(
     Ok(())
 }
 
+/// Sends frames out of their interfaces in one call (`sendmmsg`), each to its own
+/// destination: `(ifindex, frame)`, the destination taken from the frame's first six bytes.
+/// Returns how many left, in order, and why the next one did not.
+pub fn send_frames(
+    sock: &OwnedFd,
+    ethertype: u16,
+    frames: &[(u32, &[u8])],
+) -> (usize, Option<io::Error>) {
+    let addrs: Vec<libc::sockaddr_ll> = frames
+        .iter()
+        .map(|(ifindex, frame)| {
+            // SAFETY: as in send_frame.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = ethertype.to_be();
+            sll.sll_ifindex = *ifindex as i32;
+            sll.sll_halen = 6;
+            let n = frame.len().min(6);
+            sll.sll_addr[..n].copy_from_slice(&frame[..n]);
+            sll
+        })
+        .collect();
+    let mut iovs: Vec<libc::iovec> = frames
+        .iter()
+        .map(|(_, frame)| libc::iovec {
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .zip(&addrs)
+        .map(|(iov, sll)| {
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid starting value.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_name = std::ptr::from_ref(sll).cast_mut().cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let mut done = 0;
+    while done < msgs.len() {
+        let rest = &mut msgs[done..];
+        // SAFETY: every header points at an address and a buffer that live until this
+        // function returns; the kernel reads them and writes only `msg_len`.
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                rest.as_mut_ptr(),
+                rest.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return (done, Some(io::Error::last_os_error()));
+        }
+        if n == 0 {
+            return (done, Some(io::Error::other("sendmmsg sent nothing")));
+        }
+        done += n as usize;
+    }
+    (done, None)
+}
+
 /// One frame from the receive socket.
 #[derive(Debug, Clone, Copy)]
 pub struct Received {
@@ -145,4 +211,52 @@ pub fn recv_frame(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
         pkttype: sll.sll_pkttype,
         received,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brings the loopback interface (index 1) of the calling thread's namespace up.
+    fn loopback_up(sock: &OwnedFd) {
+        // SAFETY: ifreq is plain old data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, b) in req.ifr_name.iter_mut().zip(b"lo") {
+            *d = *b as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        // SAFETY: SIOCSIFFLAGS reads one ifreq through a valid pointer.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) };
+        assert_eq!(r, 0, "lo up: {}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn frames_leave_in_order_until_one_cannot_and_say_why() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: a network namespace and a packet socket need root");
+            return;
+        }
+        // A thread of its own in a network namespace of its own: frames stay on its loopback.
+        std::thread::spawn(|| {
+            // SAFETY: unshare(2) changes only this thread's network namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            let sock = packet_socket(0, false).expect("packet socket");
+            let f = super::super::arp::probe_frame([2, 0, 0, 0, 0, 1], [10, 0, 0, 1].into());
+            // Loopback is down in a new namespace: nothing leaves.
+            let (n, e) = send_frames(&sock, ETH_P_ARP, &[(1, &f[..])]);
+            assert_eq!(n, 0);
+            assert_eq!(e.and_then(|e| e.raw_os_error()), Some(libc::ENETDOWN));
+            loopback_up(&sock);
+            // Interface 77 does not exist: the two before it leave, it and the one after do not.
+            let frames = [(1, &f[..]), (1, &f[..]), (77, &f[..]), (1, &f[..])];
+            let (n, e) = send_frames(&sock, ETH_P_ARP, &frames);
+            assert_eq!(n, 2);
+            assert_eq!(e.and_then(|e| e.raw_os_error()), Some(libc::ENXIO));
+            assert_eq!(send_frames(&sock, ETH_P_ARP, &frames[..2]).0, 2);
+            let (n, e) = send_frames(&sock, ETH_P_ARP, &[]);
+            assert_eq!((n, e.is_none()), (0, true));
+        })
+        .join()
+        .expect("the test thread");
+    }
 }
