@@ -53,6 +53,18 @@ pub(crate) fn packet_socket(protocol: u16, nonblocking: bool) -> io::Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The link-layer address a frame is sent to: interface, EtherType and destination MAC.
+fn link_addr(ifindex: u32, ethertype: u16, dest: [u8; 6]) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid starting value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ethertype.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&dest);
+    sll
+}
+
 /// Sends one Ethernet frame out of interface `ifindex` to `dest` (the frame's own
 /// destination; the kernel takes the link-layer header from the frame itself).
 pub fn send_frame(
@@ -62,13 +74,7 @@ pub fn send_frame(
     dest: [u8; 6],
     frame: &[u8],
 ) -> io::Result<()> {
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid starting value.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ethertype.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&dest);
+    let sll = link_addr(ifindex, ethertype, dest);
     // SAFETY: the buffer and address pointers are valid for the lengths passed.
     let n = unsafe {
         libc::sendto(
@@ -103,15 +109,10 @@ pub fn send_frames(
     let addrs: Vec<libc::sockaddr_ll> = frames
         .iter()
         .map(|(ifindex, frame)| {
-            // SAFETY: as in send_frame.
-            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = ethertype.to_be();
-            sll.sll_ifindex = *ifindex as i32;
-            sll.sll_halen = 6;
+            let mut dest = [0u8; 6];
             let n = frame.len().min(6);
-            sll.sll_addr[..n].copy_from_slice(&frame[..n]);
-            sll
+            dest[..n].copy_from_slice(&frame[..n]);
+            link_addr(*ifindex, ethertype, dest)
         })
         .collect();
     let mut iovs: Vec<libc::iovec> = frames
@@ -181,7 +182,7 @@ fn zero_timeval() -> libc::timeval {
 
 /// Reads one frame without blocking (`WouldBlock` when none is queued).
 pub fn recv_frame(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Received> {
-    // SAFETY: as in send_frame.
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     let mut alen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
     // SAFETY: the buffer and address pointers are valid for the lengths passed.
