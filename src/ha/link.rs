@@ -141,6 +141,13 @@ pub(super) fn preferred_dialer(me: &str, my_role: Role, peer: &str, peer_role: R
     }
 }
 
+/// Dials right after a link is lost, before the normal backoff.
+const QUICK_RETRIES: u32 = 3;
+/// A quick dial's connect limit: the peers share a link (the VIP moves between them), where
+/// a connection is answered in well under a millisecond, so a SYN unanswered this long was
+/// dropped by a dying listener and the next dial will be refused.
+const QUICK_CONNECT: Duration = Duration::from_millis(25);
+
 /// Keeps one link to the peer: dials while there is none. A refusal goes to the machine
 /// (which decides whether it means "process gone"); anything else just retries.
 pub(super) async fn dialer(
@@ -153,16 +160,24 @@ pub(super) async fn dialer(
     let backoff = heartbeat.clamp(Duration::from_millis(20), Duration::from_millis(500));
     let connect_limit = (heartbeat * 2).clamp(Duration::from_millis(100), Duration::from_secs(2));
     // Right after a link is lost the peer may be half-way through dying: its kernel can still
-    // accept a connection and then reset it. Retry such failures at once a few times, so the
-    // refusal that proves the process gone is seen within milliseconds, not a backoff later.
+    // accept a connection and then reset it, or drop the SYN while its listener closes. Retry
+    // such failures at once a few times, each connect given only QUICK_CONNECT, so the
+    // refusal that proves the process gone is seen within milliseconds, not a backoff (or a
+    // lost SYN's connect_limit) later. Whichever side dialed the lost link.
     let mut quick_retries = 0u32;
     loop {
+        let was_up = *link_up.borrow();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             r = link_up.wait_for(|up| !up) => if r.is_err() { return },
         }
+        if was_up {
+            quick_retries = QUICK_RETRIES;
+        }
+        let quick = quick_retries > 0;
+        let limit = if quick { QUICK_CONNECT } else { connect_limit };
         let attempt = async {
-            let stream = tokio::time::timeout(connect_limit, tokio::net::TcpStream::connect(peer))
+            let stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect(peer))
                 .await
                 .map_err(|_| LinkError::Timeout("connect"))??;
             let _ = stream.set_nodelay(true);
@@ -179,13 +194,18 @@ pub(super) async fn dialer(
                     _ = shutdown.cancelled() => return,
                     _ = cancel.cancelled() => {}
                 }
-                quick_retries = 3;
+                quick_retries = QUICK_RETRIES;
                 continue;
             }
             Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 tracing::debug!(peer = %peer, "peer {peer} refused the connection");
                 quick_retries = 0;
                 let _ = h.tx.send(NodeMsg::Input(Input::ReconnectRefused)).await;
+            }
+            // Expected while the peer dies: counted, not worth a warning.
+            Err(e) if quick => {
+                h.inner.metrics.link_error(e.kind());
+                tracing::debug!(peer = %peer, "peer link to {peer}: {e}");
             }
             Err(e) => h.inner.log_link_error(peer, "to", &e),
         }
