@@ -292,9 +292,10 @@ busy_pct() {
 }
 
 # One step: prints "rate_target achieved lost_pct cpu_us_per_exchange acks rss_kb steal_pct
-# busy" (busy: "CLIENT%/SERVER%", how busy each core was)
+# busy drops" (busy: "CLIENT%/SERVER%", how busy each core was; drops: replies the server sent
+# that perfdhcp's full socket buffer dropped)
 step() {
-  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss s0 s1 stolen k0 k1 busy
+  local name=$1 rate=$2 out t0 t1 c0 c1 disc acks ach lost cpu rss s0 s1 stolen k0 k1 busy drops
   start_server "$name"
   local perf_pid=
   case $name in athena*)
@@ -323,7 +324,8 @@ step() {
   printf '%s\n' "$out" >"$OUT/$name-perfdhcp-$rate.txt"
   # Replies the client's kernel dropped because perfdhcp's socket buffer was full (perfdhcp
   # did not get its core in time): they count as lost, but the server did send them.
-  [ "$rcv1" -gt "$rcv0" ] && echo "  $name $rate/s: $((rcv1 - rcv0)) replies dropped at perfdhcp's full socket buffer" >&2
+  drops=$((rcv1 - rcv0))
+  [ "$drops" -gt 0 ] && echo "  $name $rate/s: $drops replies dropped at perfdhcp's full socket buffer" >&2
   t1=$(date +%s.%N)
   c1=$(cpu_ticks "$SRV_PID")
   if [ -n "$perf_pid" ]; then
@@ -359,8 +361,8 @@ step() {
   ach=$(awk -v a="$acks" -v p="$STEP" 'BEGIN{printf "%.0f", a/p}')
   lost=$(awk -v a="$acks" -v d="$disc" 'BEGIN{ if (d==0) print 100; else printf "%.2f", 100*(1-a/d)}')
   cpu=$(awk -v c="$((c1 - c0))" -v a="$acks" -v hz="$(getconf CLK_TCK)" 'BEGIN{ if (a==0) print "nan"; else printf "%.1f", c/hz*1e6/a}')
-  echo "$rate $ach $lost $cpu $acks $rss $stolen $busy"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" "$stolen" "$busy" >>"$OUT/steps.tsv"
+  echo "$rate $ach $lost $cpu $acks $rss $stolen $busy $drops"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$rate" "$ach" "$lost" "$cpu" "$acks" "$rss" "$stolen" "$busy" "$drops" >>"$OUT/steps.tsv"
 }
 
 # "    NAME  n=  p50<=  p90<=  p99<=  p99.9<=" of a Prometheus histogram in a metrics dump.
@@ -385,13 +387,13 @@ passes() { # target achieved lost
 # One peak-search step, run once more if it failed while >= STEAL_RETRY % of the CPU was
 # stolen; prints "achieved lost steal_pct" of the run that counts and logs both.
 judged_step() {  # NAME RATE
-  local ach lost stolen busy
-  read -r _ ach lost _ _ _ stolen busy < <(step "$1" "$2")
-  echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
+  local ach lost stolen busy drops
+  read -r _ ach lost _ _ _ stolen busy drops < <(step "$1" "$2")
+  echo "  $1 $2/s -> $ach/s, lost $lost% ($drops replies dropped by perfdhcp's socket), CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
   if ! passes "$2" "$ach" "$lost" && awk -v s="$stolen" -v m="$STEAL_RETRY" 'BEGIN {exit !(s >= m)}'; then
     echo "  $1 $2/s: failed with $stolen% of the CPU stolen: run once more" >&2
-    read -r _ ach lost _ _ _ stolen busy < <(step "$1" "$2")
-    echo "  $1 $2/s -> $ach/s, lost $lost%, CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
+    read -r _ ach lost _ _ _ stolen busy drops < <(step "$1" "$2")
+    echo "  $1 $2/s -> $ach/s, lost $lost% ($drops replies dropped by perfdhcp's socket), CPU stolen $stolen%, cores busy $busy (load generator/server)" >&2
   fi
   echo "$ach $lost $stolen"
 }
@@ -413,7 +415,7 @@ peak_search() {
   echo "$good"
 }
 
-printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\tsteal_pct\tbusy_client_server\n' >"$OUT/steps.tsv"
+printf 'server\ttarget\tachieved\tlost_pct\tcpu_us_per_exchange\tacks\trss_kb\tsteal_pct\tbusy_client_server\tclient_socket_drops\n' >"$OUT/steps.tsv"
 printf 'target\tprimary_leases\tstandby_leases\treplication_acked\treplication_unacked\tstandby_cpu_us\n' >"$OUT/ha.tsv"
 declare -A PEAK CPU RSS
 for s in $SERVERS; do
