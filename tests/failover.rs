@@ -8,7 +8,9 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::lab::{dhclient_once, Lab, Node, NodeOpts, ProbeLog, Udhcpc, DOMAIN, POOL, VIP, WHO};
+use common::lab::{
+    dhclient_once, Lab, Node, NodeOpts, ProbeLog, Udhcpc, API_PORT, DOMAIN, POOL, VIP, WHO,
+};
 use common::netns::require_root;
 use common::timing_lock;
 
@@ -254,14 +256,17 @@ fn kill9_with_the_first_reconnect_syn_lost_b_still_takes_over_at_once() {
         ..NodeOpts::default()
     };
     let mut lab = pair("synloss", slow(), slow());
-    // In A's namespace: the first SYN to the peer port after this is dropped (a SYN is 60
-    // bytes; the quota lets one through the rule, i.e. into the drop), later ones reach the
+    // In A's namespace: the first SYN to the peer port after this is dropped (the quota
+    // matches SYNs until 100 bytes have passed: one 60-byte SYN); later ones reach the
     // closed port and are refused.
     let path = lab.dir.path().join("synloss.nft");
     std::fs::write(
         &path,
-        "table inet synloss {\n  chain input {\n    type filter hook input priority 0;\n    \
-         tcp dport 8067 tcp flags & (syn | ack) == syn quota until 100 bytes counter drop\n  }\n}\n",
+        format!(
+            "table inet synloss {{\n  chain input {{\n    type filter hook input priority 0;\n    \
+             tcp dport {API_PORT} tcp flags & (syn | ack) == syn quota until 100 bytes counter \
+             drop\n  }}\n}}\n"
+        ),
     )
     .expect("write nft rules");
     lab.ns(Node::A).run(&["nft", "-f", &path.to_string_lossy()]);
