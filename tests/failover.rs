@@ -111,6 +111,19 @@ fn a_takes_the_service_back_losing_nothing(
     assert_eq!(log.last_node(), Some(Node::A));
 }
 
+/// kill -9 of A while a client probes the VIP, until B serves (A's kernel may keep the VIP
+/// its process died with). Returns the DNS outage after the kill and the client's record.
+fn kill9_a_until_b_serves(lab: &mut Lab) -> (Duration, ProbeLog) {
+    let probe = lab.prober();
+    std::thread::sleep(Duration::from_millis(300));
+    let t_kill = Instant::now();
+    lab.kill9(Node::A);
+    wait_served(lab, Node::B, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let log = probe.stop();
+    (log.outage_after(t_kill).unwrap_or_default(), log)
+}
+
 fn in_pool(ip: Ipv4Addr) -> bool {
     POOL.0 <= ip && ip <= POOL.1
 }
@@ -201,15 +214,8 @@ fn kill9_of_the_active_node_dns_keeps_answering_and_the_renewal_is_acked_by_b() 
         "B does not know {ip} the client was ACKed: {body}"
     );
 
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t_kill = Instant::now();
-    lab.kill9(Node::A);
-    wait_served(&lab, Node::B, true);
-    std::thread::sleep(Duration::from_millis(300));
-    let log = probe.stop();
+    let (outage, log) = kill9_a_until_b_serves(&mut lab);
     assert_eq!(log.last_node(), Some(Node::B), "{}", log.summary());
-    let outage = log.outage_after(t_kill).unwrap_or_default();
     eprintln!("kill -9: DNS outage {outage:?}; probes: {}", log.summary());
     // The refused reconnect is the fast path: well under failover_timeout.
     assert!(
@@ -271,13 +277,7 @@ fn kill9_with_the_first_reconnect_syn_lost_b_still_takes_over_at_once() {
     .expect("write nft rules");
     lab.ns(Node::A).run(&["nft", "-f", &path.to_string_lossy()]);
 
-    let probe = lab.prober();
-    std::thread::sleep(Duration::from_millis(300));
-    let t_kill = Instant::now();
-    lab.kill9(Node::A);
-    wait_served(&lab, Node::B, true);
-    std::thread::sleep(Duration::from_millis(300));
-    let log = probe.stop();
+    let (outage, log) = kill9_a_until_b_serves(&mut lab);
     let rules = lab
         .ns(Node::A)
         .run(&["nft", "list", "table", "inet", "synloss"]);
@@ -285,7 +285,6 @@ fn kill9_with_the_first_reconnect_syn_lost_b_still_takes_over_at_once() {
         rules.contains("packets 1 "),
         "the test dropped no reconnect SYN (or more than one): {rules}"
     );
-    let outage = log.outage_after(t_kill).unwrap_or_default();
     eprintln!(
         "kill -9, first SYN lost: DNS outage {outage:?}; probes: {}",
         log.summary()
